@@ -1,0 +1,41 @@
+"""The audit trail: who did what, when, and how it ended.  No secrets."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import attrs
+
+__all__ = ["AuditAction", "AuditRecord"]
+
+
+class AuditAction(enum.Enum):
+    """What was attempted."""
+
+    ISSUE = "issue"
+    ACTIVATE = "activate"
+    AUTHENTICATE = "authenticate"
+    CHANGE_PASSWORD = "change_password"
+    CHANGE_EMAIL = "change_email"
+    MERGE = "merge"
+    SPLIT = "split"
+
+
+@attrs.frozen
+class AuditRecord:
+    """One audited attempt.
+
+    ``actor`` is the acting account id, or ``establishment:<UAI>`` for an
+    establishment; ``login`` is the login typed (control characters
+    escaped, cut to 64 characters), never a password; ``outcome`` is
+    ``"success"`` or the error code.
+    """
+
+    at: datetime
+    action: AuditAction
+    outcome: str
+    actor: str | None = None
+    account_id: str | None = None
+    login: str | None = None
+    detail: str | None = None

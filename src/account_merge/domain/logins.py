@@ -1,0 +1,33 @@
+"""Logins: readable, derived from the responsable's name, unique once normalised."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+
+__all__ = ["derive_login", "login_key"]
+
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def login_key(login: str) -> str:
+    """The form under which logins are unique: NFKC, case-folded, stripped."""
+    return unicodedata.normalize("NFKC", login).casefold().strip()
+
+
+def derive_login(display_name: str, attempt: int = 0) -> str:
+    """A readable login for *display_name*: ``claire.robert``, then with digits.
+
+    Attempt 0 gives the plain form; later attempts add a random number so
+    that a common name needs few tries whatever the size of the store.
+    """
+    decomposed = unicodedata.normalize("NFKD", display_name)
+    ascii_only = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    base = _NOT_ALNUM.sub(".", ascii_only.lower()).strip(".")[:24].strip(".")
+    if not base:
+        base = "responsable"
+    if attempt == 0:
+        return base
+    digits = 2 if attempt < 4 else 4 if attempt < 8 else 6
+    return f"{base}.{secrets.randbelow(10**digits):0{digits}d}"

@@ -1,0 +1,168 @@
+"""Every error the library raises.
+
+All of them derive from :class:`AccountMergeError`, which is never raised
+directly.  Each class carries a stable ``code`` (a short string a host can
+map to its own message or HTTP status) and, where useful, data as
+attributes.  Messages never contain a password or a password hash.
+
+The table of codes is pinned by a test and listed in ``docs/errors.md``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AccountMergeError",
+    "AccountNotFound",
+    "ConcurrentUpdate",
+    "IdentityRuleRefused",
+    "InvalidCredentials",
+    "InvalidInput",
+    "NotAuthorized",
+    "NotResponsable",
+    "NothingToSplit",
+    "PasswordPolicyError",
+    "PrincipalNotActive",
+    "SameAccount",
+    "StorageError",
+    "TooManyAttempts",
+]
+
+
+class AccountMergeError(Exception):
+    """Root of every error raised by account_merge; never raised directly.
+
+    ``code`` is stable across releases; ``message`` is an English sentence
+    meant for logs and developers, not for parents.
+    """
+
+    code: ClassVar[str] = "account_merge_error"
+    default_message: ClassVar[str] = "account_merge error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message if message is not None else self.default_message
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class InvalidCredentials(AccountMergeError):
+    """The login and password do not designate a usable account.
+
+    Raised alike for an unknown login, a wrong password, a MERGED account,
+    an expired or already used provisional password: the caller cannot tell
+    which, by the message or by the time it took.
+    """
+
+    code = "invalid_credentials"
+    default_message = "invalid login or password"
+
+
+class NotResponsable(AccountMergeError):
+    """Only responsable (parent) accounts can be merged or hold merges."""
+
+    code = "not_responsable"
+    default_message = "only responsable accounts can be merged"
+
+
+class PrincipalNotActive(AccountMergeError):
+    """The account acting (the principal) is not ACTIVE."""
+
+    code = "principal_not_active"
+    default_message = "the account is not active"
+
+
+class SameAccount(AccountMergeError):
+    """An account cannot be merged into itself."""
+
+    code = "same_account"
+    default_message = "an account cannot be merged into itself"
+
+
+class NotAuthorized(AccountMergeError, PermissionError):
+    """The caller has no authority for this operation."""
+
+    code = "not_authorized"
+    default_message = "not authorized"
+
+
+class IdentityRuleRefused(NotAuthorized):
+    """The host's identity rule (rule M6) refused the merge."""
+
+    default_message = "the identity rule refused this merge"
+
+
+class NothingToSplit(AccountMergeError):
+    """The account holds no merged child enrolled in that establishment."""
+
+    code = "nothing_to_split"
+    default_message = "no child of this establishment joined the account through a merge"
+
+
+class TooManyAttempts(AccountMergeError):
+    """Too many failed attempts; try again in ``retry_after`` seconds."""
+
+    code = "too_many_attempts"
+    default_message = "too many failed attempts"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(
+            message or f"too many failed attempts; retry in {self.retry_after} s"
+        )
+
+
+class PasswordPolicyError(AccountMergeError, ValueError):
+    """The new password does not satisfy the password policy."""
+
+    code = "password_policy"
+    default_message = "the password does not satisfy the password policy"
+
+
+class AccountNotFound(AccountMergeError, LookupError):
+    """No account has this id."""
+
+    code = "account_not_found"
+    default_message = "no such account"
+
+    def __init__(self, account_id: object, message: str | None = None) -> None:
+        self.account_id = account_id
+        super().__init__(message or f"no account with id {account_id!r}")
+
+
+class ConcurrentUpdate(AccountMergeError):
+    """A concurrent writer kept the rows busy past the retries and timeouts."""
+
+    code = "concurrent_update"
+    default_message = "the accounts were being changed concurrently; try again"
+
+
+class InvalidInput(AccountMergeError, ValueError):
+    """An argument is malformed; ``field`` names it."""
+
+    code = "invalid_input"
+    default_message = "invalid input"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class StorageError(AccountMergeError):
+    """The store cannot be used (corrupt or foreign file, lost connection).
+
+    ``store`` names the store (a file path, a database URL without its
+    password).
+    """
+
+    code = "storage_error"
+    default_message = "the store cannot be used"
+
+    def __init__(self, store: str, message: str) -> None:
+        self.store = store
+        super().__init__(f"{store}: {message}")

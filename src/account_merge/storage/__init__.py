@@ -1,0 +1,1 @@
+"""Storage adapters.  Each module is one technology; none connects on import."""
