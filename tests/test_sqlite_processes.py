@@ -123,7 +123,7 @@ def test_processes_racing_to_absorb_one_account_have_one_winner_and_lose_no_chil
                       for i in range(WORKERS)]
         outcomes = pool.round([(p.id, contested.login, contested.provisional_password.reveal())
                                for p in principals])
-        winners = [who for what, who in outcomes if what == "merged"]
+        winners = [who for what, who in outcomes if what == "merged" and who is not None]
         assert len(winners) == 1, outcomes
         assert sorted(what for what, _ in outcomes) == ["invalid_credentials"] * (
             WORKERS - 1) + ["merged"]
@@ -157,3 +157,29 @@ def test_processes_merging_two_accounts_into_each_other_never_deactivate_both(
             assert merged.merged_into == live[0].id
             assert set(service.children(live[0].id)) == {
                 child(f"m{round_}-{k}-a"), child(f"m{round_}-{k}-b")}
+
+
+def _issue_in_child(storage: SQLiteStorage, results: Queue[Any]) -> None:
+    letter = MergeService(storage, fast_verifier()).issue_account(
+        SCHOOL, "Claire Forked", [child("forked")])
+    storage.close()
+    results.put(letter.account_id)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs fork")
+def test_a_forked_process_opens_its_own_connections(tmp_path: Path) -> None:
+    """A store used before a fork works in the child, and the parent's connection still works."""
+    storage = SQLiteStorage(tmp_path / "forked.sqlite3")
+    service = MergeService(storage, fast_verifier())
+    before = service.issue_account(SCHOOL, "Claire Parent", [child("parent")])
+    context = multiprocessing.get_context("fork")
+    results: Queue[Any] = context.Queue()
+    process = context.Process(target=_issue_in_child, args=(storage, results))
+    process.start()
+    forked_id = results.get(timeout=PATIENCE)
+    process.join(PATIENCE)
+    assert process.exitcode == 0
+    assert service.children(forked_id) == (child("forked"),)
+    assert service.children(before.account_id) == (child("parent"),)
+    storage.close()

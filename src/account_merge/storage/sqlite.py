@@ -440,12 +440,10 @@ class SQLiteStorage:
             if self._pid != os.getpid():
                 self._forget_inherited()
             slot: _Slot | None = getattr(self._local, "slot", None)
-            if slot is not None and slot not in self._slots:
-                slot = None  # closed by close()
-            if slot is not None:
-                if slot.in_use:
-                    raise RuntimeError("a unit of work of this store is already open in this "
-                                       "thread; finish it before opening another")
+            if slot is not None and slot.in_use:
+                raise RuntimeError("a unit of work of this store is already open in this "
+                                   "thread; finish it before opening another")
+            if slot is not None and slot in self._slots:
                 slot.in_use = True
                 return slot
             dead = [s for s in self._slots if not s.thread.is_alive() and not s.in_use]
