@@ -421,8 +421,9 @@ class SQLiteStorage:
                 if slot.in_use:
                     slot.close_when_idle = True
             idle = [slot for slot in slots if not slot.in_use]
-        for slot in idle:
-            slot.connection.close()
+        with self._translating():
+            for slot in idle:
+                slot.connection.close()
 
     # connections ------------------------------------------------------------------
     def _translating(self) -> AbstractContextManager[None]:
@@ -448,8 +449,9 @@ class SQLiteStorage:
                 return slot
             dead = [s for s in self._slots if not s.thread.is_alive() and not s.in_use]
             self._slots = [s for s in self._slots if s not in dead]
-        for gone in dead:
-            gone.connection.close()
+        with self._translating():
+            for gone in dead:
+                gone.connection.close()
         connection = self._connect()
         slot = _Slot(connection=connection, thread=threading.current_thread(), in_use=True)
         with self._lock:
@@ -462,7 +464,8 @@ class SQLiteStorage:
             slot.in_use = False
             close = slot.close_when_idle
         if close:
-            slot.connection.close()
+            with self._translating():
+                slot.connection.close()
 
     def _connect(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = None
