@@ -82,9 +82,10 @@ class UnitOfWork(Protocol):
     Used as ``with storage.unit_of_work() as uow: ...; uow.commit()``:
     leaving the block without ``commit()`` (by an exception or not) rolls
     back everything written in it.  While a writing unit of work is open,
-    the rows it reads with ``lock_accounts`` are protected from other
-    writers until it ends (a global write lock, ``BEGIN IMMEDIATE`` or
-    row locks taken in sorted id order).  Adapters translate their driver's
+    the rows it reads with ``lock_accounts`` and ``get_throttle`` are
+    protected from other writers until it ends (a global write lock,
+    ``BEGIN IMMEDIATE``, or row locks taken in sorted id order), so a
+    read-modify-write inside it loses no concurrent update.  Adapters translate their driver's
     errors into :class:`~account_merge.exceptions.StorageError` and
     :class:`~account_merge.exceptions.ConcurrentUpdate`.
 

@@ -1,0 +1,305 @@
+"""A Hypothesis state machine that checks the service against a plain model.
+
+It issues, activates, authenticates, merges (with right, wrong, stale and
+expired credentials, pupils' accounts, self-merges and chains of merges)
+and splits, on any storage, and after every step compares the store with
+the model and checks the design's invariants I1-I5 and I7.
+
+>>> from account_merge import InMemoryStorage
+>>> Machine = build_state_machine(InMemoryStorage)
+>>> Machine.__name__
+'MergeStateMachine'
+
+Run it with ``run_state_machine_as_test(Machine)`` or expose
+``Machine.TestCase`` to pytest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import attrs
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    multiple,
+    rule,
+)
+
+from account_merge.domain.account import AccountStatus, Role
+from account_merge.domain.child import Child
+from account_merge.domain.establishment import Establishment
+from account_merge.domain.throttle import ThrottlePolicy
+from account_merge.exceptions import AccountMergeError
+from account_merge.ports import Storage
+from account_merge.service import MergeService
+from account_merge.testing import CountingVerifier, FakeClock, make_establishment
+
+__all__ = ["build_state_machine"]
+
+_ESTABLISHMENTS = (make_establishment(860001, "Collège Jean Moulin"),
+                   make_establishment(860002, "Lycée Camille Guérin"))
+_CHILDREN = tuple(
+    Child(f"ine-{i}", name, "Robert", _ESTABLISHMENTS[i // 3].uai)
+    for i, name in enumerate(["Dylan", "Florian", "Léa", "Inès", "Tom", "Zoé"])
+)
+_NO_THROTTLE = ThrottlePolicy(backoff_after=10**6, lock_after=10**6,
+                              principal_per_hour=10**6, principal_per_day=10**6)
+
+
+@attrs.define
+class _Model:
+    id: str
+    login: str
+    role: Role
+    display_name: str
+    status: AccountStatus = AccountStatus.PROVISIONAL
+    merged_into: str | None = None
+    children: dict[str, bool] = attrs.Factory(dict)  # child id -> joined via merge
+    provisional: str = ""
+    password: str | None = None
+    expires_at: Any = None
+
+
+def build_state_machine(
+    storage_factory: Callable[[], Storage],
+    *,
+    close: Callable[[Storage], None] | None = None,
+) -> type[RuleBasedStateMachine]:
+    """A state machine class running on stores made by *storage_factory*.
+
+    Each Hypothesis example gets a fresh store; *close* (default:
+    ``storage.close()``) releases it at the end of the example.
+    """
+
+    class MergeStateMachine(RuleBasedStateMachine):
+        accounts = Bundle("accounts")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.storage = storage_factory()
+            self.clock = FakeClock()
+            self.verifier = CountingVerifier()
+            self.service = MergeService(self.storage, self.verifier, self.clock,
+                                        throttle=_NO_THROTTLE)
+            self.model: dict[str, _Model] = {}
+            self.known_establishments: set[str] = set()
+            self.issued_children: set[str] = set()
+            self.passwords = 0
+
+        def teardown(self) -> None:
+            (close or (lambda s: s.close()))(self.storage)
+
+        # -- helpers ---------------------------------------------------------
+        def snapshot(self) -> dict[str, Any]:
+            out = {}
+            for account_id in self.model:
+                account = self.service.get_account(account_id)
+                out[account_id] = (account, self.service.children(account_id))
+            return out
+
+        def expect_failure(self, code: str, call: Callable[[], object], *,
+                           credential_failure: bool = False) -> None:
+            before = self.snapshot()
+            self.verifier.reset()
+            try:
+                call()
+            except AccountMergeError as error:
+                assert error.code == code, f"expected {code}, got {error.code}: {error}"
+            else:
+                raise AssertionError(f"expected {code}, the call succeeded")
+            if credential_failure:
+                # I7: one verification whatever the reason.
+                assert self.verifier.verifications == 1, self.verifier.verifications
+            # I5: a failed operation changes nothing.
+            assert self.snapshot() == before
+
+        def new_password(self) -> str:
+            self.passwords += 1
+            return f"Mot-de-passe-{self.passwords}-Sûr"
+
+        def live(self, account_id: str) -> _Model:
+            model = self.model[account_id]
+            return self.model[model.merged_into] if model.merged_into else model
+
+        def usable(self, target: _Model, password: str) -> bool:
+            now = self.clock()
+            if target.status is AccountStatus.PROVISIONAL:
+                return password == target.provisional and now < target.expires_at
+            if target.status is AccountStatus.ACTIVE:
+                return password == target.password
+            return False
+
+        def password_for(self, target: _Model, mode: str) -> str:
+            if mode == "right":
+                if target.status is AccountStatus.ACTIVE and target.password is not None:
+                    return target.password
+                return target.provisional
+            if mode == "stale":  # the letter's password, whatever happened since
+                return target.provisional
+            return "WRONGPW9"
+
+        def add_issued(self, letter: Any, role: Role, kids: list[Child]) -> str:
+            self.model[letter.account_id] = _Model(
+                id=letter.account_id, login=letter.login, role=role,
+                display_name=letter.display_name,
+                children={c.id: False for c in kids},
+                provisional=letter.provisional_password.reveal(),
+                expires_at=letter.expires_at,
+            )
+            self.known_establishments.add(letter.establishment.uai)
+            self.issued_children.update(c.id for c in kids)
+            return str(letter.account_id)
+
+        # -- rules -------------------------------------------------------------
+        @rule(target=accounts, school=st.sampled_from(_ESTABLISHMENTS),
+              picks=st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True),
+              name=st.sampled_from(["Claire Robert", "Marc Robert"]))
+        def issue_responsable(self, school: Establishment, picks: list[int],
+                              name: str) -> str:
+            offset = 0 if school is _ESTABLISHMENTS[0] else 3
+            kids = [_CHILDREN[offset + i] for i in picks]
+            letter = self.service.issue_account(school, name, kids)
+            return self.add_issued(letter, Role.RESPONSABLE, kids)
+
+        @rule(target=accounts, index=st.integers(0, 5))
+        def issue_pupil(self, index: int) -> str:
+            kid = _CHILDREN[index]
+            school = _ESTABLISHMENTS[index // 3]
+            letter = self.service.issue_account(school, kid.first_name, [kid], Role.ELEVE)
+            return self.add_issued(letter, Role.ELEVE, [kid])
+
+        @rule(account=accounts, mode=st.sampled_from(["right", "wrong"]))
+        def activate(self, account: str, mode: str) -> None:
+            target = self.model[account]
+            provisional = target.provisional if mode == "right" else "WRONGPW9"
+            new = self.new_password()
+            if target.status is AccountStatus.PROVISIONAL and self.usable(target, provisional):
+                result = self.service.activate(target.login, provisional, new)
+                assert result.status is AccountStatus.ACTIVE
+                target.status = AccountStatus.ACTIVE
+                target.password = new
+            else:
+                self.expect_failure("invalid_credentials",
+                                    lambda: self.service.activate(target.login, provisional, new),
+                                    credential_failure=True)
+
+        @rule(account=accounts, mode=st.sampled_from(["right", "wrong", "stale"]))
+        def authenticate(self, account: str, mode: str) -> None:
+            target = self.model[account]
+            password = self.password_for(target, mode)
+            if target.status is AccountStatus.ACTIVE and password == target.password:
+                assert self.service.authenticate(target.login, password).id == account
+            else:
+                self.expect_failure("invalid_credentials",
+                                    lambda: self.service.authenticate(target.login, password),
+                                    credential_failure=True)
+
+        @rule(principal=accounts, absorbed=accounts,
+              mode=st.sampled_from(["right", "right", "wrong", "stale"]))
+        def merge(self, principal: str, absorbed: str, mode: str) -> None:
+            p, a = self.model[principal], self.model[absorbed]
+            password = self.password_for(a, mode)
+
+            def call() -> object:
+                return self.service.merge(principal, a.login, password)
+
+            if p.status is not AccountStatus.ACTIVE:
+                self.expect_failure("principal_not_active", call)
+            elif p.role is not Role.RESPONSABLE:
+                self.expect_failure("not_responsable", call)
+            elif not self.usable(a, password):
+                self.expect_failure("invalid_credentials", call, credential_failure=True)
+            elif a.id == p.id:
+                self.expect_failure("same_account", call)
+            elif a.role is not Role.RESPONSABLE:
+                self.expect_failure("not_responsable", call)
+            else:
+                receipt = self.service.merge(principal, a.login, password)
+                moved = [c for c in a.children if c not in p.children]
+                for child_id in moved:
+                    p.children[child_id] = True
+                assert [c.id for c in receipt.moved] == moved
+                a.children = {}
+                a.status, a.merged_into = AccountStatus.MERGED, p.id
+                for other in self.model.values():
+                    if other.merged_into == a.id:
+                        other.merged_into = p.id
+                assert [c.id for c in receipt.children] == list(p.children)
+
+        @rule(target=accounts, school=st.sampled_from(_ESTABLISHMENTS), account=accounts)
+        def split(self, school: Establishment, account: str) -> Any:
+            live = self.live(account)
+
+            def call() -> Any:
+                return self.service.split(school, account)
+
+            own = {c: via for c, via in live.children.items()
+                   if _CHILDREN[int(c.split("-")[1])].establishment_uai == school.uai}
+            if (school.uai not in self.known_establishments or live.role is not Role.RESPONSABLE
+                    or not own):
+                self.expect_failure("not_authorized", call)
+                return multiple()
+            moved = [c for c, via in own.items() if via]
+            if not moved:
+                self.expect_failure("nothing_to_split", call)
+                return multiple()
+            receipt = call()
+            assert receipt.principal_id == live.id
+            assert [c.id for c in receipt.moved] == moved
+            # I3: only the establishment's own children move.
+            assert all(c.establishment_uai == school.uai for c in receipt.moved)
+            for child_id in moved:
+                del live.children[child_id]
+            letter = receipt.letter
+            assert self.service.get_account(letter.account_id).status is AccountStatus.PROVISIONAL
+            return self.add_issued(letter, Role.RESPONSABLE,
+                                   [c for c in _CHILDREN if c.id in moved])
+
+        @rule(days=st.integers(1, 60))
+        def time_passes(self, days: int) -> None:
+            self.clock.advance(timedelta(days=days))
+
+        @rule(account=consumes(accounts))
+        def forget(self, account: str) -> None:
+            """Drop an account from the bundle (keeps the bundle varied); the model stays."""
+
+        # -- invariants ----------------------------------------------------------
+        @invariant()
+        def store_matches_model(self) -> None:
+            for account_id, m in self.model.items():
+                account = self.service.get_account(account_id)
+                assert account.status is m.status, (account_id, account.status, m.status)
+                assert account.merged_into == m.merged_into
+                assert account.role is m.role
+                children = [c.id for c in self.service.children(account_id)]
+                assert sorted(children) == sorted(m.children), (children, m.children)
+
+        @invariant()
+        def merged_accounts_are_responsables_one_hop_from_a_live_one(self) -> None:
+            for m in self.model.values():
+                if m.status is AccountStatus.MERGED:
+                    # I1 and I2
+                    assert m.role is Role.RESPONSABLE
+                    assert m.merged_into is not None
+                    holder = self.model[m.merged_into]
+                    assert holder.status is AccountStatus.ACTIVE
+                    assert holder.role is Role.RESPONSABLE
+                    assert self.service.resolve(m.id).id == holder.id
+
+        @invariant()
+        def no_child_is_lost(self) -> None:
+            held: set[str] = set()
+            for m in self.model.values():
+                if m.status is not AccountStatus.MERGED:
+                    held.update(m.children)
+                else:
+                    assert not m.children
+            assert held == self.issued_children  # I4
+
+    return MergeStateMachine
