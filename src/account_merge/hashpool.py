@@ -14,6 +14,7 @@ other verifier is sent to the workers as it is, so it must be picklable.
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -45,6 +46,8 @@ def default_workers() -> int:
 
 def _start_worker(spec: argon2.PasswordHasher | CredentialVerifier) -> None:
     global _worker_verifier  # noqa: PLW0603 - one verifier per worker process
+    # Ctrl-C is for the calling process, which shuts the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if isinstance(spec, argon2.PasswordHasher):
         _worker_verifier = Argon2Verifier(spec, max_concurrent=1, warn_if_weak=False)
     else:
