@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import argon2
 import pytest
 
@@ -27,6 +29,19 @@ def family(n: int) -> tuple[str, list[Child]]:
     return f"Responsable {n}", [Child(f"E{n}", f"Enfant{n}", "Robert", COLLEGE.uai)]
 
 
+class WhereVerifier:
+    """A picklable verifier whose hashes name the process that made them."""
+
+    def hash(self, password: str) -> str:
+        return f"made-in-{os.getpid()}"
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return False
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_issues_one_account_per_family_in_order(workers: int) -> None:
     service = cheap_service()
@@ -48,6 +63,19 @@ def test_hashes_in_workers_with_the_verifier_parameters() -> None:
     account = service.activate(letter.login, letter.provisional_password, "Un-Mot-De-Passe-42!")
 
     assert account.status is AccountStatus.ACTIVE
+
+
+def test_hashes_in_worker_processes_and_stores_in_this_one() -> None:
+    storage = InMemoryStorage()
+    service = MergeService(storage, WhereVerifier())
+
+    letters = list(service.issue_accounts(COLLEGE, (family(n) for n in range(6)), workers=2))
+
+    with storage.unit_of_work(write=False) as uow:
+        hashes = {uow.get_credential(letter.account_id).password_hash  # type: ignore[union-attr]
+                  for letter in letters}
+    assert f"made-in-{os.getpid()}" not in hashes
+    assert len(hashes) >= 1
 
 
 def test_an_invalid_family_stops_the_batch_after_the_families_before_it() -> None:
