@@ -668,8 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = _Parser(
         prog=PROG, parents=[common],
-        description="Regroupement de comptes responsables : démonstration, émission des "
-                    "courriers, activation, regroupement et séparation de comptes, sur une "
+        description="Regroupement de comptes responsables : démonstration, émission des\n"
+                    "courriers, activation, regroupement et séparation de comptes, sur une\n"
                     "base SQLite.",
         epilog="Exemple :\n  account-merge demo\n  account-merge children claire.robert\n\n"
                "Aide d'une commande : account-merge COMMANDE --help",
@@ -742,9 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("csv", metavar="CSV", help="le fichier exporté par l'établissement")
     batch.add_argument("--out", required=True, metavar="DOSSIER",
                        help="dossier (nouveau ou vide) où écrire les courriers")
-    batch.add_argument("--workers", type=_positive, default=default_workers(),
+    batch.add_argument("--workers", type=_positive, default=default_workers(), metavar="N",
                        help="processus de hachage (défaut : un par cœur)")
-    batch.add_argument("--encoding", default="utf-8-sig",
+    batch.add_argument("--encoding", default="utf-8-sig", metavar="ENCODAGE",
                        help="encodage du CSV (défaut : utf-8, avec ou sans BOM)")
 
     activate = command(
@@ -786,13 +786,13 @@ def build_parser() -> argparse.ArgumentParser:
         "account-merge audit --account claire.robert --limit 20")
     audit.add_argument("--account", metavar="COMPTE",
                        help="seulement ce compte (identifiant ou id)")
-    audit.add_argument("--limit", type=_positive, default=50,
+    audit.add_argument("--limit", type=_positive, default=50, metavar="N",
                        help="nombre d'entrées, les dernières (défaut : 50)")
 
     events = command(
         "events", cmd_events, "affiche les événements non publiés, dans l'ordre",
         "account-merge events --limit 10 --mark-published")
-    events.add_argument("--limit", type=_positive, default=100,
+    events.add_argument("--limit", type=_positive, default=100, metavar="N",
                         help="nombre d'événements (défaut : 100)")
     events.add_argument("--mark-published", action="store_true",
                         help="marque publiés les événements affichés")
