@@ -26,6 +26,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
@@ -194,6 +195,21 @@ def _pragma_int(connection: sqlite3.Connection, name: str) -> int:
     return int(row[0])
 
 
+def _refuse_unknown(connection: sqlite3.Connection, path: str) -> None:
+    """Raise StorageError unless the file is empty or an account_merge store we can read."""
+    application_id = _pragma_int(connection, "application_id")
+    version = _pragma_int(connection, "user_version")
+    if application_id != APPLICATION_ID:
+        has_objects = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if application_id != 0 or version != 0 or has_objects:
+            raise StorageError(path, "is an SQLite database of another application, "
+                                     "not an account_merge store")
+    if version > SCHEMA_VERSION:
+        raise StorageError(path, f"has schema version {version}, newer than the "
+                                 f"{SCHEMA_VERSION} this account_merge knows; upgrade "
+                                 f"account_merge to open it")
+
+
 def migrate(connection: sqlite3.Connection, *, path: str = "", to: int = SCHEMA_VERSION) -> int:
     """Bring the file behind *connection* to schema version *to*; return its version.
 
@@ -202,8 +218,8 @@ def migrate(connection: sqlite3.Connection, *, path: str = "", to: int = SCHEMA_
     so concurrent openers of a new file wait for each other and a step is
     wholly applied or not at all.  A file of another application, or
     written by a newer account_merge, raises
-    :class:`~account_merge.exceptions.StorageError` (named *path*) and is
-    left untouched.
+    :class:`~account_merge.exceptions.StorageError` (naming *path*) and is
+    left untouched.  A file already past *to* is left as it is.
     """
     if not 0 <= to <= SCHEMA_VERSION:
         raise InvalidInput("to", f"must be between 0 and {SCHEMA_VERSION}")
@@ -212,17 +228,8 @@ def migrate(connection: sqlite3.Connection, *, path: str = "", to: int = SCHEMA_
         return to
     connection.execute("BEGIN IMMEDIATE")
     try:
-        application_id = _pragma_int(connection, "application_id")
+        _refuse_unknown(connection, path)
         version = _pragma_int(connection, "user_version")
-        if application_id != APPLICATION_ID:
-            has_objects = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if application_id != 0 or version != 0 or has_objects:
-                raise StorageError(path, "is an SQLite database of another application, "
-                                         "not an account_merge store")
-        if version > SCHEMA_VERSION:
-            raise StorageError(path, f"has schema version {version}, newer than the "
-                                     f"{SCHEMA_VERSION} this account_merge knows; upgrade "
-                                     f"account_merge to open it")
         for step in MIGRATIONS[version:to]:
             for statement in step:
                 connection.execute(statement)
@@ -433,12 +440,10 @@ class SQLiteStorage:
             if self._pid != os.getpid():
                 self._forget_inherited()
             slot: _Slot | None = getattr(self._local, "slot", None)
-            if slot is not None and slot not in self._slots:
-                slot = None  # closed by close()
-            if slot is not None:
-                if slot.in_use:
-                    raise RuntimeError("a unit of work of this store is already open in this "
-                                       "thread; finish it before opening another")
+            if slot is not None and slot.in_use:
+                raise RuntimeError("a unit of work of this store is already open in this "
+                                   "thread; finish it before opening another")
+            if slot is not None and slot in self._slots:
                 slot.in_use = True
                 return slot
             dead = [s for s in self._slots if not s.thread.is_alive() and not s.in_use]
@@ -466,9 +471,10 @@ class SQLiteStorage:
                 connection = sqlite3.connect(self.path, timeout=self.busy_timeout,
                                              isolation_level=None, check_same_thread=False)
                 connection.execute("PRAGMA foreign_keys = ON")
-                mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StorageError(self.path, f"cannot use WAL journal mode (got {mode})")
+                connection.execute("BEGIN")  # one snapshot for the checks
+                _refuse_unknown(connection, self.path)  # before changing anything
+                connection.execute("COMMIT")
+                self._use_wal(connection)
                 connection.execute("PRAGMA synchronous = FULL")
                 migrate(connection, path=self.path)
         except BaseException:
@@ -476,6 +482,27 @@ class SQLiteStorage:
                 connection.close()
             raise
         return connection
+
+    def _use_wal(self, connection: sqlite3.Connection) -> None:
+        """Switch the file to WAL mode (once per file; it persists).
+
+        The switch needs the file to itself and SQLite does not wait for
+        it, so concurrent first openers retry until the busy timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as error:
+                if (getattr(error, "sqlite_errorcode", 0) & 0xFF not in _CONCURRENCY_CODES
+                        or time.monotonic() >= deadline):
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+        if str(mode).lower() != "wal":
+            raise StorageError(self.path, f"cannot use WAL journal mode (got {mode})")
 
 
 class _SQLiteUnitOfWork:
