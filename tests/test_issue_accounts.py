@@ -87,3 +87,17 @@ def test_an_invalid_family_stops_the_batch_after_the_families_before_it() -> Non
         issued.extend(service.issue_accounts(COLLEGE, families, workers=2))
 
     assert [letter.display_name for letter in issued] == ["Responsable 0", "Responsable 1"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reports_progress_once_per_letter_before_yielding_it(workers: int) -> None:
+    service = cheap_service()
+    reported: list[int] = []
+    seen_when_yielded: list[int] = []
+
+    for _letter in service.issue_accounts(COLLEGE, (family(n) for n in range(5)),
+                                          workers=workers, progress=reported.append):
+        seen_when_yielded.append(reported[-1])
+
+    assert reported == [1, 2, 3, 4, 5]
+    assert seen_when_yielded == [1, 2, 3, 4, 5]

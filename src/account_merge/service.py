@@ -318,6 +318,7 @@ class MergeService:
         role: Role = Role.RESPONSABLE,
         *,
         workers: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Iterator[NotificationLetter]:
         """Issue one account per ``(display_name, children)`` family, hashing on every core.
 
@@ -330,6 +331,8 @@ class MergeService:
         so *families* may be a long generator.  A family is checked as
         :meth:`issue_account` checks it; an invalid one raises
         ``invalid_input`` after the families before it were issued.
+        *progress*, if given, is called with the number of letters issued
+        so far each time one is stored, before it is yielded.
         """
         if not isinstance(establishment, Establishment):
             raise InvalidInput("establishment", "must be an Establishment")
@@ -340,11 +343,14 @@ class MergeService:
                 password = generate_provisional_password(self.provisional_length)
                 yield (display_name, kids), password
 
-        for (display_name, kids), password, password_hash in hash_passwords(
-                self.verifier, prepared(), workers=workers):
-            yield self._retry(functools.partial(
+        hashed = hash_passwords(self.verifier, prepared(), workers=workers)
+        for issued, ((display_name, kids), password, password_hash) in enumerate(hashed, 1):
+            letter = self._retry(functools.partial(
                 self._store_issued, establishment, display_name, kids, role, None, password,
                 password_hash))
+            if progress is not None:
+                progress(issued)
+            yield letter
 
     def _issue_args(
         self, establishment: Establishment, display_name: str, children: Iterable[Child],
