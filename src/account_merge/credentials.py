@@ -21,7 +21,8 @@ class WeakHashParametersWarning(UserWarning):
     """The argon2 parameters are below OWASP's recommended floor."""
 
 
-def _encode(password: str) -> bytes:
+def encode_password(password: str) -> bytes:
+    """The bytes argon2 hashes for *password* (what every hash of this library hashes)."""
     # "surrogatepass" so that text that cannot be encoded (a lone surrogate)
     # costs the same verification as any other wrong password, and never
     # raises an exception carrying the password in its ``object``.
@@ -78,11 +79,11 @@ class Argon2Verifier:
     def hash(self, password: str) -> str:
         """A new argon2id hash of *password*."""
         with self._slots:
-            return self._hasher.hash(_encode(password))
+            return self._hasher.hash(encode_password(password))
 
     def verify(self, password_hash: str | None, password: str) -> bool:
         """True if *password* matches; False (after the same work) otherwise."""
-        secret = _encode(password)
+        secret = encode_password(password)
         with self._slots:
             target = self._dummy if password_hash is None else password_hash
             try:

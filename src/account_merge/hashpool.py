@@ -6,9 +6,11 @@ they receive a password and send back its hash; everything else (storage,
 letters) stays in the calling process.
 
 A worker hashes exactly as the caller's verifier does: an
-:class:`~account_merge.credentials.Argon2Verifier` is rebuilt in each
-worker from its :class:`argon2.PasswordHasher` (the same parameters); any
-other verifier is sent to the workers as it is, so it must be picklable.
+:class:`~account_merge.credentials.Argon2Verifier` sends its
+:class:`argon2.PasswordHasher` (the same parameters), which the worker
+uses as the verifier would, without building a verifier of its own (that
+would cost a hash per worker for a dummy it never needs); any other
+verifier is sent to the workers as it is, so it must be picklable.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TypeVar
 
 import argon2
 
-from account_merge.credentials import Argon2Verifier
+from account_merge.credentials import Argon2Verifier, encode_password
 from account_merge.ports import CredentialVerifier
 
 __all__ = ["default_workers", "hash_passwords"]
@@ -33,7 +35,7 @@ T = TypeVar("T")
 #: the caller stores, few enough that a batch never sits in memory.
 _IN_FLIGHT_PER_WORKER = 4
 
-_worker_verifier: CredentialVerifier | None = None
+_worker_hasher: argon2.PasswordHasher | CredentialVerifier | None = None
 
 
 def default_workers() -> int:
@@ -45,18 +47,19 @@ def default_workers() -> int:
 
 
 def _start_worker(spec: argon2.PasswordHasher | CredentialVerifier) -> None:
-    global _worker_verifier  # noqa: PLW0603 - one verifier per worker process
+    global _worker_hasher  # noqa: PLW0603 - one hasher per worker process
     # Ctrl-C is for the calling process, which shuts the pool down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if isinstance(spec, argon2.PasswordHasher):
-        _worker_verifier = Argon2Verifier(spec, max_concurrent=1, warn_if_weak=False)
-    else:
-        _worker_verifier = spec
+    _worker_hasher = spec
 
 
 def _hash_in_worker(password: str) -> str:
-    assert _worker_verifier is not None, "worker not started"
-    return _worker_verifier.hash(password)
+    hasher = _worker_hasher
+    assert hasher is not None, "worker not started"
+    if isinstance(hasher, argon2.PasswordHasher):
+        # What Argon2Verifier.hash does, one hash at a time per worker.
+        return hasher.hash(encode_password(password))
+    return hasher.hash(password)
 
 
 def hash_passwords(
