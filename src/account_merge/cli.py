@@ -539,6 +539,10 @@ class _Progress:
         self.tty = stream.isatty()
         self._shown = -1
 
+    def after(self, before: int) -> Callable[[int], None]:
+        """A progress callback for a batch that follows *before* letters already issued."""
+        return lambda done: self.update(before + done)
+
     def update(self, done: int) -> None:
         step = done * (100 if self.tty else 10) // max(1, self.total)
         if step == self._shown and done != self.total:
@@ -592,14 +596,14 @@ def cmd_issue_batch(session: _Session) -> int:
         for uai, families in by_uai.items():
             establishment = session.establishment(uai)
             letters: Iterator[NotificationLetter] = session.service.issue_accounts(
-                establishment, ((f.name, f.children) for f in families), workers=args.workers)
+                establishment, ((f.name, f.children) for f in families), workers=args.workers,
+                progress=progress.after(issued))
             for family, letter in zip(families, letters, strict=True):
                 path = _write_letter(folder, letter)
                 index.writerow([uai, family.responsable_id, family.name, letter.login,
                                 letter.account_id, path.name])
                 index_file.flush()
                 issued += 1
-                progress.update(issued)
     print(f"{issued} courrier(s) écrit(s) dans {folder} (index : {folder / 'courriers.csv'}).",
           file=session.out)
     if batch.errors:
