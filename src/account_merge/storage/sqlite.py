@@ -49,6 +49,7 @@ from account_merge.exceptions import (
     StorageError,
 )
 from account_merge.ports import LoginTaken, StoredReceipt
+from account_merge.storage.bulk import BulkAccount
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage", "migrate"]
 
@@ -406,6 +407,55 @@ class SQLiteStorage:
         IMMEDIATE``); ``write=False`` reads a snapshot (``BEGIN``).
         """
         return _SQLiteUnitOfWork(self, write=write)
+
+    def bulk_insert(self, rows: Sequence[BulkAccount]) -> None:
+        """Store *rows* in one transaction, one ``executemany`` per table.
+
+        The fast path of :func:`account_merge.storage.bulk.insert_accounts`,
+        for tests and benchmarks that need a large store: the accounts and
+        their hashes are taken as they are, without events or audit
+        records.  A login or id already in use raises ``LoginTaken`` and
+        stores none of *rows*.
+        """
+        responsable = Role.RESPONSABLE.value
+        times: dict[datetime | None, str | None] = {None: None}
+
+        def text(at: datetime | None) -> str | None:
+            # Bulk rows share a few instants: format each once.
+            if at not in times:
+                times[at] = _time(at)  # type: ignore[arg-type]
+            return times[at]
+
+        with self.unit_of_work(write=True) as uow:
+            connection = uow._connection()
+            with self._translating():
+                try:
+                    connection.executemany(
+                        "INSERT INTO accounts (id, login, login_key, role, status, display_name,"
+                        " establishment_uai, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(r.account_id, r.login, r.login_key, responsable, r.status.value,
+                          r.display_name, r.establishment_uai, text(r.created_at))
+                         for r in rows])
+                except sqlite3.IntegrityError as error:
+                    if "UNIQUE" in str(error):
+                        raise LoginTaken("a login or id of the bulk") from None
+                    raise
+                connection.executemany(
+                    "INSERT INTO credentials (account_id, password_hash, kind, expires_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(r.account_id, r.password_hash, r.credential_kind.value,
+                      text(r.credential_expires_at)) for r in rows])
+                connection.executemany(
+                    "INSERT INTO children (id, first_name, last_name, establishment_uai)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    [(r.child_id, r.child_first_name, r.child_last_name, r.establishment_uai)
+                     for r in rows])
+                connection.executemany(
+                    f"INSERT INTO links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    [(r.account_id, r.child_id, r.child_first_name, r.child_last_name,
+                      r.establishment_uai, r.account_id, r.establishment_uai,
+                      text(r.created_at)) for r in rows])
+            uow.commit()
 
     def close(self) -> None:
         """Close every connection not inside a unit of work; the others when it ends.

@@ -28,11 +28,14 @@ from account_merge.domain.events import Event, OutboxEntry
 from account_merge.ports import CredentialVerifier, Storage
 from account_merge.service import MergeService
 from account_merge.storage.memory import InMemoryStorage
+from account_merge.testing.bulk import BulkAccounts, bulk_load
 
 __all__ = [
+    "BulkAccounts",
     "CapturedEvents",
     "CountingVerifier",
     "FakeClock",
+    "bulk_load",
     "capture_events",
     "fast_verifier",
     "make_establishment",

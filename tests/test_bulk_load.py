@@ -1,0 +1,137 @@
+"""bulk_load: a large store in seconds, whose accounts behave like issued ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from account_merge import (
+    AccountStatus,
+    Argon2Verifier,
+    InMemoryStorage,
+    MergeService,
+    SQLiteStorage,
+)
+from account_merge.exceptions import InvalidCredentials
+from account_merge.ports import LoginTaken, Storage
+from account_merge.storage.bulk import BulkAccount, insert_accounts
+from account_merge.testing import bulk_load, fast_verifier, make_establishment
+
+PROVISIONAL = "2BUYJ9C8"
+PASSWORD = "Mot-de-passe-Sûr-2026"
+COLLEGE = make_establishment(860001)
+
+
+@pytest.fixture
+def verifier() -> Argon2Verifier:
+    """Real argon2 with the cheapest parameters (the hashes are made once per test)."""
+    return fast_verifier()
+
+
+def test_loaded_letters_activate_and_merge_like_issued_ones(
+    storage: Storage, verifier: Argon2Verifier,
+) -> None:
+    letters = bulk_load(storage, COLLEGE, 50, password_hash=verifier.hash(PROVISIONAL))
+    service = MergeService(storage, verifier)
+
+    principal = service.activate(letters.login(3), PROVISIONAL, PASSWORD)
+    receipt = service.merge(principal.id, letters.login(4), PROVISIONAL)
+
+    assert principal.id == letters.account_id(3)
+    assert receipt.absorbed_id == letters.account_id(4)
+    assert [c.id for c in service.children(principal.id)] == [letters.child_id(3),
+                                                              letters.child_id(4)]
+    assert service.get_account(letters.account_id(4)).status is AccountStatus.MERGED
+
+
+def test_loaded_active_accounts_sign_in_with_the_shared_password(
+    storage: Storage, verifier: Argon2Verifier,
+) -> None:
+    active = bulk_load(storage, COLLEGE, 10, password_hash=verifier.hash(PASSWORD),
+                       status=AccountStatus.ACTIVE, prefix="act")
+    service = MergeService(storage, verifier)
+
+    assert service.authenticate(active.login(9), PASSWORD).id == active.account_id(9)
+    with pytest.raises(InvalidCredentials):  # an ACTIVE account has no provisional password
+        service.activate(active.login(9), PASSWORD, "Un-Mot-De-Passe-42!")
+
+
+def test_loads_in_several_chunks_and_reports_progress(
+    storage: Storage, verifier: Argon2Verifier,
+) -> None:
+    reported: list[int] = []
+
+    loaded = bulk_load(storage, COLLEGE, 25, password_hash=verifier.hash(PROVISIONAL),
+                       chunk=10, progress=reported.append)
+
+    assert reported == [10, 20, 25]
+    with storage.unit_of_work(write=False) as uow:
+        assert uow.get_account_id_by_login(loaded.login(24)) == loaded.account_id(24)
+        assert uow.get_credential(loaded.account_id(0)) is not None
+        assert uow.get_establishment(COLLEGE.uai) == COLLEGE
+
+
+def test_loads_no_event_and_no_audit_record(
+    storage: Storage, verifier: Argon2Verifier,
+) -> None:
+    bulk_load(storage, COLLEGE, 5, password_hash=verifier.hash(PROVISIONAL))
+
+    with storage.unit_of_work(write=False) as uow:
+        assert uow.unpublished(10) == []
+        assert uow.audit_records(None, 10) == []
+
+
+def test_two_loads_with_different_prefixes_live_side_by_side(
+    storage: Storage, verifier: Argon2Verifier,
+) -> None:
+    first = bulk_load(storage, COLLEGE, 3, password_hash=verifier.hash(PROVISIONAL))
+    second = bulk_load(storage, COLLEGE, 3, password_hash=verifier.hash(PROVISIONAL),
+                       prefix="more")
+
+    assert first.account_id(0) != second.account_id(0)
+    with pytest.raises(LoginTaken):
+        bulk_load(storage, COLLEGE, 3, password_hash=verifier.hash(PROVISIONAL))
+
+
+@pytest.mark.parametrize("make", [InMemoryStorage, lambda: None], ids=["memory", "sqlite"])
+def test_a_taken_login_stores_nothing_of_its_chunk(
+    make: Callable[[], Storage | None], tmp_path: Path, verifier: Argon2Verifier,
+) -> None:
+    storage = make() or SQLiteStorage(tmp_path / "store.sqlite3")
+    at = datetime(2026, 9, 1, tzinfo=UTC)
+
+    def row(account_id: str, login: str) -> BulkAccount:
+        return BulkAccount(account_id=account_id, login=login, login_key=login,
+                           status=AccountStatus.PROVISIONAL, display_name="Claire Robert",
+                           establishment_uai=COLLEGE.uai, created_at=at,
+                           password_hash=verifier.hash(PROVISIONAL), expires_at=at,
+                           child_id=f"child-{account_id}", child_first_name="Dylan",
+                           child_last_name="Robert")
+
+    insert_accounts(storage, [row("a1", "claire.robert")])
+    with pytest.raises(LoginTaken):
+        insert_accounts(storage, [row("a2", "claire.robert.2"), row("a3", "claire.robert")])
+
+    with storage.unit_of_work(write=False) as uow:
+        assert uow.get_account("a1") is not None
+        assert uow.get_account("a2") is None
+    storage.close()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"prefix": "Bulk"}, "prefix"),
+    ({"prefix": "9lives"}, "prefix"),
+    ({"status": AccountStatus.MERGED}, "PROVISIONAL or ACTIVE"),
+    ({"count": -1}, "count"),
+])
+def test_refuses_what_it_cannot_load(
+    options: dict[str, Any], message: str, verifier: Argon2Verifier,
+) -> None:
+    arguments: dict[str, Any] = {"count": 1, **options}
+    with pytest.raises(ValueError, match=message):
+        bulk_load(InMemoryStorage(), COLLEGE, password_hash=verifier.hash(PROVISIONAL),
+                  **arguments)
