@@ -1,0 +1,212 @@
+"""P1 and P2: the cost of merge, authenticate, activate and split.
+
+Each store is filled with :func:`account_merge.testing.bulk_load` (no
+hashing: the accounts share a few hashes computed once with the
+verifier's parameters), then each operation runs once per round on
+accounts of its own.  Rounds interleave the operations with bare argon2
+calls (P1) or with the same operation on the other store (P2), so that a
+drift of the shared machine touches both sides of a ratio alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import argon2
+
+from account_merge import AccountStatus, Argon2Verifier, MergeService
+from account_merge.ports import Storage
+from account_merge.testing import BulkAccounts, bulk_load, make_establishment
+
+PROVISIONAL_PASSWORD = "2BUYJ9C8"
+PASSWORD = "Mot-de-passe-Sûr-2026"
+NEW_PASSWORD = "Un-Mot-De-Passe-42!"
+
+ESTABLISHMENT = make_establishment(860001, "Collège des Trois Rivières")
+
+#: The operations, and the argon2 work each does by design.
+OPERATIONS: dict[str, tuple[int, int]] = {
+    # name: (verifications, hashes)
+    "merge": (1, 0),
+    "authenticate": (1, 0),
+    "activate": (1, 1),
+    "split": (0, 1),
+}
+
+
+def argon2_cost(op: str) -> str:
+    """The denominator of an operation, in words."""
+    verifications, hashes = OPERATIONS[op]
+    parts = []
+    if verifications:
+        parts.append(f"{verifications} verify")
+    if hashes:
+        parts.append(f"{hashes} hash")
+    return " + ".join(parts)
+
+
+def verifier_for(hasher: argon2.PasswordHasher) -> Argon2Verifier:
+    return Argon2Verifier(hasher, warn_if_weak=False)
+
+
+def fill(storage: Storage, count: int, password_hash: str, prefix: str = "f") -> float:
+    """Put *count* accounts nobody uses in *storage*; return the seconds it took."""
+    started = time.perf_counter()
+    bulk_load(storage, ESTABLISHMENT, count, password_hash=password_hash, prefix=prefix)
+    return time.perf_counter() - started
+
+
+class Workload:
+    """Accounts for *rounds* runs of each operation, in one store.
+
+    Round *i* merges absorbed account *i* into principal *i*, authenticates
+    principal *i*, activates newcomer *i*, and splits principal *i* (its
+    merged child goes back to a new account).
+    """
+
+    def __init__(self, service: MergeService, rounds: int, hashes: tuple[str, str]) -> None:
+        provisional_hash, password_hash = hashes
+        self.service = service
+        storage = service.storage
+        self.principals = bulk_load(storage, ESTABLISHMENT, rounds, password_hash=password_hash,
+                                    status=AccountStatus.ACTIVE, prefix="p")
+        self.absorbed = bulk_load(storage, ESTABLISHMENT, rounds,
+                                  password_hash=provisional_hash, prefix="a")
+        self.newcomers = bulk_load(storage, ESTABLISHMENT, rounds,
+                                   password_hash=provisional_hash, prefix="n")
+
+    def run(self, op: str, i: int) -> None:
+        p: BulkAccounts = self.principals
+        if op == "merge":
+            self.service.merge(p.account_id(i), self.absorbed.login(i), PROVISIONAL_PASSWORD)
+        elif op == "authenticate":
+            self.service.authenticate(p.login(i), PASSWORD)
+        elif op == "activate":
+            self.service.activate(self.newcomers.login(i), PROVISIONAL_PASSWORD, NEW_PASSWORD)
+        elif op == "split":
+            self.service.split(ESTABLISHMENT, p.account_id(i))
+        else:  # pragma: no cover
+            raise ValueError(op)
+
+
+def timed(step: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    step()
+    return time.perf_counter() - started
+
+
+def make_hashes(verifier: Argon2Verifier) -> tuple[str, str]:
+    """The provisional and the chosen password hashed once, shared by every account."""
+    return verifier.hash(PROVISIONAL_PASSWORD), verifier.hash(PASSWORD)
+
+
+#: One P1 round: each operation between bare argon2 calls of its own kind, so
+#: that every operation has the same bare work measured just before and
+#: just after it.
+P1_ROUND: tuple[str, ...] = (
+    "verify", "merge", "verify", "authenticate", "verify", "hash", "activate", "verify", "hash",
+    "split", "hash",
+)
+
+
+@dataclass
+class P1Result:
+    store: str
+    samples: dict[str, list[float]]  # op or "verify"/"hash" -> seconds
+    paired: dict[str, list[float]]  # op -> op / (mean of the bare work before and after)
+
+    def median(self, key: str) -> float:
+        return statistics.median(self.samples[key])
+
+    def denominator(self, op: str) -> float:
+        verifications, hashes = OPERATIONS[op]
+        return verifications * self.median("verify") + hashes * self.median("hash")
+
+    def ratio(self, op: str) -> float:
+        """Median operation / median of its bare argon2 work."""
+        return self.median(op) / self.denominator(op)
+
+    def paired_ratio(self, op: str) -> float:
+        """Median, over rounds, of the operation / the bare work measured around it."""
+        return statistics.median(self.paired[op])
+
+
+def _bare_around(steps: list[tuple[str, float]], index: int, op: str) -> float:
+    """The bare argon2 work of *op* measured just before and just after step *index*."""
+    verifications, hashes = OPERATIONS[op]
+    total = 0.0
+    for kind, count in (("verify", verifications), ("hash", hashes)):
+        if not count:
+            continue
+        before = next(t for k, t in reversed(steps[:index]) if k == kind)
+        after = next(t for k, t in steps[index + 1:] if k == kind)
+        total += count * (before + after) / 2
+    return total
+
+
+def measure_p1(storage: Storage, store: str, hasher: argon2.PasswordHasher, rounds: int,
+               filler: int) -> P1Result:
+    """Time each operation between bare argon2 verifications and hashes with *hasher*."""
+    verifier = verifier_for(hasher)
+    service = MergeService(storage, verifier)
+    hashes = make_hashes(verifier)
+    fill(storage, filler, hashes[0])
+    workload = Workload(service, rounds + 1, hashes)
+    bare_hash = hasher.hash(PROVISIONAL_PASSWORD)
+    bare: dict[str, Callable[[], object]] = {
+        "verify": lambda: hasher.verify(bare_hash, PROVISIONAL_PASSWORD),
+        "hash": lambda: hasher.hash(NEW_PASSWORD),
+    }
+    samples: dict[str, list[float]] = {k: [] for k in ("verify", "hash", *OPERATIONS)}
+    paired: dict[str, list[float]] = {op: [] for op in OPERATIONS}
+    for i in range(rounds + 1):
+        steps = [(kind, timed(bare[kind] if kind in bare
+                              else lambda: workload.run(kind, i)))  # noqa: B023
+                 for kind in P1_ROUND]
+        if i == 0:
+            continue  # warm-up: connections, caches
+        for index, (kind, elapsed) in enumerate(steps):
+            samples[kind].append(elapsed)
+            if kind in OPERATIONS:
+                paired[kind].append(elapsed / _bare_around(steps, index, kind))
+    return P1Result(store, samples, paired)
+
+
+@dataclass
+class P2Result:
+    store: str
+    small: int
+    large: int
+    fill_seconds: float
+    samples: dict[str, tuple[list[float], list[float]]]  # op -> (small, large)
+
+    def medians(self, op: str) -> tuple[float, float]:
+        small, large = self.samples[op]
+        return statistics.median(small), statistics.median(large)
+
+    def ratio(self, op: str) -> float:
+        small, large = self.medians(op)
+        return large / small
+
+
+def measure_p2(small_store: Storage, large_store: Storage, store: str,
+               hasher: argon2.PasswordHasher, rounds: int, small: int, large: int) -> P2Result:
+    """The same operations on a store of *small* accounts and one of *large*, alternately."""
+    verifier = verifier_for(hasher)
+    hashes = make_hashes(verifier)
+    fill(small_store, small, hashes[0])
+    fill_seconds = fill(large_store, large, hashes[0])
+    workloads = [Workload(MergeService(s, verifier), rounds + 1, hashes)
+                 for s in (small_store, large_store)]
+    samples: dict[str, tuple[list[float], list[float]]] = {op: ([], []) for op in OPERATIONS}
+    for i in range(rounds + 1):
+        order = (0, 1) if i % 2 else (1, 0)
+        for op in OPERATIONS:
+            for side in order:
+                elapsed = timed(lambda: workloads[side].run(op, i))  # noqa: B023
+                if i:
+                    samples[op][side].append(elapsed)
+    return P2Result(store, small, large, fill_seconds, samples)

@@ -1,0 +1,75 @@
+"""The stores the benchmarks run on: in memory, SQLite, PostgreSQL when available."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from account_merge import InMemoryStorage, SQLiteStorage
+from account_merge.ports import Storage
+from postgres import postgres_factory
+
+
+@dataclass
+class StoreKind:
+    """One kind of store: a name, the P1 target, and a factory of fresh, empty stores."""
+
+    name: str
+    p1_target: float
+    p2_target: float | None
+    factory: Callable[[str], Storage]
+    made: list[Storage] = field(default_factory=list)
+
+    def make(self, label: str) -> Storage:
+        """A fresh, empty store (*label* names its file or database)."""
+        store = self.factory(label)
+        self.made.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self.made:
+            with contextlib.suppress(Exception):
+                store.close()
+        self.made.clear()
+
+
+@dataclass
+class Stores:
+    """The kinds available in this run, and why the others are not."""
+
+    kinds: list[StoreKind]
+    skipped: dict[str, str]
+    workdir: Path
+
+    def get(self, name: str) -> StoreKind | None:
+        return next((k for k in self.kinds if k.name == name), None)
+
+
+@contextlib.contextmanager
+def open_stores(workdir: Path | None, *, postgres: bool = True) -> Iterator[Stores]:
+    """Every kind of store this machine can run, with files in *workdir* (a temporary folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="am-bench-", dir=workdir))
+    kinds = [
+        StoreKind("memory", 1.02, None, lambda label: InMemoryStorage()),
+        StoreKind("sqlite", 1.05, 1.25, lambda label: SQLiteStorage(folder / f"{label}.sqlite3")),
+    ]
+    skipped: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        if postgres:
+            factory, reason = stack.enter_context(postgres_factory(folder))
+            if factory is not None:
+                kinds.append(StoreKind("postgresql", 1.10, 1.25, factory))
+            else:
+                skipped["postgresql"] = reason
+        else:
+            skipped["postgresql"] = "not asked for (--no-postgres)"
+        try:
+            yield Stores(kinds, skipped, folder)
+        finally:
+            for kind in kinds:
+                kind.close_all()
+            shutil.rmtree(folder, ignore_errors=True)
