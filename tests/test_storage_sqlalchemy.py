@@ -490,11 +490,15 @@ def host_prefix(host_engine: sqlalchemy.Engine) -> Iterator[str]:
     make_metadata(prefix).drop_all(host_engine)
 
 
-def _story_in_session(session: Session, prefix: str) -> str:
+def _story_in_session(session: Session, prefix: str, *, host_first: bool = True) -> str:
     """The host writes its row and the service issues an account, in one session."""
-    session.execute(notes.insert().values(id=1, text="written by the host"))
     service = make_service(SQLAlchemyStorage(session=session, prefix=prefix))
-    return service.issue_account(SCHOOL, "Claire Robert", [child(1)]).account_id
+    if host_first:
+        session.execute(notes.insert().values(id=1, text="written by the host"))
+    account_id = service.issue_account(SCHOOL, "Claire Robert", [child(1)]).account_id
+    if not host_first:
+        session.execute(notes.insert().values(id=1, text="written by the host"))
+    return account_id
 
 
 def _committed(engine: sqlalchemy.Engine, prefix: str, account_id: str) -> tuple[bool, bool]:
@@ -512,17 +516,18 @@ def _committed(engine: sqlalchemy.Engine, prefix: str, account_id: str) -> tuple
 def test_in_a_session_nothing_is_committed_behind_the_hosts_back(
         host_engine: sqlalchemy.Engine, host_prefix: str) -> None:
     with Session(host_engine) as session:
-        account_id = _story_in_session(session, host_prefix)
+        account_id = _story_in_session(session, host_prefix, host_first=False)
         if host_engine.dialect.name == "postgresql":  # SQLite would wait for our write lock
             assert _committed(host_engine, host_prefix, account_id) == (False, False)
         session.rollback()
     assert _committed(host_engine, host_prefix, account_id) == (False, False)
 
 
+@pytest.mark.parametrize("host_first", [True, False], ids=["host-first", "library-first"])
 def test_in_a_session_the_hosts_commit_makes_both_durable(
-        host_engine: sqlalchemy.Engine, host_prefix: str) -> None:
+        host_engine: sqlalchemy.Engine, host_prefix: str, host_first: bool) -> None:
     with Session(host_engine) as session:
-        account_id = _story_in_session(session, host_prefix)
+        account_id = _story_in_session(session, host_prefix, host_first=host_first)
         session.commit()
     assert _committed(host_engine, host_prefix, account_id) == (True, True)
 
