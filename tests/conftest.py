@@ -2,4 +2,63 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from account_merge import InMemoryStorage, MergeService
+from account_merge.ports import Storage
+from account_merge.testing import CountingVerifier, FakeClock
+
 pytest_plugins = ["pytester", "pg"]
+
+#: Every store of this package, by name, built in a test's temporary folder.
+STORES: dict[str, Callable[[Path], Storage]] = {
+    "memory": lambda tmp: InMemoryStorage(),
+}
+try:  # the SQLite store lands separately
+    from account_merge import SQLiteStorage  # type: ignore[attr-defined]
+
+    STORES["sqlite"] = lambda tmp: SQLiteStorage(tmp / "store.sqlite3")
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(params=sorted(STORES))
+def make_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Storage]]:
+    """A factory of fresh stores of one kind (the test runs once per kind)."""
+    made: list[Storage] = []
+    counter = iter(range(10**9))
+
+    def factory() -> Storage:
+        folder = tmp_path / f"store-{next(counter)}"
+        folder.mkdir()
+        store = STORES[request.param](folder)
+        made.append(store)
+        return store
+
+    yield factory
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def storage(make_storage: Callable[[], Storage]) -> Storage:
+    """A fresh store, once per kind of store."""
+    return make_storage()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def verifier() -> CountingVerifier:
+    return CountingVerifier()
+
+
+@pytest.fixture
+def service(storage: Storage, verifier: CountingVerifier, clock: FakeClock) -> MergeService:
+    return MergeService(storage, verifier, clock)

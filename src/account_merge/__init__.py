@@ -16,6 +16,7 @@ from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import AccountMergeError
 from account_merge.service import MergeService
 from account_merge.storage.memory import InMemoryStorage
+from account_merge.storage.sqlite import SQLiteStorage
 
 __all__ = [
     "Account",
@@ -30,6 +31,7 @@ __all__ = [
     "MergeService",
     "NotificationLetter",
     "Role",
+    "SQLiteStorage",
     "Secret",
     "SplitReceipt",
     "ThrottlePolicy",

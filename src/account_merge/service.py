@@ -19,6 +19,7 @@ change_password):
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -81,6 +82,7 @@ from account_merge.exceptions import (
     PrincipalNotActive,
     TooManyAttempts,
 )
+from account_merge.hashpool import hash_passwords
 from account_merge.ports import (
     Clock,
     CredentialVerifier,
@@ -302,6 +304,52 @@ class MergeService:
         The provisional password is printed on the letter only; the store
         keeps its argon2 hash, valid for ``provisional_validity``.
         """
+        kids, email = self._issue_args(establishment, display_name, children, role, email)
+        password = generate_provisional_password(self.provisional_length)
+        password_hash = self.verifier.hash(password)
+        return self._retry(lambda: self._store_issued(
+            establishment, display_name, kids, role, email, password, password_hash))
+
+    def issue_accounts(
+        self,
+        establishment: Establishment,
+        families: Iterable[tuple[str, Iterable[Child]]],
+        role: Role = Role.RESPONSABLE,
+        *,
+        workers: int | None = None,
+    ) -> Iterator[NotificationLetter]:
+        """Issue one account per ``(display_name, children)`` family, hashing on every core.
+
+        The bulk form of :meth:`issue_account`, for a school's letters: the
+        argon2 hashes are computed by *workers* processes (default: one per
+        CPU; 1 hashes in this process) with this service's verifier
+        parameters, while each account is stored here in a unit of work of
+        its own.  Letters are yielded in the order of *families*, each as
+        soon as its account is stored; only a few families are in flight,
+        so *families* may be a long generator.  A family is checked as
+        :meth:`issue_account` checks it; an invalid one raises
+        ``invalid_input`` after the families before it were issued.
+        """
+        if not isinstance(establishment, Establishment):
+            raise InvalidInput("establishment", "must be an Establishment")
+
+        def prepared() -> Iterator[tuple[tuple[str, tuple[Child, ...]], str]]:
+            for display_name, children in families:
+                kids, _ = self._issue_args(establishment, display_name, children, role, None)
+                password = generate_provisional_password(self.provisional_length)
+                yield (display_name, kids), password
+
+        for (display_name, kids), password, password_hash in hash_passwords(
+                self.verifier, prepared(), workers=workers):
+            yield self._retry(functools.partial(
+                self._store_issued, establishment, display_name, kids, role, None, password,
+                password_hash))
+
+    def _issue_args(
+        self, establishment: Establishment, display_name: str, children: Iterable[Child],
+        role: Role, email: str | None,
+    ) -> tuple[tuple[Child, ...], str | None]:
+        """The checked children and e-mail of an account to issue."""
         if not isinstance(establishment, Establishment):
             raise InvalidInput("establishment", "must be an Establishment")
         check_text("display_name", display_name)
@@ -322,10 +370,7 @@ class MergeService:
             raise InvalidInput("children", "a responsable account needs at least one child")
         if role is Role.ELEVE and len(kids) != 1:
             raise InvalidInput("children", "a pupil's account names exactly one child, the pupil")
-        password = generate_provisional_password(self.provisional_length)
-        password_hash = self.verifier.hash(password)
-        return self._retry(lambda: self._store_issued(
-            establishment, display_name, kids, role, email, password, password_hash))
+        return kids, email
 
     def _store_issued(
         self, establishment: Establishment, display_name: str, kids: tuple[Child, ...],

@@ -1,0 +1,75 @@
+"""The state machine catches the bugs it is meant to catch.
+
+Each test plants one bug in the service and checks that the state machine
+then fails; the unmodified service passes it (tests/test_state_machine.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.errors import FlakyFailure
+from hypothesis.stateful import run_state_machine_as_test
+
+from account_merge import InMemoryStorage
+from account_merge import service as service_module
+from account_merge.domain import rules
+from account_merge.exceptions import AccountMergeError
+from account_merge.testing.state_machine import build_state_machine
+
+# No shrinking: finding the failure is the point, and shrinking is slow.
+SETTINGS = settings(max_examples=300, stateful_step_count=40, deadline=None,
+                    suppress_health_check=list(HealthCheck), database=None,
+                    phases=(Phase.generate,))
+
+
+def assert_machine_fails() -> None:
+    with pytest.raises((AssertionError, FlakyFailure, AccountMergeError)) as raised:
+        run_state_machine_as_test(build_state_machine(InMemoryStorage), settings=SETTINGS)
+    assert not isinstance(raised.value, pytest.fail.Exception)
+
+
+def test_it_catches_absorbed_accounts_left_two_hops_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_repointing(*args: Any) -> rules.MergePlan:
+        return attrs.evolve(rules.plan_merge(*args), repointed=())
+
+    monkeypatch.setattr(service_module, "plan_merge", no_repointing)
+    assert_machine_fails()
+
+
+def test_it_catches_a_child_held_twice_after_a_merge(monkeypatch: pytest.MonkeyPatch) -> None:
+    def duplicating(principal: Any, absorbed: Any, principal_links: Any, absorbed_links: Any,
+                    previously: Any, now: Any) -> rules.MergePlan:
+        plan = rules.plan_merge(principal, absorbed, [], absorbed_links, previously, now)
+        return attrs.evolve(plan, children=tuple(l.child for l in principal_links) + plan.moved)
+
+    monkeypatch.setattr(service_module, "plan_merge", duplicating)
+    assert_machine_fails()
+
+
+def test_it_catches_a_split_that_takes_children_of_another_establishment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def greedy(establishment: Any, account: Any, links: Any) -> rules.SplitPlan:
+        plan = rules.plan_split(establishment, account, links)
+        extra = tuple(link for link in links if link.via_merge and link not in plan.removed)
+        return attrs.evolve(plan, removed=plan.removed + extra,
+                            moved=plan.moved + tuple(link.child for link in extra))
+
+    monkeypatch.setattr(service_module, "plan_split", greedy)
+    assert_machine_fails()
+
+
+def test_it_catches_a_merge_that_skips_the_password_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = service_module._Target.usable_hash
+
+    def lax(self: Any, now: Any, *, provisional: bool | None) -> str | None:
+        if provisional is None and self.credential is not None:
+            return self.credential.password_hash  # ignores expiry and status
+        return original(self, now, provisional=provisional)
+
+    monkeypatch.setattr(service_module._Target, "usable_hash", lax)
+    assert_machine_fails()
