@@ -34,7 +34,8 @@ class TestEstablishment:
     def test_a_lower_case_check_letter_is_normalised(self) -> None:
         assert Establishment(" 0860001j ", "Collège").uai == "0860001J"
 
-    @pytest.mark.parametrize("bad", ["0860001A", "086001J", "08600011", "ABCDEFGH", "", "0860001JJ"])
+    @pytest.mark.parametrize(
+        "bad", ["0860001A", "086001J", "08600011", "ABCDEFGH", "", "0860001JJ"])
     def test_a_bad_uai_is_invalid_input_saying_why(self, bad: str) -> None:
         with pytest.raises(InvalidInput) as raised:
             Establishment(bad, "Collège")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -90,10 +91,8 @@ class Argon2Verifier:
                 return False
             except (InvalidHashError, VerificationError):
                 # A malformed stored hash fails before any work: do the work.
-                try:
+                with contextlib.suppress(VerificationError):
                     self._hasher.verify(self._dummy, secret)
-                except VerificationError:
-                    pass
                 return False
 
     def needs_rehash(self, password_hash: str) -> bool:

@@ -217,7 +217,8 @@ class MergeService:
 
     def _check_new_password(self, password: str, login: str, *, old: str | None) -> None:
         if len(password) > MAX_PASSWORD_LENGTH:
-            raise PasswordPolicyError(f"the password must be at most {MAX_PASSWORD_LENGTH} characters")
+            raise PasswordPolicyError(
+                f"the password must be at most {MAX_PASSWORD_LENGTH} characters")
         if old is not None and password == old:
             raise PasswordPolicyError("the new password must differ from the current one")
         self.password_policy.check(password, login=login)
@@ -481,15 +482,16 @@ class MergeService:
         secret = self._password_arg("password", password)
         target = self._check_credentials(AuditAction.AUTHENTICATE, login, secret,
                                          provisional=False)
-        assert target.account is not None and target.credential is not None
+        credential = target.credential
+        assert target.account is not None and credential is not None
         new_hash = (self.verifier.hash(secret)
-                    if self.verifier.needs_rehash(target.credential.password_hash) else None)
+                    if self.verifier.needs_rehash(credential.password_hash) else None)
 
         def write() -> Account:
             with self._write() as uow:
                 account = self._unchanged(uow, target)
                 if new_hash is not None:
-                    uow.put_credential(attrs.evolve(target.credential, password_hash=new_hash))
+                    uow.put_credential(attrs.evolve(credential, password_hash=new_hash))
                 self._give_back(uow, f"auth:{login_key(login)}", target.reserved_at, reset=True)
                 uow.commit()
             return account

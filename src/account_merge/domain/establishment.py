@@ -38,6 +38,10 @@ def _uai(_: object, __: object, value: str) -> None:
     validate_uai(value)
 
 
+def _normalise(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
 def _name(_: object, __: object, value: str) -> None:
     check_text("establishment name", value, max_length=200)
 
@@ -46,6 +50,5 @@ def _name(_: object, __: object, value: str) -> None:
 class Establishment:
     """A school.  ``uai`` is its Unité Administrative Immatriculée."""
 
-    uai: str = attrs.field(converter=lambda v: v.strip().upper() if isinstance(v, str) else v,
-                           validator=_uai)
+    uai: str = attrs.field(converter=_normalise, validator=_uai)
     name: str = attrs.field(validator=_name)

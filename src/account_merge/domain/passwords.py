@@ -87,7 +87,8 @@ class CnilPasswordPolicy:
     def check(self, password: str, *, login: str) -> None:
         """Raise ``PasswordPolicyError`` unless *password* may be used."""
         if len(password) > MAX_PASSWORD_LENGTH:
-            raise PasswordPolicyError(f"the password must be at most {MAX_PASSWORD_LENGTH} characters")
+            raise PasswordPolicyError(
+                f"the password must be at most {MAX_PASSWORD_LENGTH} characters")
         if len(password) < self.min_length:
             raise PasswordPolicyError(f"the password must be at least {self.min_length} characters")
         if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in password):

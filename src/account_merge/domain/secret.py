@@ -20,6 +20,7 @@ class Secret:
     """
 
     __slots__ = ("_value",)
+    _value: str
 
     def __init__(self, value: str) -> None:
         if isinstance(value, Secret):
@@ -30,7 +31,7 @@ class Secret:
 
     def reveal(self) -> str:
         """The secret text."""
-        return self._value  # type: ignore[no-any-return]
+        return self._value
 
     def __repr__(self) -> str:
         return f"Secret('{_MASK}')"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 
@@ -43,7 +44,7 @@ class ThrottleState:
     recent: tuple[datetime, ...] = ()
 
 
-def _positive(_: object, attribute: attrs.Attribute[object], value: object) -> None:
+def _positive(_: Any, attribute: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, timedelta)):
         raise InvalidInput(attribute.name, "must be an int or a timedelta")
     if (value if isinstance(value, int) else value.total_seconds()) <= 0:
@@ -95,7 +96,7 @@ class ThrottlePolicy:
         """The state after one more failure (or reserved attempt) at *now*."""
         recent = () if state is None else state.recent
         keep = tuple(t for t in recent if t > now - timedelta(days=1))
-        keep = (keep + (now,))[-max(self.principal_per_day, self.lock_after):]
+        keep = ((*keep, now))[-max(self.principal_per_day, self.lock_after):]
         return ThrottleState(
             key=key,
             consecutive=(0 if state is None else state.consecutive) + 1,

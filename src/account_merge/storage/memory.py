@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -247,7 +248,7 @@ class _InMemoryUnitOfWork:
             if 0 <= index < len(outbox) and not outbox[index].published:
                 old = outbox[index]
                 outbox[index] = attrs.evolve(old, published=True)
-                self._undo.append(lambda i=index, o=old: outbox.__setitem__(i, o))
+                self._undo.append(partial(outbox.__setitem__, index, old))
         first = self._t.first_unpublished
         while first < len(outbox) and outbox[first].published:
             first += 1

@@ -22,7 +22,7 @@ from typing import Any
 import argon2
 
 from account_merge.credentials import Argon2Verifier
-from account_merge.domain.child import Child
+from account_merge.domain.child import Child  # noqa: F401  (used by the doctests)
 from account_merge.domain.establishment import Establishment, uai_check_letter
 from account_merge.domain.events import Event, OutboxEntry
 from account_merge.ports import CredentialVerifier, Storage

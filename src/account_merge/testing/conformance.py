@@ -28,6 +28,7 @@ Hypothesis state machine of :mod:`account_merge.testing.state_machine`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -64,7 +65,7 @@ from account_merge.domain.throttle import ThrottlePolicy, ThrottleState
 from account_merge.exceptions import AccountMergeError, InvalidInput, StorageError
 from account_merge.ports import LoginTaken, Storage, StoredReceipt
 from account_merge.service import MergeService
-from account_merge.testing import FakeClock, fast_verifier, make_establishment
+from account_merge.testing import CountingVerifier, FakeClock, fast_verifier, make_establishment
 from account_merge.testing.state_machine import build_state_machine
 
 __all__ = [
@@ -406,8 +407,12 @@ class IsolationContract(StorageHarness):
         for _ in range(3):
             letter = service.issue_account(SCHOOL, "Claire Robert", [_child(9)])
             principals = [self.family(service, f"Parent {i}", (10 + i,))[0] for i in range(4)]
-            results = _race(4, lambda i: service.merge(
-                principals[i].id, letter.login, letter.provisional_password))
+            def attempt(i: int, principals: list[Account] = principals,
+                        letter: Any = letter) -> MergeReceipt:
+                return service.merge(principals[i].id, letter.login,
+                                     letter.provisional_password)
+
+            results = _race(4, attempt)
             winners = [r for r in results if isinstance(r, MergeReceipt)]
             assert len(winners) == 1, results
             assert all(isinstance(r, AccountMergeError) for r in results if r not in winners)
@@ -424,7 +429,7 @@ class IsolationContract(StorageHarness):
             a = service.activate(a_letter.login, a_letter.provisional_password, STRONG)
             b = service.activate(b_letter.login, b_letter.provisional_password, STRONG)
             pairs = [(a.id, b.login), (b.id, a.login)]
-            _race(2, lambda i: service.merge(pairs[i][0], pairs[i][1], STRONG))
+            _race(2, lambda i: service.merge(pairs[i][0], pairs[i][1], STRONG))  # noqa: B023
             statuses = {service.get_account(x.id).status for x in (a, b)}
             assert AccountStatus.ACTIVE in statuses
             live = a if service.get_account(a.id).is_live else b
@@ -488,8 +493,6 @@ class ThrottleCounterContract(StorageHarness):
 
     def test_wrong_merge_attempts_at_one_login_are_throttled_across_threads(
             self, storage: Storage, clock: FakeClock) -> None:
-        from account_merge.testing import CountingVerifier
-
         verifier = CountingVerifier()
         service = MergeService(storage, verifier, clock)
         letter = service.issue_account(SCHOOL, "Claire Robert", [_child(1)])
@@ -533,16 +536,13 @@ class ErrorTranslationContract(StorageHarness):
         if broken is None:
             pytest.skip("make_broken_storage() not implemented for this store")
         try:
-            with pytest.raises(StorageError) as raised:
-                with broken.unit_of_work() as uow:
-                    uow.get_account("acc1")
+            with pytest.raises(StorageError) as raised, broken.unit_of_work() as uow:
+                uow.get_account("acc1")
             assert raised.value.code == "storage_error"
             assert raised.value.store
         finally:
-            try:
+            with contextlib.suppress(AccountMergeError):
                 broken.close()
-            except AccountMergeError:
-                pass
 
 
 class StateMachineContract(StorageHarness):
