@@ -44,6 +44,7 @@ class Browser:
         self.page = ""
         self.status = 0
         self.location: str | None = None
+        self.retry_after: str | None = None
 
     def get(self, path: str, *, follow: bool = True) -> str:
         return self._read(self.client.get(path, follow_redirects=follow))
@@ -59,6 +60,7 @@ class Browser:
     def _read(self, response: Any) -> str:
         self.status = response.status_code
         self.location = response.headers.get("Location")
+        self.retry_after = response.headers.get("Retry-After")
         self.page = response.get_data(as_text=True)
         return self.text
 
@@ -279,9 +281,10 @@ def test_repeated_failures_show_the_throttling_message(make_app: Callable[..., F
         assert WRONG in text
     text = parent.post("/compte/regrouper", identifiant=second.login,
                        mot_de_passe=second.provisional_password.reveal())
-    assert parent.status == 400
+    assert parent.status == 429
     waited = re.search(r"Trop de tentatives ; réessayez dans (\d+) s\.", text)
     assert waited is not None and int(waited.group(1)) >= 1
+    assert parent.retry_after == waited.group(1)
     assert children_listed(parent.get("/compte/enfants")) == [("Dylan", "Claire Robert")]
 
 

@@ -36,7 +36,7 @@ from account_merge.exceptions import (
     InvalidInput,
 )
 
-from .messages import french
+from .messages import french, page
 
 P = ParamSpec("P")
 
@@ -132,7 +132,7 @@ def accueil() -> ResponseReturnValue:
 @blueprint.route("/connexion", methods=["GET", "POST"])
 def connexion() -> ResponseReturnValue:
     """Scolarité Services' sign-in page."""
-    error = None
+    error = cause = None
     login = _form("identifiant").strip()
     if request.method == "POST":
         password = _form("mot_de_passe")
@@ -142,18 +142,17 @@ def connexion() -> ResponseReturnValue:
             try:
                 account = get_service().authenticate(login, password)
             except AccountMergeError as exc:
-                error = french(exc)
+                error, cause = french(exc), exc
             else:
                 _sign_in(account)
                 return redirect(_safe_next(url_for("parent.compte")))
-    return render_template("connexion.html", error=error, login=login,
-                           next=_safe_next("")), 200 if error is None else 400
+    return page("connexion.html", error=error, cause=cause, login=login, next=_safe_next(""))
 
 
 @blueprint.route("/activation", methods=["GET", "POST"])
 def activation() -> ResponseReturnValue:
     """First sign-in with a letter: the provisional password is replaced."""
-    error = None
+    error = cause = None
     login = _form("identifiant").strip()
     email = _form("adresse_mail").strip()
     if request.method == "POST":
@@ -170,13 +169,12 @@ def activation() -> ResponseReturnValue:
             except InvalidInput as exc:
                 error = ("Adresse mail invalide." if exc.field == "email" else french(exc))
             except AccountMergeError as exc:
-                error = french(exc)
+                error, cause = french(exc), exc
             else:
                 _sign_in(account)
                 flash("Votre compte est activé : c'est votre compte « Principal ».")
                 return redirect(url_for("parent.compte"))
-    return render_template("activation.html", error=error, login=login,
-                           email=email), 200 if error is None else 400
+    return page("activation.html", error=error, cause=cause, login=login, email=email)
 
 
 @blueprint.post("/deconnexion")
@@ -192,7 +190,7 @@ def deconnexion() -> ResponseReturnValue:
 def confirmer_identite() -> ResponseReturnValue:
     """Ask the signed-in parent's password again, before the merge form."""
     account: Account = g.account
-    error = None
+    error = cause = None
     if request.method == "POST":
         password = _form("mot_de_passe")
         if not password:
@@ -201,12 +199,11 @@ def confirmer_identite() -> ResponseReturnValue:
             try:
                 checked = get_service().authenticate(account.login, password)
             except AccountMergeError as exc:
-                error = french(exc)
+                error, cause = french(exc), exc
             else:
                 _sign_in(checked)
                 return redirect(_safe_next(url_for("parent.regrouper")))
-    return render_template("confirmer_identite.html", error=error,
-                           next=_safe_next("")), 200 if error is None else 400
+    return page("confirmer_identite.html", error=error, cause=cause, next=_safe_next(""))
 
 
 # -- Mon compte ---------------------------------------------------------------------
@@ -280,7 +277,7 @@ def regrouper() -> ResponseReturnValue:
     if account.role is not Role.RESPONSABLE:
         flash("Seuls les comptes responsables peuvent regrouper des comptes.")
         return redirect(url_for("parent.compte"))
-    error = None
+    error = cause = None
     login = _form("identifiant").strip()
     if request.method == "POST":
         password = _form("mot_de_passe")
@@ -295,13 +292,13 @@ def regrouper() -> ResponseReturnValue:
                     idempotency_key=operation if _OPERATION.fullmatch(operation) else None,
                 )
             except AccountMergeError as exc:
-                error = french(exc)
+                error, cause = french(exc), exc
             else:
                 session["regroupement"] = [c.first_name for c in receipt.moved]
                 session["regroupement_message"] = receipt.message
                 return redirect(url_for("parent.confirmation"))
-    return render_template("regrouper.html", error=error, login=login,
-                           operation=uuid.uuid4().hex), 200 if error is None else 400
+    return page("regrouper.html", error=error, cause=cause, login=login,
+                operation=uuid.uuid4().hex)
 
 
 @blueprint.get("/compte/regrouper/confirmation")
