@@ -14,11 +14,12 @@ import pytest
 pytest.importorskip("flask")
 pytest.importorskip("sqlalchemy")
 
+import sqlalchemy
 from flask import Flask
 from flask.testing import FlaskClient
 
 from account_merge import NotificationLetter
-from account_merge.contrib.flask import CONFIG_KEYS, get_service
+from account_merge.contrib.flask import CONFIG_KEYS, get_service, get_state
 from examples.flask_app import create_app
 from examples.flask_app.app import close_app
 from examples.flask_app.seed import seed_letters
@@ -108,6 +109,11 @@ def make_app(tmp_path: Path, clean_environment: None,
 
     yield factory
     for app in made:
+        # One PostgreSQL database serves the whole run: leave no table behind.
+        storage = get_state(app).storage
+        engine = sqlalchemy.create_engine(app.config["ACCOUNT_MERGE_DATABASE_URL"])
+        storage.metadata.drop_all(engine)  # type: ignore[attr-defined]
+        engine.dispose()
         close_app(app)
 
 
