@@ -56,7 +56,7 @@ def load_account() -> None:
     """``g.account``: the signed-in ACTIVE account, or None."""
     g.account = None
     account_id = session.get("account_id")
-    if not isinstance(account_id, str):
+    if not isinstance(account_id, str) or request.endpoint == "static":
         return
     try:
         account = get_service().get_account(account_id)

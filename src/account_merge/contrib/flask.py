@@ -340,26 +340,28 @@ def _sqlalchemy_options(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _verifier(config: Mapping[str, Any]) -> CredentialVerifier:
-    keys = [k for k in config if k.startswith(f"{_PREFIX}ARGON2_")]
-    if not keys:
-        return Argon2Verifier()
+    def value(name: str) -> Any:
+        return config.get(f"{_PREFIX}ARGON2_{name}")
+
+    if all(v is None for k, v in config.items() if k.startswith(f"{_PREFIX}ARGON2_")):
+        return Argon2Verifier()  # argon2-cffi's defaults
     profile = _choice(config, "ARGON2_PROFILE", _ARGON2_PROFILES, "RFC_9106_LOW_MEMORY",
                       upper=True)
     parameters: argon2.Parameters = getattr(argon2.profiles, profile)
-    changes: dict[str, Any] = {name: _int(f"{_PREFIX}ARGON2_{name.upper()}", value)
-               for name in _ARGON2_INTS
-               if (value := config.get(f"{_PREFIX}ARGON2_{name.upper()}")) is not None}
-    if changes:
-        parameters = dataclasses.replace(parameters, **changes)
-    concurrent = config.get(f"{_PREFIX}ARGON2_MAX_CONCURRENT")
-    warn = _bool(f"{_PREFIX}ARGON2_WARN_IF_WEAK", config.get(f"{_PREFIX}ARGON2_WARN_IF_WEAK", True))
+    changes: dict[str, Any] = {
+        name: _int(f"{_PREFIX}ARGON2_{name.upper()}", value(name.upper()))
+        for name in _ARGON2_INTS if value(name.upper()) is not None
+    }
+    parameters = dataclasses.replace(parameters, **changes)
+    concurrent = value("MAX_CONCURRENT")
     max_concurrent = (None if concurrent is None
                       else _int(f"{_PREFIX}ARGON2_MAX_CONCURRENT", concurrent))
+    warn = value("WARN_IF_WEAK")
+    warn_if_weak = True if warn is None else _bool(f"{_PREFIX}ARGON2_WARN_IF_WEAK", warn)
     try:
-        # The verifier hashes once at construction: bad parameters fail here.
+        # The verifier hashes once at construction: parameters argon2 refuses fail here.
         return Argon2Verifier(argon2.PasswordHasher.from_parameters(parameters),
-                              max_concurrent=max_concurrent,
-                              warn_if_weak=warn)
+                              max_concurrent=max_concurrent, warn_if_weak=warn_if_weak)
     except (ValueError, argon2.exceptions.Argon2Error) as error:
         key = f"ARGON2_{next(iter(changes)).upper()}" if changes else "ARGON2_PROFILE"
         raise InvalidInput(f"{_PREFIX}{key}",
