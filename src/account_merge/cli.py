@@ -43,7 +43,6 @@ from account_merge import (
 )
 from account_merge.demo import play
 from account_merge.domain.establishment import validate_uai
-from account_merge.domain.logins import login_key
 from account_merge.domain.validation import check_text
 from account_merge.exceptions import AccountNotFound, InvalidInput
 from account_merge.hashpool import default_workers
@@ -224,14 +223,10 @@ class _Session:
 
     def account(self, ref: str) -> Account:
         """The account whose id or login is *ref*."""
-        with self.storage.unit_of_work(write=False) as uow:
-            account = uow.get_account(ref)
-            if account is None:
-                account_id = uow.get_account_id_by_login(login_key(ref))
-                account = uow.get_account(account_id) if account_id is not None else None
-        if account is None:
-            raise AccountNotFound(ref)
-        return account
+        try:
+            return self.service.get_account(ref)
+        except (AccountNotFound, InvalidInput):
+            return self.service.find_account(ref)
 
     def password(self, prompt: str) -> Secret:
         """A password from a hidden prompt, or the next line of a non-terminal stdin."""
