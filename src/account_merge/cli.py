@@ -24,7 +24,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 import argon2
 
@@ -517,10 +517,20 @@ def _read_batch(storage: Storage, path: Path, encoding: str) -> _Batch:
     return batch
 
 
+class Output(Protocol):
+    """Where a command writes: a text stream (a file, ``sys.stdout``, a Django command's)."""
+
+    def write(self, text: str, /) -> Any: ...
+
+    def flush(self) -> Any: ...
+
+    def isatty(self) -> bool: ...
+
+
 class _Progress:
     """A progress bar on standard error (a line every tenth when it is not a terminal)."""
 
-    def __init__(self, total: int, stream: TextIO) -> None:
+    def __init__(self, total: int, stream: Output) -> None:
         self.total = total
         self.stream = stream
         self.tty = stream.isatty()
@@ -564,8 +574,8 @@ def issue_batch(
     *,
     encoding: str = "utf-8-sig",
     workers: int | None = None,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
+    out: Output | None = None,
+    err: Output | None = None,
 ) -> int:
     """Issue the letters of a school's CSV into *folder*, as ``issue-batch`` does.
 

@@ -23,7 +23,7 @@ def empty_store(alias: str) -> DjangoStorage:
     connection = connections[alias]
     with connection.cursor() as cursor:
         for table in TABLES:
-            cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)}")  # noqa: S608
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)}")
     return DjangoStorage(using=alias)
 
 

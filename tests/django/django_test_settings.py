@@ -13,7 +13,7 @@ from pathlib import Path
 BASE = Path(__file__).resolve().parent
 SQLITE_FILE = Path(tempfile.gettempdir()) / f"account-merge-django-{os.getpid()}.sqlite3"
 
-SECRET_KEY = "tests-only-not-secret"  # noqa: S105
+SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver"]
 USE_TZ = True

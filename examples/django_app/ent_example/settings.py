@@ -4,7 +4,7 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = "example-only-change-me"  # noqa: S105 - an example, never deployed as is
+SECRET_KEY = "example-only-change-me"
 DEBUG = True
 ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
 USE_TZ = True

@@ -6,7 +6,7 @@ from django.apps import AppConfig
 
 
 class AccountMergeConfig(AppConfig):
-    """``account_merge.contrib.django``, labelled ``account_merge`` in migrations and permissions."""
+    """``account_merge.contrib.django``, labelled ``account_merge`` (tables, permissions)."""
 
     name = "account_merge.contrib.django"
     label = "account_merge"

@@ -82,7 +82,7 @@ class AppSettings:
     """``ACCOUNT_MERGE``, checked, with the defaults filled in."""
 
     database: str | None
-    argon2: Mapping[str, int]
+    argon2_parameters: Mapping[str, int]
     verifier: str | None
     identity_rule: str | None
     throttle: ThrottlePolicy
@@ -93,7 +93,15 @@ class AppSettings:
 
     def password_hasher(self) -> argon2.PasswordHasher:
         """The argon2-cffi hasher for new hashes."""
-        return argon2.PasswordHasher(**{k.lower(): v for k, v in self.argon2.items()})
+        given = {k.lower(): v for k, v in self.argon2_parameters.items()}
+        default = argon2.PasswordHasher()
+        return argon2.PasswordHasher(
+            time_cost=given.get("time_cost", default.time_cost),
+            memory_cost=given.get("memory_cost", default.memory_cost),
+            parallelism=given.get("parallelism", default.parallelism),
+            hash_len=given.get("hash_len", default.hash_len),
+            salt_len=given.get("salt_len", default.salt_len),
+        )
 
     def import_optional(self, dotted: str | None) -> Callable[..., Any] | None:
         """The callable at *dotted*, or None."""
@@ -113,7 +121,7 @@ def _import(dotted: str) -> Callable[..., Any]:
 def _optional_text(key: str, value: Any) -> str | None:
     if value is not None and not (isinstance(value, str) and value):
         raise ImproperlyConfigured(f"{SETTING}[{key!r}] must be a non-empty string or None")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -127,8 +135,9 @@ def _throttle(value: Any) -> ThrottlePolicy:
         raise ImproperlyConfigured(f"{SETTING}['THROTTLE'] must be a dict")
     fields = {field.name for field in attrs.fields(ThrottlePolicy)}
     arguments: dict[str, Any] = {}
-    for key, item in value.items():
+    for key, given in value.items():
         name = str(key).lower()
+        item = given
         if name not in fields:
             raise ImproperlyConfigured(
                 f"{SETTING}['THROTTLE'] has an unknown key {key!r} "
@@ -172,7 +181,7 @@ def load() -> AppSettings:
         raise ImproperlyConfigured(f"{SETTING}['SPLIT_AUTHORIZATION'] must be a dotted path")
     return AppSettings(
         database=_optional_text("DATABASE", values["DATABASE"]),
-        argon2=_argon2(values["ARGON2"]),
+        argon2_parameters=_argon2(values["ARGON2"]),
         verifier=_optional_text("VERIFIER", values["VERIFIER"]),
         identity_rule=_optional_text("IDENTITY_RULE", values["IDENTITY_RULE"]),
         throttle=_throttle(values["THROTTLE"]),

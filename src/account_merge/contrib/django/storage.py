@@ -302,7 +302,7 @@ class _DjangoUnitOfWork:
             return
         table = self._connection.ops.quote_name(m.Establishment._meta.db_table)
         with self._connection.cursor() as cursor:
-            cursor.execute(f"UPDATE {table} SET name = name WHERE 0 = 1")  # noqa: S608
+            cursor.execute(f"UPDATE {table} SET name = name WHERE 0 = 1")
 
     def _end(self, *, commit: bool) -> None:
         atomic, self._atomic = self._atomic, None
