@@ -69,9 +69,7 @@ MESSAGES: dict[str, str] = {
     **{code: text for code, text in FRENCH.items() if code != FALLBACK},
     # the command line's own
     "usage": "{detail}",
-    "unknown_establishment": (
-        "établissement inconnu : {uai} (ajoutez-le avec « account-merge establishment add »)"
-    ),
+    "unknown_establishment": "établissement inconnu : {uai} ({hint})",
     "database_missing": (
         "base introuvable : {path} (créez-la avec « account-merge demo » ou "
         "« account-merge establishment add »)"
@@ -233,13 +231,18 @@ class _Session:
         return password
 
 
-def _stored_establishment(storage: Storage, uai: str) -> Establishment:
+#: How to add an unknown establishment, in ``unknown_establishment``.
+ADD_ESTABLISHMENT = "ajoutez-le avec « account-merge establishment add »"
+
+
+def _stored_establishment(storage: Storage, uai: str,
+                          hint: str = ADD_ESTABLISHMENT) -> Establishment:
     """The establishment stored under *uai*, or ``unknown_establishment``."""
     uai = validate_uai(uai)
     with storage.unit_of_work(write=False) as uow:
         found = uow.get_establishment(uai)
     if found is None:
-        raise CliError("unknown_establishment", uai=uai)
+        raise CliError("unknown_establishment", uai=uai, hint=hint)
     return found
 
 
@@ -446,7 +449,7 @@ def _cell(row: dict[str | None, Any], column: str) -> str:
 
 
 def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line: int,
-               known: dict[str, Establishment | None]) -> None:
+               known: dict[str, Establishment | None], hint: str) -> None:
     """Check one row; a bad row is reported with its line and spoils its family."""
     responsable_id = _cell(row, "responsable_id")
     name = _cell(row, "responsable_nom")
@@ -466,7 +469,7 @@ def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line
             with storage.unit_of_work(write=False) as uow:
                 known[uai] = uow.get_establishment(uai)
         if known[uai] is None:
-            raise CliError("unknown_establishment", uai=uai)
+            raise CliError("unknown_establishment", uai=uai, hint=hint)
         check_text("responsable_nom", name)
         child = Child(_cell(row, "eleve_id"), _cell(row, "eleve_prenom"),
                       _cell(row, "eleve_nom"), uai)
@@ -494,7 +497,7 @@ def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line
     family.child_lines[child.id] = line
 
 
-def _read_batch(storage: Storage, path: Path, encoding: str) -> _Batch:
+def _read_batch(storage: Storage, path: Path, encoding: str, hint: str) -> _Batch:
     with path.open(encoding=encoding, newline="") as handle:
         header = handle.readline()
         delimiter = ";" if header.count(";") > header.count(",") else ","
@@ -510,7 +513,7 @@ def _read_batch(storage: Storage, path: Path, encoding: str) -> _Batch:
         known: dict[str, Establishment | None] = {}
         try:
             for row in reader:
-                _check_row(storage, batch, row, reader.line_num, known)
+                _check_row(storage, batch, row, reader.line_num, known, hint)
         except (csv.Error, UnicodeDecodeError) as error:
             raise CliError("invalid_csv",
                            detail=f"ligne {reader.line_num + 1} : {error}") from None
@@ -576,6 +579,7 @@ def issue_batch(
     workers: int | None = None,
     out: Output | None = None,
     err: Output | None = None,
+    add_establishment: str = ADD_ESTABLISHMENT,
 ) -> int:
     """Issue the letters of a school's CSV into *folder*, as ``issue-batch`` does.
 
@@ -584,14 +588,15 @@ def issue_batch(
     (hashing on *workers* processes), each letter written to
     ``folder/<login>.txt`` with an index ``folder/courriers.csv``.  Returns
     0, or raises :class:`CliError` (``folder_not_empty``, ``invalid_csv``,
-    ``bad_rows`` after issuing the good families).
+    ``bad_rows`` after issuing the good families).  *add_establishment*
+    tells how to add an establishment the CSV names but the store lacks.
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise CliError("folder_not_empty", EXIT_USAGE, path=str(folder))
     storage = service.storage
-    batch = _read_batch(storage, csv_path, encoding)
+    batch = _read_batch(storage, csv_path, encoding, add_establishment)
     for line, message in sorted(batch.errors):
         print(f"ligne {line} : {message}", file=err)
     for family in batch.refused:
@@ -612,7 +617,7 @@ def issue_batch(
         for family in good:
             by_uai.setdefault(family.uai, []).append(family)
         for uai, families in by_uai.items():
-            establishment = _stored_establishment(storage, uai)
+            establishment = _stored_establishment(storage, uai, add_establishment)
             letters: Iterator[NotificationLetter] = service.issue_accounts(
                 establishment, ((f.name, f.children) for f in families), workers=workers)
             for family, letter in zip(families, letters, strict=True):

@@ -22,9 +22,8 @@ from account_merge.exceptions import AccountMergeError
 from account_merge.hashpool import default_workers
 from account_merge.messages import error_message
 
-UNKNOWN_ESTABLISHMENT = (
-    "établissement inconnu : {uai} (ajoutez-le dans l'administration, « Établissements »)"
-)
+#: Where a Django project adds an establishment.
+ADD_ESTABLISHMENT = "ajoutez-le dans l'administration, « Établissements »"
 
 
 def positive(text: str) -> int:
@@ -55,10 +54,8 @@ class Command(BaseCommand):
         try:
             issue_batch(get_service(), Path(options["csv"]), Path(options["out"]),
                         encoding=options["encoding"], workers=options["workers"],
-                        out=self.stdout, err=self.stderr)
+                        out=self.stdout, err=self.stderr, add_establishment=ADD_ESTABLISHMENT)
         except CliError as error:
-            if error.code == "unknown_establishment":
-                raise CommandError(UNKNOWN_ESTABLISHMENT.format(**error.fields)) from None
             raise CommandError(describe(error.code, error.fields)) from None
         except AccountMergeError as error:
             raise CommandError(f"{error_message(error)} ({error.code})") from None
