@@ -71,9 +71,9 @@ DATABASES = {
 
 # Django hashers the ENT's stored passwords may use (fast ones first for tests).
 PASSWORD_HASHERS = [
+    "fast_verifier.FastPBKDF2PasswordHasher",
+    "fast_verifier.FastArgon2PasswordHasher",
     "django.contrib.auth.hashers.MD5PasswordHasher",
-    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
-    "django.contrib.auth.hashers.Argon2PasswordHasher",
 ]
 
 ACCOUNT_MERGE = {

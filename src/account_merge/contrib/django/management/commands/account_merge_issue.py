@@ -51,6 +51,8 @@ class Command(BaseCommand):
                             help="encodage du CSV (défaut : utf-8, avec ou sans BOM)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The batch prints whole lines itself.
+        self.stdout.ending = self.stderr.ending = ""
         try:
             issue_batch(get_service(), Path(options["csv"]), Path(options["out"]),
                         encoding=options["encoding"], workers=options["workers"],
