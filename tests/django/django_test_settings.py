@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import django
+
 BASE = Path(__file__).resolve().parent
 SQLITE_FILE = Path(tempfile.gettempdir()) / f"account-merge-django-{os.getpid()}.sqlite3"
 
@@ -57,7 +59,8 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(SQLITE_FILE),
-        "OPTIONS": {"timeout": 20, "init_command": "PRAGMA synchronous = OFF"},
+        "OPTIONS": {"timeout": 20, **({"init_command": "PRAGMA synchronous = OFF"}
+                                      if django.VERSION >= (5, 1) else {})},
         "TEST": {"NAME": str(SQLITE_FILE)},
     },
     "postgres": {
