@@ -35,6 +35,7 @@ from account_merge.storage.sqlalchemy import (
 )
 from account_merge.testing import CountingVerifier, FakeClock, fast_verifier, make_establishment
 from account_merge.testing.conformance import StorageContract
+from merge_workers import merge_worker
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 OTHER_SCHOOL = make_establishment(860002, "Lycée Camille Guérin")
@@ -673,23 +674,6 @@ def test_fifty_concurrent_wrong_merge_attempts_at_one_login_are_counted_exactly(
 # -- races on PostgreSQL: processes --------------------------------------------------------------
 
 
-def _merge_worker(url: str, prefix: str, barrier: Any, jobs: list[tuple[str, str, str]],
-                  results: Any, *, throttle: ThrottlePolicy) -> None:
-    """In a process of its own: one merge per job, each released by the barrier."""
-    storage = SQLAlchemyStorage.from_url(url, prefix=prefix)
-    verifier = CountingVerifier()
-    service = make_service(storage, verifier, throttle=throttle)
-    outcomes = []
-    for principal_id, login, password in jobs:
-        barrier.wait(60)
-        try:
-            outcomes.append(service.merge(principal_id, login, password).principal_id)
-        except AccountMergeError as error:
-            outcomes.append(error.code)
-    storage.close()
-    results.put((outcomes, verifier.verifications))
-
-
 def _run_processes(url: str, prefix: str, jobs: list[list[tuple[str, str, str]]], *,
                    throttle: ThrottlePolicy = GENEROUS) -> list[tuple[list[str], int]]:
     """Run one worker process per list of jobs; their rounds start together.
@@ -700,8 +684,8 @@ def _run_processes(url: str, prefix: str, jobs: list[list[tuple[str, str, str]]]
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(len(jobs))
     results = context.Queue()
-    workers = [context.Process(target=_merge_worker, args=(url, prefix, barrier, job, results),
-                               kwargs={"throttle": throttle})
+    workers = [context.Process(target=merge_worker, args=(url, prefix, barrier, job, results),
+                               kwargs={"throttle": throttle, "start": T0})
                for job in jobs]
     for worker in workers:
         worker.start()
@@ -766,7 +750,7 @@ def test_processes_making_wrong_attempts_run_no_more_verifications_than_allowed(
         pg_storage: SQLAlchemyStorage, postgres_url: str) -> None:
     service = make_service(pg_storage)
     target = service.issue_account(SCHOOL, "Claire Robert", [child(1)])
-    principals = [activated(service, f"Parent {i}", [child(10 + i)]) for i in range(4)]
+    principals = [activated(service, f"Parent {i}", [child(10 + i)]) for i in range(3)]
     jobs = [[(p.id, target.login, "WRONG1234")] * 4 for p in principals]
     results = _run_processes(postgres_url, pg_storage.prefix, jobs, throttle=ThrottlePolicy())
     verifications = sum(count for _, count in results)

@@ -544,7 +544,8 @@ class SQLAlchemyStorage:
     PostgreSQL schema for them.  *lock_timeout* (seconds), if given, bounds
     how long a writing unit of work waits for a lock on PostgreSQL
     (``SET LOCAL lock_timeout``) before it fails with ``concurrent_update``;
-    otherwise the server's setting applies.
+    otherwise the server's setting applies.  In session mode it lasts
+    until the host's transaction ends.
 
     Giving a SQLite engine applies SQLAlchemy's documented pysqlite recipe
     to it (listeners that emit ``BEGIN`` themselves), which the host's
@@ -863,9 +864,10 @@ class _SQLAlchemyUnitOfWork:
             self._check_usable()
             return {}
         t = self._t.accounts
-        rows = self._run(
-            select(t).where(t.c.id.in_(ids)).order_by(t.c.id).with_for_update()
-        ).mappings().all()
+        stmt = select(t).where(t.c.id.in_(ids)).order_by(t.c.id)
+        if self._write:  # rendered as nothing on SQLite, where BEGIN IMMEDIATE did it
+            stmt = stmt.with_for_update()
+        rows = self._run(stmt).mappings().all()
         found = {row["id"]: _account_from_row(row) for row in rows}
         return {i: found[i] for i in ids if i in found}
 
