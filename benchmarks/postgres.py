@@ -71,6 +71,7 @@ def postgres_factory(folder: Path) -> Iterator[tuple[Factory | None, str]]:
     """``(factory, "")`` when PostgreSQL can be used, ``(None, why not)`` otherwise."""
     try:
         import sqlalchemy  # noqa: PLC0415
+
         from account_merge.storage.sqlalchemy import SQLAlchemyStorage  # noqa: PLC0415
     except ImportError as error:
         yield None, f"SQLAlchemyStorage is not available ({error})"
