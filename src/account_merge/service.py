@@ -277,10 +277,17 @@ class MergeService:
             raise InvalidCredentials()
         return target
 
-    def _unchanged(self, uow: UnitOfWork, target: _Target) -> Account:
-        """Under lock: the target as checked in step 1, or invalid_credentials."""
+    def _unchanged(self, uow: UnitOfWork, target: _Target,
+                   locked: dict[str, Account] | None = None) -> Account:
+        """Under lock: the target as checked in step 1, or invalid_credentials.
+
+        *locked* holds rows this unit of work has locked already (which
+        must include the target's): they are not read again.
+        """
         assert target.account is not None and target.credential is not None
-        account = uow.lock_accounts([target.account.id]).get(target.account.id)
+        if locked is None:
+            locked = uow.lock_accounts([target.account.id])
+        account = locked.get(target.account.id)
         credential = uow.get_credential(target.account.id)
         if (account is None or account.status is not target.account.status
                 or credential is None
@@ -637,7 +644,7 @@ class MergeService:
                 if current_principal is None:
                     raise AccountNotFound(principal_id)
                 check_principal(current_principal)
-                current = self._unchanged(uow, target)
+                current = self._unchanged(uow, target, locked)
                 check_absorbed(current_principal, current)
                 if self.identity_rule is not None and not self.identity_rule(
                         current_principal, current):
