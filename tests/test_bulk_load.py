@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,56 @@ def test_refuses_what_it_cannot_load(
     with pytest.raises(ValueError, match=message):
         bulk_load(InMemoryStorage(), COLLEGE, password_hash=verifier.hash(PROVISIONAL),
                   **arguments)
+
+
+# -- SQLAlchemyStorage's bulk path, on PostgreSQL and on SQLite ---------------------
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def sqlalchemy_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """A fresh SQLAlchemyStorage on each database in turn (PostgreSQL needs the server)."""
+    from account_merge.storage.sqlalchemy import SQLAlchemyStorage
+
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        storage = SQLAlchemyStorage.from_url(url, prefix=f"bulk{next(_prefixes)}_")
+    else:
+        storage = SQLAlchemyStorage.from_url(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    storage.create_schema()
+    yield storage
+    storage.metadata.drop_all(storage._bind_engine())
+    storage.close()
+
+
+_prefixes = itertools.count()
+
+
+def test_sqlalchemy_loads_in_bulk_accounts_that_merge(
+    sqlalchemy_storage: Storage, verifier: Argon2Verifier,
+) -> None:
+    assert hasattr(sqlalchemy_storage, "bulk_insert")
+    letters = bulk_load(sqlalchemy_storage, COLLEGE, 30, password_hash=verifier.hash(PROVISIONAL),
+                        chunk=7)
+    service = MergeService(sqlalchemy_storage, verifier)
+
+    principal = service.activate(letters.login(0), PROVISIONAL, PASSWORD)
+    service.merge(principal.id, letters.login(29), PROVISIONAL)
+
+    assert [c.id for c in service.children(principal.id)] == [letters.child_id(0),
+                                                              letters.child_id(29)]
+    with sqlalchemy_storage.unit_of_work(write=False) as uow:
+        assert [e.event.name for e in uow.unpublished(10)] == ["account_activated",
+                                                               "accounts_merged"]
+
+
+def test_sqlalchemy_bulk_refuses_a_taken_login_and_stores_none_of_its_chunk(
+    sqlalchemy_storage: Storage, verifier: Argon2Verifier,
+) -> None:
+    bulk_load(sqlalchemy_storage, COLLEGE, 3, password_hash=verifier.hash(PROVISIONAL))
+
+    with pytest.raises(LoginTaken):
+        bulk_load(sqlalchemy_storage, COLLEGE, 5, password_hash=verifier.hash(PROVISIONAL))
+
+    with sqlalchemy_storage.unit_of_work(write=False) as uow:
+        assert uow.get_account_id_by_login("bulk.4") is None
+        assert uow.get_account_id_by_login("bulk.2") is not None

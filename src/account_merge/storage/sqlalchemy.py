@@ -69,6 +69,7 @@ from sqlalchemy import (
     event,
     false,
     func,
+    literal,
     or_,
     select,
     update,
@@ -93,6 +94,7 @@ from account_merge.exceptions import (
     StorageError,
 )
 from account_merge.ports import LoginTaken, StoredReceipt
+from account_merge.storage.bulk import BulkAccount
 
 if TYPE_CHECKING:
     from account_merge.ports import Storage
@@ -630,6 +632,19 @@ class SQLAlchemyStorage:
         except sa_exc.DBAPIError as error:
             raise self._translate(error, bind.url) from error.orig
 
+    def bulk_insert(self, rows: Sequence[BulkAccount]) -> None:
+        """Store *rows* in one transaction, one multi-row insert per table and batch.
+
+        The fast path of :func:`account_merge.storage.bulk.insert_accounts`,
+        for tests and benchmarks that need a large store: the accounts and
+        their hashes are taken as they are, without events or audit
+        records.  A login or id already in use raises ``LoginTaken`` and
+        stores none of *rows*.
+        """
+        with self.unit_of_work(write=True) as uow:
+            uow.insert_bulk(rows)
+            uow.commit()
+
     def close(self) -> None:
         """Dispose of the engine if this store made it (``from_url``); else nothing."""
         if self._owns_engine and self._engine is not None:
@@ -837,6 +852,40 @@ class _SQLAlchemyUnitOfWork:
             self._run(select(func.pg_advisory_xact_lock(
                 func.hashtextextended(self._s._lock_name(name), 0))))
 
+    # bulk loading (SQLAlchemyStorage.bulk_insert) ---------------------------
+    def insert_bulk(self, rows: Sequence[BulkAccount]) -> None:
+        """Insert bulk rows, one executemany per table; a taken login raises LoginTaken."""
+        if not rows:
+            return
+        t = self._t
+        conn = self._c()
+        responsable = Role.RESPONSABLE.value
+        try:
+            conn.execute(t.accounts.insert(), [
+                {"id": r.account_id, "login": r.login, "login_key": r.login_key,
+                 "role": responsable, "status": r.status.value,
+                 "display_name": r.display_name, "establishment_uai": r.establishment_uai,
+                 "created_at": r.created_at, "email": None, "merged_into": None}
+                for r in rows])
+        except sa_exc.IntegrityError as error:
+            self._fail(self._s._translate(error, self._url))
+            raise LoginTaken("a login or id of the bulk") from None
+        with self._translating():
+            conn.execute(t.credentials.insert(), [
+                {"account_id": r.account_id, "password_hash": r.password_hash,
+                 "kind": r.credential_kind.value, "expires_at": r.credential_expires_at}
+                for r in rows])
+            conn.execute(self._insert(t.children).on_conflict_do_nothing(), [
+                {"id": r.child_id, "first_name": r.child_first_name,
+                 "last_name": r.child_last_name, "establishment_uai": r.establishment_uai}
+                for r in rows])
+            conn.execute(t.links.insert(), [
+                {"account_id": r.account_id, "child_id": r.child_id,
+                 "origin_account_id": r.account_id,
+                 "origin_establishment_uai": r.establishment_uai, "via_merge": False,
+                 "linked_at": r.created_at}
+                for r in rows])
+
     # establishments --------------------------------------------------------
     def get_establishment(self, uai: str) -> Establishment | None:
         t = self._t.establishments
@@ -978,9 +1027,14 @@ class _SQLAlchemyUnitOfWork:
             self._run(select(func.pg_advisory_xact_lock(
                 func.hashtextextended(self._s._lock_name("outbox"), 0))))
         t = self._t.outbox
-        last = self._run(select(func.coalesce(func.max(t.c.position), 0))).scalar_one()
-        self._run(t.insert(), {"position": int(last) + 1, "name": event.name,
-                               "payload": event.to_payload(), "published": False})
+        # The next position is read by the insert itself: one round trip.
+        self._run(t.insert().from_select(
+            ["position", "name", "payload", "published"],
+            select(func.coalesce(func.max(t.c.position), 0) + 1,
+                   literal(event.name, t.c.name.type),
+                   literal(event.to_payload(), t.c.payload.type),
+                   false()),
+        ))
 
     def unpublished(self, limit: int) -> list[OutboxEntry]:
         t = self._t.outbox
