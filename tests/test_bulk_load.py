@@ -17,7 +17,7 @@ from account_merge import (
     MergeService,
     SQLiteStorage,
 )
-from account_merge.exceptions import InvalidCredentials
+from account_merge.exceptions import InvalidCredentials, StorageError
 from account_merge.ports import LoginTaken, Storage
 from account_merge.storage.bulk import BulkAccount, insert_accounts
 from account_merge.testing import bulk_load, fast_verifier, make_establishment
@@ -189,3 +189,27 @@ def test_sqlalchemy_bulk_refuses_a_taken_login_and_stores_none_of_its_chunk(
     with sqlalchemy_storage.unit_of_work(write=False) as uow:
         assert uow.get_account_id_by_login("bulk.4") is None
         assert uow.get_account_id_by_login("bulk.2") is not None
+
+
+def test_sqlalchemy_bulk_translates_driver_errors(
+    sqlalchemy_storage: Storage, verifier: Argon2Verifier,
+) -> None:
+    """A table that is missing is a StorageError naming the store, on COPY as elsewhere."""
+    from account_merge.storage.sqlalchemy import SQLAlchemyStorage
+
+    assert isinstance(sqlalchemy_storage, SQLAlchemyStorage)
+    sqlalchemy_storage.metadata.tables[f"{sqlalchemy_storage.prefix}links"].drop(
+        sqlalchemy_storage._bind_engine())
+    at = datetime(2026, 9, 1, tzinfo=UTC)
+    row = BulkAccount(account_id="a1", login="claire.robert", login_key="claire.robert",
+                      status=AccountStatus.PROVISIONAL, display_name="Claire Robert",
+                      establishment_uai=COLLEGE.uai, created_at=at,
+                      password_hash=verifier.hash(PROVISIONAL), expires_at=at,
+                      child_id="child-a1", child_first_name="Dylan", child_last_name="Robert")
+
+    with pytest.raises(StorageError):
+        sqlalchemy_storage.bulk_insert([row])
+
+    with sqlalchemy_storage.unit_of_work(write=False) as uow:
+        assert uow.get_account("a1") is None
+    sqlalchemy_storage.create_schema()

@@ -854,37 +854,90 @@ class _SQLAlchemyUnitOfWork:
 
     # bulk loading (SQLAlchemyStorage.bulk_insert) ---------------------------
     def insert_bulk(self, rows: Sequence[BulkAccount]) -> None:
-        """Insert bulk rows, one executemany per table; a taken login raises LoginTaken."""
+        """Insert bulk rows: ``COPY`` on PostgreSQL with psycopg, executemany otherwise.
+
+        A login or id already in use raises ``LoginTaken``.
+        """
         if not rows:
             return
-        t = self._t
         conn = self._c()
         responsable = Role.RESPONSABLE.value
+        t = self._t
+        accounts = [(r.account_id, r.login, r.login_key, responsable, r.status.value,
+                     r.display_name, r.establishment_uai, r.created_at) for r in rows]
+        credentials = [(r.account_id, r.password_hash, r.credential_kind.value,
+                        r.credential_expires_at) for r in rows]
+        children = [(r.child_id, r.child_first_name, r.child_last_name, r.establishment_uai)
+                    for r in rows]
+        links = [(r.account_id, r.child_id, r.account_id, r.establishment_uai, False,
+                  r.created_at) for r in rows]
+        account_columns = ("id", "login", "login_key", "role", "status", "display_name",
+                           "establishment_uai", "created_at")
+        credential_columns = ("account_id", "password_hash", "kind", "expires_at")
+        child_columns = ("id", "first_name", "last_name", "establishment_uai")
+        link_columns = ("account_id", "child_id", "origin_account_id",
+                        "origin_establishment_uai", "via_merge", "linked_at")
+        if self._dialect == "postgresql" and conn.dialect.driver == "psycopg":
+            self._copy_bulk(conn, [(t.accounts, account_columns, accounts),
+                                   (t.credentials, credential_columns, credentials),
+                                   (t.children, child_columns, children),
+                                   (t.links, link_columns, links)])
+            return
+
+        def dicts(columns: tuple[str, ...], values: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+            return [dict(zip(columns, row, strict=True)) for row in values]
+
         try:
-            conn.execute(t.accounts.insert(), [
-                {"id": r.account_id, "login": r.login, "login_key": r.login_key,
-                 "role": responsable, "status": r.status.value,
-                 "display_name": r.display_name, "establishment_uai": r.establishment_uai,
-                 "created_at": r.created_at, "email": None, "merged_into": None}
-                for r in rows])
+            conn.execute(t.accounts.insert(), dicts(account_columns, accounts))
         except sa_exc.IntegrityError as error:
             self._fail(self._s._translate(error, self._url))
             raise LoginTaken("a login or id of the bulk") from None
         with self._translating():
-            conn.execute(t.credentials.insert(), [
-                {"account_id": r.account_id, "password_hash": r.password_hash,
-                 "kind": r.credential_kind.value, "expires_at": r.credential_expires_at}
-                for r in rows])
-            conn.execute(self._insert(t.children).on_conflict_do_nothing(), [
-                {"id": r.child_id, "first_name": r.child_first_name,
-                 "last_name": r.child_last_name, "establishment_uai": r.establishment_uai}
-                for r in rows])
-            conn.execute(t.links.insert(), [
-                {"account_id": r.account_id, "child_id": r.child_id,
-                 "origin_account_id": r.account_id,
-                 "origin_establishment_uai": r.establishment_uai, "via_merge": False,
-                 "linked_at": r.created_at}
-                for r in rows])
+            conn.execute(t.credentials.insert(), dicts(credential_columns, credentials))
+            conn.execute(self._insert(t.children).on_conflict_do_nothing(),
+                         dicts(child_columns, children))
+            conn.execute(t.links.insert(), dicts(link_columns, links))
+
+    def _copy_bulk(self, conn: Connection,
+                   parts: list[tuple[Table, tuple[str, ...], list[tuple[Any, ...]]]]) -> None:
+        """``COPY ... FROM STDIN`` into each table (children through a temporary table,
+        so that a child already stored is kept, as ``add_links`` keeps it)."""
+        import psycopg  # noqa: PLC0415 - only with the psycopg driver
+
+        quote = conn.dialect.identifier_preparer
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+
+        def copy(cursor: psycopg.Cursor[Any], table: str, columns: tuple[str, ...],
+                 values: list[tuple[Any, ...]]) -> None:
+            names = ", ".join(quote.quote(c) for c in columns)
+            with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as stream:
+                for row in values:
+                    stream.write_row(row)
+
+        try:
+            with raw.cursor() as cursor:
+                for table, columns, values in parts:
+                    target = quote.format_table(table)
+                    if table is not self._t.children:
+                        copy(cursor, target, columns, values)
+                        continue
+                    cursor.execute(f"CREATE TEMPORARY TABLE am_bulk_children (LIKE {target})"
+                                   " ON COMMIT DROP")
+                    copy(cursor, "am_bulk_children", columns, values)
+                    cursor.execute(f"INSERT INTO {target} SELECT * FROM am_bulk_children"
+                                   " ON CONFLICT DO NOTHING")
+                    cursor.execute("DROP TABLE am_bulk_children")
+        except psycopg.errors.UniqueViolation:
+            self._fail(ConcurrentUpdate("a login or id of the bulk is taken"))
+            raise LoginTaken("a login or id of the bulk") from None
+        except psycopg.Error as error:
+            wrapped = sa_exc.DBAPIError.instance("COPY", None, error, psycopg.Error)
+            translated = (self._s._translate(wrapped, self._url)
+                          if isinstance(wrapped, sa_exc.DBAPIError)
+                          else StorageError(self._s._store_name(self._url), str(error)))
+            self._fail(translated)
+            raise translated from error
 
     # establishments --------------------------------------------------------
     def get_establishment(self, uai: str) -> Establishment | None:
