@@ -103,9 +103,40 @@ def make_hashes(verifier: Argon2Verifier) -> tuple[str, str]:
     return verifier.hash(PROVISIONAL_PASSWORD), verifier.hash(PASSWORD)
 
 
+class TimingVerifier:
+    """A verifier that times the argon2 work it does, so that an operation's own work shows.
+
+    It wraps the service's :class:`Argon2Verifier`; ``spent`` adds up the
+    seconds spent in its ``verify`` and ``hash`` since the last ``reset()``.
+    """
+
+    def __init__(self, inner: Argon2Verifier) -> None:
+        self.inner = inner
+        self.spent = 0.0
+
+    def reset(self) -> None:
+        self.spent = 0.0
+
+    def hash(self, password: str) -> str:
+        started = time.perf_counter()
+        try:
+            return self.inner.hash(password)
+        finally:
+            self.spent += time.perf_counter() - started
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        started = time.perf_counter()
+        try:
+            return self.inner.verify(password_hash, password)
+        finally:
+            self.spent += time.perf_counter() - started
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return self.inner.needs_rehash(password_hash)
+
+
 #: One P1 round: each operation between bare argon2 calls of its own kind, so
-#: that every operation has the same bare work measured just before and
-#: just after it.
+#: that the bare work is timed as often, and as near, as the operations.
 P1_ROUND: tuple[str, ...] = (
     "verify", "merge", "verify", "authenticate", "verify", "hash", "activate", "verify", "hash",
     "split", "hash",
@@ -116,7 +147,8 @@ P1_ROUND: tuple[str, ...] = (
 class P1Result:
     store: str
     samples: dict[str, list[float]]  # op or "verify"/"hash" -> seconds
-    paired: dict[str, list[float]]  # op -> op / (mean of the bare work before and after)
+    in_situ: dict[str, list[float]]  # op -> op / the argon2 work timed inside it
+    own: dict[str, list[float]]  # op -> op - the argon2 work timed inside it
 
     def median(self, key: str) -> float:
         return statistics.median(self.samples[key])
@@ -129,30 +161,21 @@ class P1Result:
         """Median operation / median of its bare argon2 work."""
         return self.median(op) / self.denominator(op)
 
-    def paired_ratio(self, op: str) -> float:
-        """Median, over rounds, of the operation / the bare work measured around it."""
-        return statistics.median(self.paired[op])
+    def in_situ_ratio(self, op: str) -> float:
+        """Median, over rounds, of the operation / the argon2 work it did itself."""
+        return statistics.median(self.in_situ[op])
 
-
-def _bare_around(steps: list[tuple[str, float]], index: int, op: str) -> float:
-    """The bare argon2 work of *op* measured just before and just after step *index*."""
-    verifications, hashes = OPERATIONS[op]
-    total = 0.0
-    for kind, count in (("verify", verifications), ("hash", hashes)):
-        if not count:
-            continue
-        before = next(t for k, t in reversed(steps[:index]) if k == kind)
-        after = next(t for k, t in steps[index + 1:] if k == kind)
-        total += count * (before + after) / 2
-    return total
+    def median_own(self, op: str) -> float:
+        """Median, over rounds, of the operation's time outside argon2."""
+        return statistics.median(self.own[op])
 
 
 def measure_p1(storage: Storage, store: str, hasher: argon2.PasswordHasher, rounds: int,
                filler: int) -> P1Result:
-    """Time each operation between bare argon2 verifications and hashes with *hasher*."""
-    verifier = verifier_for(hasher)
+    """Time each operation, the argon2 work inside it, and bare argon2 work beside it."""
+    verifier = TimingVerifier(verifier_for(hasher))
     service = MergeService(storage, verifier)
-    hashes = make_hashes(verifier)
+    hashes = make_hashes(verifier.inner)
     fill(storage, filler, hashes[0])
     workload = Workload(service, rounds + 1, hashes)
     bare_hash = hasher.hash(PROVISIONAL_PASSWORD)
@@ -161,18 +184,23 @@ def measure_p1(storage: Storage, store: str, hasher: argon2.PasswordHasher, roun
         "hash": lambda: hasher.hash(NEW_PASSWORD),
     }
     samples: dict[str, list[float]] = {k: [] for k in ("verify", "hash", *OPERATIONS)}
-    paired: dict[str, list[float]] = {op: [] for op in OPERATIONS}
+    in_situ: dict[str, list[float]] = {op: [] for op in OPERATIONS}
+    own: dict[str, list[float]] = {op: [] for op in OPERATIONS}
     for i in range(rounds + 1):
-        steps = [(kind, timed(bare[kind] if kind in bare
-                              else lambda: workload.run(kind, i)))  # noqa: B023
-                 for kind in P1_ROUND]
+        steps = []
+        for kind in P1_ROUND:
+            verifier.reset()
+            elapsed = timed(bare[kind] if kind in bare
+                            else lambda: workload.run(kind, i))  # noqa: B023
+            steps.append((kind, elapsed, verifier.spent))
         if i == 0:
             continue  # warm-up: connections, caches
-        for index, (kind, elapsed) in enumerate(steps):
+        for kind, elapsed, spent in steps:
             samples[kind].append(elapsed)
             if kind in OPERATIONS:
-                paired[kind].append(elapsed / _bare_around(steps, index, kind))
-    return P1Result(store, samples, paired)
+                in_situ[kind].append(elapsed / spent)
+                own[kind].append(elapsed - spent)
+    return P1Result(store, samples, in_situ, own)
 
 
 @dataclass

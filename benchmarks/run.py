@@ -108,47 +108,43 @@ def ms(seconds: float) -> str:
 
 def print_p1(results: list[P1Result], cheap: list[P1Result], stores: Stores,
              argon2_name: str) -> dict[str, object]:
-    print(f"\nP1 overhead: an operation / the same argon2 work done bare "
+    print(f"\nP1 overhead: an operation / the argon2 work it does by design "
           f"({describe(hasher(argon2_name))})")
-    print("    ratio = median operation / median bare work, both timed in the same rounds;")
-    print("    paired = median over rounds of the operation / the bare work timed just around it;")
-    print("    1+own/argon2 = 1 + the library's own cost (below) / median bare work: the verdict,")
-    print("    since on a busy machine argon2's own scatter blurs the first two")
-    own = {(r.store, op): r.median(op) - r.denominator(op) for r in cheap for op in OPERATIONS}
-    widths = (14, 19, 11, 8, 8, 13, 8, 8)
+    print("    ratio = median operation / median of the same work done bare, timed in turn;")
+    print("    in situ = median over rounds of the operation / the argon2 work timed inside it")
+    print("    (the verdict: the machine's drift and argon2's own scatter cancel out of it)")
+    widths = (14, 19, 11, 11, 8, 9, 8, 8)
     out: dict[str, object] = {}
     for result in results:
         kind = stores.get(result.store)
         assert kind is not None
         print(f"  {result.store}: bare verify {ms(result.median('verify'))}, "
               f"bare hash {ms(result.median('hash'))}, {len(result.samples['merge'])} rounds")
-        print("    " + row("operation", "argon2 work", "median", "ratio", "paired", "1+own/argon2",
+        print("    " + row("operation", "argon2 work", "median", "bare", "ratio", "in situ",
                            "target", "verdict", widths=widths))
         for op in OPERATIONS:
-            ratio = result.ratio(op)
-            estimate = 1 + own[result.store, op] / result.denominator(op)
-            print("    " + row(op, argon2_cost(op), ms(result.median(op)), f"{ratio:.3f}",
-                              f"{result.paired_ratio(op):.3f}", f"{estimate:.4f}",
-                              f"<= {kind.p1_target:.2f}", verdict(estimate, kind.p1_target),
+            ratio, in_situ = result.ratio(op), result.in_situ_ratio(op)
+            print("    " + row(op, argon2_cost(op), ms(result.median(op)),
+                              ms(result.denominator(op)), f"{ratio:.3f}", f"{in_situ:.4f}",
+                              f"<= {kind.p1_target:.2f}", verdict(in_situ, kind.p1_target),
                               widths=widths))
             out[f"{result.store}.{op}"] = {
-                "ratio": ratio, "paired": result.paired_ratio(op), "estimate": estimate,
-                "target": kind.p1_target, "median_s": result.median(op),
-                "denominator_s": result.denominator(op)}
+                "ratio": ratio, "in_situ": in_situ, "target": kind.p1_target,
+                "median_s": result.median(op), "bare_s": result.denominator(op)}
     for name, reason in stores.skipped.items():
         print(f"  {name}: skipped: {reason}")
     print("\n  The library's own cost: the same operations with argon2's cheapest parameters "
           f"({describe(hasher('cheapest'))});")
-    print("  own = median operation - median bare argon2 work")
+    print("  own = median of (operation - the argon2 work timed inside it)")
     cheap_widths = (14, 14, 12, 12, 12)
     print("    " + row("store", "operation", "median", "argon2", "own", widths=cheap_widths))
     for result in cheap:
         for op in OPERATIONS:
+            own = result.median_own(op)
             print("    " + row(result.store, op, ms(result.median(op)),
-                              ms(result.denominator(op)), ms(own[result.store, op]),
-                              widths=cheap_widths))
+                              ms(result.median(op) - own), ms(own), widths=cheap_widths))
             out[f"{result.store}.{op}.cheapest"] = {"median_s": result.median(op),
-                                                    "own_s": own[result.store, op]}
+                                                    "own_s": own}
     return out
 
 
@@ -233,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="tiny sizes and the cheapest hasher: only checks that it runs")
     parser.add_argument("--only", default="P1,P2,P3,P4", help="parts to run, e.g. P1,P3")
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
+    parser.add_argument("--stores", default="memory,sqlite,postgresql",
+                        help="stores to run P1 and P2 on, e.g. sqlite,postgresql")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where to put the store files (default: the temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -251,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {load[0]:.2f}")
     figures: dict[str, object] = {"mode": size_name, "load_average_at_start": load[0]}
     started = time.perf_counter()
-    with open_stores(args.workdir, postgres=not args.no_postgres) as stores:
+    wanted = {name.strip().lower() for name in args.stores.split(",")}
+    postgres = not args.no_postgres and "postgresql" in wanted
+    with open_stores(args.workdir, postgres=postgres, only=wanted) as stores:
         if "P1" in parts:
             default = hasher(sizes.argon2)
             cheap = [measure_p1(kind.make("p1-cheap"), kind.name, hasher("cheapest"),

@@ -50,13 +50,16 @@ class Stores:
 
 
 @contextlib.contextmanager
-def open_stores(workdir: Path | None, *, postgres: bool = True) -> Iterator[Stores]:
-    """Every kind of store this machine can run, with files in *workdir* (a temporary folder)."""
+def open_stores(workdir: Path | None, *, postgres: bool = True,
+                only: set[str] | None = None) -> Iterator[Stores]:
+    """The kinds of store this machine can run (those named in *only*), files in *workdir*."""
     folder = Path(tempfile.mkdtemp(prefix="am-bench-", dir=workdir))
     kinds = [
         StoreKind("memory", 1.02, None, lambda label: InMemoryStorage()),
         StoreKind("sqlite", 1.05, 1.25, lambda label: SQLiteStorage(folder / f"{label}.sqlite3")),
     ]
+    if only is not None:
+        kinds = [kind for kind in kinds if kind.name in only]
     skipped: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         if postgres:
@@ -65,7 +68,7 @@ def open_stores(workdir: Path | None, *, postgres: bool = True) -> Iterator[Stor
                 kinds.append(StoreKind("postgresql", 1.10, 1.25, factory))
             else:
                 skipped["postgresql"] = reason
-        else:
+        elif only is None or "postgresql" in only:
             skipped["postgresql"] = "not asked for (--no-postgres)"
         try:
             yield Stores(kinds, skipped, folder)
