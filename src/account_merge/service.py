@@ -243,12 +243,12 @@ class MergeService:
         return wait
 
     def _give_back(self, uow: UnitOfWork, key: str, at: datetime, *, reset: bool) -> None:
-        state = uow.get_throttle(key)
-        if state is None:
-            return
         if reset:
+            # A success clears the counter whatever it held: nothing to read.
             uow.put_throttle(ThrottleState(key=key))
-        else:
+            return
+        state = uow.get_throttle(key)
+        if state is not None:
             uow.put_throttle(self.throttle.release(state, at))
 
     def _check_credentials(
