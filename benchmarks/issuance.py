@@ -189,8 +189,10 @@ class P3Result:
     letter_bytes: float  # the heap one letter takes when it is kept
 
     def ratios(self) -> list[float]:
-        return [a["rate"] / (self.cores * o["rate"])
-                for a, o in zip(self.all_cores, self.one_core, strict=True)]
+        """Each batch's rate / (cores x the mean one-core rate measured just before and after)."""
+        return [a["rate"] / (self.cores * (before["rate"] + after["rate"]) / 2)
+                for a, before, after in zip(self.all_cores, self.one_core, self.one_core[1:],
+                                            strict=False)]
 
     def ratio(self) -> float:
         return statistics.median(self.ratios())
@@ -224,12 +226,13 @@ class P3Result:
 
 def measure_p3(folder: Path, hasher: str, letters: int, rounds: int,
                memory_letters: int, memory_hasher: str, warm_up: int) -> P3Result:
-    """Alternate hashing alone on every core and issuing; then the memory of N and 4N letters."""
+    """Each batch between two runs of every core hashing alone; then the memory of N and 4N."""
     n = cores()
-    all_cores, one_core = [], []
+    all_cores: list[dict[str, float]] = []
+    one_core = [_every_core_alone(max(2, letters // n), hasher, n)]
     for _ in range(rounds):
-        one_core.append(_every_core_alone(max(2, letters // n), hasher, n))
         all_cores.append(run_child("issue", str(letters), hasher, str(folder)))
+        one_core.append(_every_core_alone(max(2, letters // n), hasher, n))
     traced = run_child("memory", str(memory_letters), memory_hasher, str(folder), str(warm_up))
     memory = [traced["small"], traced["large"]]
     return P3Result(n, hasher, letters, all_cores, one_core, memory, traced["letter_bytes"])

@@ -53,10 +53,10 @@ class Sizes:
 
 SIZES = {
     "full": Sizes(p1_rounds=21, p1_accounts=1_000, p2_small=1_000, p2_large=1_000_000,
-                  p2_rounds=30, p3_letters=48, p3_rounds=3, p3_memory_letters=2_000,
+                  p2_rounds=30, p3_letters=48, p3_rounds=5, p3_memory_letters=2_000,
                   p3_warm_up=2_000, p4_accounts=10_000, argon2="default"),
     "quick": Sizes(p1_rounds=7, p1_accounts=1_000, p2_small=1_000, p2_large=20_000,
-                   p2_rounds=15, p3_letters=24, p3_rounds=2, p3_memory_letters=500,
+                   p2_rounds=15, p3_letters=24, p3_rounds=3, p3_memory_letters=500,
                    p3_warm_up=2_000, p4_accounts=2_000, argon2="default"),
     "smoke": Sizes(p1_rounds=2, p1_accounts=20, p2_small=20, p2_large=200, p2_rounds=2,
                    p3_letters=4, p3_rounds=1, p3_memory_letters=10, p3_warm_up=10, p4_accounts=50,
@@ -180,7 +180,8 @@ def print_p3(result: P3Result) -> dict[str, object]:
     widths = (50, 10, 10, 8)
     print(f"\nP3 bulk issuance: {result.letters} letters with issue_accounts on "
           f"{result.cores} cores ({describe(hasher(result.hasher))}), {len(result.ratios())} "
-          f"round(s), each beside every core hashing alone, one process pinned to each")
+          f"round(s), each between two runs of every core hashing alone (a process pinned "
+          f"to each)")
     print(f"    all cores: {result.rate_all():.2f} letters/s; one core alone: "
           f"{result.rate_one():.2f} hashes/s; ratio per round "
           f"{', '.join(f'{r:.3f}' for r in result.ratios())}")
