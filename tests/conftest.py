@@ -57,3 +57,10 @@ def verifier() -> CountingVerifier:
 @pytest.fixture
 def service(storage: Storage, verifier: CountingVerifier, clock: FakeClock) -> MergeService:
     return MergeService(storage, verifier, clock)
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """Inner pytest runs without pytest-django: the Django tests set Django up in this process."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:django")
+    return pytester
