@@ -106,6 +106,11 @@ _LOGIN_ATTEMPTS = 20
 _WRITE_RETRIES = 3
 
 
+def _login_throttle(key: str) -> str:
+    """The failure counter of a login: shared by the merge form and the owner's sign-in."""
+    return f"login:{key}"
+
+
 def same_display_name(principal: Account, absorbed: Account) -> bool:
     """An identity rule like ÉduConnect's: both accounts bear the same name."""
     return login_key(principal.display_name) == login_key(absorbed.display_name)
@@ -258,7 +263,7 @@ class MergeService:
         """Steps 1 and 2 for activate, authenticate and change_password."""
         now = self._now()
         key = login_key(login)
-        throttle_key = f"auth:{key}"
+        throttle_key = _login_throttle(key)
         with self._write() as uow:
             wait = self._reserve(uow, throttle_key, now, lock=False)
             if wait > 0:
@@ -450,7 +455,8 @@ class MergeService:
                 uow.update_account(active)
                 uow.put_credential(Credential(account_id=account.id, password_hash=new_hash,
                                               kind=CredentialKind.PASSWORD))
-                self._give_back(uow, f"auth:{login_key(login)}", target.reserved_at, reset=True)
+                self._give_back(uow, _login_throttle(login_key(login)), target.reserved_at,
+                                reset=True)
                 uow.append_event(AccountActivated(occurred_at=now, account_id=account.id))
                 uow.append_audit(AuditRecord(at=now, action=AuditAction.ACTIVATE,
                                              outcome="success", actor=account.id,
@@ -492,7 +498,8 @@ class MergeService:
                 account = self._unchanged(uow, target)
                 if new_hash is not None:
                     uow.put_credential(attrs.evolve(credential, password_hash=new_hash))
-                self._give_back(uow, f"auth:{login_key(login)}", target.reserved_at, reset=True)
+                self._give_back(uow, _login_throttle(login_key(login)), target.reserved_at,
+                                reset=True)
                 uow.commit()
             return account
 
@@ -521,7 +528,7 @@ class MergeService:
                 self._unchanged(uow, target)
                 uow.put_credential(Credential(account_id=account.id, password_hash=new_hash,
                                               kind=CredentialKind.PASSWORD))
-                self._give_back(uow, f"auth:{login_key(account.login)}", target.reserved_at,
+                self._give_back(uow, _login_throttle(login_key(account.login)), target.reserved_at,
                                 reset=True)
                 uow.append_event(PasswordChanged(occurred_at=now, account_id=account.id))
                 uow.append_audit(AuditRecord(at=now, action=AuditAction.CHANGE_PASSWORD,
@@ -579,7 +586,7 @@ class MergeService:
             check_identifier("idempotency_key", idempotency_key)
         key = login_key(login)
         now = self._now()
-        login_throttle, principal_throttle = f"login:{key}", f"principal:{principal_id}"
+        login_throttle, principal_throttle = _login_throttle(key), f"principal:{principal_id}"
 
         def audit(outcome: str, account_id: str | None = None) -> AuditRecord:
             return AuditRecord(at=now, action=AuditAction.MERGE, outcome=outcome,
