@@ -283,6 +283,14 @@ def violations(storage: InstrumentedStorage, *, exclusive_children: bool = False
     found: list[str] = []
     holders: dict[str, list[str]] = {child: [] for child in universe.children}
     with storage.inner.unit_of_work(write=False) as uow:
+        # Accounts other processes created are named by their events.
+        for entry in uow.unpublished(EVERYTHING):
+            event = entry.event
+            for field in ("account_id", "new_account_id", "principal_id", "absorbed_id"):
+                if isinstance(getattr(event, field, None), str):
+                    universe.accounts.add(getattr(event, field))
+            for child in getattr(event, "child_ids", ()) or getattr(event, "moved_child_ids", ()):
+                holders.setdefault(child, [])
         accounts = {i: a for i in sorted(universe.accounts)
                     if (a := uow.get_account(i)) is not None}
         for account in accounts.values():
