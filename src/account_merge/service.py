@@ -168,6 +168,12 @@ class MergeService:
         provisional_validity: timedelta = timedelta(days=90),
         provisional_length: int = 8,
     ) -> None:
+        if not callable(getattr(storage, "unit_of_work", None)):
+            raise InvalidInput("storage", "must be a Storage (with a unit_of_work() method)")
+        if verifier is not None and not all(
+                callable(getattr(verifier, name, None)) for name in ("hash", "verify",
+                                                                     "needs_rehash")):
+            raise InvalidInput("verifier", "must be a CredentialVerifier")
         if (isinstance(provisional_length, bool) or not isinstance(provisional_length, int)
                 or not _MIN_PROVISIONAL_LENGTH <= provisional_length <= _MAX_PROVISIONAL_LENGTH):
             raise InvalidInput("provisional_length",
