@@ -8,6 +8,7 @@ weak parameters are warned about; and hashing is bounded per process.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 import warnings
@@ -366,9 +367,37 @@ class TestConcurrentHashing:
         verifiers = [Argon2Verifier(gauge.turnstile(), warn_if_weak=False) for _ in range(2)]
         assert gauge.burst(verifiers, 6) == 6
 
+    @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                        reason="needs fork")
+    def test_a_forked_child_does_not_inherit_the_slots_its_parent_holds(
+            self, process_limit: Callable[[int], None]) -> None:
+        """A child forked while a verification runs can still hash (no inherited slot)."""
+        process_limit(1)
+        gauge = Gauge()
+        busy = Argon2Verifier(gauge.turnstile(), warn_if_weak=False)
+        holder = threading.Thread(target=busy.verify, args=(None, "x"))
+        holder.start()
+        try:
+            deadline = time.monotonic() + 30
+            while gauge.inside == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert gauge.inside == 1  # the only slot of the process is taken
+            child = multiprocessing.get_context("fork").Process(target=_hash_once)
+            child.start()
+            child.join(60)
+            assert child.exitcode == 0
+        finally:
+            gauge.gate.set()
+            holder.join(30)
+
     @pytest.mark.parametrize("limit", [0, -1, "2", 2.0, True])
     def test_a_limit_must_be_a_positive_int(self, limit: Any) -> None:
         with pytest.raises(InvalidInput):
             set_max_concurrent_hashes(limit)
         with pytest.raises(InvalidInput):
             Argon2Verifier(cheap(), max_concurrent=limit, warn_if_weak=False)
+
+
+def _hash_once() -> None:
+    """In a forked child: one hash, which needs a slot of the child's own."""
+    Argon2Verifier(cheap(), warn_if_weak=False).hash("x")
