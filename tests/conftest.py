@@ -12,7 +12,7 @@ from account_merge.ports import Storage
 from account_merge.testing import CountingVerifier, FakeClock
 from security_kit import InstrumentedStorage
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "pg"]
 
 #: Every store of this package, by name, built in a test's temporary folder.
 STORES: dict[str, Callable[[Path], Storage]] = {

@@ -1,0 +1,1 @@
+"""Glue for web frameworks, one module per framework (optional extras)."""
