@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from account_merge import Child, MergeService, Secret
+from account_merge import Child, InMemoryStorage, MergeService, Secret, SQLiteStorage
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.domain.validation import escape_for_log
 from account_merge.exceptions import AccountMergeError
@@ -77,6 +77,20 @@ def _sqlite_contents(path: str) -> tuple[list[str], list[bytes]]:
     return rows, blobs
 
 
+def _sqlalchemy_rows(storage: object) -> list[str]:
+    """Every row of every table of a SQLAlchemyStorage (nothing for another store)."""
+    try:
+        from account_merge.storage.sqlalchemy import SQLAlchemyStorage
+    except ImportError:  # the extra is not installed
+        return []
+    if not isinstance(storage, SQLAlchemyStorage):
+        return []
+    engine = storage._bind_engine()
+    with engine.connect() as connection:
+        return [repr(tuple(row)) for table in storage.metadata.sorted_tables
+                for row in connection.execute(table.select())]
+
+
 class Exposure:
     """Everything a password could leak into, gathered during one example."""
 
@@ -111,13 +125,13 @@ class Exposure:
         texts.append(repr(snapshot(self.storage)))
         blobs: list[bytes] = []
         inner = self.storage.inner
-        tables = getattr(inner, "_tables", None)
-        if tables is not None:  # the in-memory store: every table, as held
-            texts.append(repr(vars(tables)))
-        path = getattr(inner, "path", None)
-        if isinstance(path, str):  # the SQLite store: every row and the raw bytes
-            rows, blobs = _sqlite_contents(path)
+        if isinstance(inner, InMemoryStorage):  # every table, as held
+            texts.append(repr(vars(inner._tables)))
+        elif isinstance(inner, SQLiteStorage):  # every row, and the raw bytes
+            rows, blobs = _sqlite_contents(inner.path)
             texts.extend(rows)
+        else:
+            texts.extend(_sqlalchemy_rows(inner))
         return texts, blobs
 
 
