@@ -64,3 +64,10 @@ def service(storage: Storage, verifier: CountingVerifier, clock: FakeClock) -> M
 def instrumented(make_storage: Callable[[], Storage]) -> InstrumentedStorage:
     """A fresh store of one kind, wrapped to record, delay and fail on demand."""
     return InstrumentedStorage(make_storage())
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """Inner pytest runs without pytest-django: the Django tests set Django up in this process."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:django")
+    return pytester

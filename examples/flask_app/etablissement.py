@@ -24,7 +24,6 @@ from flask.typing import ResponseReturnValue
 
 from account_merge import Establishment, MergeService
 from account_merge.contrib.flask import get_service
-from account_merge.domain.logins import login_key
 from account_merge.exceptions import AccountMergeError, NothingToSplit
 
 from .messages import french
@@ -41,9 +40,11 @@ def _establishment() -> Establishment:
 
 
 def account_id_for_login(service: MergeService, login: str) -> str | None:
-    """The id of the account with this login, read from the store, or None."""
-    with service.storage.unit_of_work(write=False) as uow:
-        return uow.get_account_id_by_login(login_key(login))
+    """The id of the account with this login, or None."""
+    try:
+        return service.find_account(login).id
+    except AccountMergeError:
+        return None
 
 
 @blueprint.route("/connexion", methods=["GET", "POST"])

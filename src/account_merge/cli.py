@@ -24,7 +24,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 import argon2
 
@@ -43,13 +43,13 @@ from account_merge import (
 )
 from account_merge.demo import play
 from account_merge.domain.establishment import validate_uai
-from account_merge.domain.logins import login_key
 from account_merge.domain.validation import check_text
 from account_merge.exceptions import AccountNotFound, InvalidInput
 from account_merge.hashpool import default_workers
+from account_merge.messages import FALLBACK, FRENCH
 from account_merge.ports import Storage
 
-__all__ = ["MESSAGES", "CliError", "main", "open_storage"]
+__all__ = ["MESSAGES", "CliError", "describe", "issue_batch", "main", "open_storage"]
 
 PROG = "account-merge"
 DEFAULT_DB = "account-merge.sqlite3"
@@ -61,34 +61,14 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: The French message for each error code, library's and command line's.
+#: The French message for each error code: the library's (from
+#: :mod:`account_merge.messages`) and the command line's own.
 #: ``{name}`` fields are filled from the error's attributes.
 MESSAGES: dict[str, str] = {
-    # the library's codes
-    "invalid_credentials": "identifiant ou mot de passe incorrect",
-    "not_responsable": "seuls les comptes responsables peuvent être regroupés",
-    "principal_not_active": "le compte principal n'est pas activé",
-    "same_account": "un compte ne peut pas être regroupé avec lui-même",
-    "not_authorized": "opération non autorisée",
-    "nothing_to_split": (
-        "aucun enfant de cet établissement n'a rejoint ce compte par un regroupement"
-    ),
-    "too_many_attempts": "trop de tentatives ; réessayez dans {retry_after} s",
-    "password_policy": (
-        "le mot de passe ne respecte pas la politique : au moins 12 caractères avec "
-        "majuscules, minuscules, chiffres et caractères spéciaux, ou 14 avec majuscules, "
-        "minuscules et chiffres, ou 20 de toute sorte, sans l'identifiant, et différent "
-        "de l'ancien"
-    ),
-    "account_not_found": "compte introuvable : {account_id}",
-    "concurrent_update": "le compte était modifié au même moment ; réessayez",
-    "invalid_input": "donnée invalide : {field}",
-    "storage_error": "la base ne peut pas être utilisée : {store}",
+    **{code: text for code, text in FRENCH.items() if code != FALLBACK},
     # the command line's own
     "usage": "{detail}",
-    "unknown_establishment": (
-        "établissement inconnu : {uai} (ajoutez-le avec « account-merge establishment add »)"
-    ),
+    "unknown_establishment": "établissement inconnu : {uai} ({hint})",
     "database_missing": (
         "base introuvable : {path} (créez-la avec « account-merge demo » ou "
         "« account-merge establishment add »)"
@@ -215,23 +195,14 @@ class _Session:
     # -- reading ------------------------------------------------------------------
     def establishment(self, uai: str) -> Establishment:
         """The establishment stored under *uai*, or ``unknown_establishment``."""
-        uai = validate_uai(uai)
-        with self.storage.unit_of_work(write=False) as uow:
-            found = uow.get_establishment(uai)
-        if found is None:
-            raise CliError("unknown_establishment", uai=uai)
-        return found
+        return _stored_establishment(self.storage, uai)
 
     def account(self, ref: str) -> Account:
         """The account whose id or login is *ref*."""
-        with self.storage.unit_of_work(write=False) as uow:
-            account = uow.get_account(ref)
-            if account is None:
-                account_id = uow.get_account_id_by_login(login_key(ref))
-                account = uow.get_account(account_id) if account_id is not None else None
-        if account is None:
-            raise AccountNotFound(ref)
-        return account
+        try:
+            return self.service.get_account(ref)
+        except (AccountNotFound, InvalidInput):
+            return self.service.find_account(ref)
 
     def password(self, prompt: str) -> Secret:
         """A password from a hidden prompt, or the next line of a non-terminal stdin."""
@@ -253,6 +224,21 @@ class _Session:
             if again.reveal() != password.reveal():
                 raise CliError("password_mismatch", EXIT_USAGE)
         return password
+
+
+#: How to add an unknown establishment, in ``unknown_establishment``.
+ADD_ESTABLISHMENT = "ajoutez-le avec « account-merge establishment add »"
+
+
+def _stored_establishment(storage: Storage, uai: str,
+                          hint: str = ADD_ESTABLISHMENT) -> Establishment:
+    """The establishment stored under *uai*, or ``unknown_establishment``."""
+    uai = validate_uai(uai)
+    with storage.unit_of_work(write=False) as uow:
+        found = uow.get_establishment(uai)
+    if found is None:
+        raise CliError("unknown_establishment", uai=uai, hint=hint)
+    return found
 
 
 # -- output helpers ------------------------------------------------------------------
@@ -457,8 +443,8 @@ def _cell(row: dict[str | None, Any], column: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _check_row(session: _Session, batch: _Batch, row: dict[str | None, Any], line: int,
-               known: dict[str, Establishment | None]) -> None:
+def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line: int,
+               known: dict[str, Establishment | None], hint: str) -> None:
     """Check one row; a bad row is reported with its line and spoils its family."""
     responsable_id = _cell(row, "responsable_id")
     name = _cell(row, "responsable_nom")
@@ -475,10 +461,10 @@ def _check_row(session: _Session, batch: _Batch, row: dict[str | None, Any], lin
     try:
         uai = validate_uai(key[0])
         if uai not in known:
-            with session.storage.unit_of_work(write=False) as uow:
+            with storage.unit_of_work(write=False) as uow:
                 known[uai] = uow.get_establishment(uai)
         if known[uai] is None:
-            raise CliError("unknown_establishment", uai=uai)
+            raise CliError("unknown_establishment", uai=uai, hint=hint)
         check_text("responsable_nom", name)
         child = Child(_cell(row, "eleve_id"), _cell(row, "eleve_prenom"),
                       _cell(row, "eleve_nom"), uai)
@@ -506,8 +492,7 @@ def _check_row(session: _Session, batch: _Batch, row: dict[str | None, Any], lin
     family.child_lines[child.id] = line
 
 
-def _read_batch(session: _Session, path: Path) -> _Batch:
-    encoding = session.args.encoding
+def _read_batch(storage: Storage, path: Path, encoding: str, hint: str) -> _Batch:
     with path.open(encoding=encoding, newline="") as handle:
         header = handle.readline()
         delimiter = ";" if header.count(";") > header.count(",") else ","
@@ -523,17 +508,27 @@ def _read_batch(session: _Session, path: Path) -> _Batch:
         known: dict[str, Establishment | None] = {}
         try:
             for row in reader:
-                _check_row(session, batch, row, reader.line_num, known)
+                _check_row(storage, batch, row, reader.line_num, known, hint)
         except (csv.Error, UnicodeDecodeError) as error:
             raise CliError("invalid_csv",
                            detail=f"ligne {reader.line_num + 1} : {error}") from None
     return batch
 
 
+class Output(Protocol):
+    """Where a command writes: a text stream (a file, ``sys.stdout``, a Django command's)."""
+
+    def write(self, text: str, /) -> Any: ...
+
+    def flush(self) -> Any: ...
+
+    def isatty(self) -> bool: ...
+
+
 class _Progress:
     """A progress bar on standard error (a line every tenth when it is not a terminal)."""
 
-    def __init__(self, total: int, stream: TextIO) -> None:
+    def __init__(self, total: int, stream: Output) -> None:
         self.total = total
         self.stream = stream
         self.tty = stream.isatty()
@@ -566,20 +561,47 @@ def _write_letter(folder: Path, letter: NotificationLetter) -> Path:
 def cmd_issue_batch(session: _Session) -> int:
     args = session.args
     session.require_db()
-    folder = Path(args.out)
+    return issue_batch(session.service, Path(args.csv), Path(args.out), encoding=args.encoding,
+                       workers=args.workers, out=session.out, err=session.err)
+
+
+def issue_batch(
+    service: MergeService,
+    csv_path: Path,
+    folder: Path,
+    *,
+    encoding: str = "utf-8-sig",
+    workers: int | None = None,
+    out: Output | None = None,
+    err: Output | None = None,
+    add_establishment: str = ADD_ESTABLISHMENT,
+) -> int:
+    """Issue the letters of a school's CSV into *folder*, as ``issue-batch`` does.
+
+    The establishments named in the CSV must be in the service's store.
+    Every row is checked first; the families without a bad row are issued
+    (hashing on *workers* processes), each letter written to
+    ``folder/<login>.txt`` with an index ``folder/courriers.csv``.  Returns
+    0, or raises :class:`CliError` (``folder_not_empty``, ``invalid_csv``,
+    ``bad_rows`` after issuing the good families).  *add_establishment*
+    tells how to add an establishment the CSV names but the store lacks.
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise CliError("folder_not_empty", EXIT_USAGE, path=str(folder))
-    batch = _read_batch(session, Path(args.csv))
+    storage = service.storage
+    batch = _read_batch(storage, csv_path, encoding, add_establishment)
     for line, message in sorted(batch.errors):
-        print(f"ligne {line} : {message}", file=session.err)
+        print(f"ligne {line} : {message}", file=err)
     for family in batch.refused:
         lines = ", ".join(str(n) for n in sorted({family.first_line, *family.bad_lines,
                                                    *family.child_lines.values()}))
         print(f"famille {family.responsable_id} ({family.uai}) non traitée : lignes {lines}",
-              file=session.err)
+              file=err)
     good = batch.good
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    progress = _Progress(len(good), session.err)
+    progress = _Progress(len(good), err)
     progress.update(0)
     issued = 0
     with (folder / "courriers.csv").open("x", encoding="utf-8", newline="") as index_file:
@@ -590,9 +612,9 @@ def cmd_issue_batch(session: _Session) -> int:
         for family in good:
             by_uai.setdefault(family.uai, []).append(family)
         for uai, families in by_uai.items():
-            establishment = session.establishment(uai)
-            letters: Iterator[NotificationLetter] = session.service.issue_accounts(
-                establishment, ((f.name, f.children) for f in families), workers=args.workers)
+            establishment = _stored_establishment(storage, uai, add_establishment)
+            letters: Iterator[NotificationLetter] = service.issue_accounts(
+                establishment, ((f.name, f.children) for f in families), workers=workers)
             for family, letter in zip(families, letters, strict=True):
                 path = _write_letter(folder, letter)
                 index.writerow([uai, family.responsable_id, family.name, letter.login,
@@ -601,7 +623,7 @@ def cmd_issue_batch(session: _Session) -> int:
                 issued += 1
                 progress.update(issued)
     print(f"{issued} courrier(s) écrit(s) dans {folder} (index : {folder / 'courriers.csv'}).",
-          file=session.out)
+          file=out)
     if batch.errors:
         raise CliError("bad_rows", rows=len({line for line, _ in batch.errors}),
                        refused=len(batch.refused), issued=issued)

@@ -1,1 +1,1 @@
-"""Glue for web frameworks, one module per framework (optional extras)."""
+"""Integrations with web frameworks; each is an optional extra, never imported by default."""
