@@ -84,6 +84,7 @@ class World:
             "merge": [self.ids, self.logins, self.passwords, self.keys],
             "split": [self.schools, self.ids],
             "get_account": [self.ids],
+            "find_account": [self.logins],
             "resolve": [self.ids],
             "children": [self.ids],
             "attached_children": [self.ids],
