@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from account_merge import InMemoryStorage, MergeService
+from account_merge import InMemoryStorage, MergeService, SQLiteStorage
 from account_merge.ports import Storage
 from account_merge.testing import CountingVerifier, FakeClock
 
@@ -16,13 +16,8 @@ pytest_plugins = ["pytester"]
 #: Every store of this package, by name, built in a test's temporary folder.
 STORES: dict[str, Callable[[Path], Storage]] = {
     "memory": lambda tmp: InMemoryStorage(),
+    "sqlite": lambda tmp: SQLiteStorage(tmp / "store.sqlite3"),
 }
-try:  # the SQLite store lands separately
-    from account_merge import SQLiteStorage  # type: ignore[attr-defined]
-
-    STORES["sqlite"] = lambda tmp: SQLiteStorage(tmp / "store.sqlite3")
-except ImportError:  # pragma: no cover
-    pass
 
 
 @pytest.fixture(params=sorted(STORES))
