@@ -30,6 +30,8 @@ from typing import Any
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.myst import PythonCodeBlockParser, SkipParser
 
+from account_merge import messages
+
 
 class _WriteFile:
     """Writes the example's source to *path*, under the page's folder."""
@@ -70,8 +72,6 @@ def _enter_folder(namespace: dict[str, Any]) -> None:
 def _leave_folder(namespace: dict[str, Any]) -> None:
     os.chdir(namespace["__previous_cwd__"])
     shutil.rmtree(namespace["__folder__"], ignore_errors=True)
-    from account_merge import messages
-
     messages.set_language(messages.DEFAULT_LANGUAGE)
     messages.reset_overrides()
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 project = "account_merge"
 author = "account_merge developers"
-copyright = "account_merge developers"  # noqa: A001
+copyright = "account_merge developers"
 try:
     release = metadata.version("account-merge")
 except metadata.PackageNotFoundError:  # building from a checkout that is not installed
@@ -49,7 +49,7 @@ myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"show-inheritance": True}
-autodoc_preserve_defaults = True
+autodoc_preserve_defaults = False
 
 INTERSPHINX = {
     "python": ("https://docs.python.org/3", None),
