@@ -41,6 +41,7 @@ from account_merge import (
     NotificationLetter,
     Role,
     Secret,
+    exceptions,
     messages,
 )
 from account_merge.demo import play
@@ -104,7 +105,9 @@ class _Messages(Mapping[str, str]):
     """
 
     def _codes(self) -> list[str]:
-        library = [key for key in messages.catalogue("fr") if "." not in key]
+        library = sorted({cls.code for cls in vars(exceptions).values()
+                          if isinstance(cls, type) and issubclass(cls, AccountMergeError)
+                          and cls is not AccountMergeError})
         return [*library, *CLI_CODES]
 
     def __getitem__(self, code: str) -> str:
