@@ -287,8 +287,8 @@ def build_state_machine(
                 del live.children[child_id]
             letter = receipt.letter
             assert self.service.get_account(letter.account_id).status is AccountStatus.PROVISIONAL
-            return self.add_issued(letter, Role.RESPONSABLE,
-                                   [c for c in _CHILDREN if c.id in moved])
+            # The new account holds them in the order the split moved them.
+            return self.add_issued(letter, Role.RESPONSABLE, list(receipt.moved))
 
         @rule(days=st.sampled_from([1, 7, 30, 89, 91]))
         def time_passes(self, days: int) -> None:
