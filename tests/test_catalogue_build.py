@@ -129,7 +129,7 @@ def test_the_wheel_carries_a_compiled_catalogue_per_language(tmp_path: Path) -> 
 
     translations = gettext.translation(
         "account_merge", localedir=site / "account_merge" / "locale", languages=["en"])
-    assert translations.gettext("invalid_credentials") == "Incorrect login or password."
+    assert translations.gettext("invalid_credentials") == "incorrect login or password"
     check = ("from account_merge.messages import message; "
              "print(message('invalid_credentials', 'en')); print(message('same_account'))")
     shown = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
@@ -137,7 +137,7 @@ def test_the_wheel_carries_a_compiled_catalogue_per_language(tmp_path: Path) -> 
                            env={"PYTHONPATH": str(site), "PATH": "", "PYTHONIOENCODING": "utf-8"})
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == [
-        "Incorrect login or password.",
+        "incorrect login or password",
         messages.catalogue("fr")["same_account"],
     ]
 

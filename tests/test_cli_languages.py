@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from account_merge import messages
+from account_merge import AccountStatus, Role, messages
 from account_merge.cli import build_parser, describe, main
 
 #: Words that only the French texts use; none may reach an English screen.
@@ -86,13 +86,31 @@ def test_french_is_the_default_whatever_the_locale_of_the_machine(
 
 
 @pytest.mark.parametrize("language", messages.LANGUAGES)
-def test_every_subcommands_help_exists_in_both_languages(language: str) -> None:
-    """Building the parser looks up every help text; a missing one raises KeyError."""
+def test_every_text_of_the_help_exists_in_both_languages(
+        language: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing key would show the generic error message: none is missing."""
+    asked: list[str] = []
+    real = messages.message
+
+    def recording(key: str, *args: object, **fields: object) -> str:
+        asked.append(key)
+        return real(key, *args, **fields)
+
+    monkeypatch.setattr(messages, "message", recording)
     with messages.using_language(language):
-        parser = build_parser()
-        text = parser.format_help()
+        text = build_parser().format_help()
 
     assert ("Example:" if language == "en" else "Exemple :") in text
+    assert len(asked) > 40
+    assert [key for key in asked if not messages.has_message(key)] == []
+
+
+def test_the_keys_built_from_statuses_and_roles_exist() -> None:
+    keys = [f"status.{status.value}" for status in AccountStatus]
+    keys += [f"role.{role.value}" for role in Role]
+    keys += [f"cli.audit.{label}" for label in ("actor", "account_field", "login", "detail")]
+
+    assert [key for key in keys if not messages.has_message(key)] == []
 
 
 @pytest.mark.parametrize("code", [

@@ -16,6 +16,9 @@ from account_merge import Child, Establishment, NotificationLetter, Secret, exce
 from account_merge.domain.receipts import MERGE_CONFIRMATION
 from account_merge.exceptions import AccountMergeError, InvalidInput
 from account_merge.messages import (
+    ENGLISH,
+    FALLBACK,
+    FRENCH,
     catalogue,
     error_message,
     message,
@@ -88,22 +91,22 @@ def test_every_key_the_demo_and_the_command_line_name_exists() -> None:
 
 
 def test_french_is_the_default() -> None:
-    assert message("invalid_credentials") == "Identifiant ou mot de passe incorrect."
+    assert message("invalid_credentials") == "identifiant ou mot de passe incorrect"
 
 
 def test_a_call_can_ask_for_english_and_tags_are_understood() -> None:
-    assert message("invalid_credentials", "en") == "Incorrect login or password."
-    assert message("invalid_credentials", "en_GB.UTF-8") == "Incorrect login or password."
-    assert message("invalid_credentials", "EN-us") == "Incorrect login or password."
+    assert message("invalid_credentials", "en") == "incorrect login or password"
+    assert message("invalid_credentials", "en_GB.UTF-8") == "incorrect login or password"
+    assert message("invalid_credentials", "EN-us") == "incorrect login or password"
 
 
 def test_a_language_without_catalogue_falls_back_to_french() -> None:
-    assert message("invalid_credentials", "de") == "Identifiant ou mot de passe incorrect."
+    assert message("invalid_credentials", "de") == "identifiant ou mot de passe incorrect"
 
 
 def test_set_language_changes_the_default_and_refuses_unknown_languages() -> None:
     set_language("en")
-    assert message("same_account").startswith("An account cannot be merged")
+    assert message("same_account") == "an account cannot be merged with itself"
 
     with pytest.raises(InvalidInput) as raised:
         set_language("klingon")
@@ -133,25 +136,25 @@ def test_using_language_applies_to_its_block_and_thread_only() -> None:
 
 def test_fields_are_filled_and_a_missing_field_stays_as_written() -> None:
     assert message("too_many_attempts", retry_after=30) == (
-        "Trop de tentatives. Réessayez dans 30 secondes.")
-    assert message("too_many_attempts") == (
-        "Trop de tentatives. Réessayez dans {retry_after} secondes.")
+        "trop de tentatives ; réessayez dans 30 s")
+    assert message("too_many_attempts") == "trop de tentatives ; réessayez dans {retry_after} s"
 
 
-def test_an_unknown_key_is_a_key_error() -> None:
-    with pytest.raises(KeyError):
-        message("no.such.message")
+def test_an_unknown_key_gets_the_generic_message_in_the_language_asked() -> None:
+    assert message("no.such.message") == FRENCH[FALLBACK]
+    assert message("no_such_code", "en") == ENGLISH[FALLBACK]
+    assert AccountMergeError.code == FALLBACK
 
 
 def test_a_host_overrides_a_message_in_one_language() -> None:
-    override("invalid_credentials", "Ces identifiants ne conviennent pas.")
+    override("invalid_credentials", "ces identifiants ne conviennent pas")
 
-    assert message("invalid_credentials") == "Ces identifiants ne conviennent pas."
-    assert message("invalid_credentials", "en") == "Incorrect login or password."
-    assert catalogue("fr")["invalid_credentials"] == "Identifiant ou mot de passe incorrect."
+    assert message("invalid_credentials") == "ces identifiants ne conviennent pas"
+    assert message("invalid_credentials", "en") == "incorrect login or password"
+    assert catalogue("fr")["invalid_credentials"] == "identifiant ou mot de passe incorrect"
 
     override("invalid_credentials", None)
-    assert message("invalid_credentials") == "Identifiant ou mot de passe incorrect."
+    assert message("invalid_credentials") == "identifiant ou mot de passe incorrect"
 
 
 def test_an_override_keeps_its_fields_and_must_name_a_known_message() -> None:
@@ -164,9 +167,10 @@ def test_an_override_keeps_its_fields_and_must_name_a_known_message() -> None:
 
 def test_error_message_fills_the_fields_from_the_error() -> None:
     assert error_message(exceptions.TooManyAttempts(retry_after=90), "en") == (
-        "Too many attempts. Try again in 90 seconds.")
+        "too many attempts; try again in 90 s")
     assert error_message(exceptions.InvalidInput("email", "must look like an address")) == (
-        "Donnée invalide : email.")
+        "donnée invalide : email")
+    assert error_message(exceptions.AccountNotFound("acc9")) == "compte introuvable : acc9"
 
 
 def test_error_message_never_shows_a_stores_name_to_a_parent() -> None:
@@ -176,11 +180,25 @@ def test_error_message_never_shows_a_stores_name_to_a_parent() -> None:
     assert "secret-path" not in error_message(error, "en")
 
 
-def test_an_error_code_without_message_gives_the_unexpected_error_message() -> None:
+def test_an_error_code_without_message_gives_the_generic_message() -> None:
     class FutureError(AccountMergeError):
         code = "future_error"
 
-    assert error_message(FutureError()) == message("unexpected_error")
+    assert error_message(FutureError()) == "une erreur est survenue ; réessayez plus tard"
+
+
+def test_french_and_english_list_every_error_code_with_its_unfilled_message() -> None:
+    assert set(FRENCH) == error_codes() | {FALLBACK}
+    assert set(ENGLISH) == set(FRENCH)
+    assert all(message(code) == FRENCH[code] for code in FRENCH)
+    assert all(message(code, "en") == ENGLISH[code] for code in ENGLISH)
+
+
+def test_error_messages_are_clauses_that_a_host_can_build_on() -> None:
+    """No capital to start, no period to end: ``f"Erreur : {error_message(e)}."`` reads well."""
+    for shipped in (FRENCH, ENGLISH):
+        for code, text in shipped.items():
+            assert text[0].islower() and not text.endswith("."), code
 
 
 # -- the letter ------------------------------------------------------------------------------

@@ -141,17 +141,10 @@ def error_text(code: str, fields: Mapping[str, object], language: str | None = N
     """The message of an error code as a clause: no capital, no final period.
 
     The command line's own wording of a code (``cli.error.<code>``) wins
-    over the library's; an unknown code reads as itself.
+    over the library's; a code without message gets the generic one.
     """
-    for key in (f"cli.error.{code}", code):
-        try:
-            text = messages.message(key, language, **fields)
-        except KeyError:
-            continue
-        break
-    else:
-        text = code.replace("_", " ")
-    text = text.removesuffix(".")
+    key = f"cli.error.{code}" if messages.has_message(f"cli.error.{code}") else code
+    text = messages.message(key, language, **fields).removesuffix(".")
     return text[:1].lower() + text[1:]
 
 

@@ -8,11 +8,15 @@ ids are stable keys: the error codes themselves (``invalid_credentials``)
 and dotted names for screen texts (``screen.children_title``).
 
 >>> message("invalid_credentials")
-'Identifiant ou mot de passe incorrect.'
+'identifiant ou mot de passe incorrect'
 >>> message("invalid_credentials", "en")
-'Incorrect login or password.'
+'incorrect login or password'
 >>> message("too_many_attempts", "en", retry_after=30)
-'Too many attempts. Try again in 30 seconds.'
+'too many attempts; try again in 30 s'
+
+The messages of error codes are clauses (no capital, no final period), so
+that a host can put them after a label or in a sentence of its own; the
+texts of screens are written as the screen shows them.
 
 A host chooses the language per call, for the current request
 (:func:`using_language`) or for the whole process (:func:`set_language`),
@@ -28,9 +32,9 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from account_merge import _msgfmt
+from account_merge import _msgfmt, exceptions
 from account_merge.exceptions import AccountMergeError, InvalidInput
 
 if TYPE_CHECKING:
@@ -39,10 +43,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LANGUAGE",
     "DOMAIN",
+    "ENGLISH",
+    "FALLBACK",
+    "FRENCH",
     "LANGUAGES",
     "catalogue",
     "error_message",
     "get_language",
+    "has_message",
     "locale_dir",
     "message",
     "normalize_language",
@@ -61,6 +69,9 @@ LANGUAGES: tuple[str, ...] = ("fr", "en")
 
 #: The language used when none is chosen, and for languages not in :data:`LANGUAGES`.
 DEFAULT_LANGUAGE = "fr"
+
+#: The key of the message for a code no catalogue knows: the root error's code.
+FALLBACK: Final = AccountMergeError.code
 
 _lock = threading.Lock()
 _catalogues: dict[str, Mapping[str, str]] = {}
@@ -163,7 +174,7 @@ def override(key: str, text: str | None, language: str = DEFAULT_LANGUAGE) -> No
     code = normalize_language(language)
     if code is None:
         raise InvalidInput("language", f"must be one of {', '.join(LANGUAGES)}")
-    if key not in catalogue(code):
+    if not has_message(key):
         raise InvalidInput("key", f"no message is called {key!r}")
     with _lock:
         if text is None:
@@ -208,16 +219,22 @@ def message(key: str, language: str | None = None, /, **fields: object) -> str:
 
     *language* defaults to :func:`get_language`; a language without
     catalogue falls back to French.  A field not given stays as written
-    (``{retry_after}``).  Raises :class:`KeyError` for a key no catalogue
-    has.
+    (``{retry_after}``).  A key no catalogue has gives the generic message
+    of :data:`FALLBACK`, so that a screen never breaks for want of a
+    message (the test suite checks that every key in use exists).
     """
     code = (normalize_language(language) if language is not None else None) or get_language()
     template = _template(key, code)
     if template is None and code != DEFAULT_LANGUAGE:
         template = _template(key, DEFAULT_LANGUAGE)
     if template is None:
-        raise KeyError(key)
+        template = _template(FALLBACK, code) or catalogue(DEFAULT_LANGUAGE)[FALLBACK]
     return template.format_map(_Fields(fields))
+
+
+def has_message(key: str) -> bool:
+    """True if the shipped catalogues have a message called *key*."""
+    return key in catalogue(DEFAULT_LANGUAGE)
 
 
 def error_message(error: AccountMergeError, language: str | None = None) -> str:
@@ -225,16 +242,46 @@ def error_message(error: AccountMergeError, language: str | None = None) -> str:
 
     >>> from account_merge.exceptions import TooManyAttempts
     >>> error_message(TooManyAttempts(retry_after=60))
-    'Trop de tentatives. Réessayez dans 60 secondes.'
+    'trop de tentatives ; réessayez dans 60 s'
 
     A code without message (an error of a newer release, say) gives the
-    ``unexpected_error`` message.
+    generic message of :data:`FALLBACK`.
     """
     fields = {k: v for k, v in vars(error).items() if k != "message"}
-    try:
-        return message(error.code, language, **fields)
-    except KeyError:
-        return message("unexpected_error", language)
+    return message(error.code, language, **fields)
+
+
+def _error_codes() -> list[str]:
+    return sorted({cls.code for cls in vars(exceptions).values()
+                   if isinstance(cls, type) and issubclass(cls, AccountMergeError)})
+
+
+class _ErrorMessages(Mapping[str, str]):
+    """The shipped messages of every error code in one language, read when first used."""
+
+    def __init__(self, language: str) -> None:
+        self._language = language
+
+    def __getitem__(self, code: str) -> str:
+        if code not in _error_codes():
+            raise KeyError(code)
+        return catalogue(self._language)[code]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_error_codes())
+
+    def __len__(self) -> int:
+        return len(_error_codes())
+
+    def __repr__(self) -> str:
+        return f"<messages of the error codes in {self._language!r}>"
+
+
+#: The French message of each error code (:data:`FALLBACK` included), fields unfilled.
+FRENCH: Final[Mapping[str, str]] = _ErrorMessages("fr")
+
+#: The English message of each error code (:data:`FALLBACK` included), fields unfilled.
+ENGLISH: Final[Mapping[str, str]] = _ErrorMessages("en")
 
 
 def _names(names: list[str], language: str | None) -> str:
