@@ -14,6 +14,7 @@ shown as plain code.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from importlib import metadata
@@ -50,6 +51,10 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"show-inheritance": True}
 autodoc_preserve_defaults = False
+# The optional integrations are documented even where their extras are not
+# installed (the test extra installs them all).
+autodoc_mock_imports = [name for name in ("sqlalchemy", "flask", "click")
+                        if importlib.util.find_spec(name) is None]
 
 INTERSPHINX = {
     "python": ("https://docs.python.org/3", None),

@@ -11,7 +11,7 @@ from account_merge import InMemoryStorage, MergeService, SQLiteStorage
 from account_merge.ports import Storage
 from account_merge.testing import CountingVerifier, FakeClock
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "pg"]
 
 #: Every store of this package, by name, built in a test's temporary folder.
 STORES: dict[str, Callable[[Path], Storage]] = {
@@ -57,3 +57,10 @@ def verifier() -> CountingVerifier:
 @pytest.fixture
 def service(storage: Storage, verifier: CountingVerifier, clock: FakeClock) -> MergeService:
     return MergeService(storage, verifier, clock)
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """Inner pytest runs without pytest-django: the Django tests set Django up in this process."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:django")
+    return pytester

@@ -246,3 +246,27 @@ def test_the_compiled_catalogue_reads_the_same_through_the_standard_gettext(
     assert translations.info()["language"] == language
     for key, text in catalogue(language).items():
         assert translations.gettext(key) == text
+
+
+# -- the error messages a host shows ------------------------------------------------------
+
+
+def test_every_error_code_of_the_library_has_a_french_message() -> None:
+    codes = {getattr(exceptions, name).code for name in exceptions.__all__
+             if name != "AccountMergeError"}
+    assert codes <= FRENCH.keys()
+    assert all(message(code) == FRENCH[code] for code in codes)
+
+
+def test_error_message_fills_the_placeholders_from_the_error() -> None:
+    assert error_message(exceptions.TooManyAttempts(42)) == (
+        "trop de tentatives ; réessayez dans 42 s")
+    assert error_message(exceptions.InvalidInput("email", "bad")) == "donnée invalide : email"
+    assert error_message(exceptions.AccountNotFound("acc9")) == "compte introuvable : acc9"
+    assert error_message(exceptions.InvalidCredentials()) == (
+        "identifiant ou mot de passe incorrect")
+
+
+def test_an_unknown_code_gets_a_generic_message_and_an_unknown_language_french() -> None:
+    assert message("no_such_code") == FRENCH[FALLBACK]
+    assert message("invalid_credentials", "de") == FRENCH["invalid_credentials"]

@@ -462,3 +462,14 @@ class TestReading:
         with pytest.raises(AccountMergeError) as raised:
             service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
         assert raised.value.code == "invalid_input"
+
+
+class TestFindAccount:
+    def test_staff_find_an_account_by_its_login_in_any_case(self, service: MergeService,
+                                                            letters: Any) -> None:
+        assert service.find_account(letters[0].login.upper()).id == letters[0].account_id
+
+    def test_an_unknown_login_is_account_not_found(self, service: MergeService) -> None:
+        with pytest.raises(AccountMergeError) as raised:
+            service.find_account("nobody.here")
+        assert raised.value.code == "account_not_found"

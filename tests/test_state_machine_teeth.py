@@ -21,7 +21,7 @@ from account_merge.exceptions import AccountMergeError
 from account_merge.testing.state_machine import build_state_machine
 
 # No shrinking: finding the failure is the point, and shrinking is slow.
-SETTINGS = settings(max_examples=300, stateful_step_count=40, deadline=None,
+SETTINGS = settings(max_examples=2000, stateful_step_count=40, deadline=None,
                     suppress_health_check=list(HealthCheck), database=None,
                     phases=(Phase.generate,))
 

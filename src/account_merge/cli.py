@@ -26,7 +26,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 import argon2
 
@@ -46,13 +46,12 @@ from account_merge import (
 )
 from account_merge.demo import play
 from account_merge.domain.establishment import validate_uai
-from account_merge.domain.logins import login_key
 from account_merge.domain.validation import check_text
 from account_merge.exceptions import AccountNotFound, InvalidInput
 from account_merge.hashpool import default_workers
 from account_merge.ports import Storage
 
-__all__ = ["MESSAGES", "CliError", "describe", "error_text", "main", "open_storage"]
+__all__ = ["MESSAGES", "CliError", "describe", "error_text", "issue_batch", "main", "open_storage"]
 
 PROG = "account-merge"
 DEFAULT_DB = "account-merge.sqlite3"
@@ -214,23 +213,14 @@ class _Session:
     # -- reading ------------------------------------------------------------------
     def establishment(self, uai: str) -> Establishment:
         """The establishment stored under *uai*, or ``unknown_establishment``."""
-        uai = validate_uai(uai)
-        with self.storage.unit_of_work(write=False) as uow:
-            found = uow.get_establishment(uai)
-        if found is None:
-            raise CliError("unknown_establishment", uai=uai)
-        return found
+        return _stored_establishment(self.storage, uai)
 
     def account(self, ref: str) -> Account:
         """The account whose id or login is *ref*."""
-        with self.storage.unit_of_work(write=False) as uow:
-            account = uow.get_account(ref)
-            if account is None:
-                account_id = uow.get_account_id_by_login(login_key(ref))
-                account = uow.get_account(account_id) if account_id is not None else None
-        if account is None:
-            raise AccountNotFound(ref)
-        return account
+        try:
+            return self.service.get_account(ref)
+        except (AccountNotFound, InvalidInput):
+            return self.service.find_account(ref)
 
     def password(self, prompt: str) -> Secret:
         """A password from a hidden prompt, or the next line of a non-terminal stdin."""
@@ -252,6 +242,23 @@ class _Session:
             if again.reveal() != password.reveal():
                 raise CliError("password_mismatch", EXIT_USAGE)
         return password
+
+
+#: How to add an unknown establishment, in ``unknown_establishment``: None
+#: for the command line's own advice, in the language of the run.
+ADD_ESTABLISHMENT: str | None = None
+
+
+def _stored_establishment(storage: Storage, uai: str,
+                          hint: str | None = ADD_ESTABLISHMENT) -> Establishment:
+    """The establishment stored under *uai*, or ``unknown_establishment``."""
+    uai = validate_uai(uai)
+    with storage.unit_of_work(write=False) as uow:
+        found = uow.get_establishment(uai)
+    if found is None:
+        raise CliError("unknown_establishment", uai=uai,
+                       hint=hint if hint is not None else _("cli.add_establishment"))
+    return found
 
 
 # -- output helpers ------------------------------------------------------------------
@@ -457,8 +464,8 @@ def _cell(row: dict[str | None, Any], column: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _check_row(session: _Session, batch: _Batch, row: dict[str | None, Any], line: int,
-               known: dict[str, Establishment | None]) -> None:
+def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line: int,
+               known: dict[str, Establishment | None], hint: str | None) -> None:
     """Check one row; a bad row is reported with its line and spoils its family."""
     responsable_id = _cell(row, "responsable_id")
     name = _cell(row, "responsable_nom")
@@ -475,10 +482,11 @@ def _check_row(session: _Session, batch: _Batch, row: dict[str | None, Any], lin
     try:
         uai = validate_uai(key[0])
         if uai not in known:
-            with session.storage.unit_of_work(write=False) as uow:
+            with storage.unit_of_work(write=False) as uow:
                 known[uai] = uow.get_establishment(uai)
         if known[uai] is None:
-            raise CliError("unknown_establishment", uai=uai)
+            raise CliError("unknown_establishment", uai=uai,
+                           hint=hint if hint is not None else _("cli.add_establishment"))
         check_text("responsable_nom", name)
         child = Child(_cell(row, "eleve_id"), _cell(row, "eleve_prenom"),
                       _cell(row, "eleve_nom"), uai)
@@ -505,8 +513,7 @@ def _check_row(session: _Session, batch: _Batch, row: dict[str | None, Any], lin
     family.child_lines[child.id] = line
 
 
-def _read_batch(session: _Session, path: Path) -> _Batch:
-    encoding = session.args.encoding
+def _read_batch(storage: Storage, path: Path, encoding: str, hint: str | None) -> _Batch:
     with path.open(encoding=encoding, newline="") as handle:
         header = handle.readline()
         delimiter = ";" if header.count(";") > header.count(",") else ","
@@ -523,7 +530,7 @@ def _read_batch(session: _Session, path: Path) -> _Batch:
         known: dict[str, Establishment | None] = {}
         try:
             for row in reader:
-                _check_row(session, batch, row, reader.line_num, known)
+                _check_row(storage, batch, row, reader.line_num, known, hint)
         except (csv.Error, UnicodeDecodeError) as error:
             raise CliError("invalid_csv",
                            detail=_("cli.batch.line", line=reader.line_num + 1,
@@ -531,10 +538,20 @@ def _read_batch(session: _Session, path: Path) -> _Batch:
     return batch
 
 
+class Output(Protocol):
+    """Where a command writes: a text stream (a file, ``sys.stdout``, a Django command's)."""
+
+    def write(self, text: str, /) -> Any: ...
+
+    def flush(self) -> Any: ...
+
+    def isatty(self) -> bool: ...
+
+
 class _Progress:
     """A progress bar on standard error (a line every tenth when it is not a terminal)."""
 
-    def __init__(self, total: int, stream: TextIO) -> None:
+    def __init__(self, total: int, stream: Output) -> None:
         self.total = total
         self.stream = stream
         self.tty = stream.isatty()
@@ -567,20 +584,48 @@ def _write_letter(folder: Path, letter: NotificationLetter) -> Path:
 def cmd_issue_batch(session: _Session) -> int:
     args = session.args
     session.require_db()
-    folder = Path(args.out)
+    return issue_batch(session.service, Path(args.csv), Path(args.out), encoding=args.encoding,
+                       workers=args.workers, out=session.out, err=session.err)
+
+
+def issue_batch(
+    service: MergeService,
+    csv_path: Path,
+    folder: Path,
+    *,
+    encoding: str = "utf-8-sig",
+    workers: int | None = None,
+    out: Output | None = None,
+    err: Output | None = None,
+    add_establishment: str | None = ADD_ESTABLISHMENT,
+) -> int:
+    """Issue the letters of a school's CSV into *folder*, as ``issue-batch`` does.
+
+    The establishments named in the CSV must be in the service's store.
+    Every row is checked first; the families without a bad row are issued
+    (hashing on *workers* processes), each letter written to
+    ``folder/<login>.txt`` with an index ``folder/courriers.csv``.  Returns
+    0, or raises :class:`CliError` (``folder_not_empty``, ``invalid_csv``,
+    ``bad_rows`` after issuing the good families).  *add_establishment*
+    tells how to add an establishment the CSV names but the store lacks.
+    Texts and letters are in the language of :func:`account_merge.messages.get_language`.
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise CliError("folder_not_empty", EXIT_USAGE, path=str(folder))
-    batch = _read_batch(session, Path(args.csv))
+    storage = service.storage
+    batch = _read_batch(storage, csv_path, encoding, add_establishment)
     for line, problem in sorted(batch.errors):
-        print(_("cli.batch.line", line=line, message=problem), file=session.err)
+        print(_("cli.batch.line", line=line, message=problem), file=err)
     for family in batch.refused:
         lines = ", ".join(str(n) for n in sorted({family.first_line, *family.bad_lines,
                                                    *family.child_lines.values()}))
         print(_("cli.batch.family_refused", id=family.responsable_id, uai=family.uai,
-                lines=lines), file=session.err)
+                lines=lines), file=err)
     good = batch.good
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    progress = _Progress(len(good), session.err)
+    progress = _Progress(len(good), err)
     progress.update(0)
     issued = 0
     with (folder / "courriers.csv").open("x", encoding="utf-8", newline="") as index_file:
@@ -591,9 +636,9 @@ def cmd_issue_batch(session: _Session) -> int:
         for family in good:
             by_uai.setdefault(family.uai, []).append(family)
         for uai, families in by_uai.items():
-            establishment = session.establishment(uai)
-            letters: Iterator[NotificationLetter] = session.service.issue_accounts(
-                establishment, ((f.name, f.children) for f in families), workers=args.workers)
+            establishment = _stored_establishment(storage, uai, add_establishment)
+            letters: Iterator[NotificationLetter] = service.issue_accounts(
+                establishment, ((f.name, f.children) for f in families), workers=workers)
             for family, letter in zip(families, letters, strict=True):
                 path = _write_letter(folder, letter)
                 index.writerow([uai, family.responsable_id, family.name, letter.login,
@@ -602,7 +647,7 @@ def cmd_issue_batch(session: _Session) -> int:
                 issued += 1
                 progress.update(issued)
     print(_("cli.batch.done", count=issued, folder=folder, index=folder / "courriers.csv"),
-          file=session.out)
+          file=out)
     if batch.errors:
         raise CliError("bad_rows", rows=len({line for line, _problem in batch.errors}),
                        refused=len(batch.refused), issued=issued)

@@ -756,6 +756,21 @@ class MergeService:
             raise AccountNotFound(account_id)
         return account
 
+    def find_account(self, login: str) -> Account:
+        """The account with this login (case and width folded), or ``account_not_found``.
+
+        For establishment staff and operators.  It tells whether a login
+        exists, so never put it behind a form a parent can reach: parents
+        reach accounts only through their credentials.
+        """
+        login = self._login_arg(login)
+        with self.storage.unit_of_work(write=False) as uow:
+            account_id = uow.get_account_id_by_login(login_key(login))
+            account = uow.get_account(account_id) if account_id is not None else None
+        if account is None:
+            raise AccountNotFound(login)
+        return account
+
     def resolve(self, account_id: str) -> Account:
         """The live account holding *account_id*: itself, or the one that absorbed it."""
         check_identifier("account_id", account_id)

@@ -308,7 +308,8 @@ def build_state_machine(
             letter = receipt.letter
             assert self.service.get_account(letter.account_id).status is AccountStatus.PROVISIONAL
             # The new account holds them in the order the split moved them.
-            return self.add_issued(letter, Role.RESPONSABLE, list(receipt.moved))
+            assert list(letter.children) == list(receipt.moved)
+            return self.add_issued(letter, Role.RESPONSABLE, list(letter.children))
 
         @rule(days=st.sampled_from([1, 7, 30, 89, 91]))
         def time_passes(self, days: int) -> None:

@@ -1,0 +1,143 @@
+"""The parent's pages: connexion, activation, Mon compte, Enfants, Regrouper des comptes.
+
+The parent signs in with an account of the library (not a Django user):
+the session keeps the account's id.  Every error of the library is shown
+as its French message (:func:`account_merge.messages.error_message`).
+Views do not run in a request transaction, so the failed-attempt counters
+of the merge form are committed even when the merge fails.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from account_merge import Account, AccountStatus
+from account_merge.contrib.django import get_service
+from account_merge.exceptions import AccountMergeError, AccountNotFound
+from account_merge.messages import error_message
+from ent_example.forms import ActivationForm, LoginForm, MergeForm
+
+SESSION_ACCOUNT = "ent_account_id"
+SESSION_CONFIRMATION = "ent_merge_confirmation"
+
+View = Callable[..., HttpResponse]
+
+
+def _signed_in(request: HttpRequest, account: Account) -> None:
+    request.session.cycle_key()  # no session fixation
+    request.session[SESSION_ACCOUNT] = account.id
+
+
+def _current_account(request: HttpRequest) -> Account | None:
+    """The signed-in parent's account, while it is still active."""
+    account_id = request.session.get(SESSION_ACCOUNT)
+    if not account_id:
+        return None
+    try:
+        account = get_service().get_account(account_id)
+    except AccountNotFound:
+        account = None
+    if account is None or account.status is not AccountStatus.ACTIVE:
+        # Merged into another account since: this one is closed.
+        request.session.flush()
+        return None
+    return account
+
+
+def parent_required(view: View) -> View:
+    """The page needs a signed-in parent; it gets the account as its second argument."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        account = _current_account(request)
+        if account is None:
+            return redirect("ent:connexion")
+        return view(request, account, *args, **kwargs)
+
+    return wrapper
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return redirect("ent:mon_compte")
+
+
+@require_http_methods(["GET", "POST"])
+def connexion(request: HttpRequest) -> HttpResponse:
+    form = LoginForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            account = get_service().authenticate(form.cleaned_data["login"],
+                                                 form.cleaned_data["password"])
+        except AccountMergeError as error:
+            form.add_error(None, error_message(error))
+        else:
+            _signed_in(request, account)
+            return redirect("ent:mon_compte")
+    return render(request, "ent_example/connexion.html", {"form": form})
+
+
+@require_http_methods(["GET", "POST"])
+def activation(request: HttpRequest) -> HttpResponse:
+    form = ActivationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            account = get_service().activate(data["login"], data["provisional_password"],
+                                             data["new_password"], email=data["email"] or None)
+        except AccountMergeError as error:
+            form.add_error(None, error_message(error))
+        else:
+            _signed_in(request, account)
+            return redirect("ent:mon_compte")
+    return render(request, "ent_example/activation.html", {"form": form})
+
+
+@require_POST
+def deconnexion(request: HttpRequest) -> HttpResponse:
+    request.session.flush()
+    return redirect("ent:connexion")
+
+
+@parent_required
+def mon_compte(request: HttpRequest, account: Account) -> HttpResponse:
+    return render(request, "ent_example/mon_compte.html", {"account": account})
+
+
+@parent_required
+def enfants(request: HttpRequest, account: Account) -> HttpResponse:
+    attached = get_service().attached_children(account.id)
+    return render(request, "ent_example/enfants.html",
+                  {"account": account, "attached": attached})
+
+
+@parent_required
+@require_http_methods(["GET", "POST"])
+def regrouper(request: HttpRequest, account: Account) -> HttpResponse:
+    form = MergeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            receipt = get_service().merge(account.id, data["login"], data["password"],
+                                          idempotency_key=data["request_id"])
+        except AccountMergeError as error:
+            form.add_error(None, error_message(error))
+        else:
+            request.session[SESSION_CONFIRMATION] = receipt.message
+            return redirect("ent:confirmation")
+    return render(request, "ent_example/regrouper.html", {"account": account, "form": form})
+
+
+@parent_required
+def confirmation(request: HttpRequest, account: Account) -> HttpResponse:
+    message = request.session.pop(SESSION_CONFIRMATION, None)
+    if message is None:
+        return redirect("ent:enfants")
+    attached = get_service().attached_children(account.id)
+    return render(request, "ent_example/confirmation.html",
+                  {"account": account, "message": message, "attached": attached})

@@ -1,0 +1,193 @@
+"""The admin pages: accounts, letters, establishments and the audit trail.
+
+Accounts, letters and the audit trail are read-only: they change only
+through the service, so that every change keeps the rules, writes its
+event and its audit record.  Establishments can be added and renamed,
+with the staff allowed to split for them.  The split is an action on the
+accounts, offered to users with the ``account_merge.split_account``
+permission and carried out only for the establishments the project's
+rule allows them (``ACCOUNT_MERGE["SPLIT_AUTHORIZATION"]``); its result
+page prints the new letters, whose provisional passwords are shown this
+once and never stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+
+from account_merge.contrib.django import models as m
+from account_merge.contrib.django.permissions import SPLIT_PERMISSION, is_allowed_to_split
+from account_merge.contrib.django.service import get_service
+from account_merge.domain.establishment import Establishment
+from account_merge.domain.receipts import SplitReceipt
+from account_merge.exceptions import AccountMergeError
+from account_merge.messages import error_message
+
+__all__ = ["AccountAdmin", "AuditEntryAdmin", "EstablishmentAdmin", "LetterAdmin"]
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Viewing only: the service is the only writer of these rows."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ChildLinkInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = m.ChildLink
+    fields = readonly_fields = ("first_name", "last_name", "child", "establishment_uai",
+                                "via_merge", "origin_account_id", "linked_at")
+    extra = 0
+    can_delete = False
+    ordering = ["id"]
+    verbose_name = "enfant rattaché"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(m.Account)
+class AccountAdmin(ReadOnlyAdmin):
+    list_display = ["login", "display_name", "status", "role", "establishment_uai",
+                    "merged_into", "created_at"]
+    list_filter = ["status", "role", "establishment_uai"]
+    search_fields = ["login", "display_name", "id", "email"]
+    ordering = ["login"]
+    fields = readonly_fields = ("id", "login", "display_name", "role", "status",
+                                "establishment_uai", "email", "created_at", "merged_into")
+    inlines = [ChildLinkInline]
+    actions = ["split_merge"]
+
+    def has_split_permission(self, request: HttpRequest) -> bool:
+        """Whether the split action is offered at all (the permission)."""
+        return bool(request.user.has_perm(SPLIT_PERMISSION))
+
+    @admin.action(permissions=["split"],
+                  description="Casser le regroupement (pour mes établissements)")
+    def split_merge(self, request: HttpRequest,
+                    queryset: QuerySet[m.Account]) -> HttpResponse | None:
+        """Split each selected account for every establishment the user may split for.
+
+        The page that follows prints the new letters; it is never cached.
+        """
+        service = get_service()
+        done: list[SplitReceipt] = []
+        for account in queryset:
+            live = service.resolve(account.id)
+            uais = sorted(set(m.ChildLink.objects.filter(account_id=live.id, via_merge=True)
+                              .values_list("establishment_uai", flat=True)))
+            allowed = [uai for uai in uais if is_allowed_to_split(request.user, uai)]
+            if not allowed:
+                self.message_user(
+                    request, f"{account.login} : aucun enfant d'un de vos établissements n'a "
+                             f"rejoint ce compte par un regroupement.", messages.WARNING)
+                continue
+            for uai in allowed:
+                establishment = m.Establishment.objects.filter(uai=uai).first()
+                name = establishment.name if establishment is not None else uai
+                try:
+                    done.append(service.split(Establishment(uai, name), live.id))
+                except AccountMergeError as error:
+                    self.message_user(request, f"{account.login} ({uai}) : "
+                                               f"{error_message(error)}", messages.ERROR)
+        if not done:
+            return None
+        response = TemplateResponse(request, "account_merge/admin/split_letters.html", {
+            **self.admin_site.each_context(request),
+            "title": "Nouveaux courriers de notification",
+            "opts": self.model._meta,
+            "letters": [{"receipt": receipt, "text": receipt.letter.render()}
+                        for receipt in done],
+        })
+        add_never_cache_headers(response)
+        return response
+
+
+@admin.register(m.Letter)
+class LetterAdmin(ReadOnlyAdmin):
+    """The letters issued: to whom, when, until when, and whether they were used."""
+
+    list_display = ["login", "display_name", "establishment_uai", "created_at", "expires_at",
+                    "letter_state"]
+    list_filter = ["establishment_uai", "status"]
+    search_fields = ["login", "display_name"]
+    date_hierarchy = "created_at"
+    fields = readonly_fields = ("login", "display_name", "establishment_uai", "created_at",
+                                "expires_at", "letter_state", "children")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[m.Letter]:
+        return super().get_queryset(request).select_related("credential")
+
+    @admin.display(description="valable jusqu'au")
+    def expires_at(self, letter: m.Letter) -> Any:
+        credential = getattr(letter, "credential", None)
+        if credential is None or credential.kind != "provisional":
+            return None
+        return credential.expires_at
+
+    @admin.display(description="courrier")
+    def letter_state(self, letter: m.Letter) -> str:
+        if letter.status == "merged":
+            return "utilisé (compte regroupé)"
+        if letter.status == "active":
+            return "utilisé (compte activé)"
+        expires = self.expires_at(letter)
+        if expires is not None and expires <= timezone.now():
+            return "expiré"
+        return "en attente d'activation"
+
+    @admin.display(description="enfants")
+    def children(self, letter: m.Letter) -> str:
+        # The children the letter named, wherever they are attached now.
+        links = m.ChildLink.objects.filter(origin_account_id=letter.id).order_by("id")
+        names = dict.fromkeys(str(link) for link in links)
+        return ", ".join(names) or "—"
+
+
+class EstablishmentStaffInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = m.EstablishmentStaff
+    extra = 1
+    verbose_name = "personnel autorisé à casser les regroupements"
+    verbose_name_plural = "personnels autorisés à casser les regroupements"
+
+
+@admin.register(m.Establishment)
+class EstablishmentAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["uai", "name"]
+    search_fields = ["uai", "name"]
+    ordering = ["uai"]
+    inlines = [EstablishmentStaffInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # The UAI identifies the establishment in every account and link.
+        return ["uai"] if obj is not None else []
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(m.AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    list_display = ["at", "action", "outcome", "actor", "account_id", "login"]
+    list_filter = ["action", "outcome"]
+    search_fields = ["account_id", "actor", "login"]
+    date_hierarchy = "at"
+    ordering = ["-id"]
+    fields = readonly_fields = ("at", "action", "outcome", "actor", "account_id", "login",
+                                "detail")

@@ -1,0 +1,27 @@
+"""The app's configuration: label ``account_merge``."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class AccountMergeConfig(AppConfig):
+    """``account_merge.contrib.django``, labelled ``account_merge`` (tables, permissions)."""
+
+    name = "account_merge.contrib.django"
+    label = "account_merge"
+    verbose_name = "Regroupement de comptes"
+    # Fixed here, so that the migrations do not depend on the project's
+    # DEFAULT_AUTO_FIELD.
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.core import checks
+        from django.core.signals import setting_changed
+
+        from account_merge.contrib.django import service
+        from account_merge.contrib.django.conf import check_settings
+
+        checks.register(check_settings)
+        setting_changed.connect(service.forget_on_setting_changed,
+                                dispatch_uid="account_merge.forget_service")

@@ -1,0 +1,65 @@
+"""manage.py account_merge_issue: the letters of a school's CSV, as ``account-merge issue-batch``.
+
+The CSV has the columns of ``account-merge issue-batch`` (see
+``docs/cli.md``): ``uai,eleve_id,eleve_prenom,eleve_nom,responsable_id,responsable_nom``,
+one row per pupil and responsable; the rows of one responsable of one
+establishment make one letter.  Each letter is written to
+``DOSSIER/<login>.txt`` with an index ``DOSSIER/courriers.csv`` (without
+passwords).  The establishments must exist (admin, « Établissements »).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from account_merge.cli import CliError, describe, issue_batch
+from account_merge.contrib.django.service import get_service
+from account_merge.exceptions import AccountMergeError
+from account_merge.hashpool import default_workers
+from account_merge.messages import error_message
+
+#: Where a Django project adds an establishment.
+ADD_ESTABLISHMENT = "ajoutez-le dans l'administration, « Établissements »"
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"entier positif attendu, pas {text!r}")
+    return value
+
+
+class Command(BaseCommand):
+    help = ("Crée un compte et un courrier de notification par famille d'un fichier CSV "
+            "d'établissement (colonnes de « account-merge issue-batch »).")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("csv", metavar="CSV", help="le fichier exporté par l'établissement")
+        parser.add_argument("--out", required=True, metavar="DOSSIER",
+                            help="dossier (nouveau ou vide) où écrire les courriers")
+        parser.add_argument("--workers", type=positive, default=default_workers(),
+                            metavar="N", help="processus de hachage (défaut : un par cœur)")
+        parser.add_argument("--encoding", default="utf-8-sig", metavar="ENCODAGE",
+                            help="encodage du CSV (défaut : utf-8, avec ou sans BOM)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        # The batch prints whole lines itself.
+        self.stdout.ending = self.stderr.ending = ""
+        try:
+            issue_batch(get_service(), Path(options["csv"]), Path(options["out"]),
+                        encoding=options["encoding"], workers=options["workers"],
+                        out=self.stdout, err=self.stderr, add_establishment=ADD_ESTABLISHMENT)
+        except CliError as error:
+            raise CommandError(describe(error.code, error.fields)) from None
+        except AccountMergeError as error:
+            raise CommandError(f"{error_message(error)} ({error.code})") from None
+        except OSError as error:
+            raise CommandError(f"{error.strerror or error} : {error.filename}") from None

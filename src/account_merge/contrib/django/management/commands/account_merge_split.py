@@ -1,0 +1,74 @@
+"""manage.py account_merge_split UAI COMPTE: the establishment breaks a merge.
+
+The children of establishment *UAI* that joined the account (its login or
+id) through a merge move to a new account, whose letter is printed on
+standard output, or written to ``--out FICHIER`` (created, readable by its
+owner only): its provisional password is shown this once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from account_merge.contrib.django.models import Account as AccountRow
+from account_merge.contrib.django.models import Establishment as EstablishmentRow
+from account_merge.contrib.django.service import get_service
+from account_merge.domain.establishment import Establishment, validate_uai
+from account_merge.domain.logins import login_key
+from account_merge.exceptions import AccountMergeError
+from account_merge.messages import error_message
+
+
+class Command(BaseCommand):
+    help = ("Casse un regroupement : les enfants de l'établissement UAI arrivés dans le compte "
+            "par un regroupement passent à un nouveau compte, dont le courrier est imprimé.")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("uai", metavar="UAI", help="l'établissement qui casse le regroupement")
+        parser.add_argument("account", metavar="COMPTE", help="identifiant ou id du compte")
+        parser.add_argument("--out", metavar="FICHIER",
+                            help="écrit le courrier dans ce fichier (nouveau) au lieu de "
+                                 "l'afficher")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            uai = validate_uai(options["uai"])
+        except AccountMergeError as error:
+            raise CommandError(f"{error_message(error)} ({error.code})") from None
+        stored = EstablishmentRow.objects.filter(uai=uai).first()
+        if stored is None:
+            raise CommandError(f"établissement inconnu : {uai}")
+        reference = options["account"]
+        account = (AccountRow.objects.filter(id=reference).first()
+                   or AccountRow.objects.filter(login_key=login_key(reference)).first())
+        if account is None:
+            raise CommandError(f"compte introuvable : {reference}")
+        # The file is made before the split, so that the letter has somewhere to go.
+        out = options["out"]
+        fd = None
+        if out:
+            try:
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as error:
+                raise CommandError(f"{error.strerror} : {out}") from None
+        try:
+            receipt = get_service().split(Establishment(stored.uai, stored.name), account.id)
+        except AccountMergeError as error:
+            if fd is not None:
+                os.close(fd)
+                os.unlink(out)
+            raise CommandError(f"{error_message(error)} ({error.code})") from None
+        moved = ", ".join(f"{c.first_name} {c.last_name}" for c in receipt.moved)
+        self.stderr.write(f"Regroupement cassé par {uai} : {moved} rattaché(s) au nouveau "
+                          f"compte {receipt.letter.login}.")
+        text = receipt.letter.render()
+        if fd is None:
+            self.stdout.write(text, ending="")
+            return
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        self.stderr.write(f"Courrier écrit dans {out}.")

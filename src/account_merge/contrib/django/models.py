@@ -1,0 +1,282 @@
+"""The tables of the store, as Django models.
+
+They mirror the tables of :mod:`account_merge.storage.sqlite` and hold
+rows, not domain objects: :mod:`account_merge.contrib.django.storage`
+translates between the two, and the service is the only writer.  The
+admin shows them read-only, except the establishments and the staff
+allowed to split for them.  No password is ever stored, only argon2 (or
+Django) hashes, and the admin never shows those.
+
+Times are stored as UTC (naive UTC when the project has ``USE_TZ =
+False``); the domain gets them back as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from account_merge.domain.account import AccountStatus, CredentialKind, Role
+from account_merge.domain.audit import AuditAction
+from account_merge.domain.validation import MAX_EMAIL_LENGTH, MAX_ID_LENGTH, MAX_NAME_LENGTH
+
+__all__ = [
+    "Account",
+    "AuditEntry",
+    "Child",
+    "ChildLink",
+    "Credential",
+    "Establishment",
+    "EstablishmentStaff",
+    "Letter",
+    "OutboxEvent",
+    "Receipt",
+    "Throttle",
+]
+
+#: Longest login, login key and throttle key stored.
+_KEY_LENGTH = 255
+_UAI_LENGTH = 8
+
+
+def _choices(enum: type[AccountStatus] | type[Role] | type[CredentialKind] | type[AuditAction],
+             labels: dict[str, str]) -> list[tuple[str, str]]:
+    return [(member.value, labels.get(member.value, member.value)) for member in enum]
+
+
+STATUS_CHOICES = _choices(AccountStatus, {"provisional": "provisoire", "active": "actif",
+                                          "merged": "regroupé"})
+ROLE_CHOICES = _choices(Role, {"responsable": "responsable", "eleve": "élève"})
+KIND_CHOICES = _choices(CredentialKind, {"provisional": "mot de passe provisoire",
+                                         "password": "mot de passe"})
+ACTION_CHOICES = _choices(AuditAction, {
+    "issue": "émission", "activate": "activation", "authenticate": "connexion",
+    "change_password": "changement de mot de passe", "change_email": "changement d'e-mail",
+    "merge": "regroupement", "split": "séparation"})
+
+
+class Establishment(models.Model):
+    """An établissement, by its UAI."""
+
+    uai = models.CharField("UAI", max_length=_UAI_LENGTH, primary_key=True)
+    name = models.CharField("nom", max_length=MAX_NAME_LENGTH)
+
+    class Meta:
+        verbose_name = "établissement"
+
+    def __str__(self) -> str:
+        return f"{self.uai} {self.name}"
+
+
+class EstablishmentStaff(models.Model):
+    """A staff user allowed to split merges for an establishment (with the permission)."""
+
+    establishment = models.ForeignKey(Establishment, on_delete=models.CASCADE,
+                                      related_name="staff", verbose_name="établissement")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="account_merge_establishments",
+                             verbose_name="utilisateur")
+
+    class Meta:
+        verbose_name = "personnel de l'établissement"
+        verbose_name_plural = "personnels des établissements"
+        constraints = [
+            models.UniqueConstraint(fields=["establishment", "user"],
+                                    name="account_merge_staff_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.establishment_id})"
+
+
+class Account(models.Model):
+    """A compte: never a password, see :class:`Credential`."""
+
+    id = models.CharField(max_length=MAX_ID_LENGTH, primary_key=True)
+    login = models.CharField("identifiant", max_length=_KEY_LENGTH)
+    login_key = models.CharField(max_length=_KEY_LENGTH, unique=True)
+    role = models.CharField("rôle", max_length=16, choices=ROLE_CHOICES)
+    status = models.CharField("état", max_length=16, choices=STATUS_CHOICES)
+    display_name = models.CharField("titulaire", max_length=MAX_NAME_LENGTH)
+    establishment_uai = models.CharField("établissement émetteur", max_length=_UAI_LENGTH,
+                                         db_index=True)
+    created_at = models.DateTimeField("émis le")
+    email = models.EmailField("e-mail", max_length=MAX_EMAIL_LENGTH, null=True, blank=True)
+    merged_into = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True,
+                                    related_name="absorbed", db_index=False,
+                                    verbose_name="regroupé dans")
+    #: The order in which accounts were absorbed into ``merged_into``.
+    merged_seq = models.BigIntegerField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "compte"
+        indexes = [
+            models.Index(fields=["merged_into", "merged_seq"],
+                         name="account_merge_acc_merged",
+                         condition=Q(merged_into__isnull=False)),
+        ]
+        permissions = [
+            ("split_account", "Peut casser un regroupement pour ses établissements"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.login} ({self.display_name})"
+
+
+class Letter(Account):
+    """The accounts seen as the letters that created them (the admin's view).
+
+    A letter's provisional password is printed once and never stored, so
+    there is nothing to show but who it was for, when and whether it was
+    used.
+    """
+
+    class Meta:
+        proxy = True
+        verbose_name = "courrier de notification"
+        verbose_name_plural = "courriers de notification"
+        ordering = ["-created_at"]
+
+
+class Credential(models.Model):
+    """The hash that proves an account; MERGED accounts have none."""
+
+    account = models.OneToOneField(Account, on_delete=models.CASCADE, primary_key=True,
+                                   related_name="credential")
+    password_hash = models.TextField()
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "preuve d'identité"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} du compte {self.account_id}"
+
+
+class Child(models.Model):
+    """A pupil, as first named by a letter."""
+
+    id = models.CharField(max_length=MAX_ID_LENGTH, primary_key=True)
+    first_name = models.CharField("prénom", max_length=MAX_NAME_LENGTH)
+    last_name = models.CharField("nom", max_length=MAX_NAME_LENGTH)
+    establishment_uai = models.CharField("établissement", max_length=_UAI_LENGTH)
+
+    class Meta:
+        verbose_name = "enfant"
+
+    def __str__(self) -> str:
+        return f"{self.first_name} {self.last_name}"
+
+
+class ChildLink(models.Model):
+    """A child attached to an account; ``id`` orders an account's children."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="links",
+                                verbose_name="compte")
+    child = models.ForeignKey(Child, on_delete=models.PROTECT, related_name="links",
+                              verbose_name="enfant")
+    first_name = models.CharField("prénom", max_length=MAX_NAME_LENGTH)
+    last_name = models.CharField("nom", max_length=MAX_NAME_LENGTH)
+    establishment_uai = models.CharField("établissement", max_length=_UAI_LENGTH)
+    origin_account_id = models.CharField("compte d'origine", max_length=MAX_ID_LENGTH)
+    origin_establishment_uai = models.CharField("établissement d'origine",
+                                                max_length=_UAI_LENGTH)
+    via_merge = models.BooleanField("par regroupement")
+    linked_at = models.DateTimeField("rattaché le")
+
+    class Meta:
+        verbose_name = "enfant rattaché"
+        verbose_name_plural = "enfants rattachés"
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "child"],
+                                    name="account_merge_link_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.first_name} {self.last_name}"
+
+
+class Throttle(models.Model):
+    """Failed attempts counted under one key (``login:…``, ``principal:…``, ``auth:…``)."""
+
+    # Text: the key holds a normalised login as typed, which may be long.
+    key = models.TextField(primary_key=True)
+    consecutive = models.IntegerField()
+    last_failure_at = models.DateTimeField(null=True)
+    #: The times of the recent failures, ISO 8601 strings, oldest first.
+    recent = models.JSONField(default=list)
+
+    class Meta:
+        verbose_name = "compteur d'échecs"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Receipt(models.Model):
+    """The receipt of a merge made with an idempotency key."""
+
+    principal_id = models.CharField(max_length=MAX_ID_LENGTH)
+    key = models.CharField(max_length=MAX_ID_LENGTH)
+    login_key = models.CharField(max_length=_KEY_LENGTH)
+    receipt = models.JSONField()
+
+    class Meta:
+        verbose_name = "reçu de regroupement"
+        constraints = [
+            models.UniqueConstraint(fields=["principal_id", "key"],
+                                    name="account_merge_receipt_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.principal_id}/{self.key}"
+
+
+class OutboxEvent(models.Model):
+    """An event waiting to be published, at its position in the outbox."""
+
+    position = models.BigIntegerField(primary_key=True)
+    name = models.CharField(max_length=64)
+    payload = models.JSONField()
+    published = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name = "événement"
+        ordering = ["position"]
+        indexes = [
+            models.Index(fields=["position"], name="account_merge_outbox_todo",
+                         condition=Q(published=False)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.position} {self.name}"
+
+
+class AuditEntry(models.Model):
+    """One audited attempt: who did what, when, and how it ended.  No secrets."""
+
+    at = models.DateTimeField("date")
+    action = models.CharField(max_length=32, choices=ACTION_CHOICES)
+    outcome = models.CharField("résultat", max_length=64)
+    actor = models.CharField("acteur", max_length=_KEY_LENGTH, null=True, blank=True)
+    account_id = models.CharField("compte", max_length=_KEY_LENGTH, null=True, blank=True)
+    # Text: the login as typed, escaped, may be several times its length.
+    login = models.TextField("identifiant saisi", null=True, blank=True)
+    detail = models.TextField("détail", null=True, blank=True)
+
+    class Meta:
+        verbose_name = "entrée du journal d'audit"
+        verbose_name_plural = "journal d'audit"
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["account_id", "id"], name="account_merge_audit_account",
+                         condition=Q(account_id__isnull=False)),
+            models.Index(fields=["actor", "id"], name="account_merge_audit_actor",
+                         condition=Q(actor__isnull=False)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.action} {self.outcome}"

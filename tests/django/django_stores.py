@@ -1,0 +1,48 @@
+"""Helpers of the Django tests: fresh stores on a database alias, unusable stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connections
+from django.db.utils import ConnectionDoesNotExist, load_backend
+
+from account_merge.contrib.django import models
+from account_merge.contrib.django.storage import DjangoStorage
+
+#: The app's tables, children before parents (so that deleting in order is allowed).
+TABLES = [model._meta.db_table for model in (
+    models.ChildLink, models.Credential, models.Child, models.Receipt, models.Throttle,
+    models.OutboxEvent, models.AuditEntry, models.EstablishmentStaff, models.Establishment,
+    models.Account,
+)]
+
+
+def empty_store(alias: str) -> DjangoStorage:
+    """A DjangoStorage on *alias* whose tables were just emptied."""
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        for table in TABLES:
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)}")
+    return DjangoStorage(using=alias)
+
+
+def unusable_store(alias: str, settings_dict: dict[str, Any]) -> DjangoStorage:
+    """A DjangoStorage on a connection, made now for this thread, that cannot be used.
+
+    The connection is not in ``DATABASES`` (Django's test cases allow such
+    connections made on the fly).
+    """
+    connections[alias] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(
+        settings_dict, alias)
+    return DjangoStorage(using=alias)
+
+
+def forget_connection(alias: str) -> None:
+    """Close and drop a connection made by :func:`unusable_store`."""
+    try:
+        connection = connections[alias]
+    except ConnectionDoesNotExist:
+        return
+    connection.close()
+    del connections[alias]

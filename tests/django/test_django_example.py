@@ -1,0 +1,137 @@
+"""The example ENT's pages, driven with Django's test client: the seed's story in French."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from account_merge import Child, MergeService, NotificationLetter
+from account_merge.contrib.django import get_service
+from account_merge.testing import make_establishment
+
+COLLEGE = make_establishment(860001, "Collège Jean Moulin")
+STRONG = "Correct-Horse-Battery-9"
+CONFIRMATION = ("L'opération de regroupement des comptes a été effectuée avec succès. Seul le "
+                "compte avec lequel vous êtes connecté reste disponible.")
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def service() -> MergeService:
+    return get_service()
+
+
+@pytest.fixture
+def letters(service: MergeService) -> tuple[NotificationLetter, NotificationLetter]:
+    """The collège's two letters to Claire Robert, one per child."""
+    return (service.issue_account(COLLEGE, "Claire Robert",
+                                  [Child("ine-dylan", "Dylan", "Robert", COLLEGE.uai)]),
+            service.issue_account(COLLEGE, "Claire Robert",
+                                  [Child("ine-florian", "Florian", "Robert", COLLEGE.uai)]))
+
+
+def text(response: object) -> str:
+    html = response.content.decode()  # type: ignore[attr-defined]
+    words = re.sub(r"<[^>]+>", "", html.replace("&#x27;", "'"))
+    return re.sub(r"\s+", " ", words)
+
+
+def activate(client: Client, letter: NotificationLetter) -> None:
+    response = client.post(reverse("ent:activation"), {
+        "login": letter.login, "provisional_password": letter.provisional_password.reveal(),
+        "new_password": STRONG, "new_password_again": STRONG})
+    assert response.status_code == 302 and response["Location"] == reverse("ent:mon_compte")
+
+
+def merge(client: Client, login: str, password: str) -> object:
+    form = client.get(reverse("ent:regrouper"))
+    request_id = re.search(r'name="request_id" value="(\w+)"', form.content.decode())
+    assert request_id is not None
+    return client.post(reverse("ent:regrouper"), {"login": login, "password": password,
+                                                  "request_id": request_id.group(1)})
+
+
+def test_the_pages_need_a_signed_in_parent(client: Client) -> None:
+    for page in ("mon_compte", "enfants", "regrouper", "confirmation"):
+        response = client.get(reverse(f"ent:{page}"))
+        assert response.status_code == 302 and response["Location"] == reverse("ent:connexion")
+
+
+def test_the_seed_s_story_activate_merge_and_see_both_children(
+        client: Client, letters: tuple[NotificationLetter, NotificationLetter]) -> None:
+    first, second = letters
+    activate(client, first)
+    page = text(client.get(reverse("ent:mon_compte")))
+    assert "Mon compte" in page and "Claire Robert" in page and first.login in page
+    assert "Dylan Robert" in text(client.get(reverse("ent:enfants")))
+
+    response = merge(client, second.login, second.provisional_password.reveal())
+    assert response["Location"] == reverse("ent:confirmation")  # type: ignore[index]
+    page = text(client.get(reverse("ent:confirmation")))
+    assert "Confirmation de regroupement de comptes" in page
+    assert CONFIRMATION in page
+    assert "Dylan Robert — Responsable : Claire Robert" in page
+    assert "Florian Robert — Responsable : Claire Robert" in page
+    # The confirmation is shown once; then the Enfants list stays.
+    assert client.get(reverse("ent:confirmation"))["Location"] == reverse("ent:enfants")
+
+
+def test_errors_are_the_library_s_french_messages(
+        client: Client, letters: tuple[NotificationLetter, NotificationLetter]) -> None:
+    first, second = letters
+    activate(client, first)
+    page = text(merge(client, second.login, "WRONG123"))
+    assert "identifiant ou mot de passe incorrect" in page
+    page = text(merge(client, first.login, STRONG))
+    assert "un compte ne peut pas être regroupé avec lui-même" in page
+    page = text(client.post(reverse("ent:connexion"), {"login": "nobody", "password": "x"}))
+    assert "identifiant ou mot de passe incorrect" in page
+
+
+def test_the_merge_form_is_throttled_and_says_when_to_try_again(
+        client: Client, letters: tuple[NotificationLetter, NotificationLetter],
+        service: MergeService) -> None:
+    first, second = letters
+    activate(client, first)
+    for _ in range(service.throttle.backoff_after):
+        assert "mot de passe incorrect" in text(merge(client, second.login, "WRONG123"))
+    page = text(merge(client, second.login, second.provisional_password.reveal()))
+    assert re.search(r"trop de tentatives ; réessayez dans \d+ s", page)
+
+
+def test_a_resubmitted_merge_form_returns_the_same_confirmation(
+        client: Client, letters: tuple[NotificationLetter, NotificationLetter]) -> None:
+    first, second = letters
+    activate(client, first)
+    form = client.get(reverse("ent:regrouper")).content.decode()
+    request_id = re.search(r'name="request_id" value="(\w+)"', form)
+    assert request_id is not None
+    data = {"login": second.login, "password": second.provisional_password.reveal(),
+            "request_id": request_id.group(1)}
+    assert client.post(reverse("ent:regrouper"), data)["Location"] == reverse("ent:confirmation")
+    assert client.post(reverse("ent:regrouper"), data)["Location"] == reverse("ent:confirmation")
+
+
+def test_the_absorbed_account_is_signed_out_everywhere(
+        letters: tuple[NotificationLetter, NotificationLetter]) -> None:
+    """Merged from another browser, the account's own session ends at its next page."""
+    first, second = letters
+    parent, other_browser = Client(), Client()
+    activate(parent, first)
+    activate(other_browser, second)
+    merge(parent, second.login, STRONG)
+    assert other_browser.get(reverse("ent:enfants"))["Location"] == reverse("ent:connexion")
+
+
+def test_the_forms_are_protected_against_cross_site_requests(
+        letters: tuple[NotificationLetter, NotificationLetter]) -> None:
+    first, _ = letters
+    client = Client(enforce_csrf_checks=True)
+    response = client.post(reverse("ent:activation"), {
+        "login": first.login, "provisional_password": first.provisional_password.reveal(),
+        "new_password": STRONG, "new_password_again": STRONG})
+    assert response.status_code == 403

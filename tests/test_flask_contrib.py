@@ -1,0 +1,442 @@
+"""account_merge.contrib.flask: init_app, the configuration keys, get_service, Flask-SQLAlchemy."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+flask = pytest.importorskip("flask")
+flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
+sqlalchemy = pytest.importorskip("sqlalchemy")
+
+from flask import Flask  # noqa: E402
+from flask_sqlalchemy import SQLAlchemy  # noqa: E402
+
+from account_merge import (  # noqa: E402
+    Child,
+    Establishment,
+    InMemoryStorage,
+    MergeService,
+    SQLiteStorage,
+    ThrottlePolicy,
+)
+from account_merge.contrib.flask import (  # noqa: E402
+    CONFIG_KEYS,
+    EXTENSION_KEY,
+    AccountMerge,
+    AccountMergeState,
+    get_service,
+    get_state,
+    init_app,
+)
+from account_merge.exceptions import (  # noqa: E402
+    AccountNotFound,
+    InvalidCredentials,
+    InvalidInput,
+    TooManyAttempts,
+)
+from account_merge.storage.sqlalchemy import SQLAlchemyStorage  # noqa: E402
+from account_merge.testing import FakeClock, fast_verifier  # noqa: E402
+
+COLLEGE = Establishment("0869999B", "Collège des Trois Rivières")
+DYLAN = Child("D0001", "Dylan", "Robert", COLLEGE.uai)
+FLORIAN = Child("F0002", "Florian", "Robert", COLLEGE.uai)
+PASSWORD = "Trois-Rivieres-2024!"
+CHEAP_ARGON2 = {"ACCOUNT_MERGE_ARGON2_PROFILE": "CHEAPEST",
+                "ACCOUNT_MERGE_ARGON2_WARN_IF_WEAK": False}
+
+_prefixes = itertools.count()
+
+
+def fresh_prefix() -> str:
+    """A table prefix no other test of this run uses (one PostgreSQL database for all)."""
+    return f"fl{next(_prefixes)}_"
+
+
+def make_app(**config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(TESTING=True, **config)
+    return app
+
+
+# -- init_app and the state ------------------------------------------------------------
+
+
+def test_init_app_keeps_the_service_and_its_store_in_app_extensions() -> None:
+    app = make_app()
+    storage = InMemoryStorage()
+    state = init_app(app, storage, verifier=fast_verifier())
+    assert app.extensions[EXTENSION_KEY] is state
+    assert isinstance(state, AccountMergeState)
+    assert isinstance(state.service, MergeService)
+    assert state.storage is storage and state.service.storage is storage
+    assert state.storage_kind == "given" and not state.in_host_transaction
+    assert get_state(app) is state
+
+
+def test_the_extension_object_keeps_nothing_per_application() -> None:
+    """One AccountMerge object serves two applications, each with its own service."""
+    ext = AccountMerge()
+    first, second = make_app(), make_app()
+    ext.init_app(first, InMemoryStorage(), verifier=fast_verifier())
+    ext.init_app(second, InMemoryStorage(), verifier=fast_verifier())
+    assert vars(ext) == {}
+    with first.app_context():
+        assert ext.service is get_state(first).service
+    with second.app_context():
+        assert ext.service is get_state(second).service
+    assert get_state(first).service is not get_state(second).service
+
+
+def test_the_extension_object_sets_up_the_app_it_is_given() -> None:
+    app = make_app()
+    AccountMerge(app, storage=InMemoryStorage(), verifier=fast_verifier())
+    assert EXTENSION_KEY in app.extensions
+
+
+def test_setting_up_an_application_twice_is_refused() -> None:
+    app = make_app()
+    init_app(app, InMemoryStorage(), verifier=fast_verifier())
+    with pytest.raises(RuntimeError, match="already"):
+        init_app(app, InMemoryStorage(), verifier=fast_verifier())
+
+
+def test_get_service_in_a_request_finds_the_current_applications_service() -> None:
+    apps = [make_app(), make_app()]
+    for app in apps:
+        init_app(app, InMemoryStorage(), verifier=fast_verifier())
+
+        @app.get("/service")
+        def service_id() -> str:
+            return str(id(get_service()))
+
+    for app in apps:
+        response = app.test_client().get("/service")
+        assert response.text == str(id(get_state(app).service))
+
+
+def test_get_service_says_when_the_application_was_not_set_up() -> None:
+    with make_app().test_request_context(), pytest.raises(RuntimeError, match="init_app"):
+        get_service()
+
+
+def test_get_service_outside_an_application_context_raises() -> None:
+    with pytest.raises(RuntimeError):
+        get_service()
+
+
+# -- configuration keys ----------------------------------------------------------------
+
+
+def test_the_configuration_keys_build_the_verifier_throttle_and_letters() -> None:
+    """Values may be strings, as read from the environment."""
+    app = make_app(
+        ACCOUNT_MERGE_ARGON2_PROFILE="cheapest",
+        ACCOUNT_MERGE_ARGON2_TIME_COST="2",
+        ACCOUNT_MERGE_ARGON2_MEMORY_COST=16,
+        ACCOUNT_MERGE_ARGON2_WARN_IF_WEAK="false",
+        ACCOUNT_MERGE_THROTTLE_LOCK_AFTER="4",
+        ACCOUNT_MERGE_THROTTLE_LOCK_FOR="3600",
+        ACCOUNT_MERGE_THROTTLE_BACKOFF_BASE=timedelta(seconds=2),
+        ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=3,
+        ACCOUNT_MERGE_PROVISIONAL_VALIDITY=7 * 24 * 3600,
+        ACCOUNT_MERGE_PROVISIONAL_LENGTH="10",
+    )
+    service = init_app(app, InMemoryStorage()).service
+    hasher = service.verifier.hasher  # type: ignore[attr-defined]
+    assert (hasher.time_cost, hasher.memory_cost, hasher.parallelism) == (2, 16, 1)
+    assert service.throttle == ThrottlePolicy(lock_after=4, lock_for=timedelta(hours=1),
+                                              backoff_base=timedelta(seconds=2),
+                                              principal_per_hour=3)
+    assert service.provisional_validity == timedelta(days=7)
+    letter = service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+    assert len(letter.provisional_password.reveal()) == 10
+
+
+def test_without_argon2_keys_the_verifier_has_argon2_cffis_defaults() -> None:
+    service = init_app(make_app(), InMemoryStorage()).service
+    hasher = service.verifier.hasher  # type: ignore[attr-defined]
+    assert (hasher.time_cost, hasher.memory_cost) == (3, 65536)
+
+
+def test_objects_given_to_init_app_win_over_the_keys() -> None:
+    policy = ThrottlePolicy(lock_after=7)
+    verifier = fast_verifier()
+    clock = FakeClock()
+    app = make_app(ACCOUNT_MERGE_THROTTLE_LOCK_AFTER=2, ACCOUNT_MERGE_ARGON2_TIME_COST=5)
+    service = init_app(app, InMemoryStorage(), throttle=policy, verifier=verifier,
+                       clock=clock).service
+    assert service.throttle is policy and service.verifier is verifier
+    assert service.clock is clock
+
+
+def test_every_key_read_is_listed() -> None:
+    assert {"ACCOUNT_MERGE_DATABASE_URL", "ACCOUNT_MERGE_SQLITE_PATH",
+            "ACCOUNT_MERGE_FLASK_SQLALCHEMY", "ACCOUNT_MERGE_ARGON2_MEMORY_COST",
+            "ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_DAY"} <= CONFIG_KEYS
+    assert all(key.startswith("ACCOUNT_MERGE_") for key in CONFIG_KEYS)
+
+
+def test_a_misspelt_key_is_an_error_not_a_silent_default() -> None:
+    app = make_app(ACCOUNT_MERGE_THROTLE_LOCK_AFTER=3)
+    with pytest.raises(InvalidInput) as caught:
+        init_app(app, InMemoryStorage())
+    assert caught.value.field == "ACCOUNT_MERGE_THROTLE_LOCK_AFTER"
+    assert EXTENSION_KEY not in app.extensions
+
+
+@pytest.mark.filterwarnings("ignore::account_merge.credentials.WeakHashParametersWarning")
+@pytest.mark.parametrize(("key", "value"), [
+    ("ACCOUNT_MERGE_THROTTLE_LOCK_AFTER", "beaucoup"),
+    ("ACCOUNT_MERGE_THROTTLE_LOCK_AFTER", True),
+    ("ACCOUNT_MERGE_THROTTLE_LOCK_AFTER", 0),
+    ("ACCOUNT_MERGE_THROTTLE_LOCK_FOR", "une heure"),
+    ("ACCOUNT_MERGE_ARGON2_PROFILE", "FASTEST"),
+    ("ACCOUNT_MERGE_ARGON2_MEMORY_COST", 1),
+    ("ACCOUNT_MERGE_ARGON2_WARN_IF_WEAK", "peut-être"),
+    ("ACCOUNT_MERGE_FLASK_SQLALCHEMY", "both"),
+    ("ACCOUNT_MERGE_PROVISIONAL_LENGTH", 3),
+])
+def test_a_malformed_value_is_an_error_naming_its_key(key: str, value: object) -> None:
+    cheap = {} if "ARGON2" in key else CHEAP_ARGON2
+    app = make_app(**{**cheap, key: value})
+    with pytest.raises(InvalidInput) as caught:
+        init_app(app, None if key.endswith("FLASK_SQLALCHEMY") else InMemoryStorage())
+    assert caught.value.field == key
+
+
+# -- where the store comes from -----------------------------------------------------------
+
+
+def test_a_database_url_makes_a_sqlalchemy_store_that_connects_to_nothing_yet(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ent.sqlite3"
+    app = make_app(ACCOUNT_MERGE_DATABASE_URL=f"sqlite:///{path}",
+                   ACCOUNT_MERGE_TABLE_PREFIX="ent_", **CHEAP_ARGON2)
+    state = init_app(app)
+    try:
+        assert isinstance(state.storage, SQLAlchemyStorage)
+        assert state.storage_kind == "database_url" and state.storage.prefix == "ent_"
+        assert not path.exists()
+        state.create_schema()
+        letter = state.service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        assert state.service.children(letter.account_id) == (DYLAN,)
+    finally:
+        state.close()
+
+
+def test_a_sqlite_path_makes_a_sqlite_store(tmp_path: Path) -> None:
+    app = make_app(ACCOUNT_MERGE_SQLITE_PATH=str(tmp_path / "ent.sqlite3"), **CHEAP_ARGON2)
+    state = init_app(app)
+    try:
+        assert isinstance(state.storage, SQLiteStorage) and state.storage_kind == "sqlite_path"
+        letter = state.service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        assert state.service.children(letter.account_id) == (DYLAN,)
+    finally:
+        state.close()
+
+
+def test_a_url_and_a_path_together_are_refused(tmp_path: Path) -> None:
+    app = make_app(ACCOUNT_MERGE_DATABASE_URL=f"sqlite:///{tmp_path / 'a.sqlite3'}",
+                   ACCOUNT_MERGE_SQLITE_PATH=str(tmp_path / "b.sqlite3"))
+    with pytest.raises(InvalidInput, match="not both"):
+        init_app(app)
+
+
+def test_without_any_store_init_app_says_how_to_give_one() -> None:
+    with pytest.raises(InvalidInput, match="ACCOUNT_MERGE_DATABASE_URL"):
+        init_app(make_app())
+
+
+def test_the_create_schema_command_creates_the_tables(tmp_path: Path) -> None:
+    path = tmp_path / "ent.sqlite3"
+    app = make_app(ACCOUNT_MERGE_DATABASE_URL=f"sqlite:///{path}", **CHEAP_ARGON2)
+    state = init_app(app)
+    try:
+        result = app.test_cli_runner().invoke(args=["account-merge", "create-schema"])
+        assert result.exit_code == 0, result.output
+        assert "schema ready" in result.output
+        engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+        engine.dispose()
+        assert "account_merge_accounts" in tables
+    finally:
+        state.close()
+
+
+# -- Flask-SQLAlchemy -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The host's database: a SQLite file, or the throwaway PostgreSQL server."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite:///{tmp_path / 'host.sqlite3'}"
+
+
+HostApp = tuple[Flask, SQLAlchemy, "sqlalchemy.Table"]
+
+
+@pytest.fixture
+def make_host_app(database_url: str) -> Iterator[Callable[..., HostApp]]:
+    """A factory of Flask-SQLAlchemy apps with a table of their own and account_merge."""
+    made: list[tuple[Flask, SQLAlchemy]] = []
+
+    def factory(**config: Any) -> HostApp:
+        prefix = fresh_prefix()
+        app = make_app(SQLALCHEMY_DATABASE_URI=database_url,
+                       ACCOUNT_MERGE_TABLE_PREFIX=prefix, **config)
+        db = SQLAlchemy()
+        notes = db.Table(f"{prefix}host_notes",
+                         db.Column("id", db.Integer, primary_key=True),
+                         db.Column("text", db.Text, nullable=False))
+        db.init_app(app)
+        state = init_app(app, verifier=fast_verifier(), clock=FakeClock())
+        with app.app_context():
+            db.create_all()
+            state.create_schema()
+        made.append((app, db))
+        return app, db, notes
+
+    yield factory
+    for app, db in made:
+        with app.app_context():
+            db.drop_all()
+            get_state(app).storage.metadata.drop_all(db.engine)  # type: ignore[attr-defined]
+            db.engine.dispose()
+
+
+def _seen_by_another_connection(app: Flask, db: SQLAlchemy,
+                                notes: sqlalchemy.Table) -> tuple[int, int]:
+    """(the host's rows, the library's accounts) committed, read on a new engine."""
+    with app.app_context():
+        url = db.engine.url
+    storage: SQLAlchemyStorage = get_state(app).storage  # type: ignore[assignment]
+    accounts = storage.metadata.tables[f"{storage.prefix}accounts"]
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            host = conn.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(notes))
+            library = conn.execute(
+                sqlalchemy.select(sqlalchemy.func.count()).select_from(accounts))
+            return host.scalar_one(), library.scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_flask_sqlalchemy_is_found_and_its_session_reused(
+        make_host_app: Callable[..., HostApp]) -> None:
+    app, _, _ = make_host_app()
+    state = get_state(app)
+    assert state.storage_kind == "flask_sqlalchemy_session" and state.in_host_transaction
+    assert isinstance(state.storage, SQLAlchemyStorage)
+
+
+def test_the_library_never_commits_the_hosts_work(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """Host row and library account ride on db.session: the host's rollback undoes both."""
+    app, db, notes = make_host_app()
+    with app.test_request_context():
+        db.session.execute(notes.insert().values(text="écrit par l'hôte"))
+        get_service().issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        if db.engine.dialect.name == "postgresql":  # SQLite would wait for the write lock
+            assert _seen_by_another_connection(app, db, notes) == (0, 0)
+        db.session.rollback()
+    assert _seen_by_another_connection(app, db, notes) == (0, 0)
+
+
+def test_the_hosts_commit_makes_its_work_and_the_librarys_durable_together(
+        make_host_app: Callable[..., HostApp]) -> None:
+    app, db, notes = make_host_app()
+    with app.test_request_context():
+        get_service().issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        db.session.execute(notes.insert().values(text="écrit par l'hôte"))
+        db.session.commit()
+    assert _seen_by_another_connection(app, db, notes) == (1, 1)
+
+
+def test_an_uncommitted_request_leaves_nothing_behind(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """Flask-SQLAlchemy removes the session at the end of the request: a rollback."""
+    app, db, notes = make_host_app()
+
+    @app.post("/issue")
+    def issue() -> str:
+        return get_service().issue_account(COLLEGE, "Claire Robert", [DYLAN]).account_id
+
+    account_id = app.test_client().post("/issue").text
+    assert _seen_by_another_connection(app, db, notes) == (0, 0)
+    with app.app_context(), pytest.raises(AccountNotFound):
+        get_service().get_account(account_id)
+
+
+def _principal_and_letter(app: Flask, db: SQLAlchemy) -> tuple[str, str]:
+    """An activated principal and another letter's login, committed."""
+    with app.app_context():
+        service = get_service()
+        first = service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        second = service.issue_account(COLLEGE, "Claire Robert", [FLORIAN])
+        principal = service.activate(first.login, first.provisional_password, PASSWORD)
+        db.session.commit()
+    return principal.id, second.login
+
+
+def test_failed_merges_count_once_the_host_commits_after_them(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """The rule of the session mode: commit after a call that raised, too."""
+    app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
+    principal_id, login = _principal_and_letter(app, db)
+    for _ in range(2):
+        with app.test_request_context():
+            with pytest.raises(InvalidCredentials):
+                get_service().merge(principal_id, login, "WRONG-PASSWORD")
+            db.session.commit()
+    with app.test_request_context(), pytest.raises(TooManyAttempts):
+        get_service().merge(principal_id, login, "WRONG-PASSWORD")
+
+
+def test_failed_merges_left_uncommitted_are_forgotten(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """Why the host must commit after a failure: a rollback lifts the throttling."""
+    app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
+    principal_id, login = _principal_and_letter(app, db)
+    for _ in range(3):
+        with app.test_request_context(), pytest.raises(InvalidCredentials):
+            get_service().merge(principal_id, login, "WRONG-PASSWORD")
+
+
+def test_in_engine_mode_the_library_commits_on_its_own(
+        make_host_app: Callable[..., HostApp]) -> None:
+    app, db, notes = make_host_app(ACCOUNT_MERGE_FLASK_SQLALCHEMY="engine")
+    assert get_state(app).storage_kind == "flask_sqlalchemy_engine"
+    with app.test_request_context():
+        db.session.execute(notes.insert().values(text="écrit par l'hôte"))
+        db.session.rollback()
+        get_service().issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        db.session.rollback()
+    assert _seen_by_another_connection(app, db, notes) == (0, 1)
+
+
+def test_a_database_url_wins_over_flask_sqlalchemy(tmp_path: Path) -> None:
+    app = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'host.sqlite3'}",
+                   ACCOUNT_MERGE_DATABASE_URL=f"sqlite:///{tmp_path / 'lib.sqlite3'}")
+    SQLAlchemy(app)
+    state = init_app(app, verifier=fast_verifier())
+    assert state.storage_kind == "database_url"
+    state.close()
+
+
+def test_flask_sqlalchemy_can_be_ignored(tmp_path: Path) -> None:
+    app = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'host.sqlite3'}",
+                   ACCOUNT_MERGE_FLASK_SQLALCHEMY="off")
+    SQLAlchemy(app)
+    with pytest.raises(InvalidInput, match="no store"):
+        init_app(app, verifier=fast_verifier())
