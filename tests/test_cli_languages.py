@@ -122,7 +122,7 @@ def test_the_keys_built_from_statuses_and_roles_exist() -> None:
 @pytest.mark.parametrize("language", messages.LANGUAGES)
 def test_every_error_of_the_command_line_has_its_own_line_in_both_languages(
         code: str, language: str) -> None:
-    line = describe(code, {"detail": "d", "path": "p", "uai": "u", "store": "s",
+    line = describe(code, {"detail": "d", "path": "p", "uai": "u", "hint": "h", "store": "s",
                            "account_id": "a", "rows": 1, "refused": 1, "issued": 0},
                     language)
 
