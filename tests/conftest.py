@@ -10,6 +10,7 @@ import pytest
 from account_merge import InMemoryStorage, MergeService, SQLiteStorage
 from account_merge.ports import Storage
 from account_merge.testing import CountingVerifier, FakeClock
+from security_kit import InstrumentedStorage
 
 pytest_plugins = ["pytester", "pg"]
 
@@ -57,6 +58,12 @@ def verifier() -> CountingVerifier:
 @pytest.fixture
 def service(storage: Storage, verifier: CountingVerifier, clock: FakeClock) -> MergeService:
     return MergeService(storage, verifier, clock)
+
+
+@pytest.fixture
+def instrumented(make_storage: Callable[[], Storage]) -> InstrumentedStorage:
+    """A fresh store of one kind, wrapped to record, delay and fail on demand."""
+    return InstrumentedStorage(make_storage())
 
 
 @pytest.fixture

@@ -200,6 +200,14 @@ def build_state_machine(
                 self.merge(principal, absorbed, "right")
             return principal
 
+        @rule(principal=principals, school=st.sampled_from(_ESTABLISHMENTS),
+              picks=st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True))
+        def issue_a_letter_and_merge_it(self, principal: str, school: Establishment,
+                                        picks: list[int]) -> None:
+            """The common path: a parent merges a new letter as soon as it arrives."""
+            account = self.issue_letter(school, picks, "Claire Robert")
+            self.merge(principal, account, "right")
+
         @rule(target=accounts, index=st.integers(0, 5))
         def issue_pupil(self, index: int) -> str:
             kid = _CHILDREN[index]

@@ -200,7 +200,7 @@ class ChildLink(models.Model):
 
 
 class Throttle(models.Model):
-    """Failed attempts counted under one key (``login:…``, ``principal:…``, ``auth:…``)."""
+    """Failed attempts counted under one key (``login:…`` or ``principal:…``)."""
 
     # Text: the key holds a normalised login as typed, which may be long.
     key = models.TextField(primary_key=True)
