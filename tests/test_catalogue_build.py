@@ -92,12 +92,19 @@ def test_read_mo_refuses_a_file_that_is_not_a_catalogue() -> None:
         read_mo(compile_mo({"a": "b"})[:30])
 
 
+DJANGO_LOCALE = ROOT / "src" / "account_merge" / "contrib" / "django" / "locale"
+SHIPPED = [
+    *(messages.locale_dir() / language / "LC_MESSAGES" / "account_merge.po"
+      for language in messages.LANGUAGES),
+    *(DJANGO_LOCALE / language / "LC_MESSAGES" / "django.po" for language in messages.LANGUAGES),
+]
+
+
 @pytest.mark.skipif(shutil.which("msgfmt") is None, reason="GNU msgfmt is not installed")
-@pytest.mark.parametrize("language", messages.LANGUAGES)
+@pytest.mark.parametrize("po", SHIPPED, ids=lambda po: "/".join(po.parts[-5:]))
 def test_the_shipped_catalogues_pass_gnu_msgfmt_and_compile_alike(
-        language: str, tmp_path: Path) -> None:
+        po: Path, tmp_path: Path) -> None:
     """GNU gettext's own compiler agrees with ours on every entry."""
-    po = messages.locale_dir() / language / "LC_MESSAGES" / "account_merge.po"
     out = tmp_path / "gnu.mo"
 
     done = subprocess.run(["msgfmt", "--check-format", "--check-domain", "-o", str(out), str(po)],
@@ -108,7 +115,11 @@ def test_the_shipped_catalogues_pass_gnu_msgfmt_and_compile_alike(
 
 
 def test_the_wheel_carries_a_compiled_catalogue_per_language(tmp_path: Path) -> None:
-    """The build hook compiles every .po; the package then reads the .mo alone."""
+    """The build hook compiles every .po; the package then reads the .mo alone.
+
+    The Django app's catalogues are compiled too, to the ``django.mo`` that
+    Django reads from ``<app>/locale/<language>/LC_MESSAGES``.
+    """
     pytest.importorskip("hatchling")
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
@@ -126,10 +137,20 @@ def test_the_wheel_carries_a_compiled_catalogue_per_language(tmp_path: Path) -> 
         assert f"{folder}/account_merge.mo" in names
         assert f"{folder}/account_merge.po" in names
         (site / folder / "account_merge.po").unlink()
+        django_folder = f"account_merge/contrib/django/locale/{language}/LC_MESSAGES"
+        assert f"{django_folder}/django.mo" in names
+        assert f"{django_folder}/django.po" in names
+        django_po = site / django_folder / "django.po"
+        assert read_mo((site / django_folder / "django.mo").read_bytes()) == parse_po(
+            django_po.read_text(encoding="utf-8"))
 
     translations = gettext.translation(
         "account_merge", localedir=site / "account_merge" / "locale", languages=["en"])
     assert translations.gettext("invalid_credentials") == "incorrect login or password"
+    django_translations = gettext.translation(
+        "django", localedir=site / "account_merge" / "contrib" / "django" / "locale",
+        languages=["en"])
+    assert django_translations.gettext("Regroupement de comptes") == "Account merging"
     check = ("from account_merge.messages import message; "
              "print(message('invalid_credentials', 'en')); print(message('same_account'))")
     shown = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
