@@ -15,11 +15,9 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -33,6 +31,7 @@ from account_merge.domain.events import AccountsMerged
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import StorageError
 from account_merge.ports import Storage, StoredReceipt, UnitOfWork
+from account_merge.testing import race as race_threads
 
 #: The unit-of-work methods that change the store, and commit.
 WRITE_METHODS = frozenset({
@@ -334,19 +333,5 @@ def violations(storage: InstrumentedStorage, *, exclusive_children: bool = False
 # -- threads ----------------------------------------------------------------------------
 def race(workers: int, call: Callable[[int], Any]) -> list[Any]:
     """``call(i)`` in *workers* threads released together: the results, or the exceptions."""
-    barrier = threading.Barrier(workers)
+    return race_threads(workers, call, catch=Exception)
 
-    def run(i: int) -> Any:
-        barrier.wait()
-        try:
-            return call(i)
-        except Exception as error:  # the caller sorts outcomes out
-            return error
-
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # switch threads often, so that races happen
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(run, range(workers)))
-    finally:
-        sys.setswitchinterval(previous)
