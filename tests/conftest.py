@@ -1,23 +1,57 @@
-"""Shared fixtures: every service test runs on every store of this package."""
+"""Shared fixtures: every service test runs on every store of this package.
+
+The stores are the in-memory one, SQLite on a file, and SQLAlchemy over the
+throwaway PostgreSQL server of tests/pg.py (skipped where no server can be
+started, unless ACCOUNT_MERGE_REQUIRE_POSTGRES=1).
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from account_merge import InMemoryStorage, MergeService, SQLiteStorage
 from account_merge.ports import Storage
+from account_merge.storage.sqlalchemy import SQLAlchemyStorage
 from account_merge.testing import CountingVerifier, FakeClock
+from security_kit import InstrumentedStorage
 
 pytest_plugins = ["pytester", "pg"]
 
+_prefixes = itertools.count()
+
+
+def _postgresql(request: pytest.FixtureRequest, tmp: Path) -> Storage:
+    engine: sqlalchemy.Engine = request.getfixturevalue("stores_engine")
+    store = SQLAlchemyStorage(engine, prefix=f"s{next(_prefixes)}_")
+    store.create_schema()
+    return store
+
+
 #: Every store of this package, by name, built in a test's temporary folder.
-STORES: dict[str, Callable[[Path], Storage]] = {
-    "memory": lambda tmp: InMemoryStorage(),
-    "sqlite": lambda tmp: SQLiteStorage(tmp / "store.sqlite3"),
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Storage]] = {
+    "memory": lambda request, tmp: InMemoryStorage(),
+    "sqlite": lambda request, tmp: SQLiteStorage(tmp / "store.sqlite3"),
+    "postgresql": _postgresql,
 }
+
+
+@pytest.fixture(scope="session")
+def stores_engine(postgres_url: str) -> Iterator[sqlalchemy.Engine]:
+    """An engine on a database of its own, where each store gets its own tables."""
+    url = sqlalchemy.make_url(postgres_url)
+    admin = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql("CREATE DATABASE am_stores")
+    admin.dispose()
+    engine = sqlalchemy.create_engine(url.set(database="am_stores"), pool_size=10,
+                                      max_overflow=20)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -29,7 +63,7 @@ def make_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
     def factory() -> Storage:
         folder = tmp_path / f"store-{next(counter)}"
         folder.mkdir()
-        store = STORES[request.param](folder)
+        store = STORES[request.param](request, folder)
         made.append(store)
         return store
 
@@ -57,6 +91,12 @@ def verifier() -> CountingVerifier:
 @pytest.fixture
 def service(storage: Storage, verifier: CountingVerifier, clock: FakeClock) -> MergeService:
     return MergeService(storage, verifier, clock)
+
+
+@pytest.fixture
+def instrumented(make_storage: Callable[[], Storage]) -> InstrumentedStorage:
+    """A fresh store of one kind, wrapped to record, delay and fail on demand."""
+    return InstrumentedStorage(make_storage())
 
 
 @pytest.fixture

@@ -389,28 +389,51 @@ def _principal_and_letter(app: Flask, db: SQLAlchemy) -> tuple[str, str]:
     return principal.id, second.login
 
 
-def test_failed_merges_count_once_the_host_commits_after_them(
-        make_host_app: Callable[..., HostApp]) -> None:
-    """The rule of the session mode: commit after a call that raised, too."""
-    app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
+def _fail_twice_then_try_again(app: Flask, db: SQLAlchemy, ending: str) -> None:
+    """Two wrong merges, each request ending as *ending* says; then a third attempt."""
     principal_id, login = _principal_and_letter(app, db)
     for _ in range(2):
         with app.test_request_context():
             with pytest.raises(InvalidCredentials):
                 get_service().merge(principal_id, login, "WRONG-PASSWORD")
-            db.session.commit()
-    with app.test_request_context(), pytest.raises(TooManyAttempts):
+            if ending == "commit":
+                db.session.commit()
+            elif ending == "rollback":
+                db.session.rollback()
+            # "end of request": Flask-SQLAlchemy removes the session, a rollback.
+    with app.test_request_context():
         get_service().merge(principal_id, login, "WRONG-PASSWORD")
 
 
-def test_failed_merges_left_uncommitted_are_forgotten(
-        make_host_app: Callable[..., HostApp]) -> None:
-    """Why the host must commit after a failure: a rollback lifts the throttling."""
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("ending", ["commit", "rollback", "end of request"])
+def test_failed_merges_count_whatever_the_host_does_after_them(
+        make_host_app: Callable[..., HostApp], ending: str) -> None:
+    """On PostgreSQL the failures are committed on a side connection of the library's."""
     app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
-    principal_id, login = _principal_and_letter(app, db)
-    for _ in range(3):
-        with app.test_request_context(), pytest.raises(InvalidCredentials):
-            get_service().merge(principal_id, login, "WRONG-PASSWORD")
+    with pytest.raises(TooManyAttempts):
+        _fail_twice_then_try_again(app, db, ending)
+    with app.app_context():
+        outcomes = [r.outcome for r in get_service().audit_trail()]
+    assert outcomes[-3:] == ["invalid_credentials", "invalid_credentials", "too_many_attempts"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_on_sqlite_failed_merges_count_once_the_host_commits_after_them(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """SQLite has one writer at a time: the failures ride on the host's transaction."""
+    app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
+    with pytest.raises(TooManyAttempts):
+        _fail_twice_then_try_again(app, db, "commit")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_on_sqlite_failed_merges_left_uncommitted_are_forgotten(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """Why a host on SQLite must commit after a failure (docs/integrations/flask.md)."""
+    app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
+    with pytest.raises(InvalidCredentials):
+        _fail_twice_then_try_again(app, db, "rollback")
 
 
 def test_in_engine_mode_the_library_commits_on_its_own(

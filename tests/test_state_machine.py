@@ -2,16 +2,47 @@
 
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from account_merge import InMemoryStorage
 from account_merge.ports import Storage
-from account_merge.testing.state_machine import build_state_machine
+from account_merge.testing.state_machine import _ESTABLISHMENTS, build_state_machine
+
+#: Examples per store: a step costs microseconds in memory and milliseconds on a
+#: server, where the conformance suite runs the machine again (tests/test_storage_sqlalchemy.py).
+EXAMPLES = {"memory": 60, "sqlite": 40, "postgresql": 10}
 
 
 def test_the_service_follows_the_model_on_every_store(
-        make_storage: Callable[[], Storage]) -> None:
+        make_storage: Callable[[], Storage], request: pytest.FixtureRequest) -> None:
     machine = build_state_machine(make_storage, close=lambda s: s.close())
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=60, stateful_step_count=40, deadline=None,
-        suppress_health_check=list(HealthCheck)))
+        max_examples=EXAMPLES[request.node.callspec.params["make_storage"]],
+        stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)))
+
+
+def test_the_model_keeps_the_order_in_which_a_split_moved_the_children() -> None:
+    """A split moves children in the order the account holds them, not by id.
+
+    The principal holds Florian and Dylan in that order (merged from a
+    letter that listed them so); the split account, merged into another
+    principal holding Dylan, must bring Florian only, and the model must
+    agree on the order of what moved.
+    """
+    college, lycee = _ESTABLISHMENTS
+    machine = build_state_machine(InMemoryStorage)()
+    kept = machine.issue_and_activate_a_principal(picks=[0, 1, 2], school=lycee)
+    letter = machine.issue_and_activate_a_principal(picks=[2, 0], school=college)
+    machine.merge_two_activated_accounts(principal=kept, absorbed=letter, mode="right")
+    other = machine.issue_and_activate_a_principal(picks=[1], school=college)
+    machine.merge_two_activated_accounts(principal=kept, absorbed=other, mode="right")
+    holder = machine.issue_and_activate_a_principal(picks=[0], school=college)
+
+    split_away = machine.split(account=kept, school=college)
+    machine.merge_into_an_activated_account(principal=holder, absorbed=split_away, mode="right")
+
+    machine.store_matches_model()
+    machine.no_child_is_lost()
+    machine.teardown()

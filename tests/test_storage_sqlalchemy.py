@@ -24,8 +24,18 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from account_merge import AccountStatus, Child, MergeService, Role
 from account_merge.domain.account import Account
 from account_merge.domain.audit import AuditAction
+from account_merge.domain.events import AccountActivated
+from account_merge.domain.letter import NotificationLetter
+from account_merge.domain.logins import login_key
 from account_merge.domain.throttle import ThrottlePolicy
-from account_merge.exceptions import AccountMergeError, ConcurrentUpdate, InvalidInput, StorageError
+from account_merge.exceptions import (
+    AccountMergeError,
+    ConcurrentUpdate,
+    InvalidCredentials,
+    InvalidInput,
+    StorageError,
+    TooManyAttempts,
+)
 from account_merge.ports import LoginTaken, Storage
 from account_merge.storage.sqlalchemy import (
     DEFAULT_PREFIX,
@@ -551,6 +561,120 @@ def test_in_a_session_a_unit_of_work_rolled_back_keeps_the_hosts_work(
     with SQLAlchemyStorage(host_engine, prefix=host_prefix).unit_of_work() as uow:
         assert uow.get_account("acc1") is None
         assert uow.get_account("acc2") == account(2)
+
+
+# -- inside a host's session on PostgreSQL: failures outlive the host's rollback ----------
+
+WRONG = "Wrong-Password-42"
+
+
+def _merge_story(service: MergeService) -> tuple[Account, NotificationLetter]:
+    """An activated principal and a letter of another school, committed."""
+    principal = activated(service, "Claire Robert", [child(1)])
+    letter = service.issue_account(OTHER_SCHOOL, "Claire Robert", [child(2, OTHER_SCHOOL.uai)])
+    return principal, letter
+
+
+def _merge_outcomes(service: MergeService, principal_id: str) -> list[str]:
+    return [r.outcome for r in service.audit_trail(principal_id)
+            if r.action is AuditAction.MERGE]
+
+
+def test_in_a_session_wrong_merge_attempts_count_even_when_the_host_rolls_back(
+        pg_engine: sqlalchemy.Engine, pg_storage: SQLAlchemyStorage) -> None:
+    """The counters and the records of failures are committed on a side connection."""
+    committed = make_service(pg_storage)
+    principal, letter = _merge_story(committed)
+    with Session(pg_engine) as session:
+        service = make_service(SQLAlchemyStorage(session=session, prefix=pg_storage.prefix))
+        for _ in range(service.throttle.backoff_after):
+            with pytest.raises(InvalidCredentials):
+                service.merge(principal.id, letter.login, WRONG)
+            session.rollback()
+        with pytest.raises(TooManyAttempts):
+            service.merge(principal.id, letter.login, letter.provisional_password)
+        session.rollback()
+    assert _merge_outcomes(committed, principal.id) == (
+        ["invalid_credentials"] * committed.throttle.backoff_after + ["too_many_attempts"])
+
+
+@pytest.mark.parametrize("host_commits", [True, False], ids=["commit", "rollback"])
+def test_in_a_session_a_merge_lives_and_dies_with_the_hosts_transaction(
+        pg_engine: sqlalchemy.Engine, pg_storage: SQLAlchemyStorage, host_commits: bool) -> None:
+    """The change, its event and its audit record of success: all or nothing."""
+    committed = make_service(pg_storage)
+    principal, letter = _merge_story(committed)
+    with Session(pg_engine) as session:
+        service = make_service(SQLAlchemyStorage(session=session, prefix=pg_storage.prefix))
+        service.merge(principal.id, letter.login, letter.provisional_password)
+        if host_commits:
+            session.commit()
+        else:
+            session.rollback()
+    status = committed.get_account(letter.account_id).status
+    events = [e.event.name for e in committed.unpublished_events()]
+    if host_commits:
+        assert status is AccountStatus.MERGED
+        assert "accounts_merged" in events
+        assert _merge_outcomes(committed, principal.id) == ["success"]
+    else:
+        assert status is AccountStatus.PROVISIONAL
+        assert "accounts_merged" not in events
+        assert _merge_outcomes(committed, principal.id) == []
+        assert committed.children(principal.id) == (child(1),)
+
+
+def test_in_a_session_the_hosts_connection_holds_no_lock_on_a_counter(
+        pg_engine: sqlalchemy.Engine, pg_storage: SQLAlchemyStorage) -> None:
+    """While the host's transaction is still open after a failure, others use the counter."""
+    committed = make_service(pg_storage)
+    principal, letter = _merge_story(committed)
+    other = SQLAlchemyStorage(pg_engine, prefix=pg_storage.prefix, lock_timeout=0.5)
+    with Session(pg_engine) as session:
+        service = make_service(SQLAlchemyStorage(session=session, prefix=pg_storage.prefix))
+        with pytest.raises(InvalidCredentials):
+            service.merge(principal.id, letter.login, WRONG)
+        assert session.in_transaction()
+        with other.unit_of_work() as uow:
+            state = uow.get_throttle(f"login:{login_key(letter.login)}")
+            assert state is not None and state.consecutive == 1
+            uow.put_throttle(state)
+            uow.commit()
+        session.rollback()
+
+
+def test_in_a_session_a_deadlock_through_the_hosts_thread_ends_in_concurrent_update(
+        pg_engine: sqlalchemy.Engine, pg_storage: SQLAlchemyStorage) -> None:
+    """A lock cycle the server cannot see is broken by the side connection's lock timeout.
+
+    The host's transaction holds the outbox lock (an event written, not yet
+    committed); another writer holds a counter and waits for the outbox; the
+    host's next unit of work waits for that counter on its side connection.
+    """
+    holding_the_counter = threading.Event()
+    finished: list[str] = []
+
+    def other_writer() -> None:
+        with pg_storage.unit_of_work() as uow:
+            uow.get_throttle("login:claire.robert")
+            holding_the_counter.set()
+            uow.append_event(AccountActivated(occurred_at=T0, account_id="acc2"))
+            uow.commit()
+        finished.append("committed")
+
+    with Session(pg_engine) as session:
+        storage = SQLAlchemyStorage(session=session, prefix=pg_storage.prefix, lock_timeout=0.2)
+        with storage.unit_of_work() as uow:
+            uow.append_event(AccountActivated(occurred_at=T0, account_id="acc1"))
+            uow.commit()
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        assert holding_the_counter.wait(60)
+        with pytest.raises(ConcurrentUpdate), storage.unit_of_work() as uow:
+            uow.get_throttle("login:claire.robert")
+        session.rollback()
+    thread.join()
+    assert finished == ["committed"]
 
 
 # -- tables, prefix, schema, Alembic ----------------------------------------------------------

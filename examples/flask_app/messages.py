@@ -7,24 +7,13 @@ from typing import Any
 from flask import render_template
 from flask.typing import ResponseReturnValue
 
-from account_merge.cli import MESSAGES
 from account_merge.exceptions import AccountMergeError, TooManyAttempts
-
-_GENERIC = "le service est momentanément indisponible ; réessayez plus tard"
-#: Codes whose message names internals (the store) that a parent need not see.
-_PRIVATE = frozenset({"storage_error"})
-
-
-class _Fields(dict[str, object]):
-    def __missing__(self, key: str) -> str:
-        return "?"
+from account_merge.messages import error_message
 
 
 def french(error: AccountMergeError) -> str:
-    """The French message of *error*'s code, its ``{fields}`` filled, as a sentence."""
-    fields = _Fields({k: v for k, v in vars(error).items() if isinstance(v, str | int)})
-    template = _GENERIC if error.code in _PRIVATE else MESSAGES.get(error.code, _GENERIC)
-    text = template.format_map(fields)
+    """The library's French message for *error*, as a sentence."""
+    text = error_message(error, "fr")
     return text[:1].upper() + text[1:] + "."
 
 

@@ -7,9 +7,11 @@ would (activate, merge, list the children).  See ``docs/cli.md``.
 
 Passwords are never read from the command line: a hidden prompt asks for
 them, or, when standard input is not a terminal, they are read from it, one
-per line.  Errors print one French line ending with the error's code, on
-standard error; the exit status is 1 for an error of the library or of the
-data, 2 for a wrong use of the command.
+per line.  Errors print one line ending with the error's code, on standard
+error; the exit status is 1 for an error of the library or of the data, 2
+for a wrong use of the command.  Everything is said in French unless
+``--lang en`` or ``ACCOUNT_MERGE_LANG=en`` asks for English; the texts
+live in :mod:`account_merge.messages`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, TextIO
 
@@ -32,7 +34,6 @@ import account_merge
 from account_merge import (
     Account,
     AccountMergeError,
-    AccountStatus,
     Argon2Verifier,
     Child,
     Establishment,
@@ -40,16 +41,17 @@ from account_merge import (
     NotificationLetter,
     Role,
     Secret,
+    exceptions,
+    messages,
 )
 from account_merge.demo import play
 from account_merge.domain.establishment import validate_uai
 from account_merge.domain.validation import check_text
 from account_merge.exceptions import AccountNotFound, InvalidInput
 from account_merge.hashpool import default_workers
-from account_merge.messages import FALLBACK, FRENCH
 from account_merge.ports import Storage
 
-__all__ = ["MESSAGES", "CliError", "describe", "issue_batch", "main", "open_storage"]
+__all__ = ["MESSAGES", "CliError", "describe", "error_text", "issue_batch", "main", "open_storage"]
 
 PROG = "account-merge"
 DEFAULT_DB = "account-merge.sqlite3"
@@ -61,57 +63,67 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: The French message for each error code: the library's (from
-#: :mod:`account_merge.messages`) and the command line's own.
-#: ``{name}`` fields are filled from the error's attributes.
-MESSAGES: dict[str, str] = {
-    **{code: text for code, text in FRENCH.items() if code != FALLBACK},
-    # the command line's own
-    "usage": "{detail}",
-    "unknown_establishment": "établissement inconnu : {uai} ({hint})",
-    "database_missing": (
-        "base introuvable : {path} (créez-la avec « account-merge demo » ou "
-        "« account-merge establishment add »)"
-    ),
-    "database_exists": (
-        "la base {path} existe déjà ; choisissez un autre fichier avec --db, "
-        "ou --force pour la remplacer"
-    ),
-    "folder_not_empty": "le dossier {path} n'est pas vide ; choisissez un dossier vide ou nouveau",
-    "password_missing": "mot de passe attendu sur l'entrée standard (un par ligne)",
-    "password_mismatch": "les deux saisies du nouveau mot de passe diffèrent",
-    "invalid_csv": "fichier CSV inutilisable : {detail}",
-    "bad_rows": (
-        "{rows} ligne(s) invalide(s) : {refused} famille(s) non traitée(s), "
-        "{issued} courrier(s) émis"
-    ),
-    "file_error": "{detail} : {path}",
-    "interrupted": "interrompu",
-}
+ENV_LANG = "ACCOUNT_MERGE_LANG"
+
+#: The command line's own error codes (beside the library's), by exit status.
+CLI_CODES = (
+    "usage", "unknown_establishment", "database_missing", "database_exists",
+    "folder_not_empty", "password_missing", "password_mismatch", "invalid_csv",
+    "bad_rows", "file_error", "interrupted",
+)
 
 _OS_ERRORS: dict[type[OSError], str] = {
-    FileNotFoundError: "fichier introuvable",
-    FileExistsError: "le fichier existe déjà",
-    PermissionError: "permission refusée",
-    IsADirectoryError: "c'est un dossier",
-    NotADirectoryError: "ce n'est pas un dossier",
+    FileNotFoundError: "cli.os.file_not_found",
+    FileExistsError: "cli.os.file_exists",
+    PermissionError: "cli.os.permission",
+    IsADirectoryError: "cli.os.is_a_directory",
+    NotADirectoryError: "cli.os.not_a_directory",
 }
 
-_STATUS = {
-    AccountStatus.PROVISIONAL: "provisoire",
-    AccountStatus.ACTIVE: "actif",
-    AccountStatus.MERGED: "regroupé",
-}
-
-_ARGPARSE_FRENCH = (
-    ("the following arguments are required:", "arguments obligatoires manquants :"),
-    ("unrecognized arguments:", "arguments non reconnus :"),
-    ("invalid choice:", "choix invalide :"),
-    ("(choose from", "(choix possibles :"),
-    ("expected one argument", "une valeur attendue"),
-    ("invalid int value:", "entier invalide :"),
-    ("not allowed with argument", "incompatible avec l'argument"),
+#: argparse's own English messages, and the key of their translation.
+_ARGPARSE_MESSAGES = (
+    ("the following arguments are required:", "cli.argparse.required"),
+    ("unrecognized arguments:", "cli.argparse.unrecognized"),
+    ("invalid choice:", "cli.argparse.invalid_choice"),
+    ("(choose from", "cli.argparse.choose_from"),
+    ("expected one argument", "cli.argparse.one_argument"),
+    ("invalid int value:", "cli.argparse.invalid_int"),
+    ("not allowed with argument", "cli.argparse.not_allowed"),
 )
+
+
+def _(key: str, **fields: object) -> str:
+    """The message *key* in the language of this run."""
+    return messages.message(key, **fields)
+
+
+class _Messages(Mapping[str, str]):
+    """The French message of each error code (library's and command line's).
+
+    Kept for compatibility; the messages live in :mod:`account_merge.messages`.
+    """
+
+    def _codes(self) -> list[str]:
+        library = sorted({cls.code for cls in vars(exceptions).values()
+                          if isinstance(cls, type) and issubclass(cls, AccountMergeError)
+                          and cls is not AccountMergeError})
+        return [*library, *CLI_CODES]
+
+    def __getitem__(self, code: str) -> str:
+        if code not in self._codes():
+            raise KeyError(code)
+        return error_text(code, {}, "fr")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._codes())
+
+    def __len__(self) -> int:
+        return len(self._codes())
+
+
+#: The French message for each error code, library's and command line's.
+#: (Compatibility view of :mod:`account_merge.messages`.)
+MESSAGES: Mapping[str, str] = _Messages()
 
 
 class CliError(Exception):
@@ -124,15 +136,21 @@ class CliError(Exception):
         super().__init__(code)
 
 
-class _Fields(dict[str, object]):
-    def __missing__(self, key: str) -> str:
-        return "?"
+def error_text(code: str, fields: Mapping[str, object], language: str | None = None) -> str:
+    """The message of an error code as a clause: no capital, no final period.
+
+    The command line's own wording of a code (``cli.error.<code>``) wins
+    over the library's; a code without message gets the generic one.
+    """
+    key = f"cli.error.{code}" if messages.has_message(f"cli.error.{code}") else code
+    text = messages.message(key, language, **fields).removesuffix(".")
+    return text[:1].lower() + text[1:]
 
 
-def describe(code: str, fields: dict[str, object]) -> str:
-    """The French line for an error: ``Erreur : <message> (<code>)``."""
-    template = MESSAGES.get(code, code.replace("_", " "))
-    return f"Erreur : {template.format_map(_Fields(fields))} ({code})"
+def describe(code: str, fields: Mapping[str, object], language: str | None = None) -> str:
+    """The line for an error: ``Erreur : <message> (<code>)`` in French."""
+    text = error_text(code, fields, language)
+    return messages.message("cli.error_line", language, message=text, code=code)
 
 
 def _library_fields(error: AccountMergeError) -> dict[str, object]:
@@ -164,8 +182,8 @@ class _Session:
         profile = getattr(args, "argon2", None) or os.environ.get(ENV_ARGON2) or "default"
         if profile not in ARGON2_PROFILES:
             raise CliError("usage", EXIT_USAGE,
-                           detail=f"profil argon2 inconnu : {profile} "
-                                  f"(choix possibles : {', '.join(ARGON2_PROFILES)})")
+                           detail=_("cli.unknown_profile", profile=profile,
+                                    choices=", ".join(ARGON2_PROFILES)))
         self.profile = profile
         self._storage: Storage | None = None
         self._service: MergeService | None = None
@@ -220,24 +238,26 @@ class _Session:
         """A new password; at a terminal, typed twice."""
         password = self.password(prompt)
         if sys.stdin.isatty():
-            again = self.password("Confirmez le nouveau mot de passe : ")
+            again = self.password(_("cli.prompt.confirm"))
             if again.reveal() != password.reveal():
                 raise CliError("password_mismatch", EXIT_USAGE)
         return password
 
 
-#: How to add an unknown establishment, in ``unknown_establishment``.
-ADD_ESTABLISHMENT = "ajoutez-le avec « account-merge establishment add »"
+#: How to add an unknown establishment, in ``unknown_establishment``: None
+#: for the command line's own advice, in the language of the run.
+ADD_ESTABLISHMENT: str | None = None
 
 
 def _stored_establishment(storage: Storage, uai: str,
-                          hint: str = ADD_ESTABLISHMENT) -> Establishment:
+                          hint: str | None = ADD_ESTABLISHMENT) -> Establishment:
     """The establishment stored under *uai*, or ``unknown_establishment``."""
     uai = validate_uai(uai)
     with storage.unit_of_work(write=False) as uow:
         found = uow.get_establishment(uai)
     if found is None:
-        raise CliError("unknown_establishment", uai=uai, hint=hint)
+        raise CliError("unknown_establishment", uai=uai,
+                       hint=hint if hint is not None else _("cli.add_establishment"))
     return found
 
 
@@ -247,20 +267,22 @@ def _stored_establishment(storage: Storage, uai: str,
 def _print_children(session: _Session, account: Account) -> None:
     out = session.out
     attached = session.service.attached_children(account.id)
-    print("Enfants rattachés au compte", file=out)
+    print(_("screen.children_title"), file=out)
     if not attached:
-        print("  (aucun enfant)", file=out)
+        print("  " + _("cli.no_children"), file=out)
     for item in attached:
         child = item.child
-        via = " · par regroupement" if item.via_merge else ""
+        via = " · " + _("cli.via_merge") if item.via_merge else ""
         print(f"  {child.first_name} {child.last_name}", file=out)
-        print(f"    Responsable : {item.responsable} · élève {child.id} · "
-              f"{child.establishment_uai}{via}", file=out)
+        detail = _("cli.child_detail", responsable=item.responsable, id=child.id,
+                   uai=child.establishment_uai)
+        print(f"    {detail}{via}", file=out)
 
 
 def _account_line(account: Account) -> str:
-    return (f"Compte {account.login} — {account.display_name} "
-            f"({_STATUS[account.status]}, {account.role.value}, id {account.id})")
+    return _("cli.account_line", login=account.login, name=account.display_name,
+             status=_(f"status.{account.status.value}"), role=_(f"role.{account.role.value}"),
+             id=account.id)
 
 
 # -- subcommands -------------------------------------------------------------------
@@ -282,7 +304,7 @@ def cmd_establishment_add(session: _Session) -> int:
     with session.storage.unit_of_work() as uow:
         uow.put_establishment(establishment)
         uow.commit()
-    print(f"Établissement enregistré : {establishment.uai} {establishment.name}",
+    print(_("cli.establishment.added", uai=establishment.uai, name=establishment.name),
           file=session.out)
     return 0
 
@@ -291,7 +313,7 @@ def _parse_child(spec: str, uai: str) -> Child:
     parts = spec.split(":")
     if len(parts) != 3:
         raise CliError("usage", EXIT_USAGE,
-                       detail=f"--child attend ID:Prénom:Nom, pas {spec!r}")
+                       detail=_("cli.child_format", spec=repr(spec)))
     return Child(parts[0], parts[1], parts[2], uai)
 
 
@@ -303,33 +325,32 @@ def cmd_issue(session: _Session) -> int:
     letter = session.service.issue_account(
         establishment, display_name=args.name, children=children,
         role=Role(args.role), email=args.email)
-    print(letter.render(), end="", file=session.out)
-    print(f"Compte {letter.login} créé (id {letter.account_id}).", file=session.err)
+    print(messages.render_letter(letter), end="", file=session.out)
+    print(_("cli.issue.created", login=letter.login, id=letter.account_id), file=session.err)
     return 0
 
 
 def cmd_activate(session: _Session) -> int:
     session.require_db()
     login = session.args.login
-    provisional = session.password("Mot de passe provisoire : ")
-    new = session.new_password("Nouveau mot de passe : ")
+    provisional = session.password(_("cli.prompt.provisional"))
+    new = session.new_password(_("cli.prompt.new"))
     account = session.service.activate(login, provisional, new, email=session.args.email)
-    print(f"Compte {account.login} activé.", file=session.out)
+    print(_("cli.activated", login=account.login), file=session.out)
     return 0
 
 
 def cmd_merge(session: _Session) -> int:
     session.require_db()
     args, service = session.args, session.service
-    password = session.password(f"Mot de passe du compte principal {args.principal} : ")
+    password = session.password(_("cli.prompt.principal", login=args.principal))
     principal = service.authenticate(args.principal, password)
-    other = session.password(
-        f"Mot de passe (ou mot de passe provisoire du courrier) de {args.login} : ")
-    receipt = service.merge(principal.id, args.login, other)
+    other = session.password(_("cli.prompt.other", login=args.login))
+    service.merge(principal.id, args.login, other)
     out = session.out
-    print("CONFIRMATION DE REGROUPEMENT DE COMPTES", file=out)
+    print(_("screen.merge_confirmation_title").upper(), file=out)
     print(file=out)
-    for sentence in re.split(r"(?<=\.) ", receipt.message):
+    for sentence in re.split(r"(?<=\.) ", _("merge_confirmation")):
         print(sentence, file=out)
     print(file=out)
     _print_children(session, principal)
@@ -342,7 +363,7 @@ def cmd_children(session: _Session) -> int:
     print(_account_line(account), file=session.out)
     if account.merged_into is not None:
         account = session.service.resolve(account.id)
-        print(f"Regroupé dans le compte {account.login} (id {account.id}) :", file=session.out)
+        print(_("cli.merged_into", login=account.login, id=account.id), file=session.out)
     _print_children(session, account)
     return 0
 
@@ -354,10 +375,10 @@ def cmd_split(session: _Session) -> int:
     receipt = session.service.split(establishment, account.id)
     out = session.out
     moved = ", ".join(f"{c.first_name} {c.last_name}" for c in receipt.moved)
-    print(f"Regroupement cassé par {establishment.uai} : {moved} rattaché(s) à un "
-          f"nouveau compte (id {receipt.new_account_id}).", file=out)
+    print(_("cli.split.done", uai=establishment.uai, names=moved, id=receipt.new_account_id),
+          file=out)
     print(file=out)
-    print(receipt.letter.render(), end="", file=out)
+    print(messages.render_letter(receipt.letter), end="", file=out)
     return 0
 
 
@@ -368,10 +389,10 @@ def cmd_audit(session: _Session) -> int:
         account_id = session.account(session.args.account).id
     for record in session.service.audit_trail(account_id, session.args.limit):
         fields = [record.at.isoformat(timespec="seconds"), record.action.value, record.outcome]
-        for label, value in (("acteur", record.actor), ("compte", record.account_id),
-                             ("identifiant", record.login), ("détail", record.detail)):
+        for label, value in (("actor", record.actor), ("account_field", record.account_id),
+                             ("login", record.login), ("detail", record.detail)):
             if value is not None:
-                fields.append(f"{label}={value}")
+                fields.append(f"{_('cli.audit.' + label)}={value}")
         print("  ".join(fields), file=session.out)
     return 0
 
@@ -385,7 +406,7 @@ def cmd_events(session: _Session) -> int:
         print(f"{entry.position}  {entry.event.name}  {payload}", file=session.out)
     if session.args.mark_published and entries:
         service.mark_published([entry.position for entry in entries])
-        print(f"{len(entries)} événement(s) marqué(s) publié(s).", file=session.err)
+        print(_("cli.events.marked", count=len(entries)), file=session.err)
     return 0
 
 
@@ -444,7 +465,7 @@ def _cell(row: dict[str | None, Any], column: str) -> str:
 
 
 def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line: int,
-               known: dict[str, Establishment | None], hint: str) -> None:
+               known: dict[str, Establishment | None], hint: str | None) -> None:
     """Check one row; a bad row is reported with its line and spoils its family."""
     responsable_id = _cell(row, "responsable_id")
     name = _cell(row, "responsable_nom")
@@ -453,10 +474,10 @@ def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line
     if family is None and responsable_id:
         family = batch.families[key] = _Family(key[0], responsable_id, name, line)
     if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
-        batch.bad(line, "nombre de colonnes incorrect", family)
+        batch.bad(line, _("cli.batch.bad_columns"), family)
         return
     if family is None:
-        batch.bad(line, "responsable_id vide : la ligne n'appartient à aucune famille", None)
+        batch.bad(line, _("cli.batch.no_family"), None)
         return
     try:
         uai = validate_uai(key[0])
@@ -464,35 +485,35 @@ def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line
             with storage.unit_of_work(write=False) as uow:
                 known[uai] = uow.get_establishment(uai)
         if known[uai] is None:
-            raise CliError("unknown_establishment", uai=uai, hint=hint)
+            raise CliError("unknown_establishment", uai=uai,
+                           hint=hint if hint is not None else _("cli.add_establishment"))
         check_text("responsable_nom", name)
         child = Child(_cell(row, "eleve_id"), _cell(row, "eleve_prenom"),
                       _cell(row, "eleve_nom"), uai)
     except InvalidInput as error:
         column = _CSV_FIELDS.get(error.field, error.field)
-        batch.bad(line, describe(error.code, {"field": column}).removeprefix("Erreur : "),
-                  family)
+        batch.bad(line, f"{error_text(error.code, {'field': column})} ({error.code})", family)
         return
     except CliError as error:
-        batch.bad(line, describe(error.code, error.fields).removeprefix("Erreur : "), family)
+        batch.bad(line, f"{error_text(error.code, error.fields)} ({error.code})", family)
         return
     if name != family.name:
-        batch.bad(line, f"nom du responsable différent de la ligne {family.first_line}", family)
+        batch.bad(line, _("cli.batch.other_name", line=family.first_line), family)
         return
     if child.id in family.child_lines:
-        batch.bad(line, f"élève {child.id} déjà listé ligne {family.child_lines[child.id]}",
-                  family)
+        batch.bad(line, _("cli.batch.pupil_twice", id=child.id,
+                          line=family.child_lines[child.id]), family)
         return
     seen = batch.pupils.get(child.id)
     if seen is not None and seen[0] != child:
-        batch.bad(line, f"élève {child.id} décrit autrement ligne {seen[1]}", family)
+        batch.bad(line, _("cli.batch.pupil_differs", id=child.id, line=seen[1]), family)
         return
     batch.pupils.setdefault(child.id, (child, line))
     family.children.append(child)
     family.child_lines[child.id] = line
 
 
-def _read_batch(storage: Storage, path: Path, encoding: str, hint: str) -> _Batch:
+def _read_batch(storage: Storage, path: Path, encoding: str, hint: str | None) -> _Batch:
     with path.open(encoding=encoding, newline="") as handle:
         header = handle.readline()
         delimiter = ";" if header.count(";") > header.count(",") else ","
@@ -501,8 +522,9 @@ def _read_batch(storage: Storage, path: Path, encoding: str, hint: str) -> _Batc
         columns = [c.strip() for c in reader.fieldnames or ()]
         missing = [c for c in CSV_COLUMNS if c not in columns]
         if missing:
-            raise CliError("invalid_csv", detail=f"colonnes manquantes : {', '.join(missing)} "
-                                                 f"(attendues : {','.join(CSV_COLUMNS)})")
+            raise CliError("invalid_csv", detail=_("cli.batch.missing_columns",
+                                                   missing=", ".join(missing),
+                                                   expected=",".join(CSV_COLUMNS)))
         reader.fieldnames = columns
         batch = _Batch()
         known: dict[str, Establishment | None] = {}
@@ -511,7 +533,8 @@ def _read_batch(storage: Storage, path: Path, encoding: str, hint: str) -> _Batc
                 _check_row(storage, batch, row, reader.line_num, known, hint)
         except (csv.Error, UnicodeDecodeError) as error:
             raise CliError("invalid_csv",
-                           detail=f"ligne {reader.line_num + 1} : {error}") from None
+                           detail=_("cli.batch.line", line=reader.line_num + 1,
+                                    message=error)) from None
     return batch
 
 
@@ -546,7 +569,7 @@ class _Progress:
         width = 30
         filled = width * done // max(1, self.total)
         bar = "█" * filled + "·" * (width - filled)
-        text = f"Courriers [{bar}] {done}/{self.total}"
+        text = f"{_('cli.batch.progress')} [{bar}] {done}/{self.total}"
         if self.tty:
             end = "\n" if done == self.total else ""
             print(f"\r{text}", end=end, file=self.stream, flush=True)
@@ -558,7 +581,7 @@ def _write_letter(folder: Path, letter: NotificationLetter) -> Path:
     path = folder / f"{letter.login}.txt"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(letter.render())
+        handle.write(messages.render_letter(letter))
     return path
 
 
@@ -578,7 +601,7 @@ def issue_batch(
     workers: int | None = None,
     out: Output | None = None,
     err: Output | None = None,
-    add_establishment: str = ADD_ESTABLISHMENT,
+    add_establishment: str | None = ADD_ESTABLISHMENT,
 ) -> int:
     """Issue the letters of a school's CSV into *folder*, as ``issue-batch`` does.
 
@@ -589,6 +612,7 @@ def issue_batch(
     0, or raises :class:`CliError` (``folder_not_empty``, ``invalid_csv``,
     ``bad_rows`` after issuing the good families).  *add_establishment*
     tells how to add an establishment the CSV names but the store lacks.
+    Texts and letters are in the language of :func:`account_merge.messages.get_language`.
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -596,13 +620,13 @@ def issue_batch(
         raise CliError("folder_not_empty", EXIT_USAGE, path=str(folder))
     storage = service.storage
     batch = _read_batch(storage, csv_path, encoding, add_establishment)
-    for line, message in sorted(batch.errors):
-        print(f"ligne {line} : {message}", file=err)
+    for line, problem in sorted(batch.errors):
+        print(_("cli.batch.line", line=line, message=problem), file=err)
     for family in batch.refused:
         lines = ", ".join(str(n) for n in sorted({family.first_line, *family.bad_lines,
                                                    *family.child_lines.values()}))
-        print(f"famille {family.responsable_id} ({family.uai}) non traitée : lignes {lines}",
-              file=err)
+        print(_("cli.batch.family_refused", id=family.responsable_id, uai=family.uai,
+                lines=lines), file=err)
     good = batch.good
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     progress = _Progress(len(good), err)
@@ -626,10 +650,10 @@ def issue_batch(
                                 letter.account_id, path.name])
                 index_file.flush()
                 issued += 1
-    print(f"{issued} courrier(s) écrit(s) dans {folder} (index : {folder / 'courriers.csv'}).",
+    print(_("cli.batch.done", count=issued, folder=folder, index=folder / "courriers.csv"),
           file=out)
     if batch.errors:
-        raise CliError("bad_rows", rows=len({line for line, _ in batch.errors}),
+        raise CliError("bad_rows", rows=len({line for line, _problem in batch.errors}),
                        refused=len(batch.refused), issued=issued)
     return 0
 
@@ -637,35 +661,35 @@ def issue_batch(
 # -- the parser --------------------------------------------------------------------------
 
 
-def _french(message: str) -> str:
-    for english, french in _ARGPARSE_FRENCH:
-        message = message.replace(english, french)
-    return message
+def _translated(text: str) -> str:
+    """An argparse message with argparse's English replaced by this run's language."""
+    for english, key in _ARGPARSE_MESSAGES:
+        text = text.replace(english, _(key))
+    return text
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     def add_usage(self, usage: str | None, actions: Any, groups: Any,
                   prefix: str | None = None) -> None:
         super().add_usage(usage, actions, groups,
-                          prefix="utilisation : " if prefix is None else prefix)
+                          prefix=_("cli.usage_prefix") if prefix is None else prefix)
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser that speaks French and reports errors with a code."""
+    """An argument parser that speaks this run's language and reports errors with a code."""
 
     def __init__(self, *args: Any, help_option: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
         kwargs["add_help"] = False
         super().__init__(*args, **kwargs)
-        self._positionals.title = "arguments"
-        self._optionals.title = "options"
+        self._positionals.title = _("cli.arguments")
+        self._optionals.title = _("cli.options")
         if help_option:
-            self.add_argument("-h", "--help", action="help",
-                              help="affiche cette aide et quitte")
+            self.add_argument("-h", "--help", action="help", help=_("cli.help"))
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        raise CliError("usage", EXIT_USAGE, detail=_french(message))
+        raise CliError("usage", EXIT_USAGE, detail=_translated(message))
 
 
 def _positive(text: str) -> int:
@@ -674,159 +698,147 @@ def _positive(text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"entier positif attendu, pas {text!r}")
+        raise argparse.ArgumentTypeError(_("cli.positive_expected", text=repr(text)))
     return value
 
 
 def _common() -> _Parser:
-    """--db and --argon2, accepted before or after the subcommand."""
+    """--db, --lang and --argon2, accepted before or after the subcommand."""
     common = _Parser(help_option=False)
     common.add_argument(
-        "--db", metavar="FICHIER", default=argparse.SUPPRESS,
-        help=f"la base SQLite (défaut : ${ENV_DB}, sinon ./{DEFAULT_DB})")
+        "--db", metavar=_("cli.metavar.file"), default=argparse.SUPPRESS,
+        help=_("cli.db_help", env=ENV_DB, default=DEFAULT_DB))
+    common.add_argument(
+        "--lang", choices=messages.LANGUAGES, default=argparse.SUPPRESS,
+        help=_("cli.lang_help", env=ENV_LANG))
     common.add_argument("--argon2", choices=ARGON2_PROFILES, default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)
     return common
 
 
+def _example(*lines: str) -> str:
+    return _("cli.example") + "\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``account-merge`` and its subcommands."""
+    """The parser of ``account-merge`` and its subcommands, in the current language."""
     common = _common()
     parser = _Parser(
         prog=PROG, parents=[common],
-        description="Regroupement de comptes responsables : démonstration, émission des\n"
-                    "courriers, activation, regroupement et séparation de comptes, sur une\n"
-                    "base SQLite.",
-        epilog="Exemple :\n  account-merge demo\n  account-merge children claire.robert\n\n"
-               "Aide d'une commande : account-merge COMMANDE --help",
+        description=_("cli.description"),
+        epilog=_example("account-merge demo", "account-merge children claire.robert")
+        + "\n\n" + _("cli.command_help"),
     )
-    commands = parser.add_subparsers(title="commandes", metavar="COMMANDE", required=True)
+    commands = parser.add_subparsers(title=_("cli.commands"), metavar=_("cli.metavar.command"),
+                                     required=True)
 
-    def command(name: str, handler: Callable[[_Session], int], summary: str, example: str,
-                description: str = "") -> argparse.ArgumentParser:
+    def command(name: str, handler: Callable[[_Session], int], example: str,
+                description: bool = True) -> argparse.ArgumentParser:
+        """A subcommand whose texts are ``cli.<name>.summary`` and ``.description``."""
+        key = "batch" if name == "issue-batch" else name
+        summary = _(f"cli.{key}.summary")
         sub: argparse.ArgumentParser = commands.add_parser(
             name, parents=[common], help=summary,
-            description=(description or summary),
-            epilog="Exemple :\n  " + example)
+            description=_(f"cli.{key}.description", columns=",".join(CSV_COLUMNS))
+            if description else summary,
+            epilog=_example(example))
         sub.set_defaults(handler=handler)
         return sub
 
-    demo = command(
-        "demo", cmd_demo, "joue l'histoire du regroupement de comptes, en français",
-        "account-merge --db demo.sqlite3 demo",
-        "Joue l'histoire d'un regroupement de comptes comme le parent la voit : deux "
-        "courriers\nd'un collège, l'activation du compte « Principal », le regroupement, "
-        "la confirmation,\npuis la séparation par le collège.  La démonstration crée une "
-        "base neuve et la laisse\nen place pour essayer les autres commandes ; elle refuse "
-        "d'écraser une base existante\nnon vide, sauf avec --force.")
-    demo.add_argument("--force", action="store_true",
-                      help="remplace la base si elle existe déjà (elle est effacée)")
+    demo = command("demo", cmd_demo, "account-merge --db demo.sqlite3 demo")
+    demo.add_argument("--force", action="store_true", help=_("cli.demo.force"))
 
+    add_example = 'account-merge establishment add 0869999B "Collège des Trois Rivières"'
     establishment = commands.add_parser(
-        "establishment", parents=[common], help="gère les établissements",
-        description="Gère les établissements connus de la base.",
-        epilog="Exemple :\n  account-merge establishment add 0869999B "
-               "\"Collège des Trois Rivières\"")
+        "establishment", parents=[common], help=_("cli.establishment.summary"),
+        description=_("cli.establishment.description"), epilog=_example(add_example))
     establishment_commands = establishment.add_subparsers(
-        title="commandes", metavar="COMMANDE", required=True)
+        title=_("cli.commands"), metavar=_("cli.metavar.command"), required=True)
     add = establishment_commands.add_parser(
-        "add", parents=[common], help="enregistre un établissement (ou renomme)",
-        description="Enregistre un établissement, ou change son nom.  Crée la base si "
-                    "elle n'existe pas.",
-        epilog="Exemple :\n  account-merge establishment add 0869999B "
-               "\"Collège des Trois Rivières\"")
+        "add", parents=[common], help=_("cli.establishment.add.summary"),
+        description=_("cli.establishment.add.description"), epilog=_example(add_example))
     add.set_defaults(handler=cmd_establishment_add)
-    add.add_argument("uai", metavar="UAI", help="l'UAI : 7 chiffres et une lettre de contrôle")
-    add.add_argument("name", metavar="NOM", help="le nom affiché sur les courriers")
+    add.add_argument("uai", metavar="UAI", help=_("cli.establishment.add.uai"))
+    add.add_argument("name", metavar=_("cli.metavar.name"), help=_("cli.establishment.add.name"))
 
     issue = command(
-        "issue", cmd_issue, "crée un compte et imprime son courrier de notification",
-        "account-merge issue --uai 0869999B --name \"Claire Robert\" "
-        "--child D0001:Dylan:Robert")
-    issue.add_argument("--uai", required=True, help="l'établissement qui émet le courrier")
-    issue.add_argument("--name", required=True, metavar="NOM",
-                       help="le nom du titulaire du compte (le responsable)")
-    issue.add_argument("--child", action="append", metavar="ID:PRÉNOM:NOM",
-                       help="un enfant rattaché au compte (répétable)")
+        "issue", cmd_issue,
+        'account-merge issue --uai 0869999B --name "Claire Robert" --child D0001:Dylan:Robert',
+        description=False)
+    issue.add_argument("--uai", required=True, help=_("cli.issue.uai"))
+    issue.add_argument("--name", required=True, metavar=_("cli.metavar.name"),
+                       help=_("cli.issue.name"))
+    issue.add_argument("--child", action="append", metavar=_("cli.metavar.child"),
+                       help=_("cli.issue.child"))
     issue.add_argument("--role", choices=[r.value for r in Role], default=Role.RESPONSABLE.value,
-                       help="compte responsable (défaut) ou compte élève")
-    issue.add_argument("--email", help="adresse électronique du titulaire")
+                       help=_("cli.issue.role"))
+    issue.add_argument("--email", help=_("cli.issue.email"))
 
-    batch = command(
-        "issue-batch", cmd_issue_batch,
-        "crée les comptes et courriers d'un fichier CSV d'établissement",
-        "account-merge issue-batch eleves.csv --out courriers/",
-        "Crée un compte et un courrier par famille d'un CSV d'établissement.\n\n"
-        f"Colonnes : {','.join(CSV_COLUMNS)}\n"
-        "Une ligne par couple élève-responsable ; les lignes de même uai et responsable_id\n"
-        "forment une famille, donc un courrier.  Séparateur « , » ou « ; ».  Toutes les\n"
-        "lignes sont vérifiées d'abord : une famille dont une ligne est invalide n'est pas\n"
-        "émise du tout (ses lignes sont signalées avec leur numéro), les autres le sont.\n"
-        "Chaque courrier est écrit dans DOSSIER/<identifiant>.txt, avec un index\n"
-        "DOSSIER/courriers.csv (sans mot de passe).  Le hachage des mots de passe\n"
-        "provisoires est réparti sur tous les cœurs.  Statut 1 s'il y a des lignes invalides.")
-    batch.add_argument("csv", metavar="CSV", help="le fichier exporté par l'établissement")
-    batch.add_argument("--out", required=True, metavar="DOSSIER",
-                       help="dossier (nouveau ou vide) où écrire les courriers")
+    batch = command("issue-batch", cmd_issue_batch,
+                    "account-merge issue-batch eleves.csv --out courriers/")
+    batch.add_argument("csv", metavar="CSV", help=_("cli.batch.csv"))
+    batch.add_argument("--out", required=True, metavar=_("cli.metavar.folder"),
+                       help=_("cli.batch.out"))
     batch.add_argument("--workers", type=_positive, default=default_workers(), metavar="N",
-                       help="processus de hachage (défaut : un par cœur)")
-    batch.add_argument("--encoding", default="utf-8-sig", metavar="ENCODAGE",
-                       help="encodage du CSV (défaut : utf-8, avec ou sans BOM)")
+                       help=_("cli.batch.workers"))
+    batch.add_argument("--encoding", default="utf-8-sig", metavar=_("cli.metavar.encoding"),
+                       help=_("cli.batch.encoding"))
 
-    activate = command(
-        "activate", cmd_activate,
-        "active un compte avec le mot de passe provisoire de son courrier",
-        "account-merge activate claire.robert",
-        "Active un compte : demande le mot de passe provisoire du courrier puis le nouveau\n"
-        "mot de passe (deux fois au terminal).  Hors terminal, les lit sur l'entrée\n"
-        "standard, un par ligne : printf '%s\\n' \"$PROVISOIRE\" \"$NOUVEAU\" | ...")
-    activate.add_argument("login", metavar="IDENTIFIANT")
-    activate.add_argument("--email", help="adresse électronique du titulaire")
+    activate = command("activate", cmd_activate, "account-merge activate claire.robert")
+    activate.add_argument("login", metavar=_("cli.metavar.login"))
+    activate.add_argument("--email", help=_("cli.issue.email"))
 
-    merge = command(
-        "merge", cmd_merge, "regroupe un autre compte responsable dans le compte principal",
-        "account-merge merge claire.robert claire.robert.42",
-        "Regroupe le compte IDENTIFIANT dans le compte PRINCIPAL : demande le mot de passe\n"
-        "du compte principal, puis celui de l'autre compte (le mot de passe provisoire de\n"
-        "son courrier s'il n'a jamais été activé).  Hors terminal, les lit sur l'entrée\n"
-        "standard, un par ligne.")
-    merge.add_argument("principal", metavar="PRINCIPAL", help="identifiant du compte gardé")
-    merge.add_argument("login", metavar="IDENTIFIANT", help="identifiant du compte à regrouper")
+    merge = command("merge", cmd_merge, "account-merge merge claire.robert claire.robert.42")
+    merge.add_argument("principal", metavar="PRINCIPAL", help=_("cli.merge.principal"))
+    merge.add_argument("login", metavar=_("cli.metavar.login"), help=_("cli.merge.login"))
 
-    children = command(
-        "children", cmd_children, "liste les enfants rattachés à un compte",
-        "account-merge children claire.robert")
-    children.add_argument("account", metavar="IDENTIFIANT_OU_ID")
+    children = command("children", cmd_children, "account-merge children claire.robert",
+                       description=False)
+    children.add_argument("account", metavar=_("cli.metavar.login_or_id"))
 
-    split = command(
-        "split", cmd_split,
-        "casse un regroupement : l'établissement crée un nouveau compte et son courrier",
-        "account-merge split 0869999B claire.robert",
-        "Casse un regroupement pour l'établissement UAI : ses enfants arrivés dans le compte\n"
-        "par un regroupement passent à un nouveau compte, dont le courrier est imprimé.")
+    split = command("split", cmd_split, "account-merge split 0869999B claire.robert")
     split.add_argument("uai", metavar="UAI")
-    split.add_argument("account", metavar="COMPTE", help="identifiant ou id du compte")
+    split.add_argument("account", metavar=_("cli.metavar.account"), help=_("cli.split.account"))
 
-    audit = command(
-        "audit", cmd_audit, "affiche le journal d'audit, le plus ancien d'abord",
-        "account-merge audit --account claire.robert --limit 20")
-    audit.add_argument("--account", metavar="COMPTE",
-                       help="seulement ce compte (identifiant ou id)")
+    audit = command("audit", cmd_audit, "account-merge audit --account claire.robert --limit 20",
+                    description=False)
+    audit.add_argument("--account", metavar=_("cli.metavar.account"), help=_("cli.audit.account"))
     audit.add_argument("--limit", type=_positive, default=50, metavar="N",
-                       help="nombre d'entrées, les dernières (défaut : 50)")
+                       help=_("cli.audit.limit"))
 
-    events = command(
-        "events", cmd_events, "affiche les événements non publiés, dans l'ordre",
-        "account-merge events --limit 10 --mark-published")
+    events = command("events", cmd_events, "account-merge events --limit 10 --mark-published",
+                     description=False)
     events.add_argument("--limit", type=_positive, default=100, metavar="N",
-                        help="nombre d'événements (défaut : 100)")
-    events.add_argument("--mark-published", action="store_true",
-                        help="marque publiés les événements affichés")
+                        help=_("cli.events.limit"))
+    events.add_argument("--mark-published", action="store_true", help=_("cli.events.mark"))
     return parser
+
+
+def _language(argv: Sequence[str]) -> str | None:
+    """The language asked for by ``--lang`` in *argv*, or by ``ACCOUNT_MERGE_LANG``.
+
+    None when the value names no language with a catalogue (the parser
+    then reports ``--lang``'s error; a bad environment value is ignored).
+    """
+    chosen: str | None = os.environ.get(ENV_LANG)
+    for i, word in enumerate(argv):
+        if word == "--":
+            break
+        if word == "--lang" and i + 1 < len(argv):
+            chosen = argv[i + 1]
+        elif word.startswith("--lang="):
+            chosen = word.removeprefix("--lang=")
+    return messages.normalize_language(chosen) if chosen else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``account-merge`` with *argv* (default: the process's arguments)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    with messages.using_language(_language(words) or messages.DEFAULT_LANGUAGE):
+        return _run(words)
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser()
     session: _Session | None = None
     try:
@@ -843,8 +855,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe(error.code, _library_fields(error)), file=sys.stderr)
         return EXIT_ERROR
     except OSError as error:
-        detail = next((text for kind, text in _OS_ERRORS.items() if isinstance(error, kind)),
-                      error.strerror or type(error).__name__)
+        found = next((key for kind, key in _OS_ERRORS.items() if isinstance(error, kind)), None)
+        detail = _(found) if found else error.strerror or type(error).__name__
         print(describe("file_error", {"detail": detail, "path": error.filename}),
               file=sys.stderr)
         return EXIT_ERROR

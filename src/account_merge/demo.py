@@ -11,6 +11,7 @@ used, as a host application would use it.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -22,6 +23,7 @@ from account_merge import (
     NotificationLetter,
     Secret,
 )
+from account_merge.messages import message, render_letter
 
 __all__ = ["DEMO_PASSWORD", "play"]
 
@@ -35,6 +37,10 @@ FLORIAN = Child("F0002", "Florian", "Robert", COLLEGE.uai)
 
 _MASK = "********"
 _RULE = "─" * 78
+
+
+def _(key: str, **fields: object) -> str:
+    return message(key, **fields)
 
 
 def _screen(out: TextIO, lines: Sequence[str]) -> None:
@@ -54,91 +60,93 @@ def _step(out: TextIO, number: int, text: str) -> None:
 
 def _letter(out: TextIO, title: str, letter: NotificationLetter) -> None:
     print(f"── {title} " + "─" * max(0, 74 - len(title)), file=out)
-    print(letter.render(), end="", file=out)
+    print(render_letter(letter), end="", file=out)
     print(_RULE, file=out)
+
+
+def _field(label: str, value: str) -> str:
+    return _("screen.field", label=_(label), value=value)
 
 
 def _enfants(service: MergeService, account_id: str, banner: str) -> list[str]:
     """The lines of the Enfants screen of Mon compte."""
-    lines = [f"SCOLARITÉ SERVICES{banner.rjust(40)}", "VOTRE COMPTE > ENFANTS", "",
-             "Enfants rattachés au compte"]
+    lines = [f"{_('screen.service_name').upper()}{banner.rjust(40)}", _("screen.children_path"),
+             "", _("screen.children_title")]
     for attached in service.attached_children(account_id):
         lines += [f"  {attached.child.first_name}",
-                  f"  Responsable : {attached.responsable}"]
-    return [*lines, "", "[ REGROUPER DES COMPTES ]"]
+                  "  " + _("screen.responsable", name=attached.responsable)]
+    return [*lines, "", f"[ {_('screen.merge_button').upper()} ]"]
 
 
 def play(service: MergeService, out: TextIO, *, db: str) -> None:
-    """Play the story on *service*'s store, printing what the parent sees to *out*."""
-    print("Regroupement de comptes responsables : démonstration", file=out)
-    print(f"Base : {db}", file=out)
+    """Play the story on *service*'s store, printing what the parent sees to *out*.
 
-    _step(out, 1, f"Le {COLLEGE.name} ({COLLEGE.uai}) envoie à {RESPONSABLE} "
-                  "un courrier de notification par enfant.")
+    The texts are in the language of :func:`account_merge.messages.get_language`
+    (French unless the host chose otherwise).
+    """
+    validate = f"[ {_('screen.validate').upper()} ]"
+    print(_("demo.title"), file=out)
+    print(_("demo.database", db=db), file=out)
+
+    _step(out, 1, _("demo.step_issue", college=COLLEGE.name, uai=COLLEGE.uai,
+                    responsable=RESPONSABLE))
     first = service.issue_account(COLLEGE, display_name=RESPONSABLE, children=[DYLAN])
     second = service.issue_account(COLLEGE, display_name=RESPONSABLE, children=[FLORIAN])
-    _letter(out, "Courrier de notification pour Dylan", first)
+    _letter(out, _("demo.letter_for", name=DYLAN.first_name), first)
     print(file=out)
-    _letter(out, "Courrier de notification pour Florian", second)
+    _letter(out, _("demo.letter_for", name=FLORIAN.first_name), second)
 
-    _step(out, 2, "Le parent active le compte du courrier de Dylan : "
-                  "ce sera son compte « Principal ».")
+    _step(out, 2, _("demo.step_activate", child=DYLAN.first_name))
     _screen(out, [
-        "SCOLARITÉ SERVICES",
-        "Saisir les informations du compte que vous souhaitez garder.",
-        "Ce sera votre compte « Principal ».",
+        _("screen.service_name").upper(),
+        _("screen.keep_account"),
+        _("screen.principal_account"),
         "",
-        f"Identifiant : {first.login}",
-        f"Mot de passe provisoire : {_MASK}",
-        f"Nouveau mot de passe : {_MASK}",
-        "[ VALIDER ]",
+        _field("screen.login", first.login),
+        _field("screen.provisional_password", _MASK),
+        _field("screen.new_password", _MASK),
+        validate,
     ])
     principal = service.activate(first.login, first.provisional_password, Secret(DEMO_PASSWORD))
-    print(f"Compte {principal.login} activé : c'est le compte « Principal ».", file=out)
+    print(_("demo.activated", login=principal.login), file=out)
 
-    _step(out, 3, "Mon compte > Enfants : un seul enfant est pour l'instant rattaché "
-                  "au compte « Principal ».")
-    _screen(out, _enfants(service, principal.id, "DYLAN"))
+    banner = DYLAN.first_name.upper()
+    _step(out, 3, _("demo.step_one_child"))
+    _screen(out, _enfants(service, principal.id, banner))
 
-    _step(out, 4, "Regrouper des comptes : le parent saisit les informations "
-                  "du courrier de Florian.")
+    _step(out, 4, _("demo.step_merge", child=FLORIAN.first_name))
     _screen(out, [
-        "REGROUPER DES COMPTES",
-        "Saisissez les informations présentes sur un autre courrier de notification,",
-        "ou celles d'un autre compte responsable déjà activé.",
+        _("screen.merge_button").upper(),
+        *textwrap.wrap(_("screen.merge_help"), 76),
         "",
-        f"Identifiant : {second.login}",
-        f"Mot de passe : {_MASK}",
-        "[ VALIDER ]",
+        _field("screen.login", second.login),
+        _field("screen.password", _MASK),
+        validate,
     ])
-    receipt = service.merge(principal.id, second.login, second.provisional_password)
+    service.merge(principal.id, second.login, second.provisional_password)
 
-    _step(out, 5, "La confirmation de regroupement s'affiche.")
-    _screen(out, ["CONFIRMATION DE REGROUPEMENT DE COMPTES", "",
-                  *re.split(r"(?<=\.) ", receipt.message), "", "[ VALIDER ]"])
+    _step(out, 5, _("demo.step_confirmation"))
+    _screen(out, [_("screen.merge_confirmation_title").upper(), "",
+                  *re.split(r"(?<=\.) ", _("merge_confirmation")), "", validate])
 
-    _step(out, 6, "Mon compte > Enfants liste maintenant tous les enfants.")
-    _screen(out, _enfants(service, principal.id, "DYLAN"))
+    _step(out, 6, _("demo.step_all_children"))
+    _screen(out, _enfants(service, principal.id, banner))
     try:
         service.authenticate(second.login, second.provisional_password)
     except AccountMergeError as error:
-        print(f"Le compte {second.login} ne permet plus de se connecter ({error.code}) : "
-              "seul le compte « Principal » reste disponible.", file=out)
+        print(_("demo.absorbed_refused", login=second.login, code=error.code), file=out)
 
-    _step(out, 7, f"Casser un regroupement : seul l'établissement le peut. "
-                  f"Le {COLLEGE.name} génère un nouveau compte pour Florian.")
+    _step(out, 7, _("demo.step_split", college=COLLEGE.name, child=FLORIAN.first_name))
     split = service.split(COLLEGE, principal.id)
     moved = ", ".join(child.first_name for child in split.moved)
-    print(f"Enfant(s) rattaché(s) au nouveau compte : {moved}", file=out)
+    print(_("demo.moved", names=moved), file=out)
     print(file=out)
-    _letter(out, "Nouveau courrier de notification", split.letter)
+    _letter(out, _("demo.new_letter"), split.letter)
     print(file=out)
-    _screen(out, _enfants(service, principal.id, "DYLAN"))
+    _screen(out, _enfants(service, principal.id, banner))
 
     print(file=out)
-    print(f"La base {db} reste disponible pour essayer les autres commandes, par exemple :",
-          file=out)
+    print(_("demo.next_steps", db=db), file=out)
     print(f"  account-merge --db {db} children {principal.login}", file=out)
     print(f"  account-merge --db {db} children {split.letter.login}", file=out)
-    print(f"Mot de passe du compte « Principal » {principal.login} dans cette démonstration : "
-          f"{DEMO_PASSWORD}", file=out)
+    print(_("demo.principal_password", login=principal.login, password=DEMO_PASSWORD), file=out)

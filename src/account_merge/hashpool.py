@@ -24,7 +24,8 @@ from typing import TypeVar
 
 import argon2
 
-from account_merge.credentials import Argon2Verifier, encode_password
+from account_merge.credentials import Argon2Verifier
+from account_merge.credentials import _encode as encode_password  # the verifier's own encoding
 from account_merge.ports import CredentialVerifier
 
 __all__ = ["default_workers", "hash_passwords"]

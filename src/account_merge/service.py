@@ -104,6 +104,14 @@ IdentityRule = Callable[[Account, Account], bool]
 _NO_ID = "-"
 _LOGIN_ATTEMPTS = 20
 _WRITE_RETRIES = 3
+_MIN_PROVISIONAL_LENGTH, _MAX_PROVISIONAL_LENGTH = 6, 64
+#: No store holds more rows than this: a larger limit means "all of them".
+_MAX_LIMIT = 2**62
+
+
+def _login_throttle(key: str) -> str:
+    """The failure counter of a login: shared by the merge form and the owner's sign-in."""
+    return f"login:{key}"
 
 
 def same_display_name(principal: Account, absorbed: Account) -> bool:
@@ -160,8 +168,27 @@ class MergeService:
         provisional_validity: timedelta = timedelta(days=90),
         provisional_length: int = 8,
     ) -> None:
-        if provisional_length < 6:
-            raise InvalidInput("provisional_length", "must be at least 6")
+        if not callable(getattr(storage, "unit_of_work", None)):
+            raise InvalidInput("storage", "must be a Storage (with a unit_of_work() method)")
+        if verifier is not None and not all(
+                callable(getattr(verifier, name, None)) for name in ("hash", "verify",
+                                                                     "needs_rehash")):
+            raise InvalidInput("verifier", "must be a CredentialVerifier")
+        if (isinstance(provisional_length, bool) or not isinstance(provisional_length, int)
+                or not _MIN_PROVISIONAL_LENGTH <= provisional_length <= _MAX_PROVISIONAL_LENGTH):
+            raise InvalidInput("provisional_length",
+                               f"must be an int from {_MIN_PROVISIONAL_LENGTH} "
+                               f"to {_MAX_PROVISIONAL_LENGTH}")
+        if not isinstance(provisional_validity, timedelta) or provisional_validity <= timedelta(0):
+            raise InvalidInput("provisional_validity", "must be a positive timedelta")
+        if throttle is not None and not isinstance(throttle, ThrottlePolicy):
+            raise InvalidInput("throttle", "must be a ThrottlePolicy")
+        if password_policy is not None and not callable(getattr(password_policy, "check", None)):
+            raise InvalidInput("password_policy", "must have a check(password, *, login) method")
+        if identity_rule is not None and not callable(identity_rule):
+            raise InvalidInput("identity_rule", "must be callable")
+        if clock is not None and not callable(clock):
+            raise InvalidInput("clock", "must be a zero-argument callable")
         self.storage = storage
         self.verifier: CredentialVerifier = verifier if verifier is not None else Argon2Verifier()
         self.clock: Clock = clock if clock is not None else _utc_now
@@ -258,7 +285,7 @@ class MergeService:
         """Steps 1 and 2 for activate, authenticate and change_password."""
         now = self._now()
         key = login_key(login)
-        throttle_key = f"auth:{key}"
+        throttle_key = _login_throttle(key)
         with self._write() as uow:
             wait = self._reserve(uow, throttle_key, now, lock=False)
             if wait > 0:
@@ -343,9 +370,17 @@ class MergeService:
         """
         if not isinstance(establishment, Establishment):
             raise InvalidInput("establishment", "must be an Establishment")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 1):
+            raise InvalidInput("workers", "must be a positive int or None")
+        if isinstance(families, (str, bytes)) or not isinstance(families, Iterable):
+            raise InvalidInput("families", "must be an iterable of (display_name, children)")
 
         def prepared() -> Iterator[tuple[tuple[str, tuple[Child, ...]], str]]:
-            for display_name, children in families:
+            for family in families:
+                if not isinstance(family, tuple) or len(family) != 2:
+                    raise InvalidInput("families", "each family is a (display_name, children) pair")
+                display_name, children = family
                 kids, _ = self._issue_args(establishment, display_name, children, role, None)
                 password = generate_provisional_password(self.provisional_length)
                 yield (display_name, kids), password
@@ -463,7 +498,8 @@ class MergeService:
                 uow.update_account(active)
                 uow.put_credential(Credential(account_id=account.id, password_hash=new_hash,
                                               kind=CredentialKind.PASSWORD))
-                self._give_back(uow, f"auth:{login_key(login)}", target.reserved_at, reset=True)
+                self._give_back(uow, _login_throttle(login_key(login)), target.reserved_at,
+                                reset=True)
                 uow.append_event(AccountActivated(occurred_at=now, account_id=account.id))
                 uow.append_audit(AuditRecord(at=now, action=AuditAction.ACTIVATE,
                                              outcome="success", actor=account.id,
@@ -505,7 +541,8 @@ class MergeService:
                 account = self._unchanged(uow, target)
                 if new_hash is not None:
                     uow.put_credential(attrs.evolve(credential, password_hash=new_hash))
-                self._give_back(uow, f"auth:{login_key(login)}", target.reserved_at, reset=True)
+                self._give_back(uow, _login_throttle(login_key(login)), target.reserved_at,
+                                reset=True)
                 uow.commit()
             return account
 
@@ -534,7 +571,7 @@ class MergeService:
                 self._unchanged(uow, target)
                 uow.put_credential(Credential(account_id=account.id, password_hash=new_hash,
                                               kind=CredentialKind.PASSWORD))
-                self._give_back(uow, f"auth:{login_key(account.login)}", target.reserved_at,
+                self._give_back(uow, _login_throttle(login_key(account.login)), target.reserved_at,
                                 reset=True)
                 uow.append_event(PasswordChanged(occurred_at=now, account_id=account.id))
                 uow.append_audit(AuditRecord(at=now, action=AuditAction.CHANGE_PASSWORD,
@@ -592,7 +629,7 @@ class MergeService:
             check_identifier("idempotency_key", idempotency_key)
         key = login_key(login)
         now = self._now()
-        login_throttle, principal_throttle = f"login:{key}", f"principal:{principal_id}"
+        login_throttle, principal_throttle = _login_throttle(key), f"principal:{principal_id}"
 
         def audit(outcome: str, account_id: str | None = None) -> AuditRecord:
             return AuditRecord(at=now, action=AuditAction.MERGE, outcome=outcome,
@@ -822,27 +859,33 @@ class MergeService:
             for link in links
         )
 
-    def unpublished_events(self, limit: int = 100) -> list[OutboxEntry]:
-        """The oldest events not yet marked published, in order."""
+    @staticmethod
+    def _limit_arg(limit: object) -> int:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidInput("limit", "must be a positive int")
+        return min(limit, _MAX_LIMIT)
+
+    def unpublished_events(self, limit: int = 100) -> list[OutboxEntry]:
+        """The oldest events not yet marked published, in order."""
+        limit = self._limit_arg(limit)
         with self.storage.unit_of_work(write=False) as uow:
             return uow.unpublished(limit)
 
     def mark_published(self, positions: Sequence[int]) -> None:
-        """Mark these outbox positions as published."""
-        if isinstance(positions, (str, bytes)) or not all(
-                isinstance(p, int) and not isinstance(p, bool) for p in positions):
+        """Mark these outbox positions as published (positions never given are ignored)."""
+        if isinstance(positions, (str, bytes)) or not isinstance(positions, Iterable):
+            raise InvalidInput("positions", "must be a sequence of ints")
+        wanted = list(positions)
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in wanted):
             raise InvalidInput("positions", "must be a sequence of ints")
         with self._write() as uow:
-            uow.mark_published(list(positions))
+            uow.mark_published([p for p in wanted if 1 <= p <= _MAX_LIMIT])
             uow.commit()
 
     def audit_trail(self, account_id: str | None = None, limit: int = 100) -> list[AuditRecord]:
         """The last audit records (about *account_id* if given), oldest first."""
         if account_id is not None:
             check_identifier("account_id", account_id)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidInput("limit", "must be a positive int")
+        limit = self._limit_arg(limit)
         with self.storage.unit_of_work(write=False) as uow:
             return uow.audit_records(account_id, limit)

@@ -6,6 +6,12 @@ are collected.  The SQLite test database is always made; the PostgreSQL
 one only when a test needs it and the server of ``tests/pg.py`` could be
 started (otherwise those tests skip, or fail under
 ``ACCOUNT_MERGE_REQUIRE_POSTGRES=1``).
+
+Django reads an app's translations only from compiled ``django.mo`` files,
+which the wheel build makes (``hatch_build.py``).  A source checkout has
+only the ``.po`` files (the ``.mo`` are ignored by git), so the app's
+catalogues are compiled in place, with the same compiler, before Django
+starts: the tests always see the ``.po`` as it is now.
 """
 
 from __future__ import annotations
@@ -27,10 +33,35 @@ for folder in (EXAMPLE, HERE):
 POSTGRES = "postgres"
 
 
+def compile_django_catalogues() -> list[Path]:
+    """Write the app's ``django.mo`` next to each ``django.po`` where it is missing or stale."""
+    import importlib.util
+    import os
+
+    from account_merge import _msgfmt
+
+    spec = importlib.util.find_spec("account_merge.contrib.django")
+    assert spec is not None and spec.origin is not None
+    written = []
+    for po in sorted(Path(spec.origin).parent.glob("locale/*/LC_MESSAGES/django.po")):
+        mo = po.with_suffix(".mo")
+        compiled = _msgfmt.compile_mo(_msgfmt.parse_po(po.read_text(encoding="utf-8"),
+                                                       source=str(po)))
+        if mo.is_file() and mo.read_bytes() == compiled:
+            continue
+        partial = mo.with_name(f".{mo.name}.{os.getpid()}")
+        partial.write_bytes(compiled)
+        partial.replace(mo)
+        written.append(mo)
+    return written
+
+
 def pytest_configure(config: pytest.Config) -> None:
     import django
     from django.apps import apps
     from django.conf import settings
+
+    compile_django_catalogues()
 
     if not settings.configured:
         import django_test_settings

@@ -6,9 +6,7 @@ and closes it when done, as threads outside requests must.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ from account_merge import Child, MergeService
 from account_merge.contrib.django import models as m
 from account_merge.exceptions import AccountMergeError
 from account_merge.testing import FakeClock, make_establishment
+from account_merge.testing import race as race_threads
 
 COLLEGE = make_establishment(860001, "Collège Jean Moulin")
 STRONG = "Correct-Horse-Battery-9"
@@ -35,19 +34,7 @@ def service() -> MergeService:
 
 def race(workers: int, call: Callable[[int], Any]) -> list[Any]:
     """call(i) in *workers* threads released together; results or library errors."""
-    barrier = threading.Barrier(workers)
-
-    def run(i: int) -> Any:
-        barrier.wait()
-        try:
-            return call(i)
-        except AccountMergeError as error:
-            return error
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(run, range(workers)))
+    return race_threads(workers, call, after=connections.close_all)
 
 
 def child(n: int) -> Child:

@@ -40,13 +40,15 @@ Otherwise :func:`init_app` raises ``invalid_input``.
 
 **Session mode and commits.**  Over ``db.session``, every unit of work of
 the library is a SAVEPOINT inside the request's transaction: the library
-never commits the host's work, and its own work is durable only when the
-host calls ``db.session.commit()``.  The host commits after every call,
-*including a call that raised*: a failed sign-in or merge has written its
-attempt counters and its audit record into the transaction (the use case
-itself was rolled back to its savepoint), and a rollback or an uncommitted
-end of request forgets them, which lifts the throttling of the merge form.
-Row locks taken by the library are held until that commit.
+never commits the host's work, and its changes (with their events and
+audit records) are durable only when the host calls
+``db.session.commit()``.  Row locks taken by the library are held until
+that commit.  The record of a failed sign-in or merge (attempt counters,
+audit record) must outlive a rollback, or a host rolling back after an
+error would lift the throttling of the merge form: on PostgreSQL the store
+commits it on a side connection of its own before the service raises; on
+SQLite (one writer at a time) it rides on the host's transaction, so there
+the host commits after a call that raised, too.
 
 The other configuration keys (every key starting ``ACCOUNT_MERGE_`` must be
 one of :data:`CONFIG_KEYS`, so that a misspelt throttling limit is an
@@ -138,7 +140,8 @@ class AccountMergeState:
     ``"database_url"``, ``"sqlite_path"``, ``"flask_sqlalchemy_session"``
     or ``"flask_sqlalchemy_engine"``.  ``in_host_transaction`` is true when
     the library's work rides on the host's ``db.session`` and so becomes
-    durable only when the host commits.
+    durable only when the host commits (but for the record of failed
+    attempts on PostgreSQL).
     """
 
     service: MergeService
@@ -148,7 +151,7 @@ class AccountMergeState:
 
     @property
     def in_host_transaction(self) -> bool:
-        """True when nothing the library writes is durable before ``db.session.commit()``."""
+        """True when the library's changes are durable only at ``db.session.commit()``."""
         return self.storage_kind == "flask_sqlalchemy_session"
 
     def create_schema(self) -> None:

@@ -4,11 +4,14 @@ The merge form lets a logged-in parent try someone else's login and
 password, and provisional passwords carry only about 40 bits, so failures
 are counted in storage (shared by every worker) and attempts slowed down:
 
-- per target login: after ``backoff_after`` consecutive failures each
-  further attempt waits twice as long as the one before; after
-  ``lock_after`` failures, merging with that login is locked for
-  ``lock_for`` (the owner's own sign-in is only slowed, never locked, so
-  nobody can lock a parent out);
+- per target login, whether it exists or not, in one counter for every
+  form that checks its password (merge, activation, sign-in, change of
+  password): after ``backoff_after`` consecutive failures each further
+  attempt waits twice as long as the one before (at most
+  ``backoff_max``); after ``lock_after`` failures, merging with that login
+  is locked for ``lock_for`` (the owner's own sign-in is only slowed,
+  never locked, so nobody can lock a parent out); the owner's successful
+  sign-in starts the count again;
 - per principal: at most ``principal_per_hour`` failures in any hour and
   ``principal_per_day`` in any day.
 
@@ -32,7 +35,7 @@ __all__ = ["ThrottlePolicy", "ThrottleState"]
 
 @attrs.frozen
 class ThrottleState:
-    """Failures recorded under one key (``login:…``, ``principal:…``, ``auth:…``).
+    """Failures recorded under one key (``login:<login key>`` or ``principal:<account id>``).
 
     ``recent`` keeps the times of the failures still inside the longest
     window (bounded by the per-day limit), oldest first.

@@ -18,9 +18,15 @@ MAX_ID_LENGTH = 64
 MAX_EMAIL_LENGTH = 254
 
 
+#: Unicode categories refused in names and logins and escaped in logs: control,
+#: format (bidirectional overrides...), surrogate, private use, unassigned, and
+#: the line and paragraph separators (U+2028, U+2029), which split log lines.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
 def has_control_characters(text: str) -> bool:
-    """True if *text* holds a control, format, surrogate or unassigned code point."""
-    return any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in text)
+    """True if *text* holds a control, format, surrogate, unassigned or line-breaking code point."""
+    return any(unicodedata.category(ch) in _UNSAFE_CATEGORIES for ch in text)
 
 
 def check_text(field: str, value: Any, *, max_length: int = MAX_NAME_LENGTH) -> str:
@@ -60,7 +66,7 @@ def escape_for_log(text: str, max_length: int = MAX_LOGIN_LENGTH) -> str:
     """*text* with control characters escaped and cut, safe for one log line."""
     out = []
     for ch in text[:max_length]:
-        if unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} or ch == "\\":
+        if unicodedata.category(ch) in _UNSAFE_CATEGORIES or ch == "\\":
             out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
         else:
             out.append(ch)

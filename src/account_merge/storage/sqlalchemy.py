@@ -13,6 +13,22 @@ Two ways to use it:
   host commits its session, and a host rollback undoes the library's work
   with its own.  The locks the library took are held until then.
 
+  Except the record of failures, on PostgreSQL: the failed-attempt
+  counters (``get_throttle``, ``put_throttle``) and the audit records of
+  failures (``append_audit`` with an ``outcome`` other than
+  ``"success"``) go through a *side connection* of the unit of work's
+  own, checked out of the session's engine when first needed, in a
+  transaction that the unit of work's ``commit()`` commits (before it
+  releases the savepoint) and its rollback rolls back.  So a host that
+  rolls back after the service raised cannot erase a failed attempt, and
+  lift the throttling with it; the counters' locks are taken and released
+  there, never on the session's connection.  Events and the audit records
+  of successes stay in the host's transaction (an outbox: they commit or
+  roll back with the change they describe).  On SQLite there is no side
+  connection: one writer at a time, and the session's transaction may hold
+  the write lock, so a second connection could only wait for it; there
+  the failures wait for the host's commit as everything else does.
+
 The tables (prefixed ``account_merge_`` unless the host chooses another
 prefix) are described by :func:`make_metadata`, for the host's Alembic
 migrations; :meth:`SQLAlchemyStorage.create_schema` creates them for apps
@@ -113,6 +129,10 @@ _UNDEFINED_TABLE = "42P01"
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 #: Execution option marking a connection whose transaction must begin IMMEDIATE.
 _BEGIN_IMMEDIATE = "account_merge_begin_immediate"
+#: The audit outcome that rides on the host's transaction in session mode.
+_SUCCESS = "success"
+#: Seconds a side connection waits for a counter's lock when no lock_timeout is given.
+_SIDE_LOCK_TIMEOUT = 5.0
 
 # -- column types ---------------------------------------------------------------
 
@@ -547,7 +567,9 @@ class SQLAlchemyStorage:
     how long a writing unit of work waits for a lock on PostgreSQL
     (``SET LOCAL lock_timeout``) before it fails with ``concurrent_update``;
     otherwise the server's setting applies.  In session mode it lasts
-    until the host's transaction ends.
+    until the host's transaction ends; on the side connection that records
+    failures (session mode on PostgreSQL) it lasts one unit of work, and
+    is 5 seconds when not given.
 
     Giving a SQLite engine applies SQLAlchemy's documented pysqlite recipe
     to it (listeners that emit ``BEGIN`` themselves), which the host's
@@ -701,6 +723,12 @@ class SQLAlchemyStorage:
 class _SQLAlchemyUnitOfWork:
     """One transaction (engine mode) or one savepoint (session mode) at a time.
 
+    In session mode on PostgreSQL, the failed-attempt counters and the audit
+    records of failures go through a side connection, in a transaction of
+    its own that ends with the unit of work (see the module docstring); what
+    the side connection wrote is not visible to the session's reads before
+    ``commit()``.
+
     After ``commit()`` or ``rollback()`` the unit of work stays usable: the
     next statement begins a new transaction (or savepoint).  After a
     driver error the transaction is rolled back and every further call
@@ -713,9 +741,13 @@ class _SQLAlchemyUnitOfWork:
         self._t = storage._tables
         self._write = write
         self._open = False
+        self._engine: Engine | None = None
         self._conn: Connection | None = None
         self._session: Session | None = None
         self._tx: Transaction | SessionTransaction | None = None
+        self._side: Connection | None = None
+        self._side_tx: Transaction | None = None
+        self._uses_side = False
         self._failed: AccountMergeError | None = None
         self._url: URL | None = None
         self._dialect = ""
@@ -726,10 +758,13 @@ class _SQLAlchemyUnitOfWork:
             raise RuntimeError("this unit of work is already open")
         storage = self._s
         engine = storage._bind_engine()
+        self._engine = engine
         self._url = engine.url
         self._dialect = engine.dialect.name
+        self._uses_side = storage._engine is None and self._dialect == "postgresql"
         self._failed = None
         self._tx = None
+        self._side_tx = None
         with self._translating():
             if storage._engine is not None:
                 conn = engine.connect()
@@ -759,23 +794,36 @@ class _SQLAlchemyUnitOfWork:
         finally:
             self._open = False
             conn, self._conn = self._conn, None
+            side, self._side = self._side, None
             if conn is not None and self._session is None:
                 conn.close()  # back to the pool; a session's connection is the host's
+            if side is not None:
+                side.close()
             self._session = None
 
     def commit(self) -> None:
         self._check_usable()
-        tx, self._tx = self._tx, None
-        if tx is not None:
-            with self._translating():
-                tx.commit()
+        with self._translating():
+            # The side transaction first: if it cannot commit, the savepoint
+            # is rolled back too, and nothing reaches the host's transaction.
+            if self._side_tx is not None:
+                self._side_tx.commit()
+                self._side_tx = None
+            if self._tx is not None:
+                self._tx.commit()
+                self._tx = None
 
     def rollback(self) -> None:
+        side_tx, self._side_tx = self._side_tx, None
         tx, self._tx = self._tx, None
         self._failed = None
-        if tx is not None and tx.is_active:
-            with self._translating():
-                tx.rollback()
+        with self._translating():
+            try:
+                if side_tx is not None and side_tx.is_active:
+                    side_tx.rollback()
+            finally:
+                if tx is not None and tx.is_active:
+                    tx.rollback()
 
     def _check_usable(self) -> None:
         if not self._open:
@@ -799,11 +847,37 @@ class _SQLAlchemyUnitOfWork:
                     self._tx = self._conn.begin()
                 assert self._conn is not None
                 if self._write and self._dialect == "postgresql" and self._s._lock_timeout:
-                    millis = max(1, round(self._s._lock_timeout * 1000))
-                    self._conn.execute(
-                        select(func.set_config("lock_timeout", f"{millis}ms", True)))
+                    self._set_lock_timeout(self._conn, self._s._lock_timeout)
         assert self._conn is not None
         return self._conn
+
+    def _side_c(self) -> Connection:
+        """The side connection (session mode on PostgreSQL), in a transaction begun if needed.
+
+        Elsewhere, the unit of work's own connection.
+        """
+        if not self._uses_side:
+            return self._c()
+        self._check_usable()
+        if self._side_tx is None:
+            with self._translating():
+                if self._side is None:
+                    assert self._engine is not None
+                    self._side = self._engine.connect()
+                self._side_tx = self._side.begin()
+                if self._write:
+                    # Bounded even without a lock_timeout: the side connection
+                    # and the session's are two backends to the server, which
+                    # cannot see a deadlock running through this thread.
+                    self._set_lock_timeout(self._side,
+                                           self._s._lock_timeout or _SIDE_LOCK_TIMEOUT)
+        assert self._side is not None
+        return self._side
+
+    @staticmethod
+    def _set_lock_timeout(conn: Connection, seconds: float) -> None:
+        millis = max(1, round(seconds * 1000))
+        conn.execute(select(func.set_config("lock_timeout", f"{millis}ms", True)))
 
     @contextmanager
     def _translating(self) -> Iterator[None]:
@@ -822,13 +896,15 @@ class _SQLAlchemyUnitOfWork:
     def _fail(self, error: AccountMergeError) -> None:
         """Roll back now (releasing locks early) and refuse further work."""
         self._failed = error
-        tx, self._tx = self._tx, None
-        if tx is not None and tx.is_active:
-            with suppress(sa_exc.SQLAlchemyError):  # the connection may be gone
-                tx.rollback()
+        for tx in (self._side_tx, self._tx):
+            if tx is not None and tx.is_active:
+                with suppress(sa_exc.SQLAlchemyError):  # the connection may be gone
+                    tx.rollback()
+        self._tx = self._side_tx = None
 
-    def _run(self, stmt: Any, params: Any = None) -> Any:
-        conn = self._c()
+    def _run(self, stmt: Any, params: Any = None, *, side: bool = False) -> Any:
+        """Execute on the unit of work's connection, or on the side connection if *side*."""
+        conn = self._side_c() if side else self._c()
         with self._translating():
             return conn.execute(stmt, params) if params is not None else conn.execute(stmt)
 
@@ -838,19 +914,20 @@ class _SQLAlchemyUnitOfWork:
             return postgresql.insert(table)
         return sqlite.insert(table)
 
-    def _upsert(self, table: Table, row: Mapping[str, Any], keys: Sequence[str]) -> None:
+    def _upsert(self, table: Table, row: Mapping[str, Any], keys: Sequence[str], *,
+                side: bool = False) -> None:
         stmt = self._insert(table)
         stmt = stmt.on_conflict_do_update(
             index_elements=list(keys),
             set_={name: stmt.excluded[name] for name in row if name not in keys},
         )
-        self._run(stmt, dict(row))
+        self._run(stmt, dict(row), side=side)
 
-    def _advisory_lock(self, name: str) -> None:
+    def _advisory_lock(self, name: str, *, side: bool = False) -> None:
         """On PostgreSQL, in a writing unit of work: lock *name* until the transaction ends."""
         if self._write and self._dialect == "postgresql":
             self._run(select(func.pg_advisory_xact_lock(
-                func.hashtextextended(self._s._lock_name(name), 0))))
+                func.hashtextextended(self._s._lock_name(name), 0))), side=side)
 
     # bulk loading (SQLAlchemyStorage.bulk_insert) ---------------------------
     def insert_bulk(self, rows: Sequence[BulkAccount]) -> None:
@@ -1047,16 +1124,18 @@ class _SQLAlchemyUnitOfWork:
                                       t.c.child_id == link.child.id))
 
     # throttling ------------------------------------------------------------
+    # On the side connection in session mode on PostgreSQL: a failed attempt
+    # is counted whatever the host does with its transaction.
     def get_throttle(self, key: str) -> ThrottleState | None:
         # In a writing unit of work the counter stays locked until it ends,
         # so that reading it and writing it back is atomic.
-        self._advisory_lock(f"throttle:{key}")
+        self._advisory_lock(f"throttle:{key}", side=True)
         t = self._t.throttles
-        row = self._run(select(t).where(t.c.key == key)).mappings().first()
+        row = self._run(select(t).where(t.c.key == key), side=True).mappings().first()
         return None if row is None else _throttle_from_row(row)
 
     def put_throttle(self, state: ThrottleState) -> None:
-        self._upsert(self._t.throttles, _throttle_to_row(state), ["key"])
+        self._upsert(self._t.throttles, _throttle_to_row(state), ["key"], side=True)
 
     # idempotency -----------------------------------------------------------
     def get_receipt(self, principal_id: str, key: str) -> StoredReceipt | None:
@@ -1106,7 +1185,10 @@ class _SQLAlchemyUnitOfWork:
 
     # audit -----------------------------------------------------------------
     def append_audit(self, record: AuditRecord) -> None:
-        self._run(self._t.audit.insert(), _audit_to_row(record))
+        # A success is part of the change it records: it stays in the host's
+        # transaction.  A failure goes through the side connection, if any.
+        self._run(self._t.audit.insert(), _audit_to_row(record),
+                  side=record.outcome != _SUCCESS)
 
     def audit_records(self, account_id: str | None, limit: int) -> list[AuditRecord]:
         t = self._t.audit

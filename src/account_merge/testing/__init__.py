@@ -13,8 +13,10 @@ True
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +27,7 @@ from account_merge.credentials import Argon2Verifier
 from account_merge.domain.child import Child  # noqa: F401  (used by the doctests)
 from account_merge.domain.establishment import Establishment, uai_check_letter
 from account_merge.domain.events import Event, OutboxEntry
+from account_merge.exceptions import AccountMergeError
 from account_merge.ports import CredentialVerifier, Storage
 from account_merge.service import MergeService
 from account_merge.storage.memory import InMemoryStorage
@@ -40,6 +43,7 @@ __all__ = [
     "fast_verifier",
     "make_establishment",
     "make_service",
+    "race",
 ]
 
 
@@ -211,3 +215,41 @@ def make_service(
         **options,
     )
 
+
+
+def race(
+    workers: int,
+    call: Callable[[int], Any],
+    *,
+    catch: type[BaseException] | tuple[type[BaseException], ...] = AccountMergeError,
+    after: Callable[[], None] | None = None,
+) -> list[Any]:
+    """Run ``call(i)`` for i in ``range(workers)`` in threads released together.
+
+    Returns each call's result, or the exception it raised if that is one
+    of *catch* (others propagate).  *after* runs in each thread once its
+    call is done (to close a per-thread connection, say).  Threads switch
+    very often while the race runs, so that interleavings happen.
+
+    >>> race(3, lambda i: i * i)
+    [0, 1, 4]
+    """
+    barrier = threading.Barrier(workers)
+
+    def run(i: int) -> Any:
+        barrier.wait()
+        try:
+            return call(i)
+        except catch as error:
+            return error
+        finally:
+            if after is not None:
+                after()
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(run, range(workers)))
+    finally:
+        sys.setswitchinterval(previous)

@@ -29,11 +29,9 @@ Hypothesis state machine of :mod:`account_merge.testing.state_machine`.
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,7 +63,13 @@ from account_merge.domain.throttle import ThrottlePolicy, ThrottleState
 from account_merge.exceptions import AccountMergeError, InvalidInput, StorageError
 from account_merge.ports import LoginTaken, Storage, StoredReceipt
 from account_merge.service import MergeService
-from account_merge.testing import CountingVerifier, FakeClock, fast_verifier, make_establishment
+from account_merge.testing import (
+    CountingVerifier,
+    FakeClock,
+    fast_verifier,
+    make_establishment,
+    race,
+)
 from account_merge.testing.state_machine import build_state_machine
 
 __all__ = [
@@ -350,26 +354,6 @@ class RollbackContract(StorageHarness):
         assert service.audit_trail(principal.id)[-1].outcome == "invalid_credentials"
 
 
-def _race(workers: int, call: Callable[[int], Any]) -> list[Any]:
-    """Run call(i) in *workers* threads released together; results or exceptions."""
-    barrier = threading.Barrier(workers)
-
-    def run(i: int) -> Any:
-        barrier.wait()
-        try:
-            return call(i)
-        except AccountMergeError as error:
-            return error
-
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # switch threads often, so that races happen
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(run, range(workers)))
-    finally:
-        sys.setswitchinterval(previous)
-
-
 class IsolationContract(StorageHarness):
     """Concurrent units of work serialise where they share rows."""
 
@@ -412,7 +396,7 @@ class IsolationContract(StorageHarness):
                 return service.merge(principals[i].id, letter.login,
                                      letter.provisional_password)
 
-            results = _race(4, attempt)
+            results = race(4, attempt)
             winners = [r for r in results if isinstance(r, MergeReceipt)]
             assert len(winners) == 1, results
             assert all(isinstance(r, AccountMergeError) for r in results if r not in winners)
@@ -429,7 +413,7 @@ class IsolationContract(StorageHarness):
             a = service.activate(a_letter.login, a_letter.provisional_password, STRONG)
             b = service.activate(b_letter.login, b_letter.provisional_password, STRONG)
             pairs = [(a.id, b.login), (b.id, a.login)]
-            _race(2, lambda i: service.merge(pairs[i][0], pairs[i][1], STRONG))  # noqa: B023
+            race(2, lambda i: service.merge(pairs[i][0], pairs[i][1], STRONG))  # noqa: B023
             statuses = {service.get_account(x.id).status for x in (a, b)}
             assert AccountStatus.ACTIVE in statuses
             live = a if service.get_account(a.id).is_live else b
@@ -486,7 +470,7 @@ class ThrottleCounterContract(StorageHarness):
                     uow.put_throttle(policy.record_failure(state, "login:shared", T0))
                     uow.commit()
 
-        _race(workers, bump)
+        race(workers, bump)
         with storage.unit_of_work(write=False) as uow:
             state = uow.get_throttle("login:shared")
         assert state is not None and state.consecutive == workers * each
@@ -498,7 +482,7 @@ class ThrottleCounterContract(StorageHarness):
         letter = service.issue_account(SCHOOL, "Claire Robert", [_child(1)])
         principals = [self.family(service, f"Parent {i}", (10 + i,))[0] for i in range(10)]
         verifier.reset()
-        results = _race(10, lambda i: service.merge(principals[i].id, letter.login, "WRONG123"))
+        results = race(10, lambda i: service.merge(principals[i].id, letter.login, "WRONG123"))
         codes = sorted(r.code for r in results)
         policy = service.throttle
         # Only the attempts before the back-off starts run a verification.

@@ -173,12 +173,40 @@ def build_state_machine(
         @rule(target=principals, school=st.sampled_from(_ESTABLISHMENTS),
               picks=st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True))
         def issue_and_activate_a_principal(self, school: Establishment, picks: list[int]) -> str:
+            return self.new_principal(school, picks)
+
+        def new_principal(self, school: Establishment, picks: list[int]) -> str:
             account = self.issue_letter(school, picks, "Claire Robert")
             target = self.model[account]
             new = self.new_password()
             self.service.activate(target.login, target.provisional, new)
             target.status, target.password = AccountStatus.ACTIVE, new
             return account
+
+        @rule(target=principals,
+              college_picks=st.lists(st.integers(0, 2), min_size=2, max_size=3, unique=True),
+              lycee_picks=st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True))
+        def gather_a_family_across_establishments(self, college_picks: list[int],
+                                                  lycee_picks: list[int]) -> str:
+            """A principal holding, through merges, children of both establishments.
+
+            The case where a split must take only its own establishment's
+            children (I3), which random steps alone reach seldom.
+            """
+            college, lycee = _ESTABLISHMENTS
+            principal = self.new_principal(college, college_picks[:1])
+            for school, picks in ((college, college_picks[1:]), (lycee, lycee_picks)):
+                absorbed = self.issue_letter(school, picks, "Claire Robert")
+                self.merge(principal, absorbed, "right")
+            return principal
+
+        @rule(principal=principals, school=st.sampled_from(_ESTABLISHMENTS),
+              picks=st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True))
+        def issue_a_letter_and_merge_it(self, principal: str, school: Establishment,
+                                        picks: list[int]) -> None:
+            """The common path: a parent merges a new letter as soon as it arrives."""
+            account = self.issue_letter(school, picks, "Claire Robert")
+            self.merge(principal, account, "right")
 
         @rule(target=accounts, index=st.integers(0, 5))
         def issue_pupil(self, index: int) -> str:
@@ -287,6 +315,7 @@ def build_state_machine(
                 del live.children[child_id]
             letter = receipt.letter
             assert self.service.get_account(letter.account_id).status is AccountStatus.PROVISIONAL
+            # The new account holds them in the order the split moved them.
             assert list(letter.children) == list(receipt.moved)
             return self.add_issued(letter, Role.RESPONSABLE, list(letter.children))
 

@@ -21,6 +21,8 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
+from django.utils.translation import get_language, gettext
+from django.utils.translation import gettext_lazy as _
 
 from account_merge.contrib.django import models as m
 from account_merge.contrib.django.permissions import SPLIT_PERMISSION, is_allowed_to_split
@@ -53,7 +55,7 @@ class ChildLinkInline(admin.TabularInline):  # type: ignore[type-arg]
     extra = 0
     can_delete = False
     ordering = ["id"]
-    verbose_name = "enfant rattaché"
+    verbose_name = _("enfant rattaché")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -79,7 +81,7 @@ class AccountAdmin(ReadOnlyAdmin):
         return bool(request.user.has_perm(SPLIT_PERMISSION))
 
     @admin.action(permissions=["split"],
-                  description="Casser le regroupement (pour mes établissements)")
+                  description=_("Casser le regroupement (pour mes établissements)"))
     def split_merge(self, request: HttpRequest,
                     queryset: QuerySet[m.Account]) -> HttpResponse | None:
         """Split each selected account for every establishment the user may split for.
@@ -94,9 +96,9 @@ class AccountAdmin(ReadOnlyAdmin):
                               .values_list("establishment_uai", flat=True)))
             allowed = [uai for uai in uais if is_allowed_to_split(request.user, uai)]
             if not allowed:
-                self.message_user(
-                    request, f"{account.login} : aucun enfant d'un de vos établissements n'a "
-                             f"rejoint ce compte par un regroupement.", messages.WARNING)
+                self.message_user(request, gettext(
+                    "%(login)s : aucun enfant d'un de vos établissements n'a rejoint ce compte "
+                    "par un regroupement.") % {"login": account.login}, messages.WARNING)
                 continue
             for uai in allowed:
                 establishment = m.Establishment.objects.filter(uai=uai).first()
@@ -104,13 +106,14 @@ class AccountAdmin(ReadOnlyAdmin):
                 try:
                     done.append(service.split(Establishment(uai, name), live.id))
                 except AccountMergeError as error:
-                    self.message_user(request, f"{account.login} ({uai}) : "
-                                               f"{error_message(error)}", messages.ERROR)
+                    self.message_user(request, gettext("%(login)s (%(uai)s) : %(message)s") % {
+                        "login": account.login, "uai": uai,
+                        "message": error_message(error, get_language())}, messages.ERROR)
         if not done:
             return None
         response = TemplateResponse(request, "account_merge/admin/split_letters.html", {
             **self.admin_site.each_context(request),
-            "title": "Nouveaux courriers de notification",
+            "title": gettext("Nouveaux courriers de notification"),
             "opts": self.model._meta,
             "letters": [{"receipt": receipt, "text": receipt.letter.render()}
                         for receipt in done],
@@ -134,25 +137,25 @@ class LetterAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[m.Letter]:
         return super().get_queryset(request).select_related("credential")
 
-    @admin.display(description="valable jusqu'au")
+    @admin.display(description=_("valable jusqu'au"))
     def expires_at(self, letter: m.Letter) -> Any:
         credential = getattr(letter, "credential", None)
         if credential is None or credential.kind != "provisional":
             return None
         return credential.expires_at
 
-    @admin.display(description="courrier")
+    @admin.display(description=_("courrier"))
     def letter_state(self, letter: m.Letter) -> str:
         if letter.status == "merged":
-            return "utilisé (compte regroupé)"
+            return gettext("utilisé (compte regroupé)")
         if letter.status == "active":
-            return "utilisé (compte activé)"
+            return gettext("utilisé (compte activé)")
         expires = self.expires_at(letter)
         if expires is not None and expires <= timezone.now():
-            return "expiré"
-        return "en attente d'activation"
+            return gettext("expiré")
+        return gettext("en attente d'activation")
 
-    @admin.display(description="enfants")
+    @admin.display(description=_("enfants"))
     def children(self, letter: m.Letter) -> str:
         # The children the letter named, wherever they are attached now.
         links = m.ChildLink.objects.filter(origin_account_id=letter.id).order_by("id")
@@ -163,8 +166,8 @@ class LetterAdmin(ReadOnlyAdmin):
 class EstablishmentStaffInline(admin.TabularInline):  # type: ignore[type-arg]
     model = m.EstablishmentStaff
     extra = 1
-    verbose_name = "personnel autorisé à casser les regroupements"
-    verbose_name_plural = "personnels autorisés à casser les regroupements"
+    verbose_name = _("personnel autorisé à casser les regroupements")
+    verbose_name_plural = _("personnels autorisés à casser les regroupements")
 
 
 @admin.register(m.Establishment)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class AccountMergeConfig(AppConfig):
@@ -10,7 +11,7 @@ class AccountMergeConfig(AppConfig):
 
     name = "account_merge.contrib.django"
     label = "account_merge"
-    verbose_name = "Regroupement de comptes"
+    verbose_name = _("Regroupement de comptes")
     # Fixed here, so that the migrations do not depend on the project's
     # DEFAULT_AUTO_FIELD.
     default_auto_field = "django.db.models.BigAutoField"

@@ -51,6 +51,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext
 
 from account_merge.domain.throttle import ThrottlePolicy
 
@@ -201,6 +202,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                        loaded.split_authorization):
             loaded.import_optional(dotted)
     except ImproperlyConfigured as error:
-        return [checks.Error(str(error), hint="See docs/integrations/django.md.",
+        return [checks.Error(str(error), hint=gettext("Voir docs/integrations/django.md."),
                              id="account_merge.E001")]
     return []

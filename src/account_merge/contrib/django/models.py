@@ -13,13 +13,20 @@ False``); the domain gets them back as aware UTC datetimes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from account_merge.domain.account import AccountStatus, CredentialKind, Role
 from account_merge.domain.audit import AuditAction
 from account_merge.domain.validation import MAX_EMAIL_LENGTH, MAX_ID_LENGTH, MAX_NAME_LENGTH
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 __all__ = [
     "Account",
@@ -41,29 +48,30 @@ _UAI_LENGTH = 8
 
 
 def _choices(enum: type[AccountStatus] | type[Role] | type[CredentialKind] | type[AuditAction],
-             labels: dict[str, str]) -> list[tuple[str, str]]:
+             labels: dict[str, StrOrPromise]) -> list[tuple[str, StrOrPromise]]:
     return [(member.value, labels.get(member.value, member.value)) for member in enum]
 
 
-STATUS_CHOICES = _choices(AccountStatus, {"provisional": "provisoire", "active": "actif",
-                                          "merged": "regroupé"})
-ROLE_CHOICES = _choices(Role, {"responsable": "responsable", "eleve": "élève"})
-KIND_CHOICES = _choices(CredentialKind, {"provisional": "mot de passe provisoire",
-                                         "password": "mot de passe"})
+STATUS_CHOICES = _choices(AccountStatus, {"provisional": _("provisoire"), "active": _("actif"),
+                                          "merged": _("regroupé")})
+ROLE_CHOICES = _choices(Role, {"responsable": _("responsable"), "eleve": _("élève")})
+KIND_CHOICES = _choices(CredentialKind, {"provisional": _("mot de passe provisoire"),
+                                         "password": _("mot de passe")})
 ACTION_CHOICES = _choices(AuditAction, {
-    "issue": "émission", "activate": "activation", "authenticate": "connexion",
-    "change_password": "changement de mot de passe", "change_email": "changement d'e-mail",
-    "merge": "regroupement", "split": "séparation"})
+    "issue": _("émission"), "activate": _("activation"), "authenticate": _("connexion"),
+    "change_password": _("changement de mot de passe"),
+    "change_email": _("changement d'e-mail"), "merge": _("regroupement"),
+    "split": _("séparation")})
 
 
 class Establishment(models.Model):
     """An établissement, by its UAI."""
 
-    uai = models.CharField("UAI", max_length=_UAI_LENGTH, primary_key=True)
-    name = models.CharField("nom", max_length=MAX_NAME_LENGTH)
+    uai = models.CharField(_("UAI"), max_length=_UAI_LENGTH, primary_key=True)
+    name = models.CharField(_("nom"), max_length=MAX_NAME_LENGTH)
 
     class Meta:
-        verbose_name = "établissement"
+        verbose_name = _("établissement")
 
     def __str__(self) -> str:
         return f"{self.uai} {self.name}"
@@ -73,14 +81,14 @@ class EstablishmentStaff(models.Model):
     """A staff user allowed to split merges for an establishment (with the permission)."""
 
     establishment = models.ForeignKey(Establishment, on_delete=models.CASCADE,
-                                      related_name="staff", verbose_name="établissement")
+                                      related_name="staff", verbose_name=_("établissement"))
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
                              related_name="account_merge_establishments",
-                             verbose_name="utilisateur")
+                             verbose_name=_("utilisateur"))
 
     class Meta:
-        verbose_name = "personnel de l'établissement"
-        verbose_name_plural = "personnels des établissements"
+        verbose_name = _("personnel de l'établissement")
+        verbose_name_plural = _("personnels des établissements")
         constraints = [
             models.UniqueConstraint(fields=["establishment", "user"],
                                     name="account_merge_staff_unique"),
@@ -94,30 +102,30 @@ class Account(models.Model):
     """A compte: never a password, see :class:`Credential`."""
 
     id = models.CharField(max_length=MAX_ID_LENGTH, primary_key=True)
-    login = models.CharField("identifiant", max_length=_KEY_LENGTH)
+    login = models.CharField(_("identifiant"), max_length=_KEY_LENGTH)
     login_key = models.CharField(max_length=_KEY_LENGTH, unique=True)
-    role = models.CharField("rôle", max_length=16, choices=ROLE_CHOICES)
-    status = models.CharField("état", max_length=16, choices=STATUS_CHOICES)
-    display_name = models.CharField("titulaire", max_length=MAX_NAME_LENGTH)
-    establishment_uai = models.CharField("établissement émetteur", max_length=_UAI_LENGTH,
+    role = models.CharField(_("rôle"), max_length=16, choices=ROLE_CHOICES)
+    status = models.CharField(_("état"), max_length=16, choices=STATUS_CHOICES)
+    display_name = models.CharField(_("titulaire"), max_length=MAX_NAME_LENGTH)
+    establishment_uai = models.CharField(_("établissement émetteur"), max_length=_UAI_LENGTH,
                                          db_index=True)
-    created_at = models.DateTimeField("émis le")
-    email = models.EmailField("e-mail", max_length=MAX_EMAIL_LENGTH, null=True, blank=True)
+    created_at = models.DateTimeField(_("émis le"))
+    email = models.EmailField(_("e-mail"), max_length=MAX_EMAIL_LENGTH, null=True, blank=True)
     merged_into = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True,
                                     related_name="absorbed", db_index=False,
-                                    verbose_name="regroupé dans")
+                                    verbose_name=_("regroupé dans"))
     #: The order in which accounts were absorbed into ``merged_into``.
     merged_seq = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
-        verbose_name = "compte"
+        verbose_name = _("compte")
         indexes = [
             models.Index(fields=["merged_into", "merged_seq"],
                          name="account_merge_acc_merged",
                          condition=Q(merged_into__isnull=False)),
         ]
         permissions = [
-            ("split_account", "Peut casser un regroupement pour ses établissements"),
+            ("split_account", _("Peut casser un regroupement pour ses établissements")),
         ]
 
     def __str__(self) -> str:
@@ -134,8 +142,8 @@ class Letter(Account):
 
     class Meta:
         proxy = True
-        verbose_name = "courrier de notification"
-        verbose_name_plural = "courriers de notification"
+        verbose_name = _("courrier de notification")
+        verbose_name_plural = _("courriers de notification")
         ordering = ["-created_at"]
 
 
@@ -149,22 +157,23 @@ class Credential(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        verbose_name = "preuve d'identité"
+        verbose_name = _("preuve d'identité")
 
     def __str__(self) -> str:
-        return f"{self.get_kind_display()} du compte {self.account_id}"
+        return gettext("%(kind)s du compte %(account)s") % {
+            "kind": self.get_kind_display(), "account": self.account_id}
 
 
 class Child(models.Model):
     """A pupil, as first named by a letter."""
 
     id = models.CharField(max_length=MAX_ID_LENGTH, primary_key=True)
-    first_name = models.CharField("prénom", max_length=MAX_NAME_LENGTH)
-    last_name = models.CharField("nom", max_length=MAX_NAME_LENGTH)
-    establishment_uai = models.CharField("établissement", max_length=_UAI_LENGTH)
+    first_name = models.CharField(_("prénom"), max_length=MAX_NAME_LENGTH)
+    last_name = models.CharField(_("nom"), max_length=MAX_NAME_LENGTH)
+    establishment_uai = models.CharField(_("établissement"), max_length=_UAI_LENGTH)
 
     class Meta:
-        verbose_name = "enfant"
+        verbose_name = _("enfant")
 
     def __str__(self) -> str:
         return f"{self.first_name} {self.last_name}"
@@ -174,21 +183,21 @@ class ChildLink(models.Model):
     """A child attached to an account; ``id`` orders an account's children."""
 
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="links",
-                                verbose_name="compte")
+                                verbose_name=_("compte"))
     child = models.ForeignKey(Child, on_delete=models.PROTECT, related_name="links",
-                              verbose_name="enfant")
-    first_name = models.CharField("prénom", max_length=MAX_NAME_LENGTH)
-    last_name = models.CharField("nom", max_length=MAX_NAME_LENGTH)
-    establishment_uai = models.CharField("établissement", max_length=_UAI_LENGTH)
-    origin_account_id = models.CharField("compte d'origine", max_length=MAX_ID_LENGTH)
-    origin_establishment_uai = models.CharField("établissement d'origine",
+                              verbose_name=_("enfant"))
+    first_name = models.CharField(_("prénom"), max_length=MAX_NAME_LENGTH)
+    last_name = models.CharField(_("nom"), max_length=MAX_NAME_LENGTH)
+    establishment_uai = models.CharField(_("établissement"), max_length=_UAI_LENGTH)
+    origin_account_id = models.CharField(_("compte d'origine"), max_length=MAX_ID_LENGTH)
+    origin_establishment_uai = models.CharField(_("établissement d'origine"),
                                                 max_length=_UAI_LENGTH)
-    via_merge = models.BooleanField("par regroupement")
-    linked_at = models.DateTimeField("rattaché le")
+    via_merge = models.BooleanField(_("par regroupement"))
+    linked_at = models.DateTimeField(_("rattaché le"))
 
     class Meta:
-        verbose_name = "enfant rattaché"
-        verbose_name_plural = "enfants rattachés"
+        verbose_name = _("enfant rattaché")
+        verbose_name_plural = _("enfants rattachés")
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["account", "child"],
@@ -200,7 +209,7 @@ class ChildLink(models.Model):
 
 
 class Throttle(models.Model):
-    """Failed attempts counted under one key (``login:…``, ``principal:…``, ``auth:…``)."""
+    """Failed attempts counted under one key (``login:…`` or ``principal:…``)."""
 
     # Text: the key holds a normalised login as typed, which may be long.
     key = models.TextField(primary_key=True)
@@ -210,7 +219,7 @@ class Throttle(models.Model):
     recent = models.JSONField(default=list)
 
     class Meta:
-        verbose_name = "compteur d'échecs"
+        verbose_name = _("compteur d'échecs")
 
     def __str__(self) -> str:
         return self.key
@@ -225,7 +234,7 @@ class Receipt(models.Model):
     receipt = models.JSONField()
 
     class Meta:
-        verbose_name = "reçu de regroupement"
+        verbose_name = _("reçu de regroupement")
         constraints = [
             models.UniqueConstraint(fields=["principal_id", "key"],
                                     name="account_merge_receipt_unique"),
@@ -244,7 +253,7 @@ class OutboxEvent(models.Model):
     published = models.BooleanField(default=False)
 
     class Meta:
-        verbose_name = "événement"
+        verbose_name = _("événement")
         ordering = ["position"]
         indexes = [
             models.Index(fields=["position"], name="account_merge_outbox_todo",
@@ -258,18 +267,18 @@ class OutboxEvent(models.Model):
 class AuditEntry(models.Model):
     """One audited attempt: who did what, when, and how it ended.  No secrets."""
 
-    at = models.DateTimeField("date")
+    at = models.DateTimeField(_("date"))
     action = models.CharField(max_length=32, choices=ACTION_CHOICES)
-    outcome = models.CharField("résultat", max_length=64)
-    actor = models.CharField("acteur", max_length=_KEY_LENGTH, null=True, blank=True)
-    account_id = models.CharField("compte", max_length=_KEY_LENGTH, null=True, blank=True)
+    outcome = models.CharField(_("résultat"), max_length=64)
+    actor = models.CharField(_("acteur"), max_length=_KEY_LENGTH, null=True, blank=True)
+    account_id = models.CharField(_("compte"), max_length=_KEY_LENGTH, null=True, blank=True)
     # Text: the login as typed, escaped, may be several times its length.
-    login = models.TextField("identifiant saisi", null=True, blank=True)
-    detail = models.TextField("détail", null=True, blank=True)
+    login = models.TextField(_("identifiant saisi"), null=True, blank=True)
+    detail = models.TextField(_("détail"), null=True, blank=True)
 
     class Meta:
-        verbose_name = "entrée du journal d'audit"
-        verbose_name_plural = "journal d'audit"
+        verbose_name = _("entrée du journal d'audit")
+        verbose_name_plural = _("journal d'audit")
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["account_id", "id"], name="account_merge_audit_account",

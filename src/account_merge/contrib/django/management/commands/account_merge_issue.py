@@ -14,16 +14,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.translation import get_language, gettext, gettext_noop
 
 from account_merge.cli import CliError, describe, issue_batch
 from account_merge.contrib.django.service import get_service
 from account_merge.exceptions import AccountMergeError
 from account_merge.hashpool import default_workers
-from account_merge.messages import error_message
+from account_merge.messages import error_message, using_language
 
-#: Where a Django project adds an establishment.
-ADD_ESTABLISHMENT = "ajoutez-le dans l'administration, « Établissements »"
+#: Where a Django project adds an establishment (translated when shown).
+ADD_ESTABLISHMENT = gettext_noop("ajoutez-le dans l'administration, « Établissements »")
 
 
 def positive(text: str) -> int:
@@ -33,33 +34,45 @@ def positive(text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"entier positif attendu, pas {text!r}")
+        raise argparse.ArgumentTypeError(
+            gettext("entier positif attendu, pas %(value)r") % {"value": text})
     return value
 
 
 class Command(BaseCommand):
-    help = ("Crée un compte et un courrier de notification par famille d'un fichier CSV "
-            "d'établissement (colonnes de « account-merge issue-batch »).")
+    help = gettext_noop("Crée un compte et un courrier de notification par famille d'un "
+                        "fichier CSV d'établissement (colonnes de « account-merge issue-batch »).")
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        # Translated here, in the language active when the command runs.
+        self.help = gettext(self.help)
+        return super().create_parser(prog_name, subcommand, **kwargs)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("csv", metavar="CSV", help="le fichier exporté par l'établissement")
-        parser.add_argument("--out", required=True, metavar="DOSSIER",
-                            help="dossier (nouveau ou vide) où écrire les courriers")
+        parser.add_argument("csv", metavar="CSV",
+                            help=gettext("le fichier exporté par l'établissement"))
+        parser.add_argument("--out", required=True, metavar=gettext("DOSSIER"),
+                            help=gettext("dossier (nouveau ou vide) où écrire les courriers"))
         parser.add_argument("--workers", type=positive, default=default_workers(),
-                            metavar="N", help="processus de hachage (défaut : un par cœur)")
-        parser.add_argument("--encoding", default="utf-8-sig", metavar="ENCODAGE",
-                            help="encodage du CSV (défaut : utf-8, avec ou sans BOM)")
+                            metavar="N",
+                            help=gettext("processus de hachage (défaut : un par cœur)"))
+        parser.add_argument("--encoding", default="utf-8-sig", metavar=gettext("ENCODAGE"),
+                            help=gettext("encodage du CSV (défaut : utf-8, avec ou sans BOM)"))
 
     def handle(self, *args: Any, **options: Any) -> None:
         # The batch prints whole lines itself.
         self.stdout.ending = self.stderr.ending = ""
-        try:
-            issue_batch(get_service(), Path(options["csv"]), Path(options["out"]),
-                        encoding=options["encoding"], workers=options["workers"],
-                        out=self.stdout, err=self.stderr, add_establishment=ADD_ESTABLISHMENT)
-        except CliError as error:
-            raise CommandError(describe(error.code, error.fields)) from None
-        except AccountMergeError as error:
-            raise CommandError(f"{error_message(error)} ({error.code})") from None
-        except OSError as error:
-            raise CommandError(f"{error.strerror or error} : {error.filename}") from None
+        # The batch's own texts follow the language Django is in.
+        with using_language(get_language()):
+            try:
+                issue_batch(get_service(), Path(options["csv"]), Path(options["out"]),
+                            encoding=options["encoding"], workers=options["workers"],
+                            out=self.stdout, err=self.stderr,
+                            add_establishment=gettext(ADD_ESTABLISHMENT))
+            except CliError as error:
+                raise CommandError(describe(error.code, error.fields)) from None
+            except AccountMergeError as error:
+                raise CommandError(f"{error_message(error)} ({error.code})") from None
+            except OSError as error:
+                raise CommandError(gettext("%(problem)s : %(file)s") % {
+                    "problem": error.strerror or error, "file": error.filename}) from None

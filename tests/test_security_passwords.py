@@ -1,0 +1,403 @@
+"""Provisional passwords and the parents' own passwords.
+
+Provisional passwords work once and expire; the policy for new passwords
+is the host's to choose (CNIL 2022-100 by default); overlong passwords are
+refused before any hashing; hashes follow the current argon2 parameters;
+weak parameters are warned about; and hashing is bounded per process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import argon2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from account_merge import Argon2Verifier, Child, MergeService, NotificationLetter, Secret
+from account_merge.credentials import WeakHashParametersWarning, set_max_concurrent_hashes
+from account_merge.domain.passwords import (
+    MAX_PASSWORD_LENGTH,
+    PROVISIONAL_ALPHABET,
+    CnilPasswordPolicy,
+    provisional_entropy_bits,
+)
+from account_merge.domain.throttle import ThrottlePolicy
+from account_merge.exceptions import AccountMergeError, InvalidInput, PasswordPolicyError
+from account_merge.ports import Storage
+from account_merge.testing import CountingVerifier, FakeClock, make_establishment
+from security_kit import InstrumentedStorage
+
+SCHOOL = make_establishment(860001, "Collège Jean Moulin")
+STRONG = "Mot-de-passe-Sûr-2026"
+OTHER = "Autre-Mot-de-passe-2027"
+NO_THROTTLE = ThrottlePolicy(backoff_after=10**6, lock_after=10**6,
+                             principal_per_hour=10**6, principal_per_day=10**6)
+
+
+def issue(service: MergeService, n: int) -> NotificationLetter:
+    return service.issue_account(SCHOOL, f"Parent Numéro {n}",
+                                 [Child(f"ine-{n}", "Enfant", "Robert", SCHOOL.uai)])
+
+
+def code(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except AccountMergeError as error:
+        return error.code
+    return "ok"
+
+
+# -- provisional passwords -------------------------------------------------------------
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("activate"), st.integers(0, 5)),
+    st.tuples(st.just("merge"), st.integers(0, 1), st.integers(0, 5)),
+    st.tuples(st.just("authenticate"), st.integers(0, 5)),
+    st.tuples(st.just("change_password"), st.integers(0, 5)),
+    st.tuples(st.just("split"), st.integers(0, 1)),
+    st.tuples(st.just("time"), st.sampled_from([1, 30, 89])),
+), max_size=25)
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(operations=OPERATIONS)
+def test_a_provisional_password_opens_its_account_at_most_once(
+        make_storage: Callable[[], Storage], operations: list[tuple[Any, ...]]) -> None:
+    """Whatever happens, each letter's password succeeds at most once, anywhere."""
+    service = MergeService(make_storage(), CountingVerifier(), FakeClock(), throttle=NO_THROTTLE)
+    letters = [issue(service, n) for n in range(4)]
+    principals = []
+    for n in (10, 11):
+        letter = issue(service, n)
+        principals.append(service.activate(letter.login, letter.provisional_password, STRONG))
+    successes = {letter.account_id: 0 for letter in letters}
+    passwords = iter(f"Nouveau-Mot-de-passe-{n}" for n in range(1000))
+
+    def letter_at(i: int) -> NotificationLetter:
+        return letters[i % len(letters)]
+
+    for operation in operations:
+        kind = operation[0]
+        if kind == "time":
+            service.clock.advance(days=operation[1])  # type: ignore[attr-defined]
+            continue
+        if kind == "split":
+            holder = principals[operation[1]]
+            with_split = code(lambda holder=holder: letters.append(
+                service.split(SCHOOL, holder.id).letter))
+            if with_split == "ok":
+                successes[letters[-1].account_id] = 0
+            continue
+        letter = letter_at(operation[-1])
+        secret = letter.provisional_password
+        calls: dict[str, Callable[[], object]] = {
+            "activate": lambda: service.activate(letter.login, secret, next(passwords)),  # noqa: B023
+            "merge": lambda: service.merge(principals[operation[1]].id, letter.login, secret),  # noqa: B023
+            "authenticate": lambda: service.authenticate(letter.login, secret),  # noqa: B023
+            "change_password": lambda: service.change_password(
+                letter.account_id, secret, next(passwords)),  # noqa: B023
+        }
+        if code(calls[kind]) == "ok":
+            successes[letter.account_id] += 1
+    assert all(count <= 1 for count in successes.values()), successes
+
+
+class TestProvisionalPasswords:
+    def test_a_provisional_password_expires_with_the_injected_clock(
+            self, instrumented: InstrumentedStorage) -> None:
+        clock = FakeClock()
+        service = MergeService(instrumented, CountingVerifier(), clock)
+        principal_letter, early, late, merged = (issue(service, n) for n in range(4))
+        principal = service.activate(principal_letter.login, principal_letter.provisional_password,
+                                     STRONG)
+        clock.set(early.expires_at - timedelta(microseconds=1))
+        assert code(lambda: service.activate(early.login, early.provisional_password,
+                                             OTHER)) == "ok"
+        assert code(lambda: service.merge(principal.id, merged.login,
+                                          merged.provisional_password)) == "ok"
+        clock.set(late.expires_at)
+        assert code(lambda: service.activate(late.login, late.provisional_password,
+                                             OTHER)) == "invalid_credentials"
+        assert code(lambda: service.merge(principal.id, late.login,
+                                          late.provisional_password)) == "invalid_credentials"
+
+    def test_the_validity_is_configurable(self, instrumented: InstrumentedStorage) -> None:
+        clock = FakeClock()
+        service = MergeService(instrumented, CountingVerifier(), clock,
+                               provisional_validity=timedelta(days=7))
+        letter = issue(service, 1)
+        assert letter.expires_at - letter.issued_at == timedelta(days=7)
+        clock.advance(days=7)
+        assert code(lambda: service.activate(letter.login, letter.provisional_password,
+                                             STRONG)) == "invalid_credentials"
+
+    @pytest.mark.parametrize("length,bits", [(6, 30), (8, 40), (12, 60), (16, 80), (64, 320)])
+    def test_the_length_is_configurable_and_each_character_carries_five_bits(
+            self, instrumented: InstrumentedStorage, length: int, bits: int) -> None:
+        service = MergeService(instrumented, CountingVerifier(), FakeClock(),
+                               provisional_length=length)
+        password = issue(service, 1).provisional_password.reveal()
+        assert len(password) == length
+        assert set(password) <= set(PROVISIONAL_ALPHABET)
+        assert len(PROVISIONAL_ALPHABET) == 32
+        assert provisional_entropy_bits(length) == pytest.approx(bits)
+
+    @pytest.mark.parametrize("length", [5, 65, 0, "8", 8.0, True, None])
+    def test_a_length_outside_six_to_sixty_four_is_refused(
+            self, instrumented: InstrumentedStorage, length: Any) -> None:
+        with pytest.raises(InvalidInput):
+            MergeService(instrumented, CountingVerifier(), FakeClock(),
+                         provisional_length=length)
+
+
+# -- the parents' own passwords ------------------------------------------------------------
+class OnlyHorses:
+    """A host's policy: any password that mentions a horse, nothing else."""
+
+    def check(self, password: str, *, login: str) -> None:
+        if "horse" not in password:
+            raise PasswordPolicyError("say horse")
+
+
+class TestPolicy:
+    def test_the_default_follows_cnil_2022_100(self, instrumented: InstrumentedStorage) -> None:
+        service = MergeService(instrumented, CountingVerifier(), FakeClock())
+        assert isinstance(service.password_policy, CnilPasswordPolicy)
+        assert "2022-100" in (CnilPasswordPolicy.__doc__ or "")
+        letter = issue(service, 1)
+        for weak in ("horse", "Abcdefgh123!"[:11], "abcdefghijklmn", "Abcdefghijk12"):
+            assert code(lambda w=weak: service.activate(letter.login, letter.provisional_password,
+                                                        w)) == "password_policy"
+        for strong in ("Abcdefghij1!", "Abcdefghijkl12", "correct horse battery staple"):
+            CnilPasswordPolicy().check(strong, login=letter.login)
+
+    def test_a_host_chooses_its_own_policy(self, instrumented: InstrumentedStorage) -> None:
+        verifier = CountingVerifier()
+        service = MergeService(instrumented, verifier, FakeClock(), password_policy=OnlyHorses())
+        letter = issue(service, 1)
+        verifier.reset()
+        with pytest.raises(PasswordPolicyError) as raised:
+            service.activate(letter.login, letter.provisional_password, STRONG)
+        assert str(raised.value) == "say horse [password_policy]"
+        assert (verifier.verifications, verifier.hashes) == (0, 0)  # checked before any work
+        account = service.activate(letter.login, letter.provisional_password, "horse")
+        assert code(lambda: service.change_password(account.id, "horse", STRONG)) == (
+            "password_policy")
+        assert code(lambda: service.change_password(account.id, "horse", "a horse")) == "ok"
+        assert service.authenticate(letter.login, "a horse").id == account.id
+
+    @pytest.mark.parametrize("policy", [object(), "cnil", 12])
+    def test_a_policy_without_check_is_refused(self, instrumented: InstrumentedStorage,
+                                               policy: Any) -> None:
+        with pytest.raises(InvalidInput):
+            MergeService(instrumented, CountingVerifier(), FakeClock(), password_policy=policy)
+
+
+class TestLength:
+    def test_a_password_over_1024_characters_is_refused_before_any_hashing(
+            self, instrumented: InstrumentedStorage) -> None:
+        verifier = CountingVerifier()
+        service = MergeService(instrumented, verifier, FakeClock(), password_policy=OnlyHorses())
+        principal_letter, letter = issue(service, 1), issue(service, 2)
+        principal = service.activate(principal_letter.login,
+                                     principal_letter.provisional_password, "horse")
+        huge = "horse" * 205  # 1025 characters
+        assert len(huge) == MAX_PASSWORD_LENGTH + 1
+        calls = [
+            lambda: service.activate(letter.login, letter.provisional_password, huge),
+            lambda: service.activate(letter.login, huge, "horse"),
+            lambda: service.authenticate(principal.login, huge),
+            lambda: service.authenticate(principal.login, Secret(huge)),
+            lambda: service.merge(principal.id, letter.login, huge),
+            lambda: service.change_password(principal.id, huge, "horse 2"),
+            lambda: service.change_password(principal.id, "horse", huge),
+        ]
+        for call in calls:
+            verifier.reset()
+            assert code(call) == "invalid_input"
+            assert (verifier.verifications, verifier.hashes) == (0, 0)
+        # 1024 characters are a password like any other.
+        verifier.reset()
+        assert code(lambda: service.authenticate(principal.login, huge[:-1])) == (
+            "invalid_credentials")
+        assert verifier.verifications == 1
+
+
+def cheap(**changes: int) -> argon2.PasswordHasher:
+    parameters = {"time_cost": 1, "memory_cost": 8, "parallelism": 1, "hash_len": 16,
+                  "salt_len": 8, **changes}
+    return argon2.PasswordHasher(**parameters)
+
+
+class TestHashParameters:
+    def test_signing_in_rehashes_a_hash_made_with_other_parameters(
+            self, instrumented: InstrumentedStorage) -> None:
+        clock = FakeClock()
+        old = CountingVerifier(Argon2Verifier(cheap(), warn_if_weak=False))
+        new = CountingVerifier(Argon2Verifier(cheap(time_cost=2), warn_if_weak=False))
+        letter = issue(MergeService(instrumented, old, clock), 1)
+        account = MergeService(instrumented, old, clock).activate(
+            letter.login, letter.provisional_password, STRONG)
+
+        def stored() -> str:
+            with instrumented.inner.unit_of_work(write=False) as uow:
+                credential = uow.get_credential(account.id)
+            assert credential is not None
+            return credential.password_hash
+
+        old.reset()
+        MergeService(instrumented, old, clock).authenticate(account.login, STRONG)
+        assert old.hashes == 0  # same parameters: nothing to do
+        before = stored()
+        MergeService(instrumented, new, clock).authenticate(account.login, STRONG)
+        assert new.hashes == 1
+        assert stored() != before and not new.needs_rehash(stored())
+        assert argon2.extract_parameters(stored()).time_cost == 2
+        new.reset()
+        assert MergeService(instrumented, new, clock).authenticate(account.login, STRONG).id == (
+            account.id)
+        assert new.hashes == 0
+        # A wrong password never rehashes.
+        assert code(lambda: MergeService(instrumented, old, clock).authenticate(
+            account.login, OTHER)) == "invalid_credentials"
+        assert not new.needs_rehash(stored())
+
+    @pytest.mark.parametrize("memory,passes", [
+        (46 * 1024, 1), (19 * 1024, 2), (12 * 1024, 3), (9 * 1024, 4), (7 * 1024, 5)])
+    def test_parameters_below_the_owasp_floor_are_warned_about(self, memory: int,
+                                                                passes: int) -> None:
+        def warned(hasher: argon2.PasswordHasher) -> bool:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                Argon2Verifier(hasher)
+            return any(issubclass(w.category, WeakHashParametersWarning) for w in caught)
+
+        assert not warned(cheap(memory_cost=memory, time_cost=passes))
+        assert not warned(cheap(memory_cost=memory, time_cost=passes, parallelism=2))
+        assert warned(cheap(memory_cost=memory - 1, time_cost=passes))
+        if passes > 1:
+            assert warned(cheap(memory_cost=memory, time_cost=passes - 1))
+        assert warned(argon2.PasswordHasher(memory_cost=memory, time_cost=passes, parallelism=1,
+                                            type=argon2.Type.I))
+
+    def test_the_defaults_are_not_warned_about_and_the_warning_can_be_silenced(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", WeakHashParametersWarning)
+            Argon2Verifier()
+            Argon2Verifier(cheap(), warn_if_weak=False)
+        with pytest.warns(WeakHashParametersWarning, match="below the OWASP floor"):
+            Argon2Verifier(cheap())
+
+
+class Gauge:
+    """How many verifications are inside argon2 at once; they wait at a gate."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.peak = 0
+        self.gate = threading.Event()
+
+    def turnstile(self) -> argon2.PasswordHasher:
+        """A real hasher whose verifications pass through this gauge."""
+        gauge = self
+
+        class Turnstile(argon2.PasswordHasher):
+            def verify(self, hash: str | bytes, password: str | bytes) -> Any:
+                with gauge.lock:
+                    gauge.inside += 1
+                    gauge.peak = max(gauge.peak, gauge.inside)
+                try:
+                    gauge.gate.wait(30)
+                    return super().verify(hash, password)
+                finally:
+                    with gauge.lock:
+                        gauge.inside -= 1
+
+        return Turnstile.from_parameters(argon2.profiles.CHEAPEST)
+
+    def burst(self, verifiers: list[Argon2Verifier], calls: int) -> int:
+        """Start *calls* verifications over *verifiers*; the most ever inside at once."""
+        self.peak = 0
+        threads = [threading.Thread(target=verifiers[i % len(verifiers)].verify,
+                                    args=(None, "x")) for i in range(calls)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)  # let every thread reach what it can reach (not a measure)
+        self.gate.set()
+        for thread in threads:
+            thread.join(30)
+        return self.peak
+
+
+@pytest.fixture
+def process_limit() -> Iterator[Callable[[int], None]]:
+    yield set_max_concurrent_hashes
+    set_max_concurrent_hashes(None)
+
+
+class TestConcurrentHashing:
+    def test_at_most_the_process_limit_run_at_once_across_every_verifier(
+            self, process_limit: Callable[[int], None]) -> None:
+        process_limit(2)
+        gauge = Gauge()
+        verifiers = [Argon2Verifier(gauge.turnstile(), warn_if_weak=False) for _ in range(3)]
+        assert gauge.burst(verifiers, 8) == 2
+
+    def test_a_verifier_can_be_bounded_further(
+            self, process_limit: Callable[[int], None]) -> None:
+        process_limit(4)
+        gauge = Gauge()
+        verifier = Argon2Verifier(gauge.turnstile(), max_concurrent=1, warn_if_weak=False)
+        assert gauge.burst([verifier], 6) == 1
+
+    def test_without_a_tight_bound_the_burst_does_run_at_once(
+            self, process_limit: Callable[[int], None]) -> None:
+        """The two tests above have teeth: the turnstile does see concurrency."""
+        process_limit(8)
+        gauge = Gauge()
+        verifiers = [Argon2Verifier(gauge.turnstile(), warn_if_weak=False) for _ in range(2)]
+        assert gauge.burst(verifiers, 6) == 6
+
+    @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                        reason="needs fork")
+    def test_a_forked_child_does_not_inherit_the_slots_its_parent_holds(
+            self, process_limit: Callable[[int], None]) -> None:
+        """A child forked while a verification runs can still hash (no inherited slot)."""
+        process_limit(1)
+        gauge = Gauge()
+        busy = Argon2Verifier(gauge.turnstile(), warn_if_weak=False)
+        holder = threading.Thread(target=busy.verify, args=(None, "x"))
+        holder.start()
+        try:
+            deadline = time.monotonic() + 30
+            while gauge.inside == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert gauge.inside == 1  # the only slot of the process is taken
+            child = multiprocessing.get_context("fork").Process(target=_hash_once)
+            child.start()
+            child.join(60)
+            assert child.exitcode == 0
+        finally:
+            gauge.gate.set()
+            holder.join(30)
+
+    @pytest.mark.parametrize("limit", [0, -1, "2", 2.0, True])
+    def test_a_limit_must_be_a_positive_int(self, limit: Any) -> None:
+        with pytest.raises(InvalidInput):
+            set_max_concurrent_hashes(limit)
+        with pytest.raises(InvalidInput):
+            Argon2Verifier(cheap(), max_concurrent=limit, warn_if_weak=False)
+
+
+def _hash_once() -> None:
+    """In a forked child: one hash, which needs a slot of the child's own."""
+    Argon2Verifier(cheap(), warn_if_weak=False).hash("x")
