@@ -80,12 +80,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
     false,
     func,
-    literal,
     or_,
     select,
     update,
@@ -593,6 +593,9 @@ class SQLAlchemyStorage:
         self._session = session
         self._owns_engine = False
         self._tables = _Tables.build(prefix, schema)
+        # Statements built once per store and dialect, with bound parameters:
+        # SQLAlchemy then finds each compiled form in its cache at once.
+        self._statements: dict[tuple[str, str], Any] = {}
         self._prefix = prefix
         self._schema = schema
         self._lock_timeout = lock_timeout
@@ -908,6 +911,15 @@ class _SQLAlchemyUnitOfWork:
         with self._translating():
             return conn.execute(stmt, params) if params is not None else conn.execute(stmt)
 
+    def _stmt(self, name: str, build: Callable[[], Any]) -> Any:
+        """The statement called *name*, built by *build* the first time for this dialect."""
+        cache = self._s._statements
+        key = (name, self._dialect)
+        stmt = cache.get(key)
+        if stmt is None:
+            stmt = cache[key] = build()
+        return stmt
+
     def _insert(self, table: Table) -> Any:
         """An INSERT with ON CONFLICT clauses, for PostgreSQL or SQLite."""
         if self._dialect == "postgresql":
@@ -916,18 +928,22 @@ class _SQLAlchemyUnitOfWork:
 
     def _upsert(self, table: Table, row: Mapping[str, Any], keys: Sequence[str], *,
                 side: bool = False) -> None:
-        stmt = self._insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={name: stmt.excluded[name] for name in row if name not in keys},
-        )
+        def build() -> Any:
+            stmt = self._insert(table)
+            return stmt.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={name: stmt.excluded[name] for name in row if name not in keys},
+            )
+
+        stmt = self._stmt(f"upsert {table.name} {sorted(row)}", build)
         self._run(stmt, dict(row), side=side)
 
     def _advisory_lock(self, name: str, *, side: bool = False) -> None:
         """On PostgreSQL, in a writing unit of work: lock *name* until the transaction ends."""
         if self._write and self._dialect == "postgresql":
-            self._run(select(func.pg_advisory_xact_lock(
-                func.hashtextextended(self._s._lock_name(name), 0))), side=side)
+            stmt = self._stmt("advisory lock", lambda: select(func.pg_advisory_xact_lock(
+                func.hashtextextended(bindparam("lock_name", type_=Text), 0))))
+            self._run(stmt, {"lock_name": self._s._lock_name(name)}, side=side)
 
     # bulk loading (SQLAlchemyStorage.bulk_insert) ---------------------------
     def insert_bulk(self, rows: Sequence[BulkAccount]) -> None:
@@ -1019,7 +1035,9 @@ class _SQLAlchemyUnitOfWork:
     # establishments --------------------------------------------------------
     def get_establishment(self, uai: str) -> Establishment | None:
         t = self._t.establishments
-        row = self._run(select(t).where(t.c.uai == uai)).mappings().first()
+        stmt = self._stmt("get establishment",
+                          lambda: select(t).where(t.c.uai == bindparam("b_uai")))
+        row = self._run(stmt, {"b_uai": uai}).mappings().first()
         return None if row is None else Establishment(uai=row["uai"], name=row["name"])
 
     def put_establishment(self, establishment: Establishment) -> None:
@@ -1029,12 +1047,15 @@ class _SQLAlchemyUnitOfWork:
     # accounts --------------------------------------------------------------
     def get_account(self, account_id: str) -> Account | None:
         t = self._t.accounts
-        row = self._run(select(t).where(t.c.id == account_id)).mappings().first()
+        stmt = self._stmt("get account", lambda: select(t).where(t.c.id == bindparam("b_id")))
+        row = self._run(stmt, {"b_id": account_id}).mappings().first()
         return None if row is None else _account_from_row(row)
 
     def get_account_id_by_login(self, login_key: str) -> str | None:
         t = self._t.accounts
-        found = self._run(select(t.c.id).where(t.c.login_key == login_key)).scalar()
+        stmt = self._stmt("account id by login", lambda: select(t.c.id).where(
+            t.c.login_key == bindparam("b_login_key")))
+        found = self._run(stmt, {"b_login_key": login_key}).scalar()
         return cast("str | None", found)
 
     def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
@@ -1043,10 +1064,16 @@ class _SQLAlchemyUnitOfWork:
             self._check_usable()
             return {}
         t = self._t.accounts
-        stmt = select(t).where(t.c.id.in_(ids)).order_by(t.c.id)
-        if self._write:  # rendered as nothing on SQLite, where BEGIN IMMEDIATE did it
-            stmt = stmt.with_for_update()
-        rows = self._run(stmt).mappings().all()
+
+        def build() -> Any:
+            stmt = select(t).where(t.c.id.in_(bindparam("b_ids", expanding=True)))
+            stmt = stmt.order_by(t.c.id)
+            if self._write:  # rendered as nothing on SQLite, where BEGIN IMMEDIATE did it
+                stmt = stmt.with_for_update()
+            return stmt
+
+        stmt = self._stmt(f"lock accounts {self._write}", build)
+        rows = self._run(stmt, {"b_ids": ids}).mappings().all()
         found = {row["id"]: _account_from_row(row) for row in rows}
         return {i: found[i] for i in ids if i in found}
 
@@ -1055,7 +1082,8 @@ class _SQLAlchemyUnitOfWork:
         row = {**_account_to_row(account), "login_key": login_key}
         # ON CONFLICT DO NOTHING: a taken login (or id) leaves the transaction
         # usable; RETURNING tells whether the row went in.
-        stmt = self._insert(t).on_conflict_do_nothing().returning(t.c.id)
+        stmt = self._stmt("add account",
+                          lambda: self._insert(t).on_conflict_do_nothing().returning(t.c.id))
         if self._run(stmt, row).first() is None:
             raise LoginTaken(login_key)
 
@@ -1063,23 +1091,29 @@ class _SQLAlchemyUnitOfWork:
         t = self._t.accounts
         row = _account_to_row(account)
         del row["id"]
-        result = self._run(update(t).where(t.c.id == account.id).values(**row))
+        stmt = self._stmt("update account", lambda: update(t).where(
+            t.c.id == bindparam("b_id")).values({name: bindparam(name) for name in row}))
+        result = self._run(stmt, {**row, "b_id": account.id})
         if result.rowcount == 0:
             raise KeyError(account.id)
 
     def accounts_merged_into(self, account_id: str) -> list[Account]:
         t = self._t.accounts
-        rows = self._run(
+        stmt = self._stmt("accounts merged into", lambda: (
             select(t)
-            .where(t.c.merged_into == account_id, t.c.status == AccountStatus.MERGED.value)
+            .where(t.c.merged_into == bindparam("b_id"),
+                   t.c.status == AccountStatus.MERGED.value)
             .order_by(t.c.id)
-        ).mappings().all()
+        ))
+        rows = self._run(stmt, {"b_id": account_id}).mappings().all()
         return [_account_from_row(row) for row in rows]
 
     # credentials -----------------------------------------------------------
     def get_credential(self, account_id: str) -> Credential | None:
         t = self._t.credentials
-        row = self._run(select(t).where(t.c.account_id == account_id)).mappings().first()
+        stmt = self._stmt("get credential",
+                          lambda: select(t).where(t.c.account_id == bindparam("b_id")))
+        row = self._run(stmt, {"b_id": account_id}).mappings().first()
         return None if row is None else _credential_from_row(row)
 
     def put_credential(self, credential: Credential) -> None:
@@ -1087,12 +1121,14 @@ class _SQLAlchemyUnitOfWork:
 
     def delete_credential(self, account_id: str) -> None:
         t = self._t.credentials
-        self._run(delete(t).where(t.c.account_id == account_id))
+        stmt = self._stmt("delete credential",
+                          lambda: delete(t).where(t.c.account_id == bindparam("b_id")))
+        self._run(stmt, {"b_id": account_id})
 
     # children --------------------------------------------------------------
     def links(self, account_id: str) -> list[ChildLink]:
         links, children = self._t.links, self._t.children
-        rows = self._run(
+        stmt = self._stmt("links", lambda: (
             select(
                 links.c.account_id, links.c.child_id, links.c.origin_account_id,
                 links.c.origin_establishment_uai, links.c.via_merge, links.c.linked_at,
@@ -1100,16 +1136,18 @@ class _SQLAlchemyUnitOfWork:
                 children.c.establishment_uai.label("child_establishment_uai"),
             )
             .join(children, children.c.id == links.c.child_id)
-            .where(links.c.account_id == account_id)
+            .where(links.c.account_id == bindparam("b_id"))
             .order_by(links.c.seq)
-        ).mappings().all()
+        ))
+        rows = self._run(stmt, {"b_id": account_id}).mappings().all()
         return [_link_from_row(row) for row in rows]
 
     def add_links(self, links: Sequence[ChildLink]) -> None:
         if not links:
             self._check_usable()
             return
-        children = self._insert(self._t.children).on_conflict_do_nothing()
+        children = self._stmt("add children",
+                              lambda: self._insert(self._t.children).on_conflict_do_nothing())
         self._run(children, [_child_to_row(link.child) for link in links])
         for link in links:
             self._upsert(self._t.links, _link_to_row(link), ["account_id", "child_id"])
@@ -1119,9 +1157,10 @@ class _SQLAlchemyUnitOfWork:
             self._check_usable()
             return
         t = self._t.links
+        stmt = self._stmt("remove link", lambda: delete(t).where(
+            t.c.account_id == bindparam("b_account_id"), t.c.child_id == bindparam("b_child_id")))
         for link in links:
-            self._run(delete(t).where(t.c.account_id == link.account_id,
-                                      t.c.child_id == link.child.id))
+            self._run(stmt, {"b_account_id": link.account_id, "b_child_id": link.child.id})
 
     # throttling ------------------------------------------------------------
     # On the side connection in session mode on PostgreSQL: a failed attempt
@@ -1131,7 +1170,8 @@ class _SQLAlchemyUnitOfWork:
         # so that reading it and writing it back is atomic.
         self._advisory_lock(f"throttle:{key}", side=True)
         t = self._t.throttles
-        row = self._run(select(t).where(t.c.key == key), side=True).mappings().first()
+        stmt = self._stmt("get throttle", lambda: select(t).where(t.c.key == bindparam("b_key")))
+        row = self._run(stmt, {"b_key": key}, side=True).mappings().first()
         return None if row is None else _throttle_from_row(row)
 
     def put_throttle(self, state: ThrottleState) -> None:
@@ -1143,9 +1183,9 @@ class _SQLAlchemyUnitOfWork:
         # the first to end, then finds its receipt.
         self._advisory_lock(f"receipt:{principal_id}:{key}")
         t = self._t.receipts
-        row = self._run(
-            select(t).where(t.c.principal_id == principal_id, t.c.key == key)
-        ).mappings().first()
+        stmt = self._stmt("get receipt", lambda: select(t).where(
+            t.c.principal_id == bindparam("b_principal_id"), t.c.key == bindparam("b_key")))
+        row = self._run(stmt, {"b_principal_id": principal_id, "b_key": key}).mappings().first()
         return None if row is None else _receipt_from_row(row)
 
     def put_receipt(self, stored: StoredReceipt) -> None:
@@ -1156,17 +1196,19 @@ class _SQLAlchemyUnitOfWork:
         # One writer at a time appends (released at commit), so positions
         # are gap-free and become visible in order.
         if self._dialect == "postgresql":
-            self._run(select(func.pg_advisory_xact_lock(
-                func.hashtextextended(self._s._lock_name("outbox"), 0))))
+            stmt = self._stmt("advisory lock", lambda: select(func.pg_advisory_xact_lock(
+                func.hashtextextended(bindparam("lock_name", type_=Text), 0))))
+            self._run(stmt, {"lock_name": self._s._lock_name("outbox")})
         t = self._t.outbox
         # The next position is read by the insert itself: one round trip.
-        self._run(t.insert().from_select(
+        append = self._stmt("append event", lambda: t.insert().from_select(
             ["position", "name", "payload", "published"],
             select(func.coalesce(func.max(t.c.position), 0) + 1,
-                   literal(event.name, t.c.name.type),
-                   literal(event.to_payload(), t.c.payload.type),
+                   bindparam("b_name", type_=t.c.name.type),
+                   bindparam("b_payload", type_=t.c.payload.type),
                    false()),
         ))
+        self._run(append, {"b_name": event.name, "b_payload": event.to_payload()})
 
     def unpublished(self, limit: int) -> list[OutboxEntry]:
         t = self._t.outbox
@@ -1187,8 +1229,8 @@ class _SQLAlchemyUnitOfWork:
     def append_audit(self, record: AuditRecord) -> None:
         # A success is part of the change it records: it stays in the host's
         # transaction.  A failure goes through the side connection, if any.
-        self._run(self._t.audit.insert(), _audit_to_row(record),
-                  side=record.outcome != _SUCCESS)
+        stmt = self._stmt("append audit", self._t.audit.insert)
+        self._run(stmt, _audit_to_row(record), side=record.outcome != _SUCCESS)
 
     def audit_records(self, account_id: str | None, limit: int) -> list[AuditRecord]:
         t = self._t.audit
