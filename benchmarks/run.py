@@ -1,6 +1,6 @@
 """account_merge benchmarks: P1-P4, each figure a ratio measured side by side in one run.
 
-    python benchmarks/run.py            # the full run (about half an hour on 2 cores)
+    python benchmarks/run.py            # the full run (10 to 20 minutes on 2 cores)
     python benchmarks/run.py --quick    # smaller stores and fewer rounds (a few minutes)
     python benchmarks/run.py --smoke    # tiny and cheapest hasher: checks that it runs
 
