@@ -13,14 +13,20 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AccountMerged",
     "AccountMergeError",
     "AccountNotFound",
+    "ActivationRequired",
     "ConcurrentUpdate",
+    "ExpectationFailed",
     "IdentityRuleRefused",
     "InvalidCredentials",
     "InvalidInput",
+    "InvalidToken",
+    "LoginTaken",
     "NotAuthorized",
     "NotResponsable",
+    "NotSupported",
     "NothingToSplit",
     "PasswordPolicyError",
     "PrincipalNotActive",
@@ -140,6 +146,85 @@ class ConcurrentUpdate(AccountMergeError):
 
     code = "concurrent_update"
     default_message = "the accounts were being changed concurrently; try again"
+
+
+class LoginTaken(ConcurrentUpdate):
+    """A store was asked to insert an account whose login (or id) is in use.
+
+    Raised by :meth:`~account_merge.ports.UnitOfWork.apply`; the service
+    rolls back and tries another login, so it reaches a host only as the
+    ``concurrent_update`` it is when every try failed.
+    """
+
+    default_message = "the login is already in use"
+
+
+class ExpectationFailed(ConcurrentUpdate):
+    """A change set's precondition no longer held when it was applied.
+
+    Raised by :meth:`~account_merge.ports.UnitOfWork.apply` when an
+    :class:`~account_merge.ports.Expect` fails (the account changed since it
+    was read) or an account to replace is gone; nothing of the change set
+    may be committed.
+    """
+
+    default_message = "the account changed since it was read"
+
+
+class ActivationRequired(AccountMergeError):
+    """Sign-in with a letter's correct provisional password: activate the account first.
+
+    Raised by ``authenticate`` only once the password is proven, so it
+    tells nothing to someone who does not hold the letter.  ``account_id``
+    names the account to activate.
+    """
+
+    code = "activation_required"
+    default_message = "this account must be activated before signing in"
+
+    def __init__(self, account_id: str, message: str | None = None) -> None:
+        self.account_id = account_id
+        super().__init__(message)
+
+
+class AccountMerged(AccountMergeError):
+    """Sign-in with the correct last password of an account merged into another.
+
+    Raised by ``authenticate`` only once the password is proven.  The
+    parent signs in with the principal account; if they did not merge it,
+    the establishment can split it.  ``account_id`` is the absorbed account.
+    """
+
+    code = "account_merged"
+    default_message = "this account was merged into another account"
+
+    def __init__(self, account_id: str, message: str | None = None) -> None:
+        self.account_id = account_id
+        super().__init__(message)
+
+
+class InvalidToken(AccountMergeError, ValueError):
+    """A recovery or confirmation token is unknown, expired, used or forged.
+
+    One error for every case, so that a token's fate is not revealed.
+    """
+
+    code = "invalid_token"
+    default_message = "the link is invalid or has expired"
+
+
+class NotSupported(AccountMergeError):
+    """The store lacks an optional capability (a storage tier) this call needs.
+
+    ``tier`` names the missing tier, for example ``"tokens"``.
+    """
+
+    code = "not_supported"
+    default_message = "this store does not support this operation"
+
+    def __init__(self, tier: str, message: str | None = None) -> None:
+        self.tier = tier
+        super().__init__(message or f"this store lacks the {tier!r} storage tier")
 
 
 class InvalidInput(AccountMergeError, ValueError):

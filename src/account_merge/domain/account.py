@@ -76,7 +76,8 @@ class Account:
 
     It never holds a password or a hash: the credential is stored apart
     (:class:`Credential`).  Accounts are immutable values; the service
-    stores a changed copy (``attrs.evolve``).
+    stores a changed copy (``attrs.evolve``).  ``last_signed_in_at`` is the
+    time of the last successful sign-in (None before the first).
     """
 
     id: str = attrs.field(validator=lambda _, __, v: check_identifier("account id", v))
@@ -88,6 +89,8 @@ class Account:
     created_at: datetime = attrs.field(validator=lambda _, __, v: check_aware("created_at", v))
     email: str | None = attrs.field(default=None, validator=_email)
     merged_into: str | None = attrs.field(default=None, validator=_merged_into)
+    last_signed_in_at: datetime | None = attrs.field(
+        default=None, validator=lambda _, __, v: v is None or check_aware("last_signed_in_at", v))
 
     @property
     def is_live(self) -> bool:
@@ -99,8 +102,10 @@ class Account:
 class Credential:
     """The stored proof of an account: an argon2 hash, never the password.
 
-    A PROVISIONAL credential expires at ``expires_at`` and is consumed by
-    activation or by a merge; a MERGED account has no credential at all.
+    A PROVISIONAL credential expires at ``expires_at`` and is replaced at
+    activation.  A MERGED account keeps the credential it had when it was
+    absorbed, so that its owner signing in with it can be told where the
+    account went (``account_merged``); it opens nothing any more.
     """
 
     account_id: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import secrets
 import unicodedata
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
@@ -46,9 +47,11 @@ class PasswordPolicy(Protocol):
 
     ``check`` raises :class:`~account_merge.exceptions.PasswordPolicyError`
     with a message that says what is missing; it returns nothing otherwise.
+    *context* holds other words the password must not contain (the names
+    on the account, the e-mail address).
     """
 
-    def check(self, password: str, *, login: str) -> None: ...
+    def check(self, password: str, *, login: str, context: Sequence[str] = ()) -> None: ...
 
 
 def _classes(password: str) -> set[str]:
@@ -84,7 +87,7 @@ class CnilPasswordPolicy:
 
     min_length: int = 12
 
-    def check(self, password: str, *, login: str) -> None:
+    def check(self, password: str, *, login: str, context: Sequence[str] = ()) -> None:
         """Raise ``PasswordPolicyError`` unless *password* may be used."""
         if len(password) > MAX_PASSWORD_LENGTH:
             raise PasswordPolicyError(

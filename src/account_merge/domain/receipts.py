@@ -53,13 +53,31 @@ class MergeReceipt:
 
 @attrs.frozen
 class SplitReceipt:
-    """The outcome of a split: the children moved and the new account's letter."""
+    """The outcome of a split: the children moved and the new accounts' letters.
+
+    A split makes one new account, with its letter, per letter the moved
+    children had first come with (each for the responsable that letter
+    named), so that no new account holds another responsable's child;
+    ``letters`` lists them in the order the children were linked, and
+    ``letter`` is the first.
+    """
 
     principal_id: str
     moved: tuple[Child, ...]
-    letter: NotificationLetter
+    letters: tuple[NotificationLetter, ...] = attrs.field(
+        validator=attrs.validators.min_len(1))
+
+    @property
+    def letter(self) -> NotificationLetter:
+        """The first new account's letter (the only one when one letter's children moved)."""
+        return self.letters[0]
 
     @property
     def new_account_id(self) -> str:
-        """The id of the account created for the responsable concerned."""
+        """The id of the first account created (see :attr:`letter`)."""
         return self.letter.account_id
+
+    @property
+    def new_account_ids(self) -> tuple[str, ...]:
+        """The ids of every account the split created, in the order of :attr:`letters`."""
+        return tuple(letter.account_id for letter in self.letters)

@@ -25,6 +25,7 @@ from account_merge.exceptions import (
 
 __all__ = [
     "MergePlan",
+    "SplitGroup",
     "SplitPlan",
     "check_absorbed",
     "check_principal",
@@ -103,12 +104,29 @@ def plan_merge(
 
 
 @attrs.frozen
+class SplitGroup:
+    """The children one new account receives: those of one origin letter."""
+
+    origin_account_id: str
+    links: tuple[ChildLink, ...]
+
+    @property
+    def children(self) -> tuple[Child, ...]:
+        """The children, in the order they were linked."""
+        return tuple(link.child for link in self.links)
+
+
+@attrs.frozen
 class SplitPlan:
-    """What a split writes (S3), apart from the new account itself."""
+    """What a split writes (S3), apart from the new accounts themselves."""
 
     removed: tuple[ChildLink, ...]
-    moved: tuple[Child, ...]
-    origin_account_id: str
+    groups: tuple[SplitGroup, ...]
+
+    @property
+    def moved(self) -> tuple[Child, ...]:
+        """Every child that leaves the account, in the order they were linked."""
+        return tuple(link.child for link in self.removed)
 
 
 def plan_split(
@@ -116,22 +134,29 @@ def plan_split(
     account: Account,
     links: Sequence[ChildLink],
 ) -> SplitPlan:
-    """S2: the children of *establishment* that joined *account* through a merge.
+    """S2: the children whose merged letter *establishment* issued.
 
-    An establishment with no child on the account has no say over it
-    (``not_authorized``); one whose children there all came with the
-    account's own letter has nothing to split.
+    Authority follows the letter, not the child: a link whose letter the
+    establishment issued (``origin_establishment_uai``) is the
+    establishment's to split, whichever school the child attends now.  An
+    establishment with no such link on the account has no say over it
+    (``not_authorized``); one whose links there all came with the account's
+    own letter has nothing to split.  The children that leave are grouped
+    by the letter that first carried them: one new account per group, so
+    that no responsable is handed another one's child.
     """
     if account.role is not Role.RESPONSABLE or not account.is_live:
         raise NotAuthorized("only a live responsable account can be split")
-    own = [link for link in links if link.child.establishment_uai == establishment.uai]
+    own = [link for link in links if link.origin_establishment_uai == establishment.uai]
     if not own:
         raise NotAuthorized("the establishment has no child on this account")
     removed = tuple(link for link in own if link.via_merge)
     if not removed:
         raise NothingToSplit()
+    groups: dict[str, list[ChildLink]] = {}
+    for link in removed:
+        groups.setdefault(link.origin_account_id, []).append(link)
     return SplitPlan(
         removed=removed,
-        moved=tuple(link.child for link in removed),
-        origin_account_id=removed[0].origin_account_id,
+        groups=tuple(SplitGroup(origin, tuple(group)) for origin, group in groups.items()),
     )

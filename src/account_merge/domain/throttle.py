@@ -1,44 +1,123 @@
 """Throttling of failed attempts, as pure functions over a stored state.
 
-The merge form lets a logged-in parent try someone else's login and
-password, and provisional passwords carry only about 40 bits, so failures
-are counted in storage (shared by every worker) and attempts slowed down:
+Provisional passwords carry about 40 bits and the merge form lets a
+signed-in parent try someone else's login and password, so failures are
+counted in storage (shared by every worker) and attempts slowed down.
+Three kinds of counter, each under its own key, so that no stranger can
+lock a parent out of their own account:
 
-- per target login, whether it exists or not, in one counter for every
-  form that checks its password (merge, activation, sign-in, change of
-  password): after ``backoff_after`` consecutive failures each further
-  attempt waits twice as long as the one before (at most
-  ``backoff_max``); after ``lock_after`` failures, merging with that login
-  is locked for ``lock_for`` (the owner's own sign-in is only slowed,
-  never locked, so nobody can lock a parent out); the owner's successful
-  sign-in starts the count again;
-- per principal: at most ``principal_per_hour`` failures in any hour and
-  ``principal_per_day`` in any day.
+- **sign-in** (``signin:<login key>:<client tag>``): the failures of
+  ``authenticate``, ``activate`` and ``change_password`` at one login *from
+  one client* (an IP address or device the host vouches for; calls without
+  a client share one bucket per login).  After ``backoff_after``
+  consecutive failures each further attempt from that client waits twice
+  as long as the one before, at most ``backoff_max``; never locked.  A
+  success from that client starts its count again, and only its count.
+- **merge** (``merge:<login key>``): the failures of the merge form aimed
+  at one login, from any principal: back-off as above, and after
+  ``lock_after`` failures merging with that login is locked for
+  ``lock_for``.  It never slows the owner's sign-in.
+- **principal** (``principal:<account id>``): the merge-form failures of
+  one principal, at most ``principal_per_hour`` in any hour and
+  ``principal_per_day`` in any day, whatever logins it aims at.
 
-An attempt is counted *before* its password is checked (the service
-reserves it in one transaction), so concurrent attempts cannot run more
-verifications than the limits allow; a success gives the reservation back.
+An attempt is counted *before* its password is checked (the store counts
+it atomically as it reads, see :class:`~account_merge.ports.Fetch`), so
+concurrent attempts cannot run more verifications than the limits allow;
+a success gives the attempt back.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import math
 from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
+from account_merge.domain.validation import has_control_characters
 from account_merge.exceptions import InvalidInput
 
-__all__ = ["ThrottlePolicy", "ThrottleState"]
+__all__ = [
+    "MAX_CLIENT_LENGTH",
+    "ThrottleKind",
+    "ThrottlePolicy",
+    "ThrottleState",
+    "check_client",
+    "client_tag",
+    "merge_key",
+    "principal_key",
+    "signin_key",
+]
+
+#: Longest client identifier accepted (an IPv6 address with a zone fits).
+MAX_CLIENT_LENGTH = 255
+
+
+class ThrottleKind(enum.Enum):
+    """What a counter counts; the first part of its key."""
+
+    SIGN_IN = "signin"
+    MERGE = "merge"
+    PRINCIPAL = "principal"
+
+
+def check_client(client: object) -> str | None:
+    """*client* if it is None or 1 to 255 printable characters; ``invalid_input`` otherwise."""
+    if client is None:
+        return None
+    if not isinstance(client, str):
+        raise InvalidInput("client", f"must be a string or None, not {type(client).__name__}")
+    if not client.strip() or len(client) > MAX_CLIENT_LENGTH or has_control_characters(client):
+        raise InvalidInput("client", f"must be 1 to {MAX_CLIENT_LENGTH} printable characters")
+    return client
+
+
+def client_tag(client: str | None) -> str:
+    """The part of a sign-in key naming the client: ``-`` for none, else a digest.
+
+    Keys never hold the client's text (an IP address is personal data);
+    the digest keeps keys short and the same client in the same bucket.
+    """
+    if client is None:
+        return "-"
+    digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=12)
+    return digest.hexdigest()
+
+
+def signin_key(login_key: str, client: str | None) -> str:
+    """The counter of sign-in failures at *login_key* from *client*."""
+    return f"{ThrottleKind.SIGN_IN.value}:{login_key}:{client_tag(client)}"
+
+
+def merge_key(login_key: str) -> str:
+    """The counter of merge-form failures aimed at *login_key*."""
+    return f"{ThrottleKind.MERGE.value}:{login_key}"
+
+
+def principal_key(account_id: str) -> str:
+    """The counter of merge-form failures of the principal *account_id*."""
+    return f"{ThrottleKind.PRINCIPAL.value}:{account_id}"
+
+
+def _kind(key: str) -> ThrottleKind:
+    prefix = key.partition(":")[0]
+    try:
+        return ThrottleKind(prefix)
+    except ValueError:
+        raise InvalidInput("key", f"unknown throttle counter {prefix!r}") from None
 
 
 @attrs.frozen
 class ThrottleState:
-    """Failures recorded under one key (``login:<login key>`` or ``principal:<account id>``).
+    """Failures recorded under one key.
 
-    ``recent`` keeps the times of the failures still inside the longest
-    window (bounded by the per-day limit), oldest first.
+    ``consecutive`` counts failures since the last success (or reserved
+    attempts not yet given back); ``recent`` keeps the times of the last
+    failures, oldest first (a store keeps at most :attr:`ThrottlePolicy.keep`
+    of them).  A key never written reads as ``ThrottleState(key)``.
     """
 
     key: str
@@ -56,7 +135,7 @@ def _positive(_: Any, attribute: Any, value: Any) -> None:
 
 @attrs.frozen
 class ThrottlePolicy:
-    """The limits; every one can be changed by the host."""
+    """The limits; every one can be changed by the host (see the module docstring)."""
 
     backoff_after: int = attrs.field(default=5, validator=_positive)
     backoff_base: timedelta = attrs.field(default=timedelta(seconds=1), validator=_positive)
@@ -66,25 +145,38 @@ class ThrottlePolicy:
     principal_per_hour: int = attrs.field(default=10, validator=_positive)
     principal_per_day: int = attrs.field(default=30, validator=_positive)
 
-    def login_wait(self, state: ThrottleState | None, now: datetime, *, lock: bool) -> float:
-        """Seconds to wait before the next attempt at a login (0: go ahead)."""
+    @property
+    def keep(self) -> int:
+        """How many recent failure times a counter needs: enough for every window."""
+        return max(self.principal_per_day, self.lock_after) + 1
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after *failures* consecutive failures (0: none yet)."""
+        if failures < self.backoff_after:
+            return 0.0
+        # Capped before any timedelta is built: a large base never overflows.
+        exponent = min(failures - self.backoff_after, 64)
+        seconds = self.backoff_base.total_seconds() * math.ldexp(1.0, exponent)
+        return min(seconds, self.backoff_max.total_seconds())
+
+    def wait(self, state: ThrottleState | None, now: datetime) -> float:
+        """Seconds before the next attempt under this counter may go (0: go ahead)."""
         if state is None or state.last_failure_at is None:
             return 0.0
+        kind = _kind(state.key)
+        if kind is ThrottleKind.PRINCIPAL:
+            return self._window_wait(state, now)
         n = state.consecutive
-        if lock and n >= self.lock_after:
+        if kind is ThrottleKind.MERGE and n >= self.lock_after:
             until = state.last_failure_at + self.lock_for
-        elif n >= self.backoff_after:
-            exponent = min(n - self.backoff_after, 40)
-            delay = min(self.backoff_base * (2**exponent), self.backoff_max)
-            until = state.last_failure_at + delay
         else:
-            return 0.0
+            delay = self.backoff(n)
+            if delay <= 0:
+                return 0.0
+            until = state.last_failure_at + timedelta(seconds=delay)
         return max(0.0, (until - now).total_seconds())
 
-    def principal_wait(self, state: ThrottleState | None, now: datetime) -> float:
-        """Seconds before a principal may fail again (0: go ahead)."""
-        if state is None:
-            return 0.0
+    def _window_wait(self, state: ThrottleState, now: datetime) -> float:
         wait = 0.0
         for window, limit in ((timedelta(hours=1), self.principal_per_hour),
                               (timedelta(days=1), self.principal_per_day)):
@@ -95,16 +187,20 @@ class ThrottlePolicy:
                 wait = max(wait, (oldest_to_leave + window - now).total_seconds())
         return max(0.0, wait)
 
-    def record_failure(self, state: ThrottleState | None, key: str, now: datetime) -> ThrottleState:
-        """The state after one more failure (or reserved attempt) at *now*."""
+    def count(self, state: ThrottleState | None, key: str, at: datetime) -> ThrottleState:
+        """The state after one more failure (or reserved attempt) at *at*.
+
+        This is the reference of what a store does when a
+        :class:`~account_merge.ports.Fetch` counts a key: one more
+        consecutive failure, ``last_failure_at`` = *at*, and *at* appended
+        to ``recent``, of which the last :attr:`keep` are kept.
+        """
         recent = () if state is None else state.recent
-        keep = tuple(t for t in recent if t > now - timedelta(days=1))
-        keep = ((*keep, now))[-max(self.principal_per_day, self.lock_after):]
         return ThrottleState(
             key=key,
             consecutive=(0 if state is None else state.consecutive) + 1,
-            last_failure_at=now,
-            recent=keep,
+            last_failure_at=at,
+            recent=(*recent, at)[-self.keep:],
         )
 
     @staticmethod
@@ -115,6 +211,11 @@ class ThrottlePolicy:
             recent.remove(at)
         return attrs.evolve(state, consecutive=max(0, state.consecutive - 1),
                             recent=tuple(recent))
+
+    @staticmethod
+    def cleared(key: str) -> ThrottleState:
+        """The state of a counter a success starts again."""
+        return ThrottleState(key=key)
 
     @staticmethod
     def retry_after(seconds: float) -> int:

@@ -2,17 +2,19 @@
 
 Units of work are serialised by one lock held from ``__enter__`` to
 ``__exit__``, so concurrent threads see each other's work only once it is
-committed.  Every write records how to undo itself; leaving a unit of work
-without ``commit()`` replays the undo log backwards, so nothing is
-half-written.  It serves tests, demos and single-process tools; its
-contents die with the process.
+committed (which also makes every ``Fetch(lock=True)`` hold).  Every write
+records how to undo itself; leaving a unit of work without ``commit()``
+replays the undo log backwards, so nothing is half-written.  It serves
+tests, demos and single-process tools; its contents die with the process.
+
+It is also the plainest reading of the storage contract
+(:mod:`account_merge.ports.storage`): each rule there is a few lines here.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,11 +22,19 @@ import attrs
 
 from account_merge.domain.account import Account, AccountStatus, Credential
 from account_merge.domain.audit import AuditRecord
-from account_merge.domain.child import Child, ChildLink
+from account_merge.domain.child import ChildLink
 from account_merge.domain.establishment import Establishment
-from account_merge.domain.events import Event, OutboxEntry
+from account_merge.domain.events import OutboxEntry
 from account_merge.domain.throttle import ThrottleState
-from account_merge.ports import LoginTaken, StoredReceipt
+from account_merge.exceptions import ExpectationFailed, LoginTaken
+from account_merge.ports.storage import (
+    AccountRecord,
+    ChangeSet,
+    Fetch,
+    Fetched,
+    StoredReceipt,
+    write_alone,
+)
 
 __all__ = ["InMemoryStorage"]
 
@@ -36,10 +46,9 @@ class _Tables:
         self.establishments: dict[str, Establishment] = {}
         self.accounts: dict[str, Account] = {}
         self.logins: dict[str, str] = {}
-        self.login_of: dict[str, str] = {}
-        self.merged_into: dict[str, dict[str, None]] = {}
+        # merged_into -> absorbed ids, in the order they were absorbed
+        self.absorbed: dict[str, dict[str, None]] = {}
         self.credentials: dict[str, Credential] = {}
-        self.children: dict[str, Child] = {}
         self.links: dict[str, dict[str, ChildLink]] = {}
         self.throttles: dict[str, ThrottleState] = {}
         self.receipts: dict[tuple[str, str], StoredReceipt] = {}
@@ -58,6 +67,10 @@ class InMemoryStorage:
     def unit_of_work(self, *, write: bool = True) -> _InMemoryUnitOfWork:
         """A new unit of work; use it in a ``with`` block."""
         return _InMemoryUnitOfWork(self._tables, self._lock)
+
+    def write(self, changes: ChangeSet) -> None:
+        """Apply *changes* in a unit of work of their own."""
+        write_alone(self, changes)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -106,7 +119,6 @@ class _InMemoryUnitOfWork:
 
     # undoable primitives -----------------------------------------------------
     def _set(self, table: dict[Any, Any], key: Any, value: Any) -> None:
-        self._check_open()
         old = table.get(key, _MISSING)
         table[key] = value
 
@@ -119,117 +131,52 @@ class _InMemoryUnitOfWork:
         self._undo.append(undo)
 
     def _delete(self, table: dict[Any, Any], key: Any) -> None:
-        self._check_open()
-        if key not in table:
-            return
-        old = table.pop(key)
-        self._undo.append(lambda: table.__setitem__(key, old))
+        if key in table:
+            old = table.pop(key)
+            self._undo.append(lambda: table.__setitem__(key, old))
 
     def _append(self, table: list[Any], value: Any) -> None:
-        self._check_open()
         table.append(value)
         self._undo.append(table.pop)
 
-    # establishments --------------------------------------------------------
-    def get_establishment(self, uai: str) -> Establishment | None:
-        return self._t.establishments.get(uai)
+    # reading ---------------------------------------------------------------
+    def _record(self, account_id: str) -> AccountRecord | None:
+        account = self._t.accounts.get(account_id)
+        if account is None:
+            return None
+        return AccountRecord(account, self._t.credentials.get(account_id))
 
-    def put_establishment(self, establishment: Establishment) -> None:
-        self._set(self._t.establishments, establishment.uai, establishment)
-
-    # accounts --------------------------------------------------------------
-    def get_account(self, account_id: str) -> Account | None:
-        return self._t.accounts.get(account_id)
-
-    def get_account_id_by_login(self, login_key: str) -> str | None:
-        return self._t.logins.get(login_key)
-
-    def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
-        found = {}
-        for account_id in sorted(set(account_ids)):
-            account = self._t.accounts.get(account_id)
-            if account is not None:
-                found[account_id] = account
-        return found
-
-    def add_account(self, account: Account, login_key: str) -> None:
-        if login_key in self._t.logins:
-            raise LoginTaken(login_key)
-        if account.id in self._t.accounts:
-            raise LoginTaken(account.id)
-        self._set(self._t.accounts, account.id, account)
-        self._set(self._t.logins, login_key, account.id)
-        self._set(self._t.login_of, account.id, login_key)
-        self._index_merged(None, account)
-
-    def update_account(self, account: Account) -> None:
-        old = self._t.accounts[account.id]
-        self._set(self._t.accounts, account.id, account)
-        self._index_merged(old, account)
-
-    def _index_merged(self, old: Account | None, new: Account) -> None:
-        before = old.merged_into if old is not None else None
-        if before == new.merged_into:
-            return
-        if before is not None:
-            bucket = self._t.merged_into.get(before, {})
-            self._set(self._t.merged_into, before,
-                      {k: None for k in bucket if k != new.id})
-        if new.merged_into is not None:
-            bucket = self._t.merged_into.get(new.merged_into, {})
-            self._set(self._t.merged_into, new.merged_into, {**bucket, new.id: None})
-
-    def accounts_merged_into(self, account_id: str) -> list[Account]:
-        return [
-            a for a in (self._t.accounts[i] for i in self._t.merged_into.get(account_id, {}))
-            if a.status is AccountStatus.MERGED
-        ]
-
-    # credentials -----------------------------------------------------------
-    def get_credential(self, account_id: str) -> Credential | None:
-        return self._t.credentials.get(account_id)
-
-    def put_credential(self, credential: Credential) -> None:
-        self._set(self._t.credentials, credential.account_id, credential)
-
-    def delete_credential(self, account_id: str) -> None:
-        self._delete(self._t.credentials, account_id)
-
-    # children --------------------------------------------------------------
-    def links(self, account_id: str) -> list[ChildLink]:
-        return list(self._t.links.get(account_id, {}).values())
-
-    def add_links(self, links: Sequence[ChildLink]) -> None:
-        for link in links:
-            if link.child.id not in self._t.children:
-                self._set(self._t.children, link.child.id, link.child)
-            bucket = self._t.links.get(link.account_id, {})
-            self._set(self._t.links, link.account_id, {**bucket, link.child.id: link})
-
-    def remove_links(self, links: Sequence[ChildLink]) -> None:
-        for link in links:
-            bucket = self._t.links.get(link.account_id, {})
-            if link.child.id in bucket:
-                self._set(self._t.links, link.account_id,
-                          {k: v for k, v in bucket.items() if k != link.child.id})
-
-    # throttling ------------------------------------------------------------
-    def get_throttle(self, key: str) -> ThrottleState | None:
-        return self._t.throttles.get(key)
-
-    def put_throttle(self, state: ThrottleState) -> None:
-        self._set(self._t.throttles, state.key, state)
-
-    # idempotency -----------------------------------------------------------
-    def get_receipt(self, principal_id: str, key: str) -> StoredReceipt | None:
-        return self._t.receipts.get((principal_id, key))
-
-    def put_receipt(self, stored: StoredReceipt) -> None:
-        self._set(self._t.receipts, (stored.principal_id, stored.key), stored)
-
-    # outbox ----------------------------------------------------------------
-    def append_event(self, event: Event) -> None:
-        self._append(self._t.outbox, OutboxEntry(position=len(self._t.outbox) + 1, event=event))
+    def fetch(self, request: Fetch) -> Fetched:
+        self._check_open()
+        t = self._t
+        by_login = {}
+        for key in request.logins:
+            found = self._record(t.logins.get(key, ""))
+            if found is not None:
+                by_login[key] = found
+        accounts = {i: r for i in request.accounts if (r := self._record(i)) is not None}
+        throttles = {k: t.throttles.get(k, ThrottleState(k)) for k in request.throttles}
+        for key in request.count:
+            before = t.throttles.get(key)
+            throttles[key] = before if before is not None else ThrottleState(key)
+            assert request.at is not None
+            recent = () if before is None else before.recent
+            self._set(t.throttles, key, ThrottleState(
+                key=key, consecutive=throttles[key].consecutive + 1,
+                last_failure_at=request.at,
+                recent=(*recent, request.at)[-request.keep:]))
+        return Fetched(
+            by_login=by_login,
+            accounts=accounts,
+            links={i: tuple(t.links.get(i, {}).values()) for i in request.links},
+            absorbed={i: tuple(t.accounts[a] for a in t.absorbed.get(i, {})
+                               if t.accounts[a].status is AccountStatus.MERGED)
+                      for i in request.absorbed},
+            throttles=throttles,
+            receipts={k: r for k in request.receipts if (r := t.receipts.get(k)) is not None},
+            establishments={u: e for u in request.establishments
+                            if (e := t.establishments.get(u)) is not None},
+        )
 
     def unpublished(self, limit: int) -> list[OutboxEntry]:
         out = []
@@ -240,27 +187,6 @@ class _InMemoryUnitOfWork:
                     break
         return out
 
-    def mark_published(self, positions: Sequence[int]) -> None:
-        self._check_open()
-        outbox = self._t.outbox
-        for position in positions:
-            index = position - 1
-            if 0 <= index < len(outbox) and not outbox[index].published:
-                old = outbox[index]
-                outbox[index] = attrs.evolve(old, published=True)
-                self._undo.append(partial(outbox.__setitem__, index, old))
-        first = self._t.first_unpublished
-        while first < len(outbox) and outbox[first].published:
-            first += 1
-        if first != self._t.first_unpublished:
-            previous = self._t.first_unpublished
-            self._t.first_unpublished = first
-            self._undo.append(lambda: setattr(self._t, "first_unpublished", previous))
-
-    # audit -----------------------------------------------------------------
-    def append_audit(self, record: AuditRecord) -> None:
-        self._append(self._t.audit, record)
-
     def audit_records(self, account_id: str | None, limit: int) -> list[AuditRecord]:
         out: list[AuditRecord] = []
         for record in reversed(self._t.audit):
@@ -270,3 +196,83 @@ class _InMemoryUnitOfWork:
                     break
         out.reverse()
         return out
+
+    # writing ---------------------------------------------------------------
+    def apply(self, changes: ChangeSet) -> None:
+        self._check_open()
+        t = self._t
+        for expected in changes.expect:
+            account = t.accounts.get(expected.account_id)
+            credential = t.credentials.get(expected.account_id)
+            if (account is None or account.status is not expected.status
+                    or (credential.password_hash if credential else None)
+                    != expected.password_hash):
+                raise ExpectationFailed()
+        for establishment in changes.establishments:
+            self._set(t.establishments, establishment.uai, establishment)
+        for new in changes.new_accounts:
+            if new.login_key in t.logins or new.account.id in t.accounts:
+                raise LoginTaken(new.login_key)
+            self._set(t.accounts, new.account.id, new.account)
+            self._set(t.logins, new.login_key, new.account.id)
+            self._index_absorbed(None, new.account)
+        for account in changes.accounts:
+            old = t.accounts.get(account.id)
+            if old is None:
+                raise ExpectationFailed(f"no account {account.id!r} to replace")
+            self._set(t.accounts, account.id, account)
+            self._index_absorbed(old, account)
+        for sign_in in changes.sign_ins:
+            old = t.accounts.get(sign_in.account_id)
+            if old is None:
+                raise ExpectationFailed(f"no account {sign_in.account_id!r}")
+            self._set(t.accounts, old.id, attrs.evolve(old, last_signed_in_at=sign_in.at))
+        for credential in changes.credentials:
+            self._set(t.credentials, credential.account_id, credential)
+        for account_id in changes.drop_credentials:
+            self._delete(t.credentials, account_id)
+        for link in changes.unlink:
+            bucket = t.links.get(link.account_id, {})
+            if link.child.id in bucket:
+                self._set(t.links, link.account_id,
+                          {k: v for k, v in bucket.items() if k != link.child.id})
+        for link in changes.link:
+            bucket = t.links.get(link.account_id, {})
+            self._set(t.links, link.account_id, {**bucket, link.child.id: link})
+        for state in changes.throttles:
+            self._set(t.throttles, state.key, state)
+        for stored in changes.receipts:
+            self._set(t.receipts, (stored.principal_id, stored.key), stored)
+        for event in changes.events:
+            self._append(t.outbox, OutboxEntry(position=len(t.outbox) + 1, event=event))
+        if changes.published:
+            self._mark_published(changes.published)
+        for record in changes.audit:
+            self._append(t.audit, record)
+
+    def _index_absorbed(self, old: Account | None, new: Account) -> None:
+        before = old.merged_into if old is not None else None
+        if before == new.merged_into:
+            return
+        t = self._t
+        if before is not None:
+            bucket = t.absorbed.get(before, {})
+            self._set(t.absorbed, before, {k: None for k in bucket if k != new.id})
+        if new.merged_into is not None:
+            bucket = t.absorbed.get(new.merged_into, {})
+            self._set(t.absorbed, new.merged_into, {**bucket, new.id: None})
+
+    def _mark_published(self, positions: tuple[int, ...]) -> None:
+        outbox = self._t.outbox
+        for position in positions:
+            index = position - 1
+            if 0 <= index < len(outbox) and not outbox[index].published:
+                old = outbox[index]
+                outbox[index] = attrs.evolve(old, published=True)
+                self._undo.append(lambda i=index, o=old: outbox.__setitem__(i, o))
+        first = previous = self._t.first_unpublished
+        while first < len(outbox) and outbox[first].published:
+            first += 1
+        if first != previous:
+            self._t.first_unpublished = first
+            self._undo.append(lambda: setattr(self._t, "first_unpublished", previous))

@@ -15,15 +15,23 @@ hook, :meth:`StorageHarness.make_storage`::
 Optional hooks: ``close_storage(storage)`` (default ``storage.close()``),
 ``make_broken_storage()`` (a store whose backend cannot be used, to check
 that driver errors come out as ``StorageError``; by default that test is
-skipped), and the class attribute ``state_machine_examples``.
+skipped), ``hosted_storage(storage)`` (a store on the same database whose
+units of work run inside a host transaction that is rolled back at the
+end; by default that test is skipped), and the class attribute
+``state_machine_examples``.
 
-What the contract covers: round trip of every aggregate; rollback of
-everything on an error inside a unit of work; isolation between threads
-(reads under lock see committed writes, racing merges have one winner and
-lose no child, mutual merges never deactivate both); outbox order and
-publish marking; failed-attempt counters exact under concurrent
-increments; idempotency keys; translation of driver errors; and the
-Hypothesis state machine of :mod:`account_merge.testing.state_machine`.
+Each numbered rule of :mod:`account_merge.ports.storage` has its tests
+here: round trip of every aggregate and the order of what comes back
+(:class:`RoundTripContract`, :class:`OrderContract`), the change set's
+preconditions and errors (:class:`ChangeSetContract`), counting attempts
+(:class:`CountingContract`), rollback (:class:`RollbackContract`),
+isolation between threads (:class:`IsolationContract`), the outbox
+(:class:`OutboxContract`), idempotency keys (:class:`IdempotencyContract`),
+translation of driver errors (:class:`ErrorTranslationContract`),
+attempts that outlive a host's rollback (:class:`HostRollbackContract`),
+and the Hypothesis state machine of :mod:`account_merge.testing.state_machine`
+(:class:`StateMachineContract`).  Optional tiers have their own mixins,
+which skip on a store without the tier (:class:`BulkLoadContract`).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ContextManager
 
 import attrs
 import pytest
@@ -60,8 +68,23 @@ from account_merge.domain.events import (
 )
 from account_merge.domain.receipts import MergeReceipt
 from account_merge.domain.throttle import ThrottlePolicy, ThrottleState
-from account_merge.exceptions import AccountMergeError, InvalidInput, StorageError
-from account_merge.ports import LoginTaken, Storage, StoredReceipt
+from account_merge.exceptions import (
+    AccountMergeError,
+    ExpectationFailed,
+    InvalidInput,
+    LoginTaken,
+    StorageError,
+)
+from account_merge.ports.storage import (
+    ChangeSet,
+    Expect,
+    Fetch,
+    NewAccount,
+    SignIn,
+    Storage,
+    StoredReceipt,
+)
+from account_merge.ports.tiers import BulkLoad, supports
 from account_merge.service import MergeService
 from account_merge.testing import (
     CountingVerifier,
@@ -73,22 +96,28 @@ from account_merge.testing import (
 from account_merge.testing.state_machine import build_state_machine
 
 __all__ = [
+    "BulkLoadContract",
+    "ChangeSetContract",
+    "CountingContract",
     "ErrorTranslationContract",
+    "HostRollbackContract",
     "IdempotencyContract",
     "IsolationContract",
+    "OrderContract",
     "OutboxContract",
     "RollbackContract",
     "RoundTripContract",
     "StateMachineContract",
     "StorageContract",
     "StorageHarness",
-    "ThrottleCounterContract",
 ]
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 OTHER_SCHOOL = make_establishment(860002, "Lycée Camille Guérin")
 T0 = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
 STRONG = "Correct-Horse-Battery-9"
+HASH = "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA"
+OTHER_HASH = "$argon2id$v=19$m=8,t=1,p=1$c2FsdDI$aGFzaDI"
 
 
 def _account(n: int, **changes: Any) -> Account:
@@ -98,13 +127,20 @@ def _account(n: int, **changes: Any) -> Account:
     return attrs.evolve(base, **changes)
 
 
-def _child(n: int, school: str = SCHOOL.uai) -> Child:
-    return Child(f"ine-{n}", f"Enfant{n}", "Robert", school)
+def _new(*numbers: int, **changes: Any) -> ChangeSet:
+    return ChangeSet(new_accounts=tuple(NewAccount(_account(n, **changes), f"parent.{n}")
+                                        for n in numbers))
 
 
-def _link(account_id: str, n: int, *, via_merge: bool = False, at: datetime = T0) -> ChildLink:
-    return ChildLink(account_id=account_id, child=_child(n), origin_account_id=account_id,
-                     origin_establishment_uai=SCHOOL.uai, via_merge=via_merge, linked_at=at)
+def _child(n: int, school: str = SCHOOL.uai, first: str | None = None) -> Child:
+    return Child(f"ine-{n}", first or f"Enfant{n}", "Robert", school)
+
+
+def _link(account_id: str, n: int, *, via_merge: bool = False, at: datetime = T0,
+          school: str = SCHOOL.uai, first: str | None = None) -> ChildLink:
+    return ChildLink(account_id=account_id, child=_child(n, school, first),
+                     origin_account_id=account_id, origin_establishment_uai=school,
+                     via_merge=via_merge, linked_at=at)
 
 
 class StorageHarness:
@@ -125,6 +161,13 @@ class StorageHarness:
         """A store whose backend cannot be used (corrupt file, no server), or None."""
         return None
 
+    def hosted_storage(self, storage: Storage) -> ContextManager[Storage] | None:
+        """A store on *storage*'s database inside a host transaction rolled back at exit.
+
+        None (the default) when the store has no such mode.
+        """
+        return None
+
     @pytest.fixture
     def storage(self) -> Iterator[Storage]:
         store = self.make_storage()
@@ -142,6 +185,19 @@ class StorageHarness:
         return MergeService(storage, fast_verifier(), clock)
 
     @staticmethod
+    def apply(storage: Storage, changes: ChangeSet) -> None:
+        """Apply *changes* in a unit of work of their own."""
+        with storage.unit_of_work() as uow:
+            uow.apply(changes)
+            uow.commit()
+
+    @staticmethod
+    def fetch(storage: Storage, request: Fetch) -> Any:
+        """Read *request* in a read-only unit of work."""
+        with storage.unit_of_work(write=False) as uow:
+            return uow.fetch(request)
+
+    @staticmethod
     def family(service: MergeService, name: str = "Claire Robert",
                kids: tuple[int, ...] = (1, 2)) -> tuple[Account, list[Any]]:
         """An activated principal and one more letter per extra child."""
@@ -154,121 +210,85 @@ class RoundTripContract(StorageHarness):
     """Every aggregate comes back as it was stored."""
 
     def test_an_establishment_round_trips_and_its_name_can_change(self, storage: Storage) -> None:
-        with storage.unit_of_work() as uow:
-            assert uow.get_establishment(SCHOOL.uai) is None
-            uow.put_establishment(SCHOOL)
-            uow.commit()
+        assert self.fetch(storage, Fetch(establishments=[SCHOOL.uai])).establishments == {}
+        self.apply(storage, ChangeSet(establishments=[SCHOOL]))
         renamed = attrs.evolve(SCHOOL, name="Collège Jean Moulin (Poitiers)")
-        with storage.unit_of_work() as uow:
-            assert uow.get_establishment(SCHOOL.uai) == SCHOOL
-            uow.put_establishment(renamed)
-            uow.commit()
-        with storage.unit_of_work(write=False) as uow:
-            assert uow.get_establishment(SCHOOL.uai) == renamed
+        assert self.fetch(storage, Fetch(establishments=[SCHOOL.uai])).establishments == {
+            SCHOOL.uai: SCHOOL}
+        self.apply(storage, ChangeSet(establishments=[renamed]))
+        assert self.fetch(storage, Fetch(establishments=[SCHOOL.uai, "0000000A"])
+                          ).establishments == {SCHOOL.uai: renamed}
 
-    def test_an_account_round_trips_with_every_field(self, storage: Storage) -> None:
-        account = _account(1, email="claire@example.org")
-        with storage.unit_of_work() as uow:
-            uow.add_account(account, "parent.1")
-            uow.commit()
-        with storage.unit_of_work(write=False) as uow:
-            assert uow.get_account("acc1") == account
-            assert uow.get_account_id_by_login("parent.1") == "acc1"
-            assert uow.get_account_id_by_login("nobody") is None
-            assert uow.get_account("nobody") is None
-
-    def test_an_updated_account_and_the_merged_into_index_round_trip(
+    def test_an_account_round_trips_by_id_and_by_login_with_its_credential(
             self, storage: Storage) -> None:
-        with storage.unit_of_work() as uow:
-            for n in (1, 2, 3):
-                uow.add_account(_account(n), f"parent.{n}")
-            uow.commit()
-        merged = _account(2, status=AccountStatus.MERGED, merged_into="acc1")
-        with storage.unit_of_work() as uow:
-            uow.update_account(_account(1, status=AccountStatus.ACTIVE))
-            uow.update_account(merged)
-            uow.commit()
-        with storage.unit_of_work(write=False) as uow:
-            assert uow.get_account("acc1") == _account(1, status=AccountStatus.ACTIVE)
-            assert uow.accounts_merged_into("acc1") == [merged]
-            assert uow.accounts_merged_into("acc3") == []
-            assert uow.lock_accounts(["acc3", "acc1", "nobody"]) == {
-                "acc1": _account(1, status=AccountStatus.ACTIVE), "acc3": _account(3)}
+        account = _account(1, email="claire@example.org", status=AccountStatus.ACTIVE,
+                           last_signed_in_at=T0 + timedelta(hours=1))
+        credential = Credential("acc1", HASH, CredentialKind.PASSWORD)
+        self.apply(storage, ChangeSet(new_accounts=[NewAccount(account, "parent.1")],
+                                      credentials=[credential]))
+        self.apply(storage, _new(2))
+        fetched = self.fetch(storage, Fetch(accounts=["acc1", "acc2", "nobody"],
+                                            logins=["parent.1", "nobody"]))
+        assert set(fetched.accounts) == {"acc1", "acc2"}
+        assert fetched.accounts["acc1"].account == account
+        assert fetched.accounts["acc1"].credential == credential
+        assert fetched.accounts["acc2"].credential is None
+        assert set(fetched.by_login) == {"parent.1"}
+        assert fetched.by_login["parent.1"] == fetched.accounts["acc1"]
+        assert fetched.record("acc1") == fetched.accounts["acc1"]
 
-    def test_a_duplicate_login_raises_login_taken_and_the_unit_of_work_goes_on(
-            self, storage: Storage) -> None:
-        with storage.unit_of_work() as uow:
-            uow.add_account(_account(1), "parent.1")
-            with pytest.raises(LoginTaken):
-                uow.add_account(_account(2), "parent.1")
-            uow.add_account(_account(3), "parent.3")
-            uow.commit()
-        with storage.unit_of_work(write=False) as uow:
-            assert uow.get_account("acc2") is None
-            assert uow.get_account("acc3") == _account(3)
+    def test_a_replaced_account_and_a_sign_in_round_trip(self, storage: Storage) -> None:
+        self.apply(storage, _new(1, 2))
+        active = _account(1, status=AccountStatus.ACTIVE, email="c@example.org")
+        self.apply(storage, ChangeSet(accounts=[active],
+                                      sign_ins=[SignIn("acc2", T0 + timedelta(days=1))]))
+        fetched = self.fetch(storage, Fetch(accounts=["acc1", "acc2"]))
+        assert fetched.accounts["acc1"].account == active
+        assert fetched.accounts["acc2"].account == _account(
+            2, last_signed_in_at=T0 + timedelta(days=1))
 
-    def test_credentials_round_trip_replace_and_delete(self, storage: Storage) -> None:
-        provisional = Credential("acc1", "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA",
-                                 CredentialKind.PROVISIONAL, T0 + timedelta(days=90))
-        password = Credential("acc1", "$argon2id$v=19$m=8,t=1,p=1$c2FsdDI$aGFzaDI",
-                              CredentialKind.PASSWORD)
-        with storage.unit_of_work() as uow:
-            uow.add_account(_account(1), "parent.1")
-            uow.put_credential(provisional)
-            uow.commit()
-        with storage.unit_of_work() as uow:
-            assert uow.get_credential("acc1") == provisional
-            uow.put_credential(password)
-            uow.commit()
-        with storage.unit_of_work() as uow:
-            assert uow.get_credential("acc1") == password
-            uow.delete_credential("acc1")
-            uow.commit()
-        with storage.unit_of_work(write=False) as uow:
-            assert uow.get_credential("acc1") is None
+    def test_credentials_are_replaced_and_dropped(self, storage: Storage) -> None:
+        provisional = Credential("acc1", HASH, CredentialKind.PROVISIONAL, T0 + timedelta(90))
+        password = Credential("acc1", OTHER_HASH, CredentialKind.PASSWORD)
+        self.apply(storage, _new(1) + ChangeSet(credentials=[provisional]))
+        assert self.fetch(storage, Fetch(accounts=["acc1"])).accounts["acc1"].credential == \
+            provisional
+        self.apply(storage, ChangeSet(credentials=[password]))
+        assert self.fetch(storage, Fetch(accounts=["acc1"])).accounts["acc1"].credential == \
+            password
+        self.apply(storage, ChangeSet(drop_credentials=["acc1", "nobody"]))
+        assert self.fetch(storage, Fetch(accounts=["acc1"])).accounts["acc1"].credential is None
 
-    def test_links_keep_their_order_origin_and_flag(self, storage: Storage) -> None:
-        links = [_link("acc1", 3), _link("acc1", 1, via_merge=True, at=T0 + timedelta(1)),
-                 _link("acc1", 2, at=T0 + timedelta(2))]
-        with storage.unit_of_work() as uow:
-            uow.add_account(_account(1), "parent.1")
-            uow.add_account(_account(2), "parent.2")
-            uow.add_links(links)
-            uow.add_links([_link("acc2", 1)])
-            uow.commit()
-        with storage.unit_of_work() as uow:
-            assert uow.links("acc1") == links
-            assert uow.links("acc2") == [_link("acc2", 1)]
-            uow.remove_links([links[1]])
-            uow.commit()
-        with storage.unit_of_work(write=False) as uow:
-            assert uow.links("acc1") == [links[0], links[2]]
-            assert uow.links("nobody") == []
+    def test_a_link_keeps_the_child_as_its_letter_named_it(self, storage: Storage) -> None:
+        """Rule 5: the same child id on letters of two establishments reads back twice as written.
 
-    def test_throttle_state_round_trips(self, storage: Storage) -> None:
-        state = ThrottleState("login:claire", 3, T0, (T0 - timedelta(hours=2), T0))
-        with storage.unit_of_work() as uow:
-            assert uow.get_throttle("login:claire") is None
-            uow.put_throttle(state)
-            uow.commit()
-        with storage.unit_of_work() as uow:
-            assert uow.get_throttle("login:claire") == state
-            uow.put_throttle(ThrottleState("login:claire"))
-            uow.commit()
-        with storage.unit_of_work(write=False) as uow:
-            assert uow.get_throttle("login:claire") == ThrottleState("login:claire")
+        A pupil who moves from collège to lycée keeps the INE; each letter
+        names the child as its establishment knows it.
+        """
+        college = _link("acc1", 7, first="Dylan")
+        lycee = _link("acc2", 7, school=OTHER_SCHOOL.uai, first="Dylan-Léo")
+        self.apply(storage, _new(1, 2) + ChangeSet(link=[college, lycee]))
+        links = self.fetch(storage, Fetch(links=["acc1", "acc2", "nobody"])).links
+        assert links == {"acc1": (college,), "acc2": (lycee,), "nobody": ()}
+
+    def test_counters_round_trip_and_unknown_ones_read_empty(self, storage: Storage) -> None:
+        state = ThrottleState("merge:claire", 3, T0, (T0 - timedelta(hours=2), T0))
+        assert self.fetch(storage, Fetch(throttles=["merge:claire"])).throttles == {
+            "merge:claire": ThrottleState("merge:claire")}
+        self.apply(storage, ChangeSet(throttles=[state]))
+        assert self.fetch(storage, Fetch(throttles=["merge:claire"])).throttles == {
+            "merge:claire": state}
+        self.apply(storage, ChangeSet(throttles=[ThrottleState("merge:claire")]))
+        assert self.fetch(storage, Fetch(throttles=["merge:claire"])).throttles == {
+            "merge:claire": ThrottleState("merge:claire")}
 
     def test_a_receipt_round_trips(self, storage: Storage) -> None:
         receipt = MergeReceipt("acc1", "acc2", (_child(2),), (_child(1), _child(2)))
         stored = StoredReceipt("acc1", "key-1", "parent.2", receipt)
-        with storage.unit_of_work() as uow:
-            uow.add_account(_account(1), "parent.1")
-            uow.put_receipt(stored)
-            uow.commit()
-        with storage.unit_of_work(write=False) as uow:
-            assert uow.get_receipt("acc1", "key-1") == stored
-            assert uow.get_receipt("acc1", "key-2") is None
-            assert uow.get_receipt("acc2", "key-1") is None
+        self.apply(storage, _new(1) + ChangeSet(receipts=[stored]))
+        found = self.fetch(storage, Fetch(receipts=[("acc1", "key-1"), ("acc1", "key-2"),
+                                                    ("acc2", "key-1")])).receipts
+        assert found == {("acc1", "key-1"): stored}
 
     def test_every_event_type_round_trips_through_the_outbox(self, storage: Storage) -> None:
         events: list[Event] = [
@@ -279,14 +299,12 @@ class RoundTripContract(StorageHarness):
             PasswordChanged(T0, "acc1"),
             EmailChanged(T0 + timedelta(seconds=1), "acc1"),
         ]
-        with storage.unit_of_work() as uow:
-            for event in events:
-                uow.append_event(event)
-            uow.commit()
+        self.apply(storage, ChangeSet(events=events))
         with storage.unit_of_work(write=False) as uow:
             assert [e.event for e in uow.unpublished(100)] == events
 
-    def test_audit_records_round_trip_and_filter_by_account(self, storage: Storage) -> None:
+    def test_audit_records_round_trip_and_filter_by_account_or_actor(
+            self, storage: Storage) -> None:
         records = [
             AuditRecord(T0, AuditAction.MERGE, "success", "acc1", "acc2", "parent.2", None),
             AuditRecord(T0, AuditAction.SPLIT, "nothing_to_split",
@@ -294,53 +312,223 @@ class RoundTripContract(StorageHarness):
             AuditRecord(T0, AuditAction.AUTHENTICATE, "invalid_credentials", None, None,
                         "x\\n", None),
         ]
-        with storage.unit_of_work() as uow:
-            for record in records:
-                uow.append_audit(record)
-            uow.commit()
+        self.apply(storage, ChangeSet(audit=records))
         with storage.unit_of_work(write=False) as uow:
             assert uow.audit_records(None, 100) == records
             assert uow.audit_records(None, 2) == records[1:]
             assert uow.audit_records("acc2", 100) == [records[0]]
             assert uow.audit_records("acc1", 100) == [records[0]]
+            assert uow.audit_records("nobody", 100) == []
+
+
+class OrderContract(StorageHarness):
+    """Rule 4: what comes back in lists, comes back in the contract's order."""
+
+    def test_links_come_in_link_order_and_a_relinked_child_keeps_its_place(
+            self, storage: Storage) -> None:
+        links = [_link("acc1", 3), _link("acc1", 1, via_merge=True, at=T0 + timedelta(1)),
+                 _link("acc1", 2, at=T0 + timedelta(2))]
+        self.apply(storage, _new(1) + ChangeSet(link=links))
+        again = attrs.evolve(links[1], via_merge=False, linked_at=T0 + timedelta(5))
+        self.apply(storage, ChangeSet(link=[again], unlink=[links[0]]))
+        self.apply(storage, ChangeSet(link=[links[0]]))
+        assert self.fetch(storage, Fetch(links=["acc1"])).links["acc1"] == (
+            again, links[2], links[0])
+
+    def test_absorbed_accounts_come_in_the_order_they_were_absorbed_not_by_id(
+            self, storage: Storage) -> None:
+        self.apply(storage, _new(1, 2, 3, 4, 9))
+        for n in (4, 2, 3):
+            self.apply(storage, ChangeSet(accounts=[
+                _account(n, status=AccountStatus.MERGED, merged_into="acc9")]))
+        absorbed = self.fetch(storage, Fetch(absorbed=["acc9", "acc1"])).absorbed
+        assert [a.id for a in absorbed["acc9"]] == ["acc4", "acc2", "acc3"]
+        assert absorbed["acc1"] == ()
+        # acc9 is absorbed into acc1, its own absorbed accounts follow it there.
+        self.apply(storage, ChangeSet(accounts=[
+            _account(9, status=AccountStatus.MERGED, merged_into="acc1"),
+            *(_account(n, status=AccountStatus.MERGED, merged_into="acc1") for n in (4, 2, 3)),
+        ]))
+        absorbed = self.fetch(storage, Fetch(absorbed=["acc9", "acc1"])).absorbed
+        assert [a.id for a in absorbed["acc1"]] == ["acc9", "acc4", "acc2", "acc3"]
+        assert absorbed["acc9"] == ()
+
+    def test_outbox_positions_increase_without_gaps_even_after_a_rollback(
+            self, storage: Storage) -> None:
+        self.apply(storage, ChangeSet(events=[AccountActivated(T0, "a"),
+                                              AccountActivated(T0, "b")]))
+        with pytest.raises(RuntimeError), storage.unit_of_work() as uow:
+            uow.apply(ChangeSet(events=[AccountActivated(T0, "rolled back")]))
+            raise RuntimeError
+        self.apply(storage, ChangeSet(events=[AccountActivated(T0, "c")]))
+        with storage.unit_of_work(write=False) as uow:
+            entries = uow.unpublished(10)
+        positions = [e.position for e in entries]
+        assert [e.event.account_id for e in entries] == ["a", "b", "c"]  # type: ignore[attr-defined]
+        assert positions == list(range(positions[0], positions[0] + 3))
+
+
+class ChangeSetContract(StorageHarness):
+    """Rule 3: a change set's preconditions and errors."""
+
+    def test_a_login_or_id_in_use_raises_login_taken(self, storage: Storage) -> None:
+        self.apply(storage, _new(1))
+        for clash in (NewAccount(_account(2), "parent.1"),
+                      NewAccount(_account(1, login="other"), "other")):
+            with pytest.raises(LoginTaken), storage.unit_of_work() as uow:
+                uow.apply(ChangeSet(new_accounts=[clash]))
+        assert set(self.fetch(storage, Fetch(accounts=["acc1", "acc2"])).accounts) == {"acc1"}
+
+    def test_replacing_an_account_that_is_not_stored_is_an_expectation_failure(
+            self, storage: Storage) -> None:
+        with pytest.raises(ExpectationFailed), storage.unit_of_work() as uow:
+            uow.apply(ChangeSet(accounts=[_account(5)]))
+        with pytest.raises(ExpectationFailed), storage.unit_of_work() as uow:
+            uow.apply(ChangeSet(sign_ins=[SignIn("acc5", T0)]))
+
+    @pytest.mark.parametrize("wrong", ["status", "hash", "no credential", "no account"])
+    def test_a_failed_expectation_writes_nothing(self, storage: Storage, wrong: str) -> None:
+        self.apply(storage, _new(1) + ChangeSet(
+            credentials=[Credential("acc1", HASH, CredentialKind.PROVISIONAL, T0)]))
+        expect = {
+            "status": Expect("acc1", AccountStatus.ACTIVE, HASH),
+            "hash": Expect("acc1", AccountStatus.PROVISIONAL, OTHER_HASH),
+            "no credential": Expect("acc1", AccountStatus.PROVISIONAL, None),
+            "no account": Expect("acc7", AccountStatus.PROVISIONAL, HASH),
+        }[wrong]
+        with pytest.raises(ExpectationFailed), storage.unit_of_work() as uow:
+            uow.apply(ChangeSet(expect=[expect], establishments=[SCHOOL],
+                                throttles=[ThrottleState("signin:x", 1, T0, (T0,))],
+                                audit=[AuditRecord(T0, AuditAction.AUTHENTICATE, "success")]))
+        fetched = self.fetch(storage, Fetch(establishments=[SCHOOL.uai], throttles=["signin:x"]))
+        assert fetched.establishments == {}
+        assert fetched.throttles["signin:x"] == ThrottleState("signin:x")
+
+    def test_a_met_expectation_lets_the_change_set_through(self, storage: Storage) -> None:
+        self.apply(storage, _new(1) + ChangeSet(
+            credentials=[Credential("acc1", HASH, CredentialKind.PROVISIONAL, T0)]))
+        self.apply(storage, ChangeSet(expect=[Expect("acc1", AccountStatus.PROVISIONAL, HASH)],
+                                      sign_ins=[SignIn("acc1", T0)]))
+        found = self.fetch(storage, Fetch(accounts=["acc1"])).accounts["acc1"]
+        assert found.account.last_signed_in_at == T0
+
+    def test_storage_write_applies_a_change_set_alone(self, storage: Storage) -> None:
+        storage.write(_new(1) + ChangeSet(audit=[AuditRecord(T0, AuditAction.ISSUE, "success",
+                                                             account_id="acc1")]))
+        assert set(self.fetch(storage, Fetch(accounts=["acc1"])).accounts) == {"acc1"}
+        with pytest.raises(LoginTaken):
+            storage.write(_new(1))
+        with storage.unit_of_work(write=False) as uow:
+            assert len(uow.audit_records("acc1", 10)) == 1
+
+
+class CountingContract(StorageHarness):
+    """Fetch.count: one more failure, atomically with the read."""
+
+    def test_a_counted_key_comes_back_as_before_and_is_stored_as_the_policy_counts(
+            self, storage: Storage) -> None:
+        policy = ThrottlePolicy()
+        times = [T0 + timedelta(minutes=i) for i in range(policy.keep + 3)]
+        expected: ThrottleState | None = None
+        for at in times:
+            with storage.unit_of_work() as uow:
+                before = uow.fetch(Fetch(count=["merge:x"], at=at, keep=policy.keep)).throttles
+                uow.commit()
+            assert before["merge:x"] == (expected or ThrottleState("merge:x"))
+            expected = policy.count(expected, "merge:x", at)
+        assert self.fetch(storage, Fetch(throttles=["merge:x"])).throttles["merge:x"] == expected
+        assert expected is not None and len(expected.recent) == policy.keep
+
+    def test_a_count_is_rolled_back_with_its_unit_of_work(self, storage: Storage) -> None:
+        with storage.unit_of_work() as uow:
+            uow.fetch(Fetch(count=["signin:y:-", "principal:p"], at=T0))
+        assert self.fetch(storage, Fetch(throttles=["signin:y:-", "principal:p"])).throttles == {
+            "signin:y:-": ThrottleState("signin:y:-"), "principal:p": ThrottleState("principal:p")}
+
+    def test_a_count_needs_the_time_of_the_attempt(self) -> None:
+        with pytest.raises(ValueError):
+            Fetch(count=["merge:x"])
+
+    def test_concurrent_counts_are_all_counted_and_each_sees_its_own_before(
+            self, storage: Storage) -> None:
+        workers, each = 6, 5
+        seen: list[int] = []
+        lock = threading.Lock()
+
+        def bump(_: int) -> None:
+            for _ in range(each):
+                with storage.unit_of_work() as uow:
+                    before = uow.fetch(Fetch(count=["merge:shared"], at=T0)).throttles
+                    time.sleep(0.001)  # a lost update would show here
+                    uow.commit()
+                with lock:
+                    seen.append(before["merge:shared"].consecutive)
+
+        race(workers, bump)
+        state = self.fetch(storage, Fetch(throttles=["merge:shared"])).throttles["merge:shared"]
+        assert state.consecutive == workers * each
+        assert sorted(seen) == list(range(workers * each))
+
+    def test_wrong_merge_attempts_at_one_login_are_throttled_across_threads(
+            self, storage: Storage, clock: FakeClock) -> None:
+        verifier = CountingVerifier()
+        service = MergeService(storage, verifier, clock)
+        letter = service.issue_account(SCHOOL, "Claire Robert", [_child(1)])
+        principals = [self.family(service, f"Parent {i}", (10 + i,))[0] for i in range(10)]
+        verifier.reset()
+        results = race(10, lambda i: service.merge(principals[i].id, letter.login, "WRONG123"))
+        codes = sorted(r.code for r in results)
+        policy = service.throttle
+        # Only the attempts before the back-off starts run a verification.
+        assert verifier.verifications == policy.backoff_after
+        assert codes.count("invalid_credentials") == policy.backoff_after
+        assert codes.count("too_many_attempts") == 10 - policy.backoff_after
 
 
 class RollbackContract(StorageHarness):
-    """Nothing written in a unit of work survives unless it is committed."""
+    """Rule 1: nothing written in a unit of work survives unless it is committed."""
 
     def test_an_error_inside_a_unit_of_work_rolls_back_everything(
             self, storage: Storage) -> None:
-        with storage.unit_of_work() as uow:
-            uow.add_account(_account(1), "parent.1")
-            uow.commit()
+        self.apply(storage, _new(1))
         with pytest.raises(RuntimeError), storage.unit_of_work() as uow:
-            uow.put_establishment(SCHOOL)
-            uow.add_account(_account(2), "parent.2")
-            uow.update_account(_account(1, status=AccountStatus.ACTIVE))
-            uow.put_credential(Credential("acc1", "h", CredentialKind.PASSWORD))
-            uow.add_links([_link("acc1", 1)])
-            uow.put_throttle(ThrottleState("login:x", 1, T0, (T0,)))
-            uow.append_event(AccountActivated(T0, "acc1"))
-            uow.append_audit(AuditRecord(T0, AuditAction.ACTIVATE, "success"))
-            uow.put_receipt(StoredReceipt("acc1", "k", "x", MergeReceipt("acc1", "acc2", (), ())))
+            uow.fetch(Fetch(count=["merge:x"], at=T0))
+            uow.apply(ChangeSet(
+                establishments=[SCHOOL], new_accounts=[NewAccount(_account(2), "parent.2")],
+                accounts=[_account(1, status=AccountStatus.ACTIVE)],
+                credentials=[Credential("acc1", HASH, CredentialKind.PASSWORD)],
+                link=[_link("acc1", 1)], throttles=[ThrottleState("signin:x:-", 1, T0, (T0,))],
+                receipts=[StoredReceipt("acc1", "k", "x", MergeReceipt("acc1", "acc2", (), ()))],
+                events=[AccountActivated(T0, "acc1")],
+                audit=[AuditRecord(T0, AuditAction.ACTIVATE, "success")],
+            ))
             raise RuntimeError("boom")
+        fetched = self.fetch(storage, Fetch(
+            establishments=[SCHOOL.uai], accounts=["acc1", "acc2"], logins=["parent.2"],
+            links=["acc1"], throttles=["signin:x:-", "merge:x"], receipts=[("acc1", "k")]))
+        assert fetched.establishments == {}
+        assert set(fetched.accounts) == {"acc1"} and fetched.by_login == {}
+        assert fetched.accounts["acc1"].account == _account(1)
+        assert fetched.accounts["acc1"].credential is None
+        assert fetched.links == {"acc1": ()}
+        assert fetched.throttles == {"signin:x:-": ThrottleState("signin:x:-"),
+                                     "merge:x": ThrottleState("merge:x")}
+        assert fetched.receipts == {}
         with storage.unit_of_work(write=False) as uow:
-            assert uow.get_establishment(SCHOOL.uai) is None
-            assert uow.get_account("acc2") is None
-            assert uow.get_account_id_by_login("parent.2") is None
-            assert uow.get_account("acc1") == _account(1)
-            assert uow.get_credential("acc1") is None
-            assert uow.links("acc1") == []
-            assert uow.get_throttle("login:x") is None
             assert uow.unpublished(10) == []
             assert uow.audit_records(None, 10) == []
-            assert uow.get_receipt("acc1", "k") is None
 
     def test_leaving_without_commit_rolls_back(self, storage: Storage) -> None:
         with storage.unit_of_work() as uow:
-            uow.add_account(_account(1), "parent.1")
-        with storage.unit_of_work(write=False) as uow:
-            assert uow.get_account("acc1") is None
+            uow.apply(_new(1))
+        assert self.fetch(storage, Fetch(accounts=["acc1"])).accounts == {}
+
+    def test_a_unit_of_work_goes_on_after_a_commit(self, storage: Storage) -> None:
+        with storage.unit_of_work() as uow:
+            uow.apply(_new(1))
+            uow.commit()
+            uow.apply(_new(2))
+        assert set(self.fetch(storage, Fetch(accounts=["acc1", "acc2"])).accounts) == {"acc1"}
 
     def test_a_failed_merge_changes_nothing_but_counters_and_audit(
             self, service: MergeService) -> None:
@@ -355,28 +543,27 @@ class RollbackContract(StorageHarness):
 
 
 class IsolationContract(StorageHarness):
-    """Concurrent units of work serialise where they share rows."""
+    """Rule 2: concurrent units of work serialise where they share rows."""
 
     def test_a_locked_read_sees_the_write_committed_before_it(self, storage: Storage) -> None:
         """Two writers lock the same account; the second reads the first's change."""
-        with storage.unit_of_work() as uow:
-            uow.add_account(_account(1), "parent.1")
-            uow.commit()
+        self.apply(storage, _new(1))
         first_locked = threading.Event()
-        seen: list[Account | None] = []
+        seen: list[Any] = []
 
         def first() -> None:
             with storage.unit_of_work() as uow:
-                uow.lock_accounts(["acc1"])
+                uow.fetch(Fetch(accounts=["acc1"], lock=True))
                 first_locked.set()
                 time.sleep(0.2)  # widen the window a non-locking store would leave open
-                uow.update_account(_account(1, status=AccountStatus.ACTIVE))
+                uow.apply(ChangeSet(accounts=[_account(1, status=AccountStatus.ACTIVE)]))
                 uow.commit()
 
         def second() -> None:
             first_locked.wait(5)
             with storage.unit_of_work() as uow:
-                seen.append(uow.lock_accounts(["acc1"]).get("acc1"))
+                found = uow.fetch(Fetch(accounts=["acc1"], lock=True)).accounts
+                seen.append(found["acc1"].account)
                 uow.commit()
 
         threads = [threading.Thread(target=first), threading.Thread(target=second)]
@@ -386,11 +573,28 @@ class IsolationContract(StorageHarness):
             t.join(30)
         assert seen == [_account(1, status=AccountStatus.ACTIVE)]
 
+    def test_a_locked_counter_loses_no_update(self, storage: Storage) -> None:
+        policy = ThrottlePolicy()
+
+        def bump(_: int) -> None:
+            for _ in range(5):
+                with storage.unit_of_work() as uow:
+                    state = uow.fetch(Fetch(throttles=["principal:p"], lock=True)).throttles
+                    time.sleep(0.001)
+                    uow.apply(ChangeSet(throttles=[
+                        policy.count(state["principal:p"], "principal:p", T0)]))
+                    uow.commit()
+
+        race(6, bump)
+        assert self.fetch(storage, Fetch(throttles=["principal:p"])).throttles[
+            "principal:p"].consecutive == 30
+
     def test_racing_merges_of_one_account_have_one_winner_and_lose_no_child(
             self, service: MergeService) -> None:
         for _ in range(3):
             letter = service.issue_account(SCHOOL, "Claire Robert", [_child(9)])
             principals = [self.family(service, f"Parent {i}", (10 + i,))[0] for i in range(4)]
+
             def attempt(i: int, principals: list[Account] = principals,
                         letter: Any = letter) -> MergeReceipt:
                 return service.merge(principals[i].id, letter.login,
@@ -427,19 +631,18 @@ class OutboxContract(StorageHarness):
     def test_unpublished_events_come_in_order_and_marking_removes_them(
             self, storage: Storage) -> None:
         for n in range(5):
-            with storage.unit_of_work() as uow:
-                uow.append_event(AccountActivated(T0, f"acc{n}"))
-                uow.commit()
+            self.apply(storage, ChangeSet(events=[AccountActivated(T0, f"acc{n}")]))
         with pytest.raises(RuntimeError), storage.unit_of_work() as uow:
-            uow.append_event(AccountActivated(T0, "rolled-back"))
+            uow.apply(ChangeSet(events=[AccountActivated(T0, "rolled-back")]))
             raise RuntimeError
         with storage.unit_of_work() as uow:
             entries = uow.unpublished(3)
-            assert [e.event for e in entries] == [AccountActivated(T0, f"acc{n}") for n in range(3)]
+            assert [e.event for e in entries] == [AccountActivated(T0, f"acc{n}")
+                                                  for n in range(3)]
             positions = [e.position for e in entries]
             assert positions == sorted(positions)
             assert not any(e.published for e in entries)
-            uow.mark_published([positions[0], positions[2]])
+            uow.apply(ChangeSet(published=[positions[0], positions[2], 10**9]))
             uow.commit()
         with storage.unit_of_work(write=False) as uow:
             rest = uow.unpublished(10)
@@ -455,44 +658,8 @@ class OutboxContract(StorageHarness):
                          "accounts_merged"]
 
 
-class ThrottleCounterContract(StorageHarness):
-    """Failure counters stay exact when many workers add to them at once."""
-
-    def test_concurrent_increments_are_all_counted(self, storage: Storage) -> None:
-        policy = ThrottlePolicy()
-        workers, each = 6, 5
-
-        def bump(_: int) -> None:
-            for _ in range(each):
-                with storage.unit_of_work() as uow:
-                    state = uow.get_throttle("login:shared")
-                    time.sleep(0.001)  # a read-modify-write that a lost update would show
-                    uow.put_throttle(policy.record_failure(state, "login:shared", T0))
-                    uow.commit()
-
-        race(workers, bump)
-        with storage.unit_of_work(write=False) as uow:
-            state = uow.get_throttle("login:shared")
-        assert state is not None and state.consecutive == workers * each
-
-    def test_wrong_merge_attempts_at_one_login_are_throttled_across_threads(
-            self, storage: Storage, clock: FakeClock) -> None:
-        verifier = CountingVerifier()
-        service = MergeService(storage, verifier, clock)
-        letter = service.issue_account(SCHOOL, "Claire Robert", [_child(1)])
-        principals = [self.family(service, f"Parent {i}", (10 + i,))[0] for i in range(10)]
-        verifier.reset()
-        results = race(10, lambda i: service.merge(principals[i].id, letter.login, "WRONG123"))
-        codes = sorted(r.code for r in results)
-        policy = service.throttle
-        # Only the attempts before the back-off starts run a verification.
-        assert verifier.verifications == policy.backoff_after
-        assert codes.count("invalid_credentials") == policy.backoff_after
-        assert codes.count("too_many_attempts") == 10 - policy.backoff_after
-
-
 class IdempotencyContract(StorageHarness):
-    """A merge retried with the same key returns the first receipt."""
+    """A merge retried with the same key returns the first receipt, once proven again."""
 
     def test_a_retry_with_the_same_key_returns_the_first_receipt_and_changes_nothing(
             self, service: MergeService) -> None:
@@ -503,6 +670,22 @@ class IdempotencyContract(StorageHarness):
         assert again == first
         assert len(service.unpublished_events()) == events
         assert service.children(principal.id) == first.children
+
+    def test_a_retry_with_a_wrong_password_is_refused(self, service: MergeService) -> None:
+        principal, (letter,) = self.family(service)
+        service.merge(principal.id, letter.login, letter.provisional_password, "k-1")
+        with pytest.raises(AccountMergeError) as raised:
+            service.merge(principal.id, letter.login, "WRONG-PASSWORD", "k-1")
+        assert raised.value.code == "invalid_credentials"
+
+    def test_a_retry_after_a_split_does_not_list_the_children_that_left(
+            self, service: MergeService) -> None:
+        principal, (letter,) = self.family(service)
+        service.merge(principal.id, letter.login, letter.provisional_password, "k-1")
+        service.split(SCHOOL, principal.id)
+        again = service.merge(principal.id, letter.login, letter.provisional_password, "k-1")
+        assert again.children == service.children(principal.id) == (_child(1),)
+        assert again.moved == ()
 
     def test_a_key_reused_for_another_login_is_refused(self, service: MergeService) -> None:
         principal, (letter, other) = self.family(service, kids=(1, 2, 3))
@@ -521,12 +704,42 @@ class ErrorTranslationContract(StorageHarness):
             pytest.skip("make_broken_storage() not implemented for this store")
         try:
             with pytest.raises(StorageError) as raised, broken.unit_of_work() as uow:
-                uow.get_account("acc1")
+                uow.fetch(Fetch(accounts=["acc1"]))
             assert raised.value.code == "storage_error"
             assert raised.value.store
         finally:
             with contextlib.suppress(AccountMergeError):
                 broken.close()
+
+
+class HostRollbackContract(StorageHarness):
+    """Rule 6: failed attempts outlive the rollback of a host's transaction."""
+
+    def test_failed_attempts_survive_the_hosts_rollback(self, storage: Storage,
+                                                        clock: FakeClock) -> None:
+        service = MergeService(storage, fast_verifier(), clock)
+        principal, (letter,) = self.family(service)
+        hosted = self.hosted_storage(storage)
+        if hosted is None:
+            pytest.skip("hosted_storage() not implemented for this store")
+        policy = service.throttle
+        attempts = policy.backoff_after + 2
+        with hosted as inside:
+            in_host = MergeService(inside, fast_verifier(), clock)
+            codes = []
+            for _ in range(attempts):
+                try:
+                    in_host.merge(principal.id, letter.login, "WRONG-PASSWORD")
+                except AccountMergeError as error:
+                    codes.append(error.code)
+        assert codes.count("invalid_credentials") == policy.backoff_after
+        assert codes.count("too_many_attempts") == 2
+        with pytest.raises(AccountMergeError) as raised:
+            service.merge(principal.id, letter.login, letter.provisional_password)
+        assert raised.value.code == "too_many_attempts"
+        failures = [r for r in service.audit_trail(principal.id, limit=100)
+                    if r.action is AuditAction.MERGE and r.outcome != "success"]
+        assert len(failures) == attempts + 1
 
 
 class StateMachineContract(StorageHarness):
@@ -539,14 +752,43 @@ class StateMachineContract(StorageHarness):
             suppress_health_check=list(HealthCheck)))
 
 
+class BulkLoadContract(StorageHarness):
+    """Tier ``bulk_load``: many accounts in one transaction, all or none."""
+
+    def test_bulk_rows_read_back_as_issued_accounts_and_a_clash_stores_none(
+            self, storage: Storage) -> None:
+        if not supports(storage, BulkLoad):
+            pytest.skip("this store lacks the bulk_load tier")
+        from account_merge.storage.bulk import BulkAccount  # noqa: PLC0415
+
+        def row(n: int, login: str | None = None) -> BulkAccount:
+            return BulkAccount(f"b{n}", login or f"bulk.{n}", login or f"bulk.{n}",
+                               AccountStatus.PROVISIONAL, f"Parent {n}", SCHOOL.uai, T0, HASH,
+                               T0 + timedelta(days=90), f"ine-b{n}", "Enfant", "Bulk")
+
+        storage.bulk_insert([row(1), row(2)])
+        fetched = self.fetch(storage, Fetch(accounts=["b1", "b2"], links=["b1"]))
+        assert fetched.accounts["b1"].account.login == "bulk.1"
+        assert fetched.accounts["b1"].credential == Credential(
+            "b1", HASH, CredentialKind.PROVISIONAL, T0 + timedelta(days=90))
+        assert [link.child.id for link in fetched.links["b1"]] == ["ine-b1"]
+        with pytest.raises(LoginTaken):
+            storage.bulk_insert([row(3), row(4, login="bulk.1")])
+        assert set(self.fetch(storage, Fetch(accounts=["b3", "b4"])).accounts) == set()
+
+
 class StorageContract(
     RoundTripContract,
+    OrderContract,
+    ChangeSetContract,
+    CountingContract,
     RollbackContract,
     IsolationContract,
     OutboxContract,
-    ThrottleCounterContract,
     IdempotencyContract,
     ErrorTranslationContract,
+    HostRollbackContract,
     StateMachineContract,
+    BulkLoadContract,
 ):
-    """The whole storage contract."""
+    """The whole storage contract (core tier and every optional tier)."""

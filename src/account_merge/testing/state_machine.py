@@ -3,7 +3,10 @@
 It issues, activates, authenticates, merges (with right, wrong, stale and
 expired credentials, pupils' accounts, self-merges and chains of merges)
 and splits, on any storage, and after every step compares the store with
-the model and checks the design's invariants I1-I5 and I7.
+the model and checks the design's invariants I1-I5 and I7.  A split must
+give each origin letter's children to a new account of their own, named
+after that letter's responsable: no new account ever holds children of
+two origins.
 
 >>> from account_merge import InMemoryStorage
 >>> Machine = build_state_machine(InMemoryStorage)
@@ -59,10 +62,13 @@ class _Model:
     display_name: str
     status: AccountStatus = AccountStatus.PROVISIONAL
     merged_into: str | None = None
-    children: dict[str, bool] = attrs.Factory(dict)  # child id -> joined via merge
+    # child id -> (joined via merge, the account whose letter first carried it)
+    children: dict[str, tuple[bool, str]] = attrs.Factory(dict)
     provisional: str = ""
     password: str | None = None
     expires_at: Any = None
+    #: what the account was when it was absorbed (its credential then)
+    absorbed_from: AccountStatus | None = None
 
 
 def build_state_machine(
@@ -128,12 +134,19 @@ def build_state_machine(
             return self.model[model.merged_into] if model.merged_into else model
 
         def usable(self, target: _Model, password: str) -> bool:
+            """True if *password* opens *target* for a merge or an activation."""
+            return (target.status is not AccountStatus.MERGED
+                    and self.opens(target.status, target, password))
+
+        def opens(self, status: AccountStatus, target: _Model, password: str) -> bool:
+            """True if *password* is the credential an account in *status* holds."""
             now = self.clock()
-            if target.status is AccountStatus.PROVISIONAL:
+            if status is AccountStatus.PROVISIONAL:
                 return password == target.provisional and now < target.expires_at
-            if target.status is AccountStatus.ACTIVE:
+            if status is AccountStatus.ACTIVE:
                 return password == target.password
-            return False
+            assert target.absorbed_from is not None  # MERGED: the credential it had then
+            return self.opens(target.absorbed_from, target, password)
 
         def password_for(self, target: _Model, mode: str) -> str:
             if mode == "right":
@@ -148,7 +161,7 @@ def build_state_machine(
             self.model[letter.account_id] = _Model(
                 id=letter.account_id, login=letter.login, role=role,
                 display_name=letter.display_name,
-                children={c.id: False for c in kids},
+                children={c.id: (False, letter.account_id) for c in kids},
                 provisional=letter.provisional_password.reveal(),
                 expires_at=letter.expires_at,
             )
@@ -201,11 +214,16 @@ def build_state_machine(
             return principal
 
         @rule(principal=principals, school=st.sampled_from(_ESTABLISHMENTS),
-              picks=st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True))
+              picks=st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True),
+              name=st.sampled_from(["Claire Robert", "Marc Robert"]))
         def issue_a_letter_and_merge_it(self, principal: str, school: Establishment,
-                                        picks: list[int]) -> None:
-            """The common path: a parent merges a new letter as soon as it arrives."""
-            account = self.issue_letter(school, picks, "Claire Robert")
+                                        picks: list[int], name: str) -> None:
+            """The common path: a parent merges a new letter as soon as it arrives.
+
+            The letter may name another responsable (the other parent's), so
+            that splits meet children of several origins.
+            """
+            account = self.issue_letter(school, picks, name)
             self.merge(principal, account, "right")
 
         @rule(target=accounts, index=st.integers(0, 5))
@@ -236,12 +254,19 @@ def build_state_machine(
         def authenticate(self, account: str, mode: str) -> None:
             target = self.model[account]
             password = self.password_for(target, mode)
-            if target.status is AccountStatus.ACTIVE and password == target.password:
+
+            def call() -> object:
+                return self.service.authenticate(target.login, password)
+
+            if not self.opens(target.status, target, password):
+                self.expect_failure("invalid_credentials", call, credential_failure=True)
+            elif target.status is AccountStatus.ACTIVE:
                 assert self.service.authenticate(target.login, password).id == account
+            elif target.status is AccountStatus.PROVISIONAL:
+                # Proven, so telling it reveals nothing: the letter must be activated.
+                self.expect_failure("activation_required", call, credential_failure=True)
             else:
-                self.expect_failure("invalid_credentials",
-                                    lambda: self.service.authenticate(target.login, password),
-                                    credential_failure=True)
+                self.expect_failure("account_merged", call, credential_failure=True)
 
         @rule(principal=principals, absorbed=accounts,
               mode=st.sampled_from(["right", "right", "right", "wrong", "stale"]))
@@ -280,9 +305,10 @@ def build_state_machine(
                 receipt = self.service.merge(principal, a.login, password)
                 moved = [c for c in a.children if c not in p.children]
                 for child_id in moved:
-                    p.children[child_id] = True
+                    p.children[child_id] = (True, a.children[child_id][1])
                 assert [c.id for c in receipt.moved] == moved
                 a.children = {}
+                a.absorbed_from = a.status
                 a.status, a.merged_into = AccountStatus.MERGED, p.id
                 for other in self.model.values():
                     if other.merged_into == a.id:
@@ -296,16 +322,19 @@ def build_state_machine(
             def call() -> Any:
                 return self.service.split(school, account)
 
-            own = {c: via for c, via in live.children.items()
+            own = {c: kept for c, kept in live.children.items()
                    if _CHILDREN[int(c.split("-")[1])].establishment_uai == school.uai}
             if (school.uai not in self.known_establishments or live.role is not Role.RESPONSABLE
                     or not own):
                 self.expect_failure("not_authorized", call)
                 return multiple()
-            moved = [c for c, via in own.items() if via]
+            moved = [c for c, (via, _) in own.items() if via]
             if not moved:
                 self.expect_failure("nothing_to_split", call)
                 return multiple()
+            origins: dict[str, list[str]] = {}
+            for child_id in moved:
+                origins.setdefault(live.children[child_id][1], []).append(child_id)
             receipt = call()
             assert receipt.principal_id == live.id
             assert [c.id for c in receipt.moved] == moved
@@ -313,11 +342,17 @@ def build_state_machine(
             assert all(c.establishment_uai == school.uai for c in receipt.moved)
             for child_id in moved:
                 del live.children[child_id]
-            letter = receipt.letter
-            assert self.service.get_account(letter.account_id).status is AccountStatus.PROVISIONAL
-            # The new account holds them in the order the split moved them.
-            assert list(letter.children) == list(receipt.moved)
-            return self.add_issued(letter, Role.RESPONSABLE, list(letter.children))
+            # One new account per origin letter, named after its responsable, in link
+            # order: no new account holds children of two origins.
+            assert len(receipt.letters) == len(origins)
+            new_ids = []
+            for letter, (origin, kids) in zip(receipt.letters, origins.items(), strict=True):
+                assert [c.id for c in letter.children] == kids
+                assert letter.display_name == self.model[origin].display_name
+                account = self.service.get_account(letter.account_id)
+                assert account.status is AccountStatus.PROVISIONAL
+                new_ids.append(self.add_issued(letter, Role.RESPONSABLE, list(letter.children)))
+            return multiple(*new_ids)
 
         @rule(days=st.sampled_from([1, 7, 30, 89, 91]))
         def time_passes(self, days: int) -> None:
@@ -331,8 +366,10 @@ def build_state_machine(
                 assert account.status is m.status, (account_id, account.status, m.status)
                 assert account.merged_into == m.merged_into
                 assert account.role is m.role
-                children = [c.id for c in self.service.children(account_id)]
-                assert sorted(children) == sorted(m.children), (children, m.children)
+                links = self.service.attached_children(account_id)
+                assert [a.child.id for a in links] == list(m.children), (links, m.children)
+                assert [(a.via_merge, a.origin_account_id) for a in links] == list(
+                    m.children.values())
 
         @invariant()
         def merged_accounts_are_responsables_one_hop_from_a_live_one(self) -> None:

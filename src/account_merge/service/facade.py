@@ -1,0 +1,234 @@
+"""MergeService: the one public entry, a thin facade over the use-case modules.
+
+Each method is something a parent or an establishment does, and hands it
+to the module of that actor's goal:
+
+- :mod:`~account_merge.service.issuing`: an establishment issues accounts
+  and letters;
+- :mod:`~account_merge.service.own_account`: a parent activates, signs in,
+  changes the password or the e-mail;
+- :mod:`~account_merge.service.merging`: a parent merges an account into
+  the principal;
+- :mod:`~account_merge.service.splitting`: an establishment undoes merges;
+- :mod:`~account_merge.service.reading`: screens and staff look things up.
+
+The expensive step, the argon2 hash, always runs outside any transaction
+(see :mod:`~account_merge.service.credential_check`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import timedelta
+
+import attrs
+
+from account_merge.domain.account import Account, Role
+from account_merge.domain.audit import AuditRecord
+from account_merge.domain.child import AttachedChild, Child
+from account_merge.domain.establishment import Establishment
+from account_merge.domain.events import OutboxEntry
+from account_merge.domain.letter import NotificationLetter
+from account_merge.domain.passwords import PasswordPolicy
+from account_merge.domain.receipts import MergeReceipt, SplitReceipt
+from account_merge.domain.secret import Secret
+from account_merge.domain.throttle import ThrottlePolicy
+from account_merge.exceptions import InvalidInput
+from account_merge.ports.clock import Clock
+from account_merge.ports.storage import Storage
+from account_merge.ports.verifier import CredentialVerifier
+from account_merge.service import issuing, merging, own_account, reading, splitting
+from account_merge.service.bootstrap import build_context
+from account_merge.service.policies import IdentityRule, Policies
+
+__all__ = ["MergeService"]
+
+
+class MergeService:
+    """The regroupement de comptes responsables, over a storage of your choice.
+
+    *storage* conforms to :class:`~account_merge.ports.Storage`; *verifier*
+    defaults to :class:`~account_merge.credentials.Argon2Verifier` with
+    argon2-cffi's defaults; *clock* is a zero-argument callable giving an
+    aware datetime (UTC now by default).  *policies* holds every tunable
+    (:class:`~account_merge.service.policies.Policies`); the keyword
+    arguments after it change one policy each, for convenience.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        verifier: CredentialVerifier | None = None,
+        clock: Clock | None = None,
+        *,
+        policies: Policies | None = None,
+        password_policy: PasswordPolicy | None = None,
+        throttle: ThrottlePolicy | None = None,
+        identity_rule: IdentityRule | None = None,
+        provisional_validity: timedelta | None = None,
+        provisional_length: int | None = None,
+    ) -> None:
+        changes = {name: value for name, value in (
+            ("password_policy", password_policy), ("throttle", throttle),
+            ("identity_rule", identity_rule), ("provisional_validity", provisional_validity),
+            ("provisional_length", provisional_length)) if value is not None}
+        base = policies if policies is not None else Policies()
+        if not isinstance(base, Policies):
+            raise InvalidInput("policies", "must be a Policies")
+        self._ctx = build_context(storage, verifier, clock, attrs.evolve(base, **changes))
+
+    @property
+    def storage(self) -> Storage:
+        """The store."""
+        return self._ctx.storage
+
+    @property
+    def verifier(self) -> CredentialVerifier:
+        """The password verifier."""
+        return self._ctx.verifier
+
+    @property
+    def clock(self) -> Clock:
+        """The clock."""
+        return self._ctx.clock
+
+    @property
+    def policies(self) -> Policies:
+        """Every tunable of this service."""
+        return self._ctx.policies
+
+    @property
+    def throttle(self) -> ThrottlePolicy:
+        """The limits on failed attempts (``policies.throttle``)."""
+        return self._ctx.policies.throttle
+
+    def __repr__(self) -> str:
+        return f"MergeService(storage={self.storage!r}, verifier={self.verifier!r})"
+
+    # -- an establishment ---------------------------------------------------------
+    def issue_account(self, establishment: Establishment, display_name: str,
+                      children: Iterable[Child] = (), role: Role = Role.RESPONSABLE, *,
+                      email: str | None = None) -> NotificationLetter:
+        """Create a PROVISIONAL account for *display_name* and return its letter.
+
+        A responsable account lists at least one child, a pupil's account
+        exactly one (the pupil); every child is enrolled in *establishment*.
+        The provisional password is printed on the letter only; the store
+        keeps its argon2 hash, valid for ``provisional_validity``.
+        """
+        return issuing.issue_account(self._ctx, establishment, display_name, children, role,
+                                     email)
+
+    def issue_accounts(self, establishment: Establishment,
+                       families: Iterable[tuple[str, Iterable[Child]]],
+                       role: Role = Role.RESPONSABLE, *, workers: int | None = None,
+                       progress: Callable[[int], None] | None = None,
+                       ) -> Iterator[NotificationLetter]:
+        """Issue one account per ``(display_name, children)`` family, hashing on every core.
+
+        The argon2 hashes are computed by *workers* processes (default: one
+        per CPU; 1 hashes here); each account is stored in a unit of work
+        of its own.  Letters come in the order of *families*, each as soon
+        as it is stored, so *families* may be a long generator; an invalid
+        family raises ``invalid_input`` after those before it were issued.
+        *progress* is called with the count of letters issued so far.
+        """
+        return issuing.issue_accounts(self._ctx, establishment, families, role,
+                                      workers=workers, progress=progress)
+
+    def split(self, establishment: Establishment, account_id: str) -> SplitReceipt:
+        """Undo merges, for the letters *establishment* issued (rules S1-S3).
+
+        The children whose merged letter the establishment issued move to
+        new PROVISIONAL accounts, one per letter they first came with, each
+        with a new letter (``receipt.letters``); the account keeps the rest.
+        If *account_id* was itself absorbed, the split applies to the live
+        account holding it.
+        """
+        return splitting.split(self._ctx, establishment, account_id)
+
+    # -- a parent's own account ---------------------------------------------------
+    def activate(self, login: str, provisional_password: str | Secret,
+                 new_password: str | Secret, email: str | None = None, *,
+                 client: str | None = None) -> Account:
+        """First sign-in: replace the letter's provisional password by the parent's own.
+
+        Any problem with the login or the provisional password is
+        ``invalid_credentials``; a new password the policy refuses is
+        ``password_policy``.  *client* (an IP address or device id the host
+        vouches for) keeps one client's failures from slowing another's.
+        """
+        return own_account.activate(self._ctx, login, provisional_password, new_password,
+                                    email, client)
+
+    def authenticate(self, login: str, password: str | Secret, *,
+                     client: str | None = None) -> Account:
+        """Sign in to an ACTIVE account.
+
+        Wrong or unknown credentials are ``invalid_credentials``; once the
+        password is proven, a letter's provisional password is
+        ``activation_required`` and an absorbed account's last password
+        ``account_merged``.  Failures are throttled per login and *client*.
+        """
+        return own_account.authenticate(self._ctx, login, password, client)
+
+    def change_password(self, account_id: str, current_password: str | Secret,
+                        new_password: str | Secret, *, client: str | None = None) -> None:
+        """Change an ACTIVE account's password, proven by the current one."""
+        own_account.change_password(self._ctx, account_id, current_password, new_password,
+                                    client)
+
+    def change_email(self, account_id: str, email: str) -> Account:
+        """Change an ACTIVE account's e-mail address."""
+        return own_account.change_email(self._ctx, account_id, email)
+
+    def merge(self, principal_id: str, login: str, password: str | Secret,
+              idempotency_key: str | None = None) -> MergeReceipt:
+        """Merge the account opened by *login* and *password* into the principal.
+
+        Rules M1-M6.  Any problem with the login or password is
+        ``invalid_credentials``; attempts count against the target login's
+        merge counter and the principal's, never against anyone's sign-in.
+        Repeated with the same *idempotency_key* (and the password proven
+        again), it returns the first receipt, without the children that
+        have left since, and changes nothing.
+        """
+        return merging.merge(self._ctx, principal_id, login, password, idempotency_key)
+
+    # -- reading -------------------------------------------------------------------
+    def get_account(self, account_id: str) -> Account:
+        """The account with this id, or ``account_not_found``."""
+        return reading.get_account(self._ctx, account_id)
+
+    def find_account(self, login: str) -> Account:
+        """The account with this login (case and width folded), or ``account_not_found``.
+
+        For establishment staff and operators: it tells whether a login
+        exists, so never put it behind a form a parent can reach.
+        """
+        return reading.find_account(self._ctx, login)
+
+    def resolve(self, account_id: str) -> Account:
+        """The live account holding *account_id*: itself, or the one that absorbed it."""
+        return reading.resolve(self._ctx, account_id)
+
+    def children(self, account_id: str) -> tuple[Child, ...]:
+        """The children attached to the account (none for an absorbed account)."""
+        return tuple(a.child for a in reading.attached_children(self._ctx, account_id))
+
+    def attached_children(self, account_id: str) -> tuple[AttachedChild, ...]:
+        """The Enfants list of Mon compte: each child with its responsable and origin."""
+        return reading.attached_children(self._ctx, account_id)
+
+    def unpublished_events(self, limit: int = 100) -> list[OutboxEntry]:
+        """The oldest events not yet marked published, in order."""
+        return reading.unpublished_events(self._ctx, limit)
+
+    def mark_published(self, positions: Sequence[int]) -> None:
+        """Mark these outbox positions as published (positions never given are ignored)."""
+        reading.mark_published(self._ctx, positions)
+
+    def audit_trail(self, account_id: str | None = None, limit: int = 100) -> list[AuditRecord]:
+        """The last audit records (about *account_id* if given), oldest first."""
+        return reading.audit_trail(self._ctx, account_id, limit)
+

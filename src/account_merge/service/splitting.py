@@ -1,0 +1,113 @@
+"""Splitting: only an establishment undoes merges, for its own letters (S1-S3).
+
+A split takes, from a live responsable account, the children whose merged
+letter the establishment issued, and gives them to new PROVISIONAL
+accounts, one per letter they first came with (each for the responsable
+that letter named), each with a new letter.  The account keeps the rest.
+Nothing a parent can call splits.
+"""
+
+from __future__ import annotations
+
+from account_merge.domain.account import Role
+from account_merge.domain.audit import AuditAction, AuditRecord
+from account_merge.domain.establishment import Establishment
+from account_merge.domain.events import MergeSplit
+from account_merge.domain.letter import NotificationLetter
+from account_merge.domain.passwords import generate_provisional_password
+from account_merge.domain.receipts import SplitReceipt
+from account_merge.domain.rules import SplitPlan, plan_split
+from account_merge.domain.validation import check_identifier
+from account_merge.exceptions import (
+    AccountMergeError,
+    AccountNotFound,
+    ConcurrentUpdate,
+    NotAuthorized,
+)
+from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, UnitOfWork
+from account_merge.service.arguments import establishment_arg
+from account_merge.service.context import WRITE_RETRIES, Context, logger
+from account_merge.service.issuing import new_account
+
+__all__ = ["split"]
+
+
+class _Replan(Exception):  # noqa: N818 - a signal inside this module, never raised out of it
+    """The account changed between the preview and the write: hash again."""
+
+
+def _plan(uow: UnitOfWork, establishment: Establishment, account_id: str, *,
+          lock: bool) -> tuple[AccountRecord, SplitPlan]:
+    """The live account holding *account_id* and what the split would move from it."""
+    fetched = uow.fetch(Fetch(accounts=(account_id,), establishments=(establishment.uai,)))
+    if establishment.uai not in fetched.establishments:
+        raise NotAuthorized("unknown establishment")
+    found = fetched.accounts.get(account_id)
+    if found is None:
+        raise AccountNotFound(account_id)
+    live_id = found.account.merged_into or account_id
+    held = uow.fetch(Fetch(accounts=(live_id,), links=(live_id,), lock=lock))
+    live = held.accounts.get(live_id)
+    if live is None:
+        raise AccountNotFound(live_id)
+    return live, plan_split(establishment, live.account, held.links[live_id])
+
+
+def _write(ctx: Context, establishment: Establishment, account_id: str,
+           passwords: list[str], hashes: list[str]) -> SplitReceipt:
+    now = ctx.now()
+    actor = f"establishment:{establishment.uai}"
+    with ctx.writing() as uow:
+        live, plan = _plan(uow, establishment, account_id, lock=True)
+        if len(plan.groups) != len(hashes):
+            raise _Replan()
+        origins = uow.fetch(Fetch(accounts=tuple(g.origin_account_id for g in plan.groups)))
+        changes = ChangeSet(unlink=plan.removed)
+        letters: list[NotificationLetter] = []
+        claimed: set[str] = set()
+        for group, password, password_hash in zip(plan.groups, passwords, hashes, strict=True):
+            origin = origins.accounts.get(group.origin_account_id)
+            name = (origin or live).account.display_name
+            new, _ = new_account(ctx, uow, establishment=establishment, display_name=name,
+                                 role=Role.RESPONSABLE, children=group.children,
+                                 password_hash=password_hash, now=now, exclude=claimed)
+            claimed.update(n.login_key for n in new.changes.new_accounts)
+            changes += new.changes + ChangeSet(
+                events=(MergeSplit(occurred_at=now, principal_id=live.account.id,
+                                   new_account_id=new.account.id,
+                                   establishment_uai=establishment.uai,
+                                   moved_child_ids=tuple(c.id for c in group.children)),),
+                audit=(AuditRecord(at=now, action=AuditAction.SPLIT, outcome="success",
+                                   actor=actor, account_id=live.account.id,
+                                   detail=f"new account {new.account.id}"),))
+            letters.append(new.letter(establishment, password, group.children))
+        uow.apply(changes)
+        uow.commit()
+    logger.info("split %d children of %s from %s into %d new accounts",
+                len(plan.moved), establishment.uai, live.account.id, len(letters))
+    return SplitReceipt(principal_id=live.account.id, moved=plan.moved, letters=tuple(letters))
+
+
+def split(ctx: Context, establishment: Establishment, account_id: str) -> SplitReceipt:
+    """Undo merges, for the children of *establishment* (rules S1-S3)."""
+    establishment_arg(establishment)
+    check_identifier("account_id", account_id)
+    actor = f"establishment:{establishment.uai}"
+    try:
+        for _ in range(WRITE_RETRIES):
+            # How many letters the split makes, to hash their passwords outside any lock.
+            with ctx.reading() as uow:
+                _, preview = _plan(uow, establishment, account_id, lock=False)
+            passwords = [generate_provisional_password(ctx.policies.provisional_length)
+                         for _ in preview.groups]
+            hashes = [ctx.verifier.hash(p) for p in passwords]
+            try:
+                return ctx.retry(lambda: _write(ctx, establishment, account_id, passwords,
+                                                hashes))
+            except _Replan:
+                continue
+        raise ConcurrentUpdate("the account kept changing during the split; try again")
+    except AccountMergeError as error:
+        ctx.audit(AuditRecord(at=ctx.now(), action=AuditAction.SPLIT, outcome=error.code,
+                              actor=actor, account_id=None))
+        raise
