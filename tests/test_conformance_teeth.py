@@ -31,7 +31,6 @@ MUST_FAIL = {
     "test_a_count_is_rolled_back_with_its_unit_of_work",
     "test_a_locked_read_sees_the_write_committed_before_it",
     "test_a_locked_counter_loses_no_update",
-    "test_racing_merges_of_one_account_have_one_winner_and_lose_no_child",
     "test_wrong_merge_attempts_at_one_login_are_throttled_across_threads",
     "test_unpublished_events_come_in_order_and_marking_removes_them",
     "test_outbox_positions_increase_without_gaps_even_after_a_rollback",
