@@ -237,10 +237,10 @@ def test_the_english_letter_carries_the_same_login_password_and_date() -> None:
 def test_the_compiled_catalogue_reads_the_same_through_the_standard_gettext(
         language: str) -> None:
     """The .mo the build writes is the format Python's gettext (and GNU tools) read."""
-    from account_merge import _msgfmt
+    from hatch_build import compile_catalogue
 
     po = messages.locale_dir() / language / "LC_MESSAGES" / "account_merge.po"
-    compiled = _msgfmt.compile_mo(_msgfmt.parse_po(po.read_text(encoding="utf-8")))
+    compiled = compile_catalogue(po)
     translations = gettext.GNUTranslations(io.BytesIO(compiled))
 
     assert translations.info()["language"] == language

@@ -3,7 +3,7 @@
 Every error code and every text of the demonstration and the command line
 has a message in each language, kept in the gettext catalogues shipped
 with the package (``account_merge/locale/<language>/LC_MESSAGES/
-account_merge.po``, compiled to ``.mo`` when the wheel is built).  Message
+account_merge.po``, read and compiled to ``.mo`` with Babel).  Message
 ids are stable keys: the error codes themselves (``invalid_credentials``)
 and dotted names for screen texts (``screen.children_title``).
 
@@ -27,17 +27,19 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
-from account_merge import _msgfmt, exceptions
+from account_merge import exceptions
 from account_merge.exceptions import AccountMergeError, InvalidInput
 
 if TYPE_CHECKING:
+    from babel.messages.catalog import Message
+
     from account_merge.domain.letter import NotificationLetter
 
 __all__ = [
@@ -105,17 +107,32 @@ def normalize_language(language: str) -> str | None:
     return primary if primary in LANGUAGES else None
 
 
+def _translated(entries: Iterable[Message]) -> dict[str, str]:
+    """The translated entries of a catalogue read by Babel, ``msgid`` to ``msgstr``.
+
+    Left out, as from a compiled ``.mo``: the header, fuzzy entries and
+    entries without translation.
+    """
+    return {entry.id: entry.string for entry in entries
+            if isinstance(entry.id, str) and entry.id
+            and isinstance(entry.string, str) and entry.string and not entry.fuzzy}
+
+
 def _load(language: str) -> Mapping[str, str]:
     """The shipped catalogue of *language*: the compiled ``.mo``, else the ``.po``."""
     folder = resources.files("account_merge") / "locale" / language / "LC_MESSAGES"
     mo = folder / f"{DOMAIN}.mo"
     if mo.is_file():
-        entries = _msgfmt.read_mo(mo.read_bytes())
+        from babel.messages.mofile import read_mo  # noqa: PLC0415 - read when first needed
+
+        with mo.open("rb") as file:
+            entries = read_mo(file)
     else:
-        po = folder / f"{DOMAIN}.po"
-        entries = _msgfmt.parse_po(po.read_text(encoding="utf-8"), source=str(po))
-    entries.pop("", None)  # the header
-    return MappingProxyType(entries)
+        from babel.messages.pofile import read_po  # noqa: PLC0415 - read when first needed
+
+        with (folder / f"{DOMAIN}.po").open("rb") as file:
+            entries = read_po(file, abort_invalid=True)
+    return MappingProxyType(_translated(entries))
 
 
 def catalogue(language: str) -> Mapping[str, str]:
