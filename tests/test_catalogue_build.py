@@ -199,8 +199,9 @@ def test_the_wheel_carries_a_compiled_catalogue_per_language(tmp_path: Path) -> 
         "django", localedir=site / "account_merge" / "contrib" / "django" / "locale",
         languages=["en"])
     assert django_translations.gettext("Regroupement de comptes") == "Account merging"
-    check = ("from account_merge.messages import message; "
-             "print(message('invalid_credentials', 'en')); print(message('same_account'))")
+    check = ("from account_merge.messages import describe_wait, message; "
+             "print(message('invalid_credentials', 'en')); print(message('same_account')); "
+             "print(describe_wait(3574, 'en'))")
     shown = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                            encoding="utf-8", check=False, cwd=tmp_path,
                            env={"PYTHONPATH": str(site), "PATH": "", "PYTHONIOENCODING": "utf-8"})
@@ -208,4 +209,5 @@ def test_the_wheel_carries_a_compiled_catalogue_per_language(tmp_path: Path) -> 
     assert shown.stdout.splitlines() == [
         "incorrect login or password",
         messages.catalogue("fr")["same_account"],
+        "about 1 hour",
     ]
