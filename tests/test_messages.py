@@ -340,9 +340,11 @@ def a_letter() -> NotificationLetter:
 
 
 def test_the_french_letter_is_exactly_the_domains_rendering() -> None:
+    """Dates stay day/month/year in figures: the domain formats them without Babel."""
     letter = a_letter()
 
     assert render_letter(letter, "fr") == letter.render()
+    assert "valable jusqu'au 30/11/2026.\n" in letter.render()
 
 
 def test_the_english_letter_carries_the_same_login_password_and_date() -> None:
