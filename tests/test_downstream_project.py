@@ -108,7 +108,7 @@ def test_a_downstream_project_runs_the_kit_on_its_own_storage(tmp_path: Path) ->
     python = env / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
                     "--no-deps", *map(str, wheels.glob("*.whl"))], check=True)
-    # The test dependencies (attrs, argon2-cffi, pytest, hypothesis) come from this
+    # The dependencies (attrs, argon2-cffi, babel, pytest, hypothesis) come from this
     # environment, after the project's own site-packages, where the wheel went.
     where = "import sysconfig; print(sysconfig.get_path('purelib'))"
     site = subprocess.run([str(python), "-c", where],
