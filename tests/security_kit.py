@@ -231,6 +231,9 @@ class _InstrumentedUnitOfWork:
                 if done:
                     self._inner.apply(done)
                 raise InjectedFault(f"apply ({part})", count)
+        delay = self._storage.delays.get("apply")
+        if delay:
+            time.sleep(delay)
         self._inner.apply(changes)
         self._storage._after((changes,), None)
 
