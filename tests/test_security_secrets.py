@@ -16,7 +16,7 @@ import json
 import logging
 import sqlite3
 import unicodedata
-from collections.abc import Sequence, Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 

@@ -16,8 +16,8 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from account_merge import InMemoryStorage
 from account_merge.domain import proofs, rules
-from account_merge.service import merging, splitting
 from account_merge.exceptions import AccountMergeError
+from account_merge.service import merging, splitting
 from account_merge.testing.state_machine import build_state_machine
 
 # No shrinking: finding the failure is the point, and shrinking is slow.

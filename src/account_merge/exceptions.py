@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
-    "AccountMerged",
     "AccountMergeError",
+    "AccountMerged",
     "AccountNotFound",
     "ActivationRequired",
     "ConcurrentUpdate",

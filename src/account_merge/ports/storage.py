@@ -85,6 +85,7 @@ from account_merge.domain.receipts import MergeReceipt
 from account_merge.domain.throttle import ThrottleState
 
 __all__ = [
+    "NOTHING",
     "AccountRecord",
     "ChangeSet",
     "Expect",
@@ -164,6 +165,10 @@ class Fetch:
             raise ValueError("Fetch.count needs Fetch.at, the time of the attempt")
         if set(self.count) & set(self.throttles):
             raise ValueError("a key is either counted or read, not both")
+
+
+#: A fetch that reads nothing: the default where a step reads nothing more.
+NOTHING = Fetch()
 
 
 @attrs.frozen(kw_only=True)

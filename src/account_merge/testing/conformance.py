@@ -40,8 +40,9 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any, ContextManager
+from typing import Any
 
 import attrs
 import pytest
@@ -161,7 +162,7 @@ class StorageHarness:
         """A store whose backend cannot be used (corrupt file, no server), or None."""
         return None
 
-    def hosted_storage(self, storage: Storage) -> ContextManager[Storage] | None:
+    def hosted_storage(self, storage: Storage) -> AbstractContextManager[Storage] | None:
         """A store on *storage*'s database inside a host transaction rolled back at exit.
 
         None (the default) when the store has no such mode.
