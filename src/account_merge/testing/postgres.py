@@ -48,6 +48,8 @@ __all__ = [
     "KIND_VARIABLE",
     "PIP_DISTRIBUTION",
     "PIP_PACKAGE",
+    "PROGRAMS",
+    "ROOT_FALLBACK_USERS",
     "SYSTEM_ROOTS",
     "PostgresUnavailable",
     "ServerBinaries",
