@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
+from typing import Any
 
 import attrs
 
@@ -77,7 +78,7 @@ class MergeService:
         provisional_validity: timedelta | None = None,
         provisional_length: int | None = None,
     ) -> None:
-        changes = {name: value for name, value in (
+        changes: dict[str, Any] = {name: value for name, value in (
             ("password_policy", password_policy), ("throttle", throttle),
             ("identity_rule", identity_rule), ("provisional_validity", provisional_validity),
             ("provisional_length", provisional_length)) if value is not None}

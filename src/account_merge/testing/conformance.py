@@ -85,7 +85,7 @@ from account_merge.ports.storage import (
     Storage,
     StoredReceipt,
 )
-from account_merge.ports.tiers import BulkLoad, supports
+from account_merge.ports.tiers import BulkLoad, require_tier, supports
 from account_merge.service import MergeService
 from account_merge.testing import (
     CountingVerifier,
@@ -760,6 +760,7 @@ class BulkLoadContract(StorageHarness):
             self, storage: Storage) -> None:
         if not supports(storage, BulkLoad):
             pytest.skip("this store lacks the bulk_load tier")
+        bulk: BulkLoad = require_tier(storage, BulkLoad)
         from account_merge.storage.bulk import BulkAccount  # noqa: PLC0415
 
         def row(n: int, login: str | None = None) -> BulkAccount:
@@ -767,14 +768,14 @@ class BulkLoadContract(StorageHarness):
                                AccountStatus.PROVISIONAL, f"Parent {n}", SCHOOL.uai, T0, HASH,
                                T0 + timedelta(days=90), f"ine-b{n}", "Enfant", "Bulk")
 
-        storage.bulk_insert([row(1), row(2)])
+        bulk.bulk_insert([row(1), row(2)])
         fetched = self.fetch(storage, Fetch(accounts=["b1", "b2"], links=["b1"]))
         assert fetched.accounts["b1"].account.login == "bulk.1"
         assert fetched.accounts["b1"].credential == Credential(
             "b1", HASH, CredentialKind.PROVISIONAL, T0 + timedelta(days=90))
         assert [link.child.id for link in fetched.links["b1"]] == ["ine-b1"]
         with pytest.raises(LoginTaken):
-            storage.bulk_insert([row(3), row(4, login="bulk.1")])
+            bulk.bulk_insert([row(3), row(4, login="bulk.1")])
         assert set(self.fetch(storage, Fetch(accounts=["b3", "b4"])).accounts) == set()
 
 
