@@ -404,6 +404,57 @@ class TestGuessablePasswords:
             assert min(timings) < 0.1, (password[:10], min(timings))
 
 
+class TestContextFromTheService:
+    def test_changing_the_password_refuses_the_accounts_names_and_email(
+            self, instrumented: InstrumentedStorage) -> None:
+        verifier = CountingVerifier()
+        service = MergeService(instrumented, verifier, FakeClock())
+        letter = service.issue_account(SCHOOL, "Marie-Christine Delacroix-Fontaine",
+                                       [Child("ine-1", "Enfant", "Fontaine", SCHOOL.uai)])
+        assert "fontaine" not in letter.login  # logins keep 24 characters
+        account = service.activate(letter.login, letter.provisional_password, STRONG,
+                                   email="lapinou.rose@example.fr")
+        verifier.reset()
+        for password, rule in [("Fontaine-Vacances-2026!", "contains_context"),
+                               ("Lapinou-Vacances-2026!", "contains_context"),
+                               ("Christine-Vacances-2026!", "contains_login"),
+                               ("Password1234!", "common_password")]:
+            with pytest.raises(PasswordPolicyError) as raised:
+                service.change_password(account.id, STRONG, password)
+            assert raised.value.rule == rule
+        assert (verifier.verifications, verifier.hashes) == (0, 0)  # checked before any work
+        service.change_password(account.id, STRONG, OTHER)
+        assert service.authenticate(account.login, OTHER).id == account.id
+
+    def test_activation_refuses_the_login_and_the_email_typed_with_it(
+            self, instrumented: InstrumentedStorage) -> None:
+        service = MergeService(instrumented, CountingVerifier(), FakeClock())
+        letter = issue(service, 1)
+        for password, email, rule in [
+                ("Numero-Vacances-2026!", None, "contains_login"),
+                ("Lapinou-Vacances-2026!", "lapinou.rose@example.fr", "contains_context"),
+                ("Motdepasse123!", None, "common_password")]:
+            with pytest.raises(PasswordPolicyError) as raised:
+                service.activate(letter.login, letter.provisional_password, password,
+                                 email=email)
+            assert raised.value.rule == rule
+        service.activate(letter.login, letter.provisional_password, STRONG,
+                         email="lapinou.rose@example.fr")
+
+    def test_activation_says_nothing_of_a_display_name_it_has_not_proven(
+            self, instrumented: InstrumentedStorage) -> None:
+        """Checked before the provisional password, the policy sees only what was typed.
+
+        Refusing the display name there would tell whoever types a login
+        the name of its holder; ``change_password`` refuses it.
+        """
+        service = MergeService(instrumented, CountingVerifier(), FakeClock())
+        letter = service.issue_account(SCHOOL, "Marie-Christine Delacroix-Fontaine",
+                                       [Child("ine-1", "Enfant", "Fontaine", SCHOOL.uai)])
+        assert code(lambda: service.activate(letter.login, "WRONG234",
+                                             "Fontaine-Vacances-2026!")) == "invalid_credentials"
+
+
 class TestCommonPasswordList:
     def test_the_shipped_list_is_exactly_what_the_generator_writes(self) -> None:
         """Nobody edits the data file by hand: change the seed and run the generator."""

@@ -242,13 +242,14 @@ class MergeService:
             raise InvalidInput(field, f"must be at most {MAX_PASSWORD_LENGTH} characters")
         return text
 
-    def _check_new_password(self, password: str, login: str, *, old: str | None) -> None:
+    def _check_new_password(self, password: str, login: str, *, old: str | None,
+                            context: Sequence[str] = ()) -> None:
         if len(password) > MAX_PASSWORD_LENGTH:
             raise PasswordPolicyError(
                 f"the password must be at most {MAX_PASSWORD_LENGTH} characters")
         if old is not None and password == old:
             raise PasswordPolicyError("the new password must differ from the current one")
-        self.password_policy.check(password, login=login)
+        self.password_policy.check(password, login=login, context=context)
 
     @staticmethod
     def _load_target(uow: UnitOfWork, key: str, now: datetime) -> _Target:
@@ -484,7 +485,7 @@ class MergeService:
         new = self._password_arg("new_password", new_password)
         if email is not None:
             email = validate_email(email)
-        self._check_new_password(new, login, old=provisional)
+        self._check_new_password(new, login, old=provisional, context=(email or "",))
         target = self._check_credentials(AuditAction.ACTIVATE, login, provisional,
                                          provisional=True)
         new_hash = self.verifier.hash(new)
@@ -557,7 +558,8 @@ class MergeService:
         new = self._password_arg("new_password", new_password)
         if account.status is not AccountStatus.ACTIVE:
             raise PrincipalNotActive()
-        self._check_new_password(new, account.login, old=current)
+        self._check_new_password(new, account.login, old=current,
+                                 context=(account.display_name, account.email or ""))
         target = self._check_credentials(AuditAction.CHANGE_PASSWORD, account.login, current,
                                          provisional=False, actor=account.id)
         assert target.account is not None
