@@ -350,11 +350,13 @@ class CnilPasswordPolicy:
       e-mail's part before the ``@``);
     - ``repetitive``, ``sequential``: runs of one character, of the
       alphabet, of digits or along a keyboard row (``aaaa``, ``1234``,
-      ``abcd``, ``azerty``), or a piece shorter than ``min_length``
-      typed again and again;
+      ``abcd``, ``azerty``);
     - ``common_password``: a password of the shipped list
       (:func:`common_passwords`), even with digits or symbols stuck on
-      its ends, in leetspeak, or typed several times in a row.
+      its ends, in leetspeak, or typed several times in a row;
+    - ``repetitive``: a piece shorter than ``min_length`` typed again and
+      again, or ``min_length`` characters or more with fewer than 5
+      different ones.
 
     It always refuses more than :data:`MAX_PASSWORD_LENGTH` characters and
     control characters, first.  Each refusal carries its rule in
