@@ -14,8 +14,8 @@ It is also the plainest reading of the storage contract
 from __future__ import annotations
 
 import threading
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
