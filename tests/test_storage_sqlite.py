@@ -7,7 +7,9 @@ store in an SQLite file.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -109,6 +111,10 @@ def traced(storage: SQLiteStorage) -> list[str]:
     return statements
 
 
+def mode(path: Path | str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
 # -- the file ---------------------------------------------------------------------------
 def test_nothing_touches_the_file_before_the_first_unit_of_work(path: Path) -> None:
     store = SQLiteStorage(path)
@@ -140,6 +146,52 @@ def test_the_file_is_in_wal_mode_marked_as_ours_at_the_current_schema_version(
     assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert connection.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     connection.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_a_new_file_and_its_wal_and_shm_files_are_readable_by_their_owner_only(
+        path: Path) -> None:
+    """12.7: the store holds password hashes and personal data; no other user reads it."""
+    previous = os.umask(0o022)  # the usual default, which would give 0644
+    try:
+        store = SQLiteStorage(path)
+        store.write(new(1))
+        with store.unit_of_work() as uow:  # the WAL and its index exist while connected
+            uow.apply(new(2))
+            uow.commit()
+            wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+            assert wal.exists() and shm.exists()
+            assert {p.name: mode(p) for p in (path, wal, shm)} == {
+                path.name: 0o600, wal.name: 0o600, shm.name: 0o600}
+        store.close()
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_an_existing_file_keeps_its_mode(path: Path) -> None:
+    """A file its administrator made group-readable (say, for backups) stays so."""
+    connection = raw(path)
+    migrate(connection)
+    connection.close()
+    os.chmod(path, 0o640)
+    store = SQLiteStorage(path)
+    store.write(new(1))
+    assert mode(path) == 0o640
+    assert mode(f"{path}-wal") == 0o640  # SQLite gives the WAL the database's mode
+    store.close()
+    assert mode(path) == 0o640
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_an_empty_file_created_by_someone_else_is_used_as_it_is(path: Path) -> None:
+    path.touch(mode=0o644)
+    os.chmod(path, 0o644)
+    store = SQLiteStorage(path)
+    store.write(new(1))
+    assert set(accounts(store, 1)) == {"acc1"}
+    assert mode(path) == 0o644
+    store.close()
 
 
 def test_foreign_keys_are_enforced(storage: SQLiteStorage) -> None:

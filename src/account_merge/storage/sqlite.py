@@ -22,8 +22,11 @@ statement.
 The schema's version is kept in ``PRAGMA user_version`` and the file is
 marked as an account_merge store by ``PRAGMA application_id``; forward
 migrations (:data:`MIGRATIONS`) run when a connection first opens an
-older file.  Rows are translated to domain objects explicitly; datetimes
-are stored as ISO-8601 text with their UTC offset.  Driver errors never leave this module: a lock
+older file.  A new file is created readable and writable by its owner
+only (``0600``; SQLite gives its ``-wal`` and ``-shm`` files the
+database file's mode); an existing file keeps its mode.  Rows are
+translated to domain objects explicitly; datetimes are stored as ISO-8601
+text with their UTC offset.  Driver errors never leave this module: a lock
 held past the busy timeout becomes
 :class:`~account_merge.exceptions.ConcurrentUpdate`, anything else
 :class:`~account_merge.exceptions.StorageError` naming the file.
@@ -521,7 +524,8 @@ class SQLiteStorage:
     *busy_timeout* is how long, in seconds, a unit of work waits for
     another writer's lock before giving up with ``concurrent_update``.
     Nothing is opened until the first unit of work; the file is created if
-    it does not exist (its directory must).
+    it does not exist (its directory must), readable and writable by its
+    owner only.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
@@ -672,7 +676,23 @@ class SQLiteStorage:
             with self._translating():
                 slot.connection.close()
 
+    def _create_private(self) -> None:
+        """Create the file, empty and ``0600``, if it does not exist yet.
+
+        Made here rather than by SQLite, which would create it with the
+        process's default mode; an existing file (also one another opener
+        has just created) is left as it is.
+        """
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as error:
+            raise StorageError(self.path, f"cannot be opened ({error.strerror})") from None
+        os.close(descriptor)
+
     def _connect(self) -> sqlite3.Connection:
+        self._create_private()
         connection: sqlite3.Connection | None = None
         try:
             with self._translating():
