@@ -275,6 +275,13 @@ def migrate(connection: sqlite3.Connection, *, path: str = "", to: int = SCHEMA_
 
 
 # -- rows <-> domain --------------------------------------------------------------
+# Building a domain object validates every field (a row the domain refuses
+# is a StorageError), which costs more than reading the row.  The readers
+# below keep the objects of the last rows they decoded, keyed by the row
+# itself: the same row (a step reads under lock the accounts it proved a
+# moment before) gives the same frozen object without decoding it again; a
+# changed row is another key.  A few megabytes at most.
+_DECODED_ROWS: Final = 1024
 _ROLES: Final = {role.value: role for role in Role}
 _STATUSES: Final = {status.value: status for status in AccountStatus}
 _KINDS: Final = {kind.value: kind for kind in CredentialKind}
@@ -321,7 +328,8 @@ _RECORD_COLUMNS = ("a.id, a.login, a.role, a.status, a.display_name, a.establish
                    " c.password_hash, c.kind, c.expires_at, a.login_key")
 
 
-def _record_from_row(row: Sequence[Any]) -> AccountRecord:
+@functools.lru_cache(maxsize=_DECODED_ROWS)
+def _record_from_row(row: tuple[Any, ...]) -> AccountRecord:
     account = _account_from_row(row)
     if row[10] is None:
         return AccountRecord(account, None)
@@ -334,7 +342,8 @@ _LINK_COLUMNS = ("account_id, child_id, first_name, last_name, establishment_uai
                  "origin_account_id, origin_establishment_uai, via_merge, linked_at")
 
 
-def _link_from_row(row: Sequence[Any]) -> ChildLink:
+@functools.lru_cache(maxsize=_DECODED_ROWS)
+def _link_from_row(row: tuple[Any, ...]) -> ChildLink:
     child = Child(id=row[1], first_name=row[2], last_name=row[3], establishment_uai=row[4])
     return ChildLink(account_id=row[0], child=child, origin_account_id=row[5],
                      origin_establishment_uai=row[6], via_merge=bool(row[7]),
@@ -348,7 +357,8 @@ def _link_values(link: ChildLink) -> tuple[Any, ...]:
             int(link.via_merge), link.linked_at.isoformat())
 
 
-def _throttle_from_row(row: Sequence[Any]) -> ThrottleState:
+@functools.lru_cache(maxsize=_DECODED_ROWS)
+def _throttle_from_row(row: tuple[Any, ...]) -> ThrottleState:
     return ThrottleState(key=row[0], consecutive=row[1],
                          last_failure_at=_parse_optional_time(row[2]),
                          recent=tuple(datetime.fromisoformat(t) for t in json.loads(row[3])))
