@@ -315,6 +315,16 @@ def test_login_taken_names_the_login_and_the_change_set_is_rolled_back(
     assert set(accounts(storage, 1, 2, 3)) == {"acc1"}
 
 
+def test_an_unknown_account_among_several_to_replace_or_sign_in_is_named(
+        storage: SQLiteStorage) -> None:
+    storage.write(new(1))
+    with pytest.raises(ExpectationFailed, match="'acc2' to replace"):
+        storage.write(ChangeSet(accounts=[account(1, email="c@example.org"), account(2)]))
+    with pytest.raises(ExpectationFailed, match="'acc7' to sign in"):
+        storage.write(ChangeSet(sign_ins=[SignIn("acc1", T0), SignIn("acc7", T0)]))
+    assert accounts(storage, 1) == {"acc1": account(1)}
+
+
 def test_an_account_reabsorbed_elsewhere_goes_last_in_its_new_holders_list(
         storage: SQLiteStorage) -> None:
     storage.write(new(1, 2, 3, 4, 5))

@@ -973,12 +973,13 @@ class _SQLiteUnitOfWork:
             cursor = connection.executemany(_UPDATE_ACCOUNT, [_account_values(a)
                                                               for a in changes.accounts])
             if cursor.rowcount != len(changes.accounts):  # one row per id, if stored
-                self._missing(connection, [a.id for a in changes.accounts])
+                self._missing(connection, [a.id for a in changes.accounts], "to replace")
         if changes.sign_ins:
             cursor = connection.executemany(_SIGN_IN, [(s.at.isoformat(), s.account_id)
                                                        for s in changes.sign_ins])
             if cursor.rowcount != len(changes.sign_ins):
-                self._missing(connection, [s.account_id for s in changes.sign_ins])
+                self._missing(connection, [s.account_id for s in changes.sign_ins],
+                              "to sign in")
         if changes.credentials:
             connection.executemany(_PUT_CREDENTIAL, [_credential_values(c)
                                                      for c in changes.credentials])
@@ -1006,12 +1007,11 @@ class _SQLiteUnitOfWork:
         if changes.audit:
             connection.executemany(_APPEND_AUDIT, [_audit_values(r) for r in changes.audit])
 
-    def _missing(self, connection: sqlite3.Connection, ids: Iterable[str]) -> None:
-        """Raise ExpectationFailed naming the first of *ids* that is not stored."""
+    def _missing(self, connection: sqlite3.Connection, ids: Iterable[str], what: str) -> None:
+        """Raise ExpectationFailed naming the first of *ids* that is not stored, if any."""
         wanted = list(dict.fromkeys(ids))
         stored = {row[0] for row in connection.execute(
             f"SELECT id FROM accounts WHERE id IN ({_marks(len(wanted))})", wanted)}
         absent = next((i for i in wanted if i not in stored), None)
         if absent is not None:
-            raise ExpectationFailed(f"no account {absent!r} to replace")
-        # Every id is stored: the count was off because an id came twice.
+            raise ExpectationFailed(f"no account {absent!r} {what}")
