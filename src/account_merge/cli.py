@@ -49,7 +49,7 @@ from account_merge.domain.establishment import validate_uai
 from account_merge.domain.validation import check_text
 from account_merge.exceptions import AccountNotFound, InvalidInput
 from account_merge.hashpool import default_workers
-from account_merge.ports import Storage
+from account_merge.ports import ChangeSet, Fetch, Storage
 
 __all__ = ["MESSAGES", "CliError", "describe", "error_text", "issue_batch", "main", "open_storage"]
 
@@ -254,7 +254,7 @@ def _stored_establishment(storage: Storage, uai: str,
     """The establishment stored under *uai*, or ``unknown_establishment``."""
     uai = validate_uai(uai)
     with storage.unit_of_work(write=False) as uow:
-        found = uow.get_establishment(uai)
+        found = uow.fetch(Fetch(establishments=(uai,))).establishments.get(uai)
     if found is None:
         raise CliError("unknown_establishment", uai=uai,
                        hint=hint if hint is not None else _("cli.add_establishment"))
@@ -301,9 +301,7 @@ def cmd_demo(session: _Session) -> int:
 
 def cmd_establishment_add(session: _Session) -> int:
     establishment = Establishment(session.args.uai, session.args.name)
-    with session.storage.unit_of_work() as uow:
-        uow.put_establishment(establishment)
-        uow.commit()
+    session.storage.write(ChangeSet(establishments=(establishment,)))
     print(_("cli.establishment.added", uai=establishment.uai, name=establishment.name),
           file=session.out)
     return 0
@@ -483,7 +481,7 @@ def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line
         uai = validate_uai(key[0])
         if uai not in known:
             with storage.unit_of_work(write=False) as uow:
-                known[uai] = uow.get_establishment(uai)
+                known[uai] = uow.fetch(Fetch(establishments=(uai,))).establishments.get(uai)
         if known[uai] is None:
             raise CliError("unknown_establishment", uai=uai,
                            hint=hint if hint is not None else _("cli.add_establishment"))
