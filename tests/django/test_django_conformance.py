@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import ContextManager
 
 import pytest
 from django.db import connections, transaction
@@ -76,7 +75,7 @@ class TestDjangoStorageOnPostgreSQL(StorageContract):
         return unusable_store(BROKEN, {**connections.settings["postgres"],
                                        "HOST": "/nonexistent-socket-folder"})
 
-    def hosted_storage(self, storage: Storage) -> ContextManager[Storage]:
+    def hosted_storage(self, storage: Storage) -> AbstractContextManager[Storage]:
         return inside_a_host_transaction(storage, self.alias)
 
     def close_storage(self, storage: Storage) -> None:
@@ -104,5 +103,5 @@ class TestTheContractCatchesAStoreWithoutTheSideConnection(HostRollbackContract)
         empty_store(self.alias)
         return WithoutSideConnection(using=self.alias)
 
-    def hosted_storage(self, storage: Storage) -> ContextManager[Storage]:
+    def hosted_storage(self, storage: Storage) -> AbstractContextManager[Storage]:
         return inside_a_host_transaction(storage, self.alias)
