@@ -330,3 +330,35 @@ def test_outside_a_host_transaction_there_is_no_side_connection() -> None:
     thread.start()
     thread.join(30)
     assert seen == [False]
+
+
+# -- queries ------------------------------------------------------------------------------
+@pytest.mark.parametrize("alias", ["default", "postgres"])
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+@pytest.mark.usefixtures("django_postgres")
+def test_a_fetch_costs_one_query_per_kind_of_thing_it_reads(alias: str) -> None:
+    """Accounts by id and by login in one query; counting adds a lock (PostgreSQL) and a write."""
+    from django.test.utils import CaptureQueriesContext
+
+    storage = empty_store(alias)
+    storage.write(new(1) + new(2))
+    everything = Fetch(accounts=["acc1"], logins=["parent.2"], links=["acc1"], absorbed=["acc1"],
+                       throttles=["merge:x"], receipts=[("acc1", "k")],
+                       establishments=[COLLEGE.uai])
+    counting = Fetch(count=["merge:y", "principal:acc1"], at=T0, accounts=["acc1"])
+    with storage.unit_of_work() as uow:
+        with CaptureQueriesContext(connections[alias]) as reads:
+            found = uow.fetch(everything)
+        with CaptureQueriesContext(connections[alias]) as counts:
+            uow.fetch(counting)
+        uow.commit()
+    assert set(found.accounts) == {"acc1"} and set(found.by_login) == {"parent.2"}
+    assert len(statements(reads)) == 6
+    # Lock both counters at once (PostgreSQL), read them, write them, then the account.
+    assert len(statements(counts)) == (4 if alias == "postgres" else 3)
+
+
+def statements(captured: Any) -> list[str]:
+    """The statements captured, transaction control left out."""
+    return [q["sql"] for q in captured.captured_queries
+            if q["sql"].split(" ", 1)[0] not in {"BEGIN", "COMMIT", "SAVEPOINT", "RELEASE"}]

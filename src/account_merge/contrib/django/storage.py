@@ -103,7 +103,8 @@ from account_merge.ports.storage import (
     StoredReceipt,
 )
 
-__all__ = ["DEFAULT_SIDE_LOCK_TIMEOUT", "DjangoStorage", "close_side_connections"]
+__all__ = ["DEFAULT_SIDE_LOCK_TIMEOUT", "DjangoStorage", "close_obsolete_side_connections",
+           "close_side_connections"]
 
 T = TypeVar("T")
 
@@ -422,6 +423,9 @@ class _DjangoUnitOfWork:
         self._side: str | None = None
         self._side_atomic: transaction.Atomic | None = None
         self._hosted: bool | None = None  # decided when a transaction begins
+        # (merged_into, merged_seq) of the accounts this transaction locked, and of
+        # those they absorbed: replacing them needs no read of them again.
+        self._locked: dict[str, tuple[str | None, int | None]] = {}
 
     # transaction ---------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -538,6 +542,7 @@ class _DjangoUnitOfWork:
                                                              None, None)
         atomic, self._atomic = self._atomic, None
         self._hosted = None
+        self._locked = {}
         try:
             if side_atomic is not None:
                 with self._translating():
@@ -595,7 +600,8 @@ class _DjangoUnitOfWork:
             db = self._main()
             by_login, accounts = self._fetch_accounts(db, request)
             links = self._fetch_links(db, request.links)
-            absorbed = self._fetch_absorbed(db, request.absorbed)
+            absorbed = self._fetch_absorbed(db, request.absorbed,
+                                            locked=request.lock and self._write)
             receipts = self._fetch_receipts(db, request.receipts)
             establishments = self._fetch_establishments(db, request.establishments)
         return Fetched(by_login=by_login, accounts=accounts, links=links, absorbed=absorbed,
@@ -649,6 +655,9 @@ class _DjangoUnitOfWork:
         wanted_ids, wanted_keys = set(ids), set(keys)
         by_login: dict[str, AccountRecord] = {}
         accounts: dict[str, AccountRecord] = {}
+        if request.lock and self._write:
+            self._locked.update((row.id, (row.merged_into_id, row.merged_seq))
+                                for row in found if row.id in wanted_ids)
         with self._decoding("an account"):
             for row in found:
                 record = _record_from_row(row)
@@ -669,7 +678,7 @@ class _DjangoUnitOfWork:
                 out[row.account_id].append(_link_from_row(row))
         return {i: tuple(links) for i, links in out.items()}
 
-    def _fetch_absorbed(self, db: str, account_ids: Sequence[str],
+    def _fetch_absorbed(self, db: str, account_ids: Sequence[str], *, locked: bool,
                         ) -> dict[str, tuple[Account, ...]]:
         if not account_ids:
             return {}
@@ -680,6 +689,9 @@ class _DjangoUnitOfWork:
         with self._decoding("an account"):
             for row in rows:
                 out[str(row.merged_into_id)].append(_account_from_row(row))
+                if locked and row.merged_into_id in self._locked:
+                    # Protected by its holder's lock (rule 2).
+                    self._locked[row.id] = (row.merged_into_id, row.merged_seq)
         return {i: tuple(accounts) for i, accounts in out.items()}
 
     def _fetch_receipts(self, db: str, keys: Sequence[tuple[str, str]],
@@ -825,9 +837,12 @@ class _DjangoUnitOfWork:
 
     def _replace_accounts(self, db: str, accounts: Sequence[Account]) -> None:
         latest = _last_by(accounts, lambda a: a.id)
-        before = {row[0]: (row[1], row[2]) for row in m.Account.objects.using(db)
-                  .filter(id__in=[a.id for a in latest])
-                  .values_list("id", "merged_into_id", "merged_seq")}
+        before = {a.id: self._locked[a.id] for a in latest if a.id in self._locked}
+        unread = [a.id for a in latest if a.id not in before]
+        if unread:
+            before.update((row[0], (row[1], row[2])) for row in m.Account.objects.using(db)
+                          .filter(id__in=unread).values_list("id", "merged_into_id",
+                                                             "merged_seq"))
         missing = [a.id for a in latest if a.id not in before]
         if missing:
             raise ExpectationFailed(f"no account {missing[0]!r} to replace")
@@ -845,6 +860,8 @@ class _DjangoUnitOfWork:
                     seqs[account.merged_into] += 1
             rows.append(_account_row(account, merged_seq=seq))
         m.Account.objects.using(db).bulk_update(rows, list(_ACCOUNT_FIELDS))
+        self._locked.update((row.id, (row.merged_into_id, row.merged_seq)) for row in rows
+                            if row.id in self._locked)
 
     def _link(self, db: str, links: Sequence[ChildLink]) -> None:
         # The child as first named (the links keep each letter's naming).
