@@ -218,7 +218,7 @@ def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     errors: list[checks.CheckMessage] = []
     for alias in aliases:
         try:
-            database = settings.DATABASES[alias]
+            database: Mapping[str, Any] = settings.DATABASES[alias]
         except KeyError:
             errors.append(checks.Error(
                 gettext("La base %(alias)s du regroupement de comptes n'est pas dans "
@@ -227,7 +227,8 @@ def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             continue
         if "sqlite" not in str(database.get("ENGINE", "")) or not database.get("ATOMIC_REQUESTS"):
             continue
-        mode = str((database.get("OPTIONS") or {}).get("transaction_mode") or "").upper()
+        options: Mapping[str, Any] = database.get("OPTIONS") or {}
+        mode = str(options.get("transaction_mode") or "").upper()
         if mode in _LOCKING_MODES:
             continue
         if django.VERSION >= (5, 1):
