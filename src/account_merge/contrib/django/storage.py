@@ -476,7 +476,7 @@ class _DjangoUnitOfWork:
         return self._conn.vendor == "postgresql"
 
     def _is_hosted(self) -> bool:
-        """True if this transaction runs inside one the host opened (decided once for each)."""
+        """True if this transaction runs inside one the host opened (decided as it begins)."""
         if self._hosted is None:
             conn = self._conn
             self._hosted = bool(conn.in_atomic_block) or (
