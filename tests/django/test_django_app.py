@@ -138,6 +138,7 @@ def test_a_verifier_setting_replaces_the_django_verifier() -> None:
     ({"ARGON2": {"TIME_COST": 3}}, "ARGON2_TIME_COST"),
     ({"PROVISIONAL_VALIDITY_DAYS": 90}, "PROVISIONAL_VALIDITY,"),
 ])
+@pytest.mark.filterwarnings("ignore::account_merge.credentials.WeakHashParametersWarning")
 def test_a_wrong_setting_is_refused_and_reported_by_check(wrong: dict[str, Any],
                                                            named: str) -> None:
     with override_settings(ACCOUNT_MERGE=wrong):
