@@ -98,7 +98,7 @@ def test_the_settings_have_documented_defaults() -> None:
     hasher = verifier.hasher
     assert (hasher.time_cost, hasher.memory_cost, hasher.parallelism) == (3, 65536, 4)
     # The format Django writes: the first of the project's PASSWORD_HASHERS.
-    assert verifier.legacy_formats == ("pbkdf2_sha256",)
+    assert verifier.legacy_formats == ()  # by default, the library's argon2id only
 
 
 def test_the_library_s_flat_settings_reach_the_service() -> None:

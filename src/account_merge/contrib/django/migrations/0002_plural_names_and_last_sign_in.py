@@ -43,4 +43,9 @@ class Migration(migrations.Migration):
             name='last_signed_in_at',
             field=models.DateTimeField(blank=True, null=True, verbose_name='dernière connexion'),
         ),
+        migrations.AlterField(
+            model_name='auditentry',
+            name='action',
+            field=models.CharField(choices=[('register_establishment', "enregistrement d'établissement"), ('issue', 'émission'), ('activate', 'activation'), ('authenticate', 'connexion'), ('change_password', 'changement de mot de passe'), ('change_email', "changement d'e-mail"), ('merge', 'regroupement'), ('split', 'séparation')], max_length=32),
+        ),
     ]
