@@ -39,9 +39,10 @@ from account_merge import (
     NotificationLetter,
     SQLiteStorage,
 )
+from account_merge.domain.logins import login_key
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidCredentials
-from account_merge.ports import Storage
+from account_merge.ports import ChangeSet, Fetch, Storage
 from account_merge.testing import FakeClock, make_establishment
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
@@ -71,12 +72,11 @@ def branches(storage: Storage, verifier: Argon2Verifier
         return service.activate(letter.login, letter.provisional_password, password).login
 
     def break_hash(login: str, garbage: str) -> None:
-        with storage.unit_of_work() as uow:
-            account_id = uow.get_account_id_by_login(login)
-            credential = uow.get_credential(account_id or "-")
-            assert credential is not None
-            uow.put_credential(attrs.evolve(credential, password_hash=garbage))
-            uow.commit()
+        key = login_key(login)
+        with storage.unit_of_work(write=False) as uow:
+            credential = uow.fetch(Fetch(logins=(key,))).by_login[key].credential
+        assert credential is not None
+        storage.write(ChangeSet(credentials=(attrs.evolve(credential, password_hash=garbage),)))
 
     expired = issue()
     clock.advance(days=91)
@@ -130,7 +130,14 @@ def branches(storage: Storage, verifier: Argon2Verifier
     return {
         "merge": merge,
         "activate": {name: activating(*args) for name, args in letters.items()},
-        "authenticate": {name: signing_in(*args) for name, args in passwords.items()},
+        # An absorbed account's or a letter's right password is answered once proven
+        # (account_merged, activation_required): sign-in times them with a wrong one.
+        "authenticate": {
+            **{name: signing_in(*args) for name, args in passwords.items()
+               if name not in ("absorbed account", "provisional account")},
+            "absorbed account, wrong password": signing_in(active_absorbed, WRONG),
+            "provisional account, wrong password": signing_in(wrong.login, WRONG),
+        },
     }
 
 
