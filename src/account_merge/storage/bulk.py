@@ -8,8 +8,7 @@ would have written for them, but without events or audit records.  A
 store that has a faster way to do it offers ``bulk_insert(rows)``
 (:class:`~account_merge.storage.sqlite.SQLiteStorage` does: one
 ``executemany`` per table and chunk); any other store is filled through
-the ordinary :class:`~account_merge.ports.UnitOfWork` methods, many
-accounts per unit of work.
+one :class:`~account_merge.ports.ChangeSet` per chunk of accounts.
 
 Nothing here is for production data: it trusts its rows, which are not
 validated as the service validates what it stores.
@@ -24,7 +23,7 @@ from typing import NamedTuple
 
 from account_merge.domain.account import Account, AccountStatus, Credential, CredentialKind, Role
 from account_merge.domain.child import Child, ChildLink
-from account_merge.ports import Storage
+from account_merge.ports.storage import ChangeSet, NewAccount, Storage, write_alone
 
 __all__ = ["DEFAULT_CHUNK", "BulkAccount", "chunks", "insert_accounts"]
 
@@ -83,8 +82,8 @@ def insert_accounts(
 ) -> int:
     """Store *rows*, *chunk* accounts per transaction; return how many.
 
-    Uses the store's ``bulk_insert`` when it has one, the
-    :class:`~account_merge.ports.UnitOfWork` methods otherwise.  A login
+    Uses the store's ``bulk_insert`` when it has one, one change set per
+    chunk otherwise.  A login
     or id already in use raises as the store does (``LoginTaken`` on the
     ordinary path); the chunks before it stay stored.  *progress*, if
     given, is called with the number stored so far after each chunk.
@@ -103,22 +102,25 @@ def insert_accounts(
 
 
 def _insert_one_by_one(storage: Storage, rows: list[BulkAccount]) -> None:
-    with storage.unit_of_work(write=True) as uow:
-        for row in rows:
-            uow.add_account(Account(
-                id=row.account_id, login=row.login, role=Role.RESPONSABLE, status=row.status,
-                display_name=row.display_name, establishment_uai=row.establishment_uai,
-                created_at=row.created_at,
-            ), row.login_key)
-            uow.put_credential(Credential(
+    changes = ChangeSet()
+    for row in rows:
+        account = Account(
+            id=row.account_id, login=row.login, role=Role.RESPONSABLE, status=row.status,
+            display_name=row.display_name, establishment_uai=row.establishment_uai,
+            created_at=row.created_at,
+        )
+        child = Child(row.child_id, row.child_first_name, row.child_last_name,
+                      row.establishment_uai)
+        changes += ChangeSet(
+            new_accounts=(NewAccount(account, row.login_key),),
+            credentials=(Credential(
                 account_id=row.account_id, password_hash=row.password_hash,
                 kind=row.credential_kind, expires_at=row.credential_expires_at,
-            ))
-            child = Child(row.child_id, row.child_first_name, row.child_last_name,
-                          row.establishment_uai)
-            uow.add_links([ChildLink(
+            ),),
+            link=(ChildLink(
                 account_id=row.account_id, child=child, origin_account_id=row.account_id,
                 origin_establishment_uai=row.establishment_uai, via_merge=False,
                 linked_at=row.created_at,
-            )])
-        uow.commit()
+            ),),
+        )
+    write_alone(storage, changes)
