@@ -20,7 +20,8 @@ What changed since the first release of these tables, and what
   counter as it was before the last counted attempt, which the one
   statement that counts an attempt on PostgreSQL gives back;
 - ``outbox_head``: the last outbox position given, one row whose lock
-  orders the writers of events on PostgreSQL (filled from the outbox).
+  orders the writers of events on PostgreSQL (filled from the outbox
+  there; unused on SQLite, which has one writer at a time).
 """
 
 from __future__ import annotations
@@ -337,8 +338,8 @@ def upgrade(conn: Connection, tables: Tables) -> list[str]:
             done.append(f"added {table.name}.{name}")
     done += _fill_links(conn, tables, inspector)
     done += _fill_merged_seq(conn, tables)
-    done += _seed_outbox_head(conn, tables)
-    if dialect.name == "postgresql":
+    if dialect.name == "postgresql":  # where outbox_head gives the positions
+        done += _seed_outbox_head(conn, tables)
         done += _links_not_null(conn, tables)
     return done
 
