@@ -46,8 +46,8 @@ How one statement keeps the contract:
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -58,7 +58,13 @@ from account_merge.domain.establishment import Establishment
 from account_merge.domain.throttle import ThrottleState
 from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched
 from account_merge.storage.sqlalchemy import rows
-from account_merge.storage.sqlalchemy.netting import NetChanges, net
+from account_merge.storage.sqlalchemy.netting import net
+from account_merge.storage.sqlalchemy.postgres_writes import (
+    TableNames,
+    apply_params,
+    apply_shape,
+    build_apply,
+)
 from account_merge.storage.sqlalchemy.schema import Tables
 
 __all__ = ["ApplyOutcome", "PostgresStatements", "Statement"]
@@ -71,15 +77,30 @@ _ACCOUNT_JSON = "json_build_array({a}.id, {a}.login, {a}.role, {a}.status, {a}.d
 
 
 def _array(name: str, sql_type: str) -> str:
-    return f"CAST(%({name})s AS {sql_type}[])"
+    return f"%({name})s::{sql_type}[]"
 
 
-def _unnest(alias: str, columns: Sequence[tuple[str, str, str]], *,
-            ordinality: bool = False) -> str:
+def _unnest(alias: str, columns: Sequence[tuple[str, str, str]]) -> str:
     """``unnest(...) AS alias(...)`` over array parameters: (column, parameter, type)."""
     arrays = ", ".join(_array(param, sql_type) for _, param, sql_type in columns)
-    names = ", ".join(column for column, _, _ in columns) + (", ord" if ordinality else "")
-    return f"unnest({arrays}) {'WITH ORDINALITY ' if ordinality else ''}AS {alias}({names})"
+    names = ", ".join(column for column, _, _ in columns)
+    return f"unnest({arrays}) AS {alias}({names})"
+
+
+@attrs.frozen
+class _Sql:
+    """A statement's text and the parameters it uses (psycopg converts and caches
+    the text of a statement only when it is given at most 50 parameters)."""
+
+    text: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, text: str) -> _Sql:
+        return cls(text, tuple(sorted(set(re.findall(r"%\((\w+)\)s", text)))))
+
+    def bind(self, params: dict[str, Any]) -> Statement:
+        return self.text, {name: params[name] for name in self.names}
 
 
 @attrs.frozen
@@ -117,8 +138,13 @@ class PostgresStatements:
         self.receipts, self.establishments = name(tables.receipts), name(tables.establishments)
         self.outbox, self.outbox_head = name(tables.outbox), name(tables.outbox_head)
         self.audit = name(tables.audit)
-        self._fetch_sql: dict[_FetchShape, str] = {}
-        self._apply_sql: dict[tuple[bool, ...], str] = {}
+        self._names: TableNames = {
+            "accounts": self.accounts, "credentials": self.credentials, "links": self.links,
+            "throttles": self.throttles, "receipts": self.receipts,
+            "establishments": self.establishments, "outbox": self.outbox,
+            "outbox_head": self.outbox_head, "audit": self.audit}
+        self._fetch_sql: dict[_FetchShape, _Sql] = {}
+        self._apply_sql: dict[tuple[bool, ...], _Sql] = {}
 
     # -- fetch ------------------------------------------------------------------------------
     def fetch(self, request: Fetch, *, lock: bool, timeout: str | None) -> Statement:
@@ -134,7 +160,7 @@ class PostgresStatements:
             timeout=timeout is not None and (upsert or (lock and bool(request.accounts))))
         sql = self._fetch_sql.get(shape)
         if sql is None:
-            sql = self._fetch_sql[shape] = self._build_fetch(shape)
+            sql = self._fetch_sql[shape] = _Sql.of(self._build_fetch(shape))
         counted = set(request.count)
         at = request.at
         params: dict[str, Any] = {
@@ -147,7 +173,7 @@ class PostgresStatements:
             "r_keys": [k for _, k in request.receipts],
             "uais": list(request.establishments), "lock_timeout": timeout,
         }
-        return sql, params
+        return sql.bind(params)
 
     def _build_fetch(self, s: _FetchShape) -> str:
         ctes: list[str] = []
@@ -165,8 +191,8 @@ class PostgresStatements:
                 f"thr AS (INSERT INTO {self.throttles} AS t "
                 "(key, consecutive, last_failure_at, recent) "
                 "SELECT k.key, CASE WHEN k.counted THEN 1 ELSE 0 END, "
-                "CASE WHEN k.counted THEN CAST(%(at)s AS timestamptz) END, "
-                "CASE WHEN k.counted THEN jsonb_build_array(CAST(%(at_text)s AS text)) "
+                "CASE WHEN k.counted THEN %(at)s::timestamptz END, "
+                "CASE WHEN k.counted THEN jsonb_build_array(%(at_text)s::text) "
                 "ELSE '[]'::jsonb END "
                 f"FROM {keys}"
                 f"{', prelude' if s.timeout else ''} ORDER BY k.key "
@@ -269,215 +295,11 @@ class PostgresStatements:
         if not changes:
             return None
         n = net(changes)
-        fresh = bool(n.fresh) and bool(n.link)
-        shape = (bool(n.expect), bool(n.must_exist), timeout is not None,
-                 bool(n.establishments), bool(n.new_accounts), bool(n.replaced),
-                 bool(n.sign_ins), bool(n.touched), bool(n.credentials),
-                 bool(n.drop_credentials), bool(n.unlink), bool(n.link), fresh,
-                 bool(n.throttles), bool(n.receipts), bool(n.events), bool(n.published),
-                 bool(n.audit))
+        shape = apply_shape(n, timeout is not None)
         sql = self._apply_sql.get(shape)
         if sql is None:
-            sql = self._apply_sql[shape] = self._build_apply(*shape)
-        return sql, self._apply_params(n, timeout)
-
-    @staticmethod
-    def _apply_params(n: NetChanges, timeout: str | None) -> dict[str, Any]:
-        def column(items: Sequence[Any], get: Callable[[Any], Any]) -> list[Any]:
-            return [get(item) for item in items]
-
-        news = [x.account for x in n.new_accounts]
-        params: dict[str, Any] = {
-            "lock_timeout": timeout,
-            "x_id": column(n.expect, lambda e: e.account_id),
-            "x_status": column(n.expect, lambda e: e.status.value),
-            "x_hash": column(n.expect, lambda e: e.password_hash),
-            "must_exist": list(n.must_exist),
-            "e_uai": column(n.establishments, lambda e: e.uai),
-            "e_name": column(n.establishments, lambda e: e.name),
-            "n_login_key": column(n.new_accounts, lambda x: x.login_key),
-            "s_id": [i for i, _ in n.sign_ins], "s_at": [at for _, at in n.sign_ins],
-            "touched": list(n.touched),
-            "c_id": column(n.credentials, lambda c: c.account_id),
-            "c_hash": column(n.credentials, lambda c: c.password_hash),
-            "c_kind": column(n.credentials, lambda c: c.kind.value),
-            "c_expires": column(n.credentials, lambda c: c.expires_at),
-            "drop_ids": list(n.drop_credentials),
-            "u_account": [a for a, _ in n.unlink], "u_child": [c for _, c in n.unlink],
-            "f_account": [a for a, _ in n.fresh], "f_child": [c for _, c in n.fresh],
-            "th_key": column(n.throttles, lambda s: s.key),
-            "th_consecutive": column(n.throttles, lambda s: s.consecutive),
-            "th_last": column(n.throttles, lambda s: s.last_failure_at),
-            "th_recent": column(n.throttles, lambda s: json.dumps(rows.recent_json(s))),
-            "r_principal": column(n.receipts, lambda r: r.principal_id),
-            "r_key": column(n.receipts, lambda r: r.key),
-            "r_login_key": column(n.receipts, lambda r: r.login_key),
-            "r_receipt": column(n.receipts, lambda r: json.dumps(rows.receipt_json(r))),
-            "ev_count": len(n.events),
-            "ev_name": column(n.events, lambda e: e.name),
-            "ev_payload": column(n.events, lambda e: json.dumps(e.to_payload())),
-            "published": list(n.published),
-        }
-        for prefix, accounts in (("n", news), ("a", n.replaced)):
-            for name in rows.ACCOUNT_COLUMNS:
-                params[f"{prefix}_{name}"] = []
-            params[f"{prefix}_rank"] = []
-            for account in accounts:
-                for name, value in rows.account_values(account).items():
-                    params[f"{prefix}_{name}"].append(value)
-                params[f"{prefix}_rank"].append(n.ranks.get(account.id))
-        for name in rows.LINK_COLUMNS:
-            params[f"l_{name}"] = [rows.link_values(link)[name] for link in n.link]
-        for name in rows.AUDIT_COLUMNS:
-            params[f"au_{name}"] = [rows.audit_values(record)[name] for record in n.audit]
-        return params
-
-    def _build_apply(self, expect: bool, must_exist: bool, timeout: bool, establishments: bool,
-                     new_accounts: bool, replaced: bool, sign_ins: bool, touched: bool,
-                     credentials: bool, drop: bool, unlink: bool, link: bool, fresh: bool,
-                     throttles: bool, receipts: bool, events: bool, published: bool,
-                     audit: bool) -> str:
-        ctes: list[str] = []
-        guarded = expect or must_exist or timeout
-        if guarded:
-            expected = "true"
-            if expect:
-                wanted = _unnest("x", [("id", "x_id", "text"), ("status", "x_status", "text"),
-                                       ("hash", "x_hash", "text")])
-                expected = (
-                    f"NOT EXISTS (SELECT 1 FROM {wanted}"
-                    f" LEFT JOIN {self.accounts} a ON a.id = x.id "
-                    f"LEFT JOIN {self.credentials} c ON c.account_id = x.id "
-                    "WHERE a.id IS NULL OR a.status <> x.status "
-                    "OR c.password_hash IS DISTINCT FROM x.hash)")
-            present = "true"
-            if must_exist:
-                present = (f"(SELECT count(*) FROM {self.accounts} "
-                           f"WHERE id = ANY({_array('must_exist', 'text')})) "
-                           f"= cardinality({_array('must_exist', 'text')})")
-            source = (" FROM (SELECT set_config('lock_timeout', %(lock_timeout)s, true)) s"
-                      if timeout else "")
-            ctes.append(f"guard AS (SELECT {expected} AS expected, {present} AS present"
-                        f"{source})")
-        ok = "(SELECT expected AND present FROM guard)" if guarded else "true"
-        text, stamp, flag = "text", "timestamptz", "boolean"
-        account_columns = [("id", "text"), ("login", text), ("role", text), ("status", text),
-                           ("display_name", text), ("establishment_uai", text),
-                           ("created_at", stamp), ("email", text), ("merged_into", text),
-                           ("last_signed_in_at", stamp), ("rank", "bigint")]
-        rank = ("CASE WHEN v.merged_into IS NULL THEN NULL {same}ELSE (SELECT "
-                f"coalesce(max(m.merged_seq), 0) FROM {self.accounts} m "
-                "WHERE m.merged_into = v.merged_into) + v.rank END")
-        if establishments:
-            values = _unnest("v", [("uai", "e_uai", text), ("name", "e_name", text)])
-            ctes.append(
-                f"w_establishments AS (INSERT INTO {self.establishments} (uai, name) "
-                f"SELECT v.uai, v.name FROM {values} "
-                f"WHERE {ok} ON CONFLICT (uai) DO UPDATE SET name = excluded.name)")
-        if new_accounts:
-            cols = [(c, f"n_{c}", t) for c, t in account_columns]
-            cols.append(("login_key", "n_login_key", text))
-            ctes.append(
-                f"w_new AS (INSERT INTO {self.accounts} (id, login, login_key, role, status, "
-                "display_name, establishment_uai, created_at, email, merged_into, merged_seq, "
-                "last_signed_in_at) SELECT v.id, v.login, v.login_key, v.role, v.status, "
-                "v.display_name, v.establishment_uai, v.created_at, v.email, v.merged_into, "
-                f"{rank.format(same='')}, v.last_signed_in_at "
-                f"FROM {_unnest('v', cols)} WHERE {ok})")
-        if replaced:
-            cols = [(c, f"a_{c}", t) for c, t in account_columns]
-            same = "WHEN v.merged_into = a.merged_into THEN a.merged_seq "
-            ctes.append(
-                f"w_replaced AS (UPDATE {self.accounts} a SET login = v.login, role = v.role, "
-                "status = v.status, display_name = v.display_name, "
-                "establishment_uai = v.establishment_uai, created_at = v.created_at, "
-                "email = v.email, merged_into = v.merged_into, "
-                f"merged_seq = {rank.format(same=same)}, "
-                "last_signed_in_at = v.last_signed_in_at "
-                f"FROM {_unnest('v', cols)} WHERE a.id = v.id AND {ok})")
-        if sign_ins:
-            ctes.append(
-                f"w_sign_ins AS (UPDATE {self.accounts} a SET last_signed_in_at = v.at "
-                f"FROM {_unnest('v', [('id', 's_id', text), ('at', 's_at', stamp)])} "
-                f"WHERE a.id = v.id AND {ok})")
-        if touched:
-            ctes.append(f"w_touched AS (UPDATE {self.accounts} SET id = id "
-                        f"WHERE id = ANY({_array('touched', text)}) AND {ok})")
-        if credentials:
-            cols = [("account_id", "c_id", text), ("password_hash", "c_hash", text),
-                    ("kind", "c_kind", text), ("expires_at", "c_expires", stamp)]
-            ctes.append(
-                f"w_credentials AS (INSERT INTO {self.credentials} (account_id, password_hash, "
-                "kind, expires_at) SELECT v.account_id, v.password_hash, v.kind, v.expires_at "
-                f"FROM {_unnest('v', cols)} WHERE {ok} ON CONFLICT (account_id) DO UPDATE SET "
-                "password_hash = excluded.password_hash, kind = excluded.kind, "
-                "expires_at = excluded.expires_at)")
-        if drop:
-            ctes.append(f"w_drop AS (DELETE FROM {self.credentials} "
-                        f"WHERE account_id = ANY({_array('drop_ids', text)}) AND {ok})")
-        if unlink:
-            ctes.append(
-                f"w_unlink AS (DELETE FROM {self.links} l USING "
-                f"{_unnest('u', [('a', 'u_account', text), ('c', 'u_child', text)])} "
-                f"WHERE l.account_id = u.a AND l.child_id = u.c AND {ok})")
-        if link:
-            types = {"via_merge": flag, "linked_at": stamp}
-            cols = [(c, f"l_{c}", types.get(c, text)) for c in rows.LINK_COLUMNS]
-            names = ", ".join(rows.LINK_COLUMNS)
-            updates = ", ".join(f"{c} = excluded.{c}" for c in rows.LINK_COLUMNS[2:])
-            if fresh:  # removed and added again: to the end of the list
-                updates += (", seq = CASE WHEN (l.account_id, l.child_id) IN (SELECT * FROM "
-                            f"{_unnest('f', [('a', 'f_account', text), ('c', 'f_child', text)])})"
-                            " THEN excluded.seq ELSE l.seq END")
-            ctes.append(
-                f"w_link AS (INSERT INTO {self.links} AS l ({names}) "
-                f"SELECT {', '.join(f'v.{c}' for c in rows.LINK_COLUMNS)} "
-                f"FROM {_unnest('v', cols, ordinality=True)} WHERE {ok} ORDER BY v.ord "
-                f"ON CONFLICT (account_id, child_id) DO UPDATE SET {updates})")
-        if throttles:
-            cols = [("key", "th_key", text), ("consecutive", "th_consecutive", "integer"),
-                    ("last", "th_last", stamp), ("recent", "th_recent", text)]
-            ctes.append(
-                f"w_throttles AS (INSERT INTO {self.throttles} (key, consecutive, "
-                "last_failure_at, recent) SELECT v.key, v.consecutive, v.last, "
-                f"CAST(v.recent AS jsonb) FROM {_unnest('v', cols)} WHERE {ok} "
-                "ON CONFLICT (key) DO UPDATE SET consecutive = excluded.consecutive, "
-                "last_failure_at = excluded.last_failure_at, recent = excluded.recent, "
-                "previous_failure_at = NULL, previous_recent = NULL)")
-        if receipts:
-            cols = [("principal_id", "r_principal", text), ("key", "r_key", text),
-                    ("login_key", "r_login_key", text), ("receipt", "r_receipt", text)]
-            ctes.append(
-                f"w_receipts AS (INSERT INTO {self.receipts} (principal_id, key, login_key, "
-                "receipt) SELECT v.principal_id, v.key, v.login_key, CAST(v.receipt AS jsonb) "
-                f"FROM {_unnest('v', cols)} WHERE {ok} ON CONFLICT (principal_id, key) DO "
-                "UPDATE SET login_key = excluded.login_key, receipt = excluded.receipt)")
-        if events:
-            values = _unnest("v", [("name", "ev_name", text), ("payload", "ev_payload", text)],
-                             ordinality=True)
-            ctes.append(
-                f"w_head AS (INSERT INTO {self.outbox_head} AS h (id, last_position) "
-                f"SELECT 1, (SELECT coalesce(max(position), 0) FROM {self.outbox}) "
-                f"+ %(ev_count)s WHERE {ok} ON CONFLICT (id) DO UPDATE "
-                "SET last_position = h.last_position + %(ev_count)s RETURNING last_position)")
-            ctes.append(
-                f"w_events AS (INSERT INTO {self.outbox} (position, name, payload, published) "
-                "SELECT w_head.last_position - %(ev_count)s + v.ord, v.name, "
-                f"CAST(v.payload AS jsonb), false FROM w_head, {values})")
-        if published:
-            ctes.append(
-                f"w_published AS (UPDATE {self.outbox} SET published = true "
-                f"WHERE position = ANY({_array('published', 'bigint')}) AND NOT published "
-                f"AND {ok})")
-        if audit:
-            types = {"at": stamp}
-            cols = [(c, f"au_{c}", types.get(c, text)) for c in rows.AUDIT_COLUMNS]
-            ctes.append(
-                f"w_audit AS (INSERT INTO {self.audit} ({', '.join(rows.AUDIT_COLUMNS)}) "
-                f"SELECT {', '.join(f'v.{c}' for c in rows.AUDIT_COLUMNS)} "
-                f"FROM {_unnest('v', cols, ordinality=True)} WHERE {ok} ORDER BY v.ord)")
-        final = "SELECT expected, present FROM guard" if guarded else "SELECT true, true"
-        return f"WITH {', '.join(ctes)} {final}" if ctes else final
+            sql = self._apply_sql[shape] = _Sql.of(build_apply(self._names, shape))
+        return sql.bind(apply_params(n, timeout))
 
     @staticmethod
     def outcome(row: Sequence[Any] | None) -> ApplyOutcome:

@@ -89,6 +89,7 @@ class SQLAlchemyUnitOfWork:
         self._pg: PostgresStatements | None = None
         self._failed: AccountMergeError | None = None
         self._url: URL | None = None
+        self._wrote = False
 
     # transaction -----------------------------------------------------------
     def __enter__(self) -> Self:
@@ -126,7 +127,12 @@ class SQLAlchemyUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         try:
-            self.rollback()
+            if self._pg is not None and not self._wrote and self._failed is None:
+                # Nothing written: end it with COMMIT, which keeps what psycopg
+                # prepared on the connection (a ROLLBACK makes it drop them all).
+                self.commit()
+            else:
+                self.rollback()
         except AccountMergeError:
             if exc is None:
                 raise
@@ -151,11 +157,13 @@ class SQLAlchemyUnitOfWork:
             if self._tx is not None:
                 self._tx.commit()
                 self._tx = None
+        self._wrote = False
 
     def rollback(self) -> None:
         side_tx, self._side_tx = self._side_tx, None
         tx, self._tx = self._tx, None
         self._failed = None
+        self._wrote = False
         with self._translating():
             try:
                 if side_tx is not None and side_tx.is_active:
@@ -261,6 +269,7 @@ class SQLAlchemyUnitOfWork:
                   side: bool) -> Fetched:
         assert self._pg is not None
         lock = self._write and request.lock
+        self._wrote = self._wrote or bool(request.count) or (lock and bool(request.throttles))
         statement = self._pg.fetch(request, lock=lock, timeout=self._timeout(side=side))
         fetched, stale = self._read(connection(), statement, request)
         if stale:
@@ -301,6 +310,7 @@ class SQLAlchemyUnitOfWork:
 
     # writing ---------------------------------------------------------------
     def apply(self, changes: ChangeSet) -> None:
+        self._wrote = True
         if self._pg is None:
             conn = self._c()
             with self._translating(inserting=True):
@@ -332,6 +342,7 @@ class SQLAlchemyUnitOfWork:
         """Insert bulk rows: ``COPY`` on PostgreSQL with psycopg, executemany otherwise."""
         if not bulk:
             return
+        self._wrote = True
         conn = self._c()
         if self._pg is not None and conn.dialect.driver == "psycopg":
             self._copy_bulk(conn, bulk)
