@@ -4,9 +4,10 @@ A step of a use case talks to PostgreSQL in one round trip each way:
 :meth:`PostgresStatements.fetch` builds the one statement that reads (and
 locks, and counts) what a :class:`~account_merge.ports.Fetch` names, and
 :meth:`PostgresStatements.apply` the one statement of data-modifying CTEs
-that writes a :class:`~account_merge.ports.ChangeSet`.  Statements are
-plain SQL with array parameters (``unnest``), so their text depends only
-on which parts are present: each text is built once per store and shape,
+that writes a :class:`~account_merge.ports.ChangeSet` (built by
+:mod:`~account_merge.storage.sqlalchemy.postgres_writes`).  Statements are
+plain SQL with array or JSON parameters, so their text depends only on
+which parts are present: each text is built once per store and shape,
 and the server (psycopg prepares what runs often) plans it once per
 connection.
 
