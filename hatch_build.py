@@ -1,43 +1,36 @@
-"""Wheel build hook: compile the gettext catalogues (``.po``) into ``.mo`` files.
+"""Wheel build hook: compile the gettext catalogues (``.po``) into ``.mo`` files, with Babel.
 
 The ``.po`` files in every ``locale/<language>/LC_MESSAGES`` folder of the
 package are the sources: the library's own (``account_merge/locale``,
 domain ``account_merge``) and the Django app's
 (``account_merge/contrib/django/locale``, domain ``django``, where Django
 looks for an app's translations).  The wheel carries them and, next to
-each, the compiled ``.mo`` that :mod:`gettext` and Django read.  The
-compiler is ``src/account_merge/_msgfmt.py``, loaded by path: it needs
-nothing but the standard library, so the build needs nothing beyond
-hatchling.  An editable install gets no ``.mo``:
-:mod:`account_merge.messages` then reads the ``.po`` files themselves,
-and the Django app shows its French source texts (the test suite compiles
-the Django catalogues in place, see ``tests/django/conftest.py``).
+each, the compiled ``.mo`` that :mod:`gettext` and Django read.  Babel
+reads and compiles them (``babel.messages.pofile.read_po``,
+``babel.messages.mofile.write_mo``), so it is a requirement of the build
+(``[build-system] requires``) as well as of the package.  An editable
+install gets no ``.mo``: :mod:`account_merge.messages` then reads the
+``.po`` files themselves, and the tests of the Django app compile its
+catalogues in place with :func:`compile_catalogue` (see
+``tests/django/conftest.py``).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+from hatchling.builders.utils import get_reproducible_timestamp
 
 SOURCES = Path("src")
 PACKAGE = SOURCES / "account_merge"
-
-
-def load_msgfmt(root: Path) -> ModuleType:
-    """The package's catalogue compiler, imported without importing the package."""
-    path = root / PACKAGE / "_msgfmt.py"
-    spec = importlib.util.spec_from_file_location("_account_merge_msgfmt", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def catalogues(root: Path) -> list[Path]:
@@ -46,19 +39,38 @@ def catalogues(root: Path) -> list[Path]:
                   if po.parent.name == "LC_MESSAGES" and po.parents[2].name == "locale")
 
 
+def compile_catalogue(po: Path) -> bytes:
+    """The ``.mo`` form of the catalogue *po*.
+
+    Fuzzy entries and entries without translation are left out, as GNU
+    ``msgfmt`` does.  A file Babel cannot read raises
+    ``babel.messages.pofile.PoFileError``; a catalogue without its
+    ``Language`` header raises :class:`ValueError`.  The header Babel
+    writes carries a creation date: it is the build's reproducible
+    timestamp (``SOURCE_DATE_EPOCH``, as for the wheel's files), not the
+    clock's, so that one source always gives the same bytes.
+    """
+    with po.open("rb") as file:
+        catalog = read_po(file, abort_invalid=True)
+    if catalog.locale is None:
+        raise ValueError(f"{po}: the header names no Language")
+    catalog.creation_date = datetime.fromtimestamp(get_reproducible_timestamp(), UTC)
+    compiled = io.BytesIO()
+    write_mo(compiled, catalog, use_fuzzy=False)
+    return compiled.getvalue()
+
+
 def compile_catalogues(root: Path, destination: Path) -> dict[str, str]:
     """Compile every ``.po`` of the package into *destination*.
 
     Returns the ``force_include`` mapping: compiled file -> its path in the wheel.
     """
-    msgfmt = load_msgfmt(root)
     included: dict[str, str] = {}
     for po in catalogues(root):
         inside = po.relative_to(root / SOURCES).with_suffix(".mo")
         target = destination / inside
         target.parent.mkdir(parents=True, exist_ok=True)
-        catalog = msgfmt.parse_po(po.read_text(encoding="utf-8"), source=str(po))
-        target.write_bytes(msgfmt.compile_mo(catalog))
+        target.write_bytes(compile_catalogue(po))
         included[str(target)] = inside.as_posix()
     if not included:
         raise RuntimeError(f"no catalogue found under {root / PACKAGE}")

@@ -8,6 +8,7 @@ started, unless ACCOUNT_MERGE_REQUIRE_POSTGRES=1).
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,7 +55,14 @@ def stores_engine(postgres_url: str) -> Iterator[sqlalchemy.Engine]:
     engine.dispose()
 
 
-@pytest.fixture(params=sorted(STORES))
+#: ``ACCOUNT_MERGE_TEST_STORES=memory,sqlite`` runs the store-parametrised tests on those only.
+_CHOSEN = [name for name in os.environ.get("ACCOUNT_MERGE_TEST_STORES", "").split(",") if name]
+unknown = sorted(set(_CHOSEN) - set(STORES))
+if unknown:
+    raise pytest.UsageError(f"ACCOUNT_MERGE_TEST_STORES names unknown stores: {unknown}")
+
+
+@pytest.fixture(params=_CHOSEN or sorted(STORES))
 def make_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Storage]]:
     """A factory of fresh stores of one kind (the test runs once per kind)."""
     made: list[Storage] = []

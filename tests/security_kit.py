@@ -1,7 +1,9 @@
 """Instruments for the security tests, usable on any store.
 
 - :class:`InstrumentedStorage` wraps any :class:`~account_merge.ports.Storage`
-  and, for every unit-of-work method called through it, records its name,
+  and, for every unit-of-work method called through it (``fetch``, with
+  ``(count)`` or ``(lock)`` when it counts or locks, ``apply``, ``commit``...,
+  and the store's ``write``), records its name,
   notes every account id, login key, throttle key... it saw (the
   *universe* of the store), sleeps where a test asks for it (to widen a
   race window), and fails at the k-th write when armed to.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -30,15 +32,18 @@ from account_merge.domain.establishment import Establishment
 from account_merge.domain.events import AccountsMerged
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import StorageError
-from account_merge.ports import Storage, StoredReceipt, UnitOfWork
+from account_merge.ports import (
+    ChangeSet,
+    Fetch,
+    NewAccount,
+    Storage,
+    StoredReceipt,
+    UnitOfWork,
+)
 from account_merge.testing import race as race_threads
 
-#: The unit-of-work methods that change the store, and commit.
-WRITE_METHODS = frozenset({
-    "put_establishment", "add_account", "update_account", "put_credential",
-    "delete_credential", "add_links", "remove_links", "put_throttle", "put_receipt",
-    "append_event", "mark_published", "append_audit", "commit",
-})
+#: The calls that change the store: applying a change set, counting attempts, committing.
+WRITE_METHODS = frozenset({"apply", "fetch(count)", "commit", "write"})
 
 #: More rows than any test store holds.
 EVERYTHING = 10**6
@@ -65,37 +70,29 @@ class Universe:
     def copy(self) -> Universe:
         return Universe(*(set(getattr(self, f.name)) for f in attrs.fields(Universe)))
 
-    def note(self, name: str, args: tuple[Any, ...], result: Any) -> None:
+    def note(self, args: tuple[Any, ...], result: Any) -> None:
         """Learn the keys in a call's arguments and result."""
         for value in (*args, result):
             self._note_value(value)
-        if name in {"get_account", "get_credential", "links", "accounts_merged_into",
-                    "delete_credential"}:
-            self.accounts.add(args[0])
-        elif name == "lock_accounts":
-            self.accounts.update(args[0])
-        elif name == "get_account_id_by_login":
-            self.logins.add(args[0])
-            if result is not None:
-                self.accounts.add(result)
-        elif name == "add_account":
-            self.logins.add(args[1])
-        elif name == "get_throttle":
-            self.throttles.add(args[0])
-        elif name == "get_receipt":
-            self.receipts.add((args[0], args[1]))
-        elif name == "get_establishment":
-            self.establishments.add(args[0])
 
     def _note_value(self, value: Any) -> None:
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple, set, frozenset)):
             for item in value:
                 self._note_value(item)
-        elif isinstance(value, dict):
+        elif isinstance(value, Mapping):
             for item in value.values():
                 self._note_value(item)
         elif isinstance(value, str) or value is None:
             return
+        elif isinstance(value, Fetch):
+            self.accounts.update((*value.accounts, *value.links, *value.absorbed))
+            self.logins.update(value.logins)
+            self.throttles.update((*value.throttles, *value.count))
+            self.receipts.update(value.receipts)
+            self.establishments.update(value.establishments)
+        elif isinstance(value, NewAccount):
+            self.logins.add(value.login_key)
+            self._note_value(value.account)
         elif isinstance(value, Account):
             self.accounts.add(value.id)
             if value.merged_into is not None:
@@ -111,6 +108,9 @@ class Universe:
             self.receipts.add((value.principal_id, value.key))
         elif isinstance(value, Establishment):
             self.establishments.add(value.uai)
+        elif attrs.has(type(value)):  # Fetched, ChangeSet, AccountRecord, SignIn...
+            for field in attrs.fields(type(value)):
+                self._note_value(getattr(value, field.name))
 
 
 class InstrumentedStorage:
@@ -136,6 +136,11 @@ class InstrumentedStorage:
     def unit_of_work(self, *, write: bool = True) -> UnitOfWork:
         return _InstrumentedUnitOfWork(self, self.inner.unit_of_work(write=write),  # type: ignore[return-value]
                                        write=write)
+
+    def write(self, changes: ChangeSet) -> None:
+        self._before("write")
+        self.inner.write(changes)
+        self._after((changes,), None)
 
     def close(self) -> None:
         self.inner.close()
@@ -171,25 +176,29 @@ class InstrumentedStorage:
                 taken.extend(self.calls[start:])
 
     def _before(self, name: str) -> None:
-        with self._lock:
-            self.calls.append(name)
-            if name not in WRITE_METHODS:
-                fault = False
-            else:
-                self.writes += 1
-                fault = self.fail_at is not None and (
-                    self.writes == self.fail_at
-                    or (self.persistent and self.writes > self.fail_at))
-            count = self.writes
-        if fault:
+        """Record a call; fail it if it is the armed write; sleep if a delay is set."""
+        count = self._tick(name)
+        if count is not None:
             raise InjectedFault(name, count)
         delay = self.delays.get(name)
         if delay:
             time.sleep(delay)
 
-    def _after(self, name: str, args: tuple[Any, ...], result: Any) -> None:
+    def _tick(self, name: str) -> int | None:
+        """Record a call; the write's number if it is to fail, else None."""
         with self._lock:
-            self.universe.note(name, args, result)
+            self.calls.append(name)
+            if name not in WRITE_METHODS:
+                return None
+            self.writes += 1
+            fault = self.fail_at is not None and (
+                self.writes == self.fail_at
+                or (self.persistent and self.writes > self.fail_at))
+            return self.writes if fault else None
+
+    def _after(self, args: tuple[Any, ...], result: Any) -> None:
+        with self._lock:
+            self.universe.note(args, result)
 
 
 class _InstrumentedUnitOfWork:
@@ -207,15 +216,40 @@ class _InstrumentedUnitOfWork:
                  tb: TracebackType | None) -> None:
         self._inner.__exit__(exc_type, exc, tb)
 
+    def apply(self, changes: ChangeSet) -> None:
+        """Each non-empty part of the change set is a write that may fail.
+
+        A fault at a part applies the parts before it, then raises: a store
+        that failed half-way through a change set, which its unit of work
+        must roll back whole.
+        """
+        parts = [f.name for f in attrs.fields(ChangeSet) if getattr(changes, f.name)]
+        for i, part in enumerate(parts):
+            count = self._storage._tick("apply")
+            if count is not None:
+                done = ChangeSet(**{p: getattr(changes, p) for p in parts[:i]})
+                if done:
+                    self._inner.apply(done)
+                raise InjectedFault(f"apply ({part})", count)
+        delay = self._storage.delays.get("apply")
+        if delay:
+            time.sleep(delay)
+        self._inner.apply(changes)
+        self._storage._after((changes,), None)
+
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._inner, name)
         if name.startswith("_") or not callable(method):
             return method
 
         def call(*args: Any) -> Any:
-            self._storage._before(name)
+            label = name
+            if name == "fetch" and args and isinstance(args[0], Fetch):
+                label = "fetch(count)" if args[0].count else (
+                    "fetch(lock)" if args[0].lock else "fetch")
+            self._storage._before(label)
             result = method(*args)
-            self._storage._after(name, args, result)
+            self._storage._after(args, result)
             return result
 
         return call
@@ -233,23 +267,31 @@ def snapshot(storage: InstrumentedStorage, *, counters: bool = True) -> dict[tup
     left out (a failed attempt may change them, by design).
     """
     universe = storage.universe.copy()
+    ids = sorted(universe.accounts)
     out: dict[tuple[Any, ...], Any] = {}
     with storage.inner.unit_of_work(write=False) as uow:
-        for account_id in sorted(universe.accounts):
-            out["account", account_id] = uow.get_account(account_id)
-            out["credential", account_id] = uow.get_credential(account_id)
-            out["links", account_id] = uow.links(account_id)
-            out["merged_into", account_id] = uow.accounts_merged_into(account_id)
+        fetched = uow.fetch(Fetch(
+            accounts=ids, links=ids, absorbed=ids, logins=sorted(universe.logins),
+            establishments=sorted(universe.establishments), receipts=sorted(universe.receipts),
+            throttles=sorted(universe.throttles) if counters else ()))
+        for account_id in ids:
+            record = fetched.accounts.get(account_id)
+            out["account", account_id] = record.account if record else None
+            out["credential", account_id] = record.credential if record else None
+            out["links", account_id] = list(fetched.links[account_id])
+            out["merged_into", account_id] = list(fetched.absorbed[account_id])
         for key in sorted(universe.logins):
-            out["login", key] = uow.get_account_id_by_login(key)
+            record = fetched.by_login.get(key)
+            out["login", key] = record.account.id if record else None
         for uai in sorted(universe.establishments):
-            out["establishment", uai] = uow.get_establishment(uai)
+            out["establishment", uai] = fetched.establishments.get(uai)
         for principal_id, key in sorted(universe.receipts):
-            out["receipt", principal_id, key] = uow.get_receipt(principal_id, key)
+            out["receipt", principal_id, key] = fetched.receipts.get((principal_id, key))
         out["outbox",] = uow.unpublished(EVERYTHING)
         if counters:
             for key in sorted(universe.throttles):
-                out["throttle", key] = uow.get_throttle(key)
+                state = fetched.throttles[key]
+                out["throttle", key] = None if state == ThrottleState(key) else state
             out["audit",] = uow.audit_records(None, EVERYTHING)
     return out
 
@@ -283,17 +325,21 @@ def violations(storage: InstrumentedStorage, *, exclusive_children: bool = False
     holders: dict[str, list[str]] = {child: [] for child in universe.children}
     with storage.inner.unit_of_work(write=False) as uow:
         # Accounts other processes created are named by their events.
-        for entry in uow.unpublished(EVERYTHING):
+        outbox = uow.unpublished(EVERYTHING)
+        for entry in outbox:
             event = entry.event
             for field in ("account_id", "new_account_id", "principal_id", "absorbed_id"):
                 if isinstance(getattr(event, field, None), str):
                     universe.accounts.add(getattr(event, field))
             for child in getattr(event, "child_ids", ()) or getattr(event, "moved_child_ids", ()):
                 holders.setdefault(child, [])
-        accounts = {i: a for i in sorted(universe.accounts)
-                    if (a := uow.get_account(i)) is not None}
+        ids = sorted(universe.accounts)
+        fetched = uow.fetch(Fetch(accounts=ids, links=ids, absorbed=ids))
+        accounts = {i: r.account for i, r in fetched.accounts.items()}
+        holder_ids = sorted({a.merged_into for a in accounts.values() if a.merged_into})
+        holders_fetched = uow.fetch(Fetch(accounts=holder_ids, absorbed=holder_ids))
         for account in accounts.values():
-            links = uow.links(account.id)
+            links = fetched.links[account.id]
             if account.status is not AccountStatus.MERGED:
                 for link in links:
                     holders.setdefault(link.child.id, []).append(account.id)
@@ -303,18 +349,16 @@ def violations(storage: InstrumentedStorage, *, exclusive_children: bool = False
                 found.append(f"I1: pupil account {account.id} was absorbed")
             if links:
                 found.append(f"I2: absorbed account {account.id} still holds children")
-            if uow.get_credential(account.id) is not None:
-                found.append(f"I2: absorbed account {account.id} keeps a credential")
-            holder = uow.get_account(account.merged_into or "-")
+            record = holders_fetched.accounts.get(account.merged_into or "-")
+            holder = record.account if record is not None else None
             if holder is None or not holder.is_live:
                 found.append(f"I2: {account.id} is not one hop from a live account "
                              f"(merged into {account.merged_into})")
             elif holder.role is not Role.RESPONSABLE:
                 found.append(f"I1: {account.id} was absorbed by a pupil account")
-            elif account.id not in {a.id for a in uow.accounts_merged_into(holder.id)}:
+            elif account.id not in {a.id for a in holders_fetched.absorbed[holder.id]}:
                 found.append(f"I2: {holder.id} does not list {account.id} as merged into it")
-        absorbed = [e.event.absorbed_id for e in uow.unpublished(EVERYTHING)
-                    if isinstance(e.event, AccountsMerged)]
+        absorbed = [e.event.absorbed_id for e in outbox if isinstance(e.event, AccountsMerged)]
     for child, live in holders.items():
         if not live:
             found.append(f"I4: child {child} is held by no live account")

@@ -27,11 +27,6 @@ PASSWORD = "Mot-de-passe-Sûr-2026"
 COLLEGE = make_establishment(860001)
 
 
-def fetch(storage: Storage, request: Fetch) -> Fetched:
-    with storage.unit_of_work(write=False) as uow:
-        return uow.fetch(request)
-
-
 @pytest.fixture
 def verifier() -> Argon2Verifier:
     """Real argon2 with the cheapest parameters (the hashes are made once per test)."""
@@ -75,8 +70,9 @@ def test_loads_in_several_chunks_and_reports_progress(
                        chunk=10, progress=reported.append)
 
     assert reported == [10, 20, 25]
-    found = fetch(storage, Fetch(logins=[loaded.login(24)], accounts=[loaded.account_id(0)],
-                                 establishments=[COLLEGE.uai]))
+    with storage.unit_of_work(write=False) as uow:
+        found = uow.fetch(Fetch(logins=[loaded.login(24)], accounts=[loaded.account_id(0)],
+                                establishments=[COLLEGE.uai]))
     assert found.by_login[loaded.login(24)].account.id == loaded.account_id(24)
     assert found.accounts[loaded.account_id(0)].credential is not None
     assert found.establishments == {COLLEGE.uai: COLLEGE}
@@ -123,7 +119,8 @@ def test_a_taken_login_stores_nothing_of_its_chunk(
     with pytest.raises(LoginTaken):
         insert_accounts(storage, [row("a2", "claire.robert.2"), row("a3", "claire.robert")])
 
-    assert set(fetch(storage, Fetch(accounts=["a1", "a2"])).accounts) == {"a1"}
+    with storage.unit_of_work(write=False) as uow:
+        assert set(uow.fetch(Fetch(accounts=["a1", "a2", "a3"])).accounts) == {"a1"}
     storage.close()
 
 
@@ -162,6 +159,11 @@ def sqlalchemy_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 
 
 _prefixes = itertools.count()
+
+
+def fetch(storage: Storage, request: Fetch) -> Fetched:
+    with storage.unit_of_work(write=False) as uow:
+        return uow.fetch(request)
 
 
 def test_sqlalchemy_loads_in_bulk_accounts_that_merge(

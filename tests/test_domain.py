@@ -15,10 +15,18 @@ from account_merge.domain.logins import derive_login, login_key
 from account_merge.domain.passwords import (
     PROVISIONAL_ALPHABET,
     CnilPasswordPolicy,
+    fold,
     generate_provisional_password,
     provisional_entropy_bits,
 )
-from account_merge.domain.throttle import ThrottlePolicy, ThrottleState
+from account_merge.domain.throttle import (
+    ThrottlePolicy,
+    ThrottleState,
+    check_client,
+    merge_key,
+    principal_key,
+    signin_key,
+)
 from account_merge.domain.validation import escape_for_log
 from account_merge.exceptions import InvalidInput, PasswordPolicyError
 from account_merge.testing.strategies import establishments, uais
@@ -161,49 +169,106 @@ class TestPasswordPolicy:
     def test_passwords_following_the_cnil_examples_are_accepted(self, password: str) -> None:
         CnilPasswordPolicy().check(password, login="claire.robert")
 
-    @pytest.mark.parametrize("password,reason", [
-        ("Short1!", "at least 12"),
-        ("alllowercase12", "needs"),
-        ("Claire.Robert-2026!", "login"),
-        ("Tab\tinside-Pass1", "control"),
-        ("A" * 1025, "at most"),
+    @pytest.mark.parametrize("password,reason,rule", [
+        ("Short1!", "at least 12", "too_short"),
+        ("alllowercase12", "needs", "character_classes"),
+        ("Claire.Robert-2026!", "login", "contains_login"),
+        ("Tab\tinside-Pass1", "control", "control_characters"),
+        ("A" * 1025, "at most", "too_long"),
+        ("Vacances-Dupont-2026", "name or e-mail", "contains_context"),
+        ("Motdepasse123!", "too common", "common_password"),
+        ("aaaaaaaaaaaaaaaaaaaa", "repeats", "repetitive"),
+        ("Abcdefghijkl12", "sequence", "sequential"),
     ])
-    def test_weak_passwords_are_refused_saying_why(self, password: str, reason: str) -> None:
-        with pytest.raises(PasswordPolicyError, match=reason):
-            CnilPasswordPolicy().check(password, login="claire.robert")
+    def test_weak_passwords_are_refused_saying_why(self, password: str, reason: str,
+                                                   rule: str) -> None:
+        with pytest.raises(PasswordPolicyError, match=reason) as raised:
+            CnilPasswordPolicy().check(password, login="claire.robert",
+                                       context=("Jean Dupont", "jean.dupont@example.fr"))
+        assert raised.value.rule == rule
+        assert raised.value.code == "password_policy"
+
+    def test_every_rule_is_listed_on_the_error(self) -> None:
+        assert PasswordPolicyError.RULES == (
+            "too_short", "too_long", "control_characters", "contains_login",
+            "contains_context", "common_password", "repetitive", "sequential",
+            "character_classes", "unchanged")
+        assert PasswordPolicyError().rule is None  # a host's policy need not say
+        assert PasswordPolicyError("x", rule="too_short", limit=12).limit == 12
+
+    def test_folding_makes_look_alike_texts_equal(self) -> None:
+        assert fold("ｃｌａｉｒｅ．ＲＯＢＥＲＴ") == "claire.robert"
+        assert fold("Chérie Œuvre Straße") == "cherie oeuvre strasse"
 
 
 class TestThrottlePolicy:
-    def test_a_login_waits_exponentially_after_five_failures(self) -> None:
+    def test_a_counter_waits_exponentially_after_five_failures(self) -> None:
         policy = ThrottlePolicy()
         state = None
         for _ in range(5):
-            assert policy.login_wait(state, T0, lock=True) == 0
-            state = policy.record_failure(state, "login:x", T0)
-        assert policy.login_wait(state, T0, lock=True) == 1
-        state = policy.record_failure(state, "login:x", T0)
-        assert policy.login_wait(state, T0, lock=True) == 2
-        assert policy.login_wait(state, T0 + timedelta(seconds=2), lock=True) == 0
+            assert policy.wait(state, T0) == 0
+            state = policy.count(state, "merge:x", T0)
+        assert policy.wait(state, T0) == 1
+        state = policy.count(state, "merge:x", T0)
+        assert policy.wait(state, T0) == 2
+        assert policy.wait(state, T0 + timedelta(seconds=2)) == 0
 
     def test_after_ten_failures_merging_is_locked_for_a_day_but_sign_in_is_not(self) -> None:
         policy = ThrottlePolicy()
-        state = ThrottleState("login:x", 10, T0)
-        assert policy.login_wait(state, T0 + timedelta(hours=23), lock=True) == 3600
-        assert policy.login_wait(state, T0 + timedelta(hours=2), lock=False) == 0
+        merge = ThrottleState(merge_key("x"), 10, T0)
+        signin = ThrottleState(signin_key("x", None), 10, T0)
+        assert policy.wait(merge, T0 + timedelta(hours=23)) == 3600
+        assert policy.wait(signin, T0 + timedelta(hours=2)) == 0
+        assert policy.wait(signin, T0 + timedelta(seconds=31)) == 1  # 2 ** (10 - 5) s
 
     def test_a_principal_gets_ten_failures_an_hour_and_thirty_a_day(self) -> None:
         policy = ThrottlePolicy()
         state = None
+        key = principal_key("p")
         for minute in range(10):
-            state = policy.record_failure(state, "principal:p", T0 + timedelta(minutes=minute))
+            state = policy.count(state, key, T0 + timedelta(minutes=minute))
         now = T0 + timedelta(minutes=30)
-        assert policy.principal_wait(state, now) == 30 * 60
-        assert policy.principal_wait(state, T0 + timedelta(hours=1, seconds=1)) == 0
+        assert policy.wait(state, now) == 30 * 60
+        assert policy.wait(state, T0 + timedelta(hours=1, seconds=1)) == 0
         for hour in range(1, 3):
             for minute in range(10):
-                state = policy.record_failure(
-                    state, "principal:p", T0 + timedelta(hours=hour, minutes=minute))
-        assert policy.principal_wait(state, T0 + timedelta(hours=5)) == 19 * 3600
+                state = policy.count(state, key, T0 + timedelta(hours=hour, minutes=minute))
+        assert policy.wait(state, T0 + timedelta(hours=5)) == 19 * 3600
+
+    def test_a_count_keeps_only_the_recent_failures_every_window_needs(self) -> None:
+        policy = ThrottlePolicy()
+        state = None
+        for n in range(100):
+            state = policy.count(state, "merge:x", T0 + timedelta(seconds=n))
+        assert state is not None and state.consecutive == 100
+        assert len(state.recent) == policy.keep
+        assert state.recent[-1] == T0 + timedelta(seconds=99)
+
+    def test_a_release_gives_back_one_attempt(self) -> None:
+        policy = ThrottlePolicy()
+        state = policy.count(policy.count(None, "principal:p", T0), "principal:p",
+                             T0 + timedelta(1))
+        assert policy.release(state, T0) == ThrottleState("principal:p", 1, T0 + timedelta(1),
+                                                          (T0 + timedelta(1),))
+
+    def test_the_back_off_is_capped_before_any_overflow(self) -> None:
+        policy = ThrottlePolicy(backoff_base=timedelta(seconds=79),
+                                backoff_max=timedelta(days=10**5))
+        assert policy.backoff(10**6) == timedelta(days=10**5).total_seconds()
+        assert policy.wait(ThrottleState(merge_key("x"), 45, T0), T0) > 0
+
+    def test_keys_name_their_kind_and_never_hold_the_clients_text(self) -> None:
+        assert signin_key("claire", None) == "signin:claire:-"
+        key = signin_key("claire", "203.0.113.9")
+        assert key.startswith("signin:claire:") and "203.0.113.9" not in key
+        assert key == signin_key("claire", "203.0.113.9") != signin_key("claire", "203.0.113.8")
+        with pytest.raises(InvalidInput):
+            ThrottlePolicy().wait(ThrottleState("login:x", 10, T0), T0)
+
+    @pytest.mark.parametrize("client", ["", " ", "x" * 256, "a\nb", 42])
+    def test_a_bad_client_is_refused(self, client: object) -> None:
+        with pytest.raises(InvalidInput):
+            check_client(client)
 
     def test_limits_must_be_positive(self) -> None:
         with pytest.raises(InvalidInput):

@@ -19,6 +19,12 @@ CODES = {
     "ConcurrentUpdate": "concurrent_update",
     "InvalidInput": "invalid_input",
     "StorageError": "storage_error",
+    "LoginTaken": "concurrent_update",
+    "ExpectationFailed": "concurrent_update",
+    "ActivationRequired": "activation_required",
+    "AccountMerged": "account_merged",
+    "InvalidToken": "invalid_token",
+    "NotSupported": "not_supported",
 }
 
 
@@ -44,6 +50,9 @@ def test_errors_that_carry_data_expose_it() -> None:
     assert exceptions.AccountNotFound("acc1").account_id == "acc1"
     assert exceptions.InvalidInput("login", "bad").field == "login"
     assert exceptions.StorageError("/tmp/x.sqlite3", "corrupt").store == "/tmp/x.sqlite3"
+    assert exceptions.ActivationRequired("acc1").account_id == "acc1"
+    assert exceptions.AccountMerged("acc2").account_id == "acc2"
+    assert exceptions.NotSupported("tokens").tier == "tokens"
 
 
 @pytest.mark.parametrize("name", sorted(CODES))
@@ -54,6 +63,9 @@ def test_str_and_repr_name_the_code(name: str) -> None:
         "AccountNotFound": lambda: cls("acc1"),  # type: ignore[call-arg]
         "InvalidInput": lambda: cls("field", "message"),  # type: ignore[call-arg]
         "StorageError": lambda: cls("store", "message"),  # type: ignore[call-arg]
+        "ActivationRequired": lambda: cls("acc1"),  # type: ignore[call-arg]
+        "AccountMerged": lambda: cls("acc1"),  # type: ignore[call-arg]
+        "NotSupported": lambda: cls("tokens"),  # type: ignore[call-arg]
     }.get(name, cls)()
     assert cls.code in str(error)
     assert cls.code in repr(error)

@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 
 from account_merge import Child, NotificationLetter
 from account_merge.contrib.flask import CONFIG_KEYS, get_service, get_state
+from account_merge.messages import describe_wait
 from examples.flask_app import create_app
 from examples.flask_app.app import close_app
 from examples.flask_app.seed import seed_letters
@@ -334,9 +335,11 @@ def test_repeated_failures_show_the_throttling_message(make_app: Callable[..., F
     text = parent.post("/compte/regrouper", identifiant=second.login,
                        mot_de_passe=second.provisional_password.reveal())
     assert parent.status == 429
-    waited = re.search(r"Trop de tentatives ; réessayez dans (\d+) s\.", text)
-    assert waited is not None and int(waited.group(1)) >= 1
-    assert parent.retry_after == waited.group(1)
+    waited = re.search(r"Trop de tentatives ; réessayez dans ([^.]+)\. Vérifiez l'identifiant",
+                       text)
+    assert waited is not None and parent.retry_after is not None
+    assert waited.group(1) == " ".join(describe_wait(int(parent.retry_after)).split())
+    assert waited.group(1).endswith("1 heure")  # the rest of the hour
     assert children_listed(parent.get("/compte/enfants")) == [("Dylan", "Claire Robert")]
 
 

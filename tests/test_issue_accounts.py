@@ -16,6 +16,7 @@ from account_merge import (
     MergeService,
 )
 from account_merge.exceptions import InvalidInput
+from account_merge.ports import Fetch
 
 COLLEGE = Establishment("0860001J", "Collège des Trois Rivières")
 
@@ -72,7 +73,8 @@ def test_hashes_in_worker_processes_and_stores_in_this_one() -> None:
     letters = list(service.issue_accounts(COLLEGE, (family(n) for n in range(6)), workers=2))
 
     with storage.unit_of_work(write=False) as uow:
-        hashes = {uow.get_credential(letter.account_id).password_hash  # type: ignore[union-attr]
+        hashes = {uow.fetch(Fetch(accounts=[letter.account_id])).accounts[  # type: ignore[union-attr]
+                      letter.account_id].credential.password_hash
                   for letter in letters}
     assert f"made-in-{os.getpid()}" not in hashes
     assert len(hashes) >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gettext
 import io
+import math
 import re
 import string
 import threading
@@ -11,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from account_merge import Child, Establishment, NotificationLetter, Secret, exceptions, messages
 from account_merge.domain.receipts import MERGE_CONFIRMATION
@@ -20,6 +23,7 @@ from account_merge.messages import (
     FALLBACK,
     FRENCH,
     catalogue,
+    describe_wait,
     error_message,
     message,
     override,
@@ -29,6 +33,10 @@ from account_merge.messages import (
 )
 
 SRC = Path(messages.__file__).parent
+NBSP = "\u00a0"
+ADVICE_FR = (f"Vérifiez l'identifiant et le mot de passe, ou utilisez "
+             f"«{NBSP}mot de passe oublié{NBSP}?{NBSP}»")
+ADVICE_EN = "Check the login and password, or use “forgot password?”"
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +69,36 @@ def test_every_error_code_has_a_message_in_every_language(language: str) -> None
     missing = sorted(code for code in error_codes() if not shipped.get(code, "").strip())
 
     assert missing == []
+
+
+@pytest.mark.parametrize("language", messages.LANGUAGES)
+@pytest.mark.parametrize("rule", exceptions.PasswordPolicyError.RULES)
+def test_every_password_rule_has_its_own_message_in_every_language(
+        rule: str, language: str) -> None:
+    shipped = catalogue(language)
+
+    text = shipped.get(f"password_policy.{rule}", "")
+
+    assert text.strip()
+    assert text != shipped["password_policy"]
+    assert text[0].islower() and not text.endswith(".")
+
+
+def test_error_message_says_which_password_rule_refused() -> None:
+    error = exceptions.PasswordPolicyError("too common", rule="common_password")
+
+    assert error_message(error).startswith("ce mot de passe est trop courant")
+    assert error_message(error, "en").startswith("this password is too common")
+    assert error_message(exceptions.PasswordPolicyError("short", rule="too_short", limit=12)) == (
+        "le mot de passe est trop court : il faut au moins 12 caractères")
+
+
+def test_a_password_error_without_a_known_rule_gets_the_policys_message() -> None:
+    """A host's own policy may raise the error without a rule, or with one of its own."""
+    for error in (exceptions.PasswordPolicyError("say horse"),
+                  exceptions.PasswordPolicyError("say horse", rule="no_horse")):
+        assert error_message(error) == FRENCH["password_policy"]
+        assert error_message(error, "en") == ENGLISH["password_policy"]
 
 
 def test_both_languages_have_the_same_messages_with_the_same_fields() -> None:
@@ -135,9 +173,10 @@ def test_using_language_applies_to_its_block_and_thread_only() -> None:
 
 
 def test_fields_are_filled_and_a_missing_field_stays_as_written() -> None:
-    assert message("too_many_attempts", retry_after=30) == (
-        "trop de tentatives ; réessayez dans 30 s")
-    assert message("too_many_attempts") == "trop de tentatives ; réessayez dans {retry_after} s"
+    assert message("screen.responsable", name="Claire Robert") == "Responsable : Claire Robert"
+    assert message("screen.responsable") == "Responsable : {name}"
+    assert message("too_many_attempts", wait="2 minutes").startswith(
+        f"trop de tentatives{NBSP}; réessayez dans 2 minutes.\n")
 
 
 def test_an_unknown_key_gets_the_generic_message_in_the_language_asked() -> None:
@@ -167,7 +206,7 @@ def test_an_override_keeps_its_fields_and_must_name_a_known_message() -> None:
 
 def test_error_message_fills_the_fields_from_the_error() -> None:
     assert error_message(exceptions.TooManyAttempts(retry_after=90), "en") == (
-        "too many attempts; try again in 90 s")
+        "too many attempts; try again in 2 minutes.\n" + ADVICE_EN)
     assert error_message(exceptions.InvalidInput("email", "must look like an address")) == (
         "donnée invalide : email")
     assert error_message(exceptions.AccountNotFound("acc9")) == "compte introuvable : acc9"
@@ -201,6 +240,122 @@ def test_error_messages_are_clauses_that_a_host_can_build_on() -> None:
             assert text[0].islower() and not text.endswith("."), code
 
 
+# -- waits, as a person says them ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seconds", "french", "english"), [
+    (0, "quelques secondes", "a few seconds"),
+    (1, "quelques secondes", "a few seconds"),
+    (10, "quelques secondes", "a few seconds"),
+    (11, f"11{NBSP}secondes", "11 seconds"),
+    (42, f"42{NBSP}secondes", "42 seconds"),
+    (59, f"1{NBSP}minute", "1 minute"),
+    (61, f"1{NBSP}minute", "1 minute"),
+    (90, f"2{NBSP}minutes", "2 minutes"),
+    (119, f"2{NBSP}minutes", "2 minutes"),
+    (600, f"10{NBSP}minutes", "10 minutes"),
+    (3574, f"environ 1{NBSP}heure", "about 1 hour"),
+    (3600, f"1{NBSP}heure", "1 hour"),
+    (3601, f"environ 1{NBSP}heure", "about 1 hour"),
+    (5400, f"environ 2{NBSP}heures", "about 2 hours"),
+    (86399, f"environ 1{NBSP}jour", "about 1 day"),
+    (86400, f"1{NBSP}jour", "1 day"),
+    (2 * 86400, f"2{NBSP}jours", "2 days"),
+    (14 * 86400, f"2{NBSP}semaines", "2 weeks"),
+])
+def test_a_wait_reads_as_a_person_would_say_it(seconds: int, french: str, english: str) -> None:
+    assert describe_wait(seconds, "fr") == french
+    assert describe_wait(seconds, "en") == english
+
+
+def test_a_wait_rounds_up_rather_than_promise_much_less() -> None:
+    """80 s rounded to the nearest would be 1 minute: the parent would come back 20 s too early."""
+    assert describe_wait(80, "en") == "2 minutes"
+    assert describe_wait(70 * 60, "en") == "about 1 hour"
+    assert describe_wait(80 * 60, "en") == "about 2 hours"
+    assert describe_wait(1.2, "en") == describe_wait(2, "en") == "a few seconds"
+    assert describe_wait(10.5, "en") == "11 seconds"
+
+
+def test_a_wait_is_in_the_language_of_the_call_or_of_the_request() -> None:
+    assert describe_wait(119) == f"2{NBSP}minutes"
+    assert describe_wait(119, "en-GB") == "2 minutes"
+    assert describe_wait(119, "de") == f"2{NBSP}minutes"
+    with using_language("en"):
+        assert describe_wait(3574) == "about 1 hour"
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), "60", None, True])
+def test_a_wait_must_be_a_finite_number_of_seconds(seconds: object) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        describe_wait(seconds)  # type: ignore[arg-type]
+    assert raised.value.field == "seconds"
+
+
+def test_a_host_can_reword_the_rounded_wait() -> None:
+    override("wait.about", "à peu près {duration}")
+
+    assert describe_wait(3574) == f"à peu près 1{NBSP}heure"
+
+
+UNITS = {
+    "seconde": 1, "minute": 60, "heure": 3600, "jour": 86400, "semaine": 7 * 86400,
+    "mois": 30 * 86400, "an": 365 * 86400,
+    "second": 1, "hour": 3600, "day": 86400, "week": 7 * 86400, "month": 30 * 86400,
+    "year": 365 * 86400,
+}
+FEW = {"quelques secondes", "a few seconds"}
+
+
+def promised(phrase: str) -> int:
+    """The seconds a phrase of describe_wait promises, read as a parent would read it."""
+    found = re.fullmatch(r"(?:environ |about )?(\d+)[ \u00a0](\w+)", phrase)
+    assert found is not None, phrase
+    count, unit = int(found.group(1)), found.group(2)
+    return count * UNITS[unit if unit in UNITS else unit.removesuffix("s")]
+
+
+@given(seconds=st.integers(min_value=0, max_value=3 * 365 * 86400)
+       | st.floats(min_value=0, max_value=3 * 365 * 86400),
+       language=st.sampled_from(messages.LANGUAGES))
+def test_a_wait_never_promises_much_less_than_the_real_one(seconds: float,
+                                                           language: str) -> None:
+    """At least 85 % of the wait (80 % is the limit a parent would still call "about")."""
+    phrase = describe_wait(seconds, language)
+
+    if phrase in FEW:
+        assert seconds <= 10
+    else:
+        wait = math.ceil(seconds)
+        assert 0.85 * wait <= promised(phrase) <= 2 * wait
+        assert phrase.startswith(("environ ", "about ")) == (
+            promised(phrase) != wait and promised(phrase) >= 3600)
+
+
+def test_the_throttling_message_says_the_wait_then_gives_one_line_of_advice() -> None:
+    error = exceptions.TooManyAttempts(retry_after=3574)
+
+    assert error_message(error).split("\n") == [
+        f"trop de tentatives{NBSP}; réessayez dans environ 1{NBSP}heure.", ADVICE_FR]
+    assert error_message(error, "en").split("\n") == [
+        "too many attempts; try again in about 1 hour.", ADVICE_EN]
+
+
+def test_the_throttling_message_keeps_the_seconds_for_a_hosts_own_wording() -> None:
+    override("too_many_attempts", "patientez {retry_after} s ({wait})")
+
+    assert error_message(exceptions.TooManyAttempts(119)) == f"patientez 119 s (2{NBSP}minutes)"
+
+
+def test_french_messages_of_waits_keep_french_typography() -> None:
+    """No-break spaces before ; : ? ! and inside « », so that none starts a line alone."""
+    french = catalogue("fr")
+    for key in ("too_many_attempts", "wait.about", "wait.few_seconds"):
+        text = french[key]
+        assert re.search(r" [;:?!»]|« ", text) is None, key
+    assert f"{NBSP};" in french["too_many_attempts"]
+
+
 # -- the letter ------------------------------------------------------------------------------
 
 
@@ -215,9 +370,11 @@ def a_letter() -> NotificationLetter:
 
 
 def test_the_french_letter_is_exactly_the_domains_rendering() -> None:
+    """Dates stay day/month/year in figures: the domain formats them without Babel."""
     letter = a_letter()
 
     assert render_letter(letter, "fr") == letter.render()
+    assert "valable jusqu'au 30/11/2026.\n" in letter.render()
 
 
 def test_the_english_letter_carries_the_same_login_password_and_date() -> None:
@@ -237,10 +394,10 @@ def test_the_english_letter_carries_the_same_login_password_and_date() -> None:
 def test_the_compiled_catalogue_reads_the_same_through_the_standard_gettext(
         language: str) -> None:
     """The .mo the build writes is the format Python's gettext (and GNU tools) read."""
-    from account_merge import _msgfmt
+    from hatch_build import compile_catalogue
 
     po = messages.locale_dir() / language / "LC_MESSAGES" / "account_merge.po"
-    compiled = _msgfmt.compile_mo(_msgfmt.parse_po(po.read_text(encoding="utf-8")))
+    compiled = compile_catalogue(po)
     translations = gettext.GNUTranslations(io.BytesIO(compiled))
 
     assert translations.info()["language"] == language
@@ -260,7 +417,7 @@ def test_every_error_code_of_the_library_has_a_french_message() -> None:
 
 def test_error_message_fills_the_placeholders_from_the_error() -> None:
     assert error_message(exceptions.TooManyAttempts(42)) == (
-        "trop de tentatives ; réessayez dans 42 s")
+        f"trop de tentatives{NBSP}; réessayez dans 42{NBSP}secondes.\n" + ADVICE_FR)
     assert error_message(exceptions.InvalidInput("email", "bad")) == "donnée invalide : email"
     assert error_message(exceptions.AccountNotFound("acc9")) == "compte introuvable : acc9"
     assert error_message(exceptions.InvalidCredentials()) == (

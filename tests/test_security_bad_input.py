@@ -91,6 +91,8 @@ class World:
             "unpublished_events": [self.numbers],
             "mark_published": [st.one_of(JUNK, st.lists(st.integers(), max_size=3))],
             "audit_trail": [self.ids, self.numbers],
+            "register_establishment": [self.schools],
+            "find_establishment": [st.one_of(JUNK, st.just(SCHOOL.uai))],
         }
 
     def arguments(self, method: str) -> st.SearchStrategy[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -98,6 +100,7 @@ class World:
         keywords: dict[str, dict[str, st.SearchStrategy[Any]]] = {
             "issue_account": {"email": self.emails},
             "issue_accounts": {"workers": st.one_of(JUNK, st.just(1))},
+            "register_establishment": {"actor": st.one_of(JUNK, st.just("cli"))},
         }
         positional = st.tuples(*self.signatures()[method])
         named = st.fixed_dictionaries({}, optional=keywords.get(method, {}))

@@ -1,7 +1,8 @@
 """A fault at every write, one at a time (SQLite's own test method).
 
 For merge, split and activate, the store is made to fail at its k-th
-write (any unit-of-work method that changes it, or commit), for every k
+write (counting an attempt, each part of a change set -- the parts before
+it written --, or commit), for every k
 the operation makes, once or from then on.  The operation must then raise
 an ``AccountMergeError`` and leave the store as it was (rule I5), apart
 from the failure counters and the audit of the failure, which are
@@ -27,7 +28,7 @@ from security_kit import InjectedFault, InstrumentedStorage, changes, snapshot, 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 STRONG = "Mot-de-passe-Sûr-2026"
 OTHER = "Autre-Mot-de-passe-2027"
-NEW = "Nouveau-Mot-de-passe-2028"
+NEW = "Nouvelle-Clé-Verte-2028"
 
 Operation = Callable[[], object]
 

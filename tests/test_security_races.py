@@ -35,8 +35,8 @@ LYCEE = make_establishment(860002, "Lycée Camille Guérin")
 STRONG = "Mot-de-passe-Sûr-2026"
 WORKERS = 4
 ROUNDS = 3
-#: Slept before the first write of a merge (update_account) or of a split (add_account).
-WIDEN = {"update_account": 0.02, "add_account": 0.02}
+#: Slept before the change set of a merge or a split is applied.
+WIDEN = {"apply": 0.02}
 
 
 class Families:

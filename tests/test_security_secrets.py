@@ -16,7 +16,7 @@ import json
 import logging
 import sqlite3
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ UNSAFE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 class AnyPassword:
     """A policy that accepts everything: the property test's passwords all get stored."""
 
-    def check(self, password: str, *, login: str) -> None:
+    def check(self, password: str, *, login: str, context: Sequence[str] = ()) -> None:
         pass
 
 

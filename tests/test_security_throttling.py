@@ -1,10 +1,12 @@
 """Throttling of failed attempts: the defaults, their configuration, and their atomicity.
 
-Every test runs on every store.  Attempts are counted in the store, per
-target login (whether it exists or not, in one counter for the merge form
-and the owner's sign-in) and per principal, and each attempt is counted
-before its password is checked: concurrent attempts, from threads or from
-processes, cannot run more argon2 verifications than the limits allow.
+Every test runs on every store.  Attempts are counted in the store: the
+merge form's per target login (whether it exists or not) and per
+principal, sign-in's (with activation and change of password) per login
+and client; and each attempt is counted before its password is checked:
+concurrent attempts, from threads or from processes, cannot run more
+argon2 verifications than the limits allow.  No stranger's failures, from
+another client or from the merge form, slow the owner's sign-in.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import pytest
 
 from account_merge import Child, MergeService, NotificationLetter
 from account_merge.domain.account import Account
-from account_merge.domain.throttle import ThrottlePolicy
+from account_merge.domain.throttle import ThrottlePolicy, merge_key
 from account_merge.exceptions import AccountMergeError, InvalidInput, TooManyAttempts
-from account_merge.ports import Storage
+from account_merge.ports import Fetch, Storage
 from account_merge.testing import CountingVerifier, FakeClock, make_establishment
 from naive_storage import NaiveStorage
 from security_kit import InstrumentedStorage, race
@@ -69,6 +71,25 @@ def clock(service: MergeService) -> FakeClock:
     return service.clock
 
 
+def strangers_then_owner(service: MergeService) -> tuple[str | int, str | int]:
+    """1,000 wrong sign-ins from one client and 1,000 at the merge form, over a day.
+
+    Returns what the owner then gets signing in from another client, and
+    without a client; each runs one verification at most.
+    """
+    owner = principal(service, 1)
+    attackers = [principal(service, n) for n in range(2, 12)]
+    for i in range(1000):
+        outcome(lambda: service.authenticate(owner.login, WRONG, client="203.0.113.9"))
+        outcome(lambda i=i: service.merge(attackers[i % 10].id, owner.login, WRONG))
+        clock(service).advance(seconds=86)
+    service.verifier.reset()  # type: ignore[attr-defined]
+    results = (outcome(lambda: service.authenticate(owner.login, STRONG, client="198.51.100.7")),
+               outcome(lambda: service.authenticate(owner.login, STRONG)))
+    assert verifications(service) <= 2
+    return results
+
+
 class TestDefaults:
     def test_after_five_failures_each_merge_attempt_waits_twice_as_long_then_ten_lock_it(
             self, instrumented: InstrumentedStorage) -> None:
@@ -94,7 +115,7 @@ class TestDefaults:
         clock(service).advance(hours=1)
         assert attempt(target.provisional_password.reveal()) == "ok"
 
-    def test_the_lock_spares_the_owners_sign_in_which_is_only_slowed(
+    def test_the_merge_lock_never_slows_the_owners_sign_in(
             self, instrumented: InstrumentedStorage) -> None:
         """Nobody can lock a parent out of their own account from the merge form."""
         service = make(instrumented)
@@ -105,13 +126,12 @@ class TestDefaults:
                 "invalid_credentials")
             clock(service).advance(seconds=16)
         assert outcome(lambda: service.merge(attackers[0].id, owner.login, STRONG)) == DAY - 16
-        # The owner waits out the back-off (2 ** (10 - 5) seconds), then signs in.
-        assert outcome(lambda: service.authenticate(owner.login, STRONG)) == 32 - 16
-        clock(service).advance(seconds=16)
+        # The owner signs in at once, with or without a client...
         assert outcome(lambda: service.authenticate(owner.login, STRONG)) == "ok"
-        # The owner's sign-in starts the count again.
-        assert outcome(lambda: service.merge(attackers[1].id, owner.login, WRONG)) == (
-            "invalid_credentials")
+        assert outcome(lambda: service.authenticate(owner.login, STRONG,
+                                                    client="198.51.100.7")) == "ok"
+        # ... and that lifts nothing: merging with that login stays locked.
+        assert outcome(lambda: service.merge(attackers[1].id, owner.login, WRONG)) == DAY - 16
 
     def test_failures_count_alike_whether_the_login_exists_or_not(
             self, instrumented: InstrumentedStorage) -> None:
@@ -123,10 +143,9 @@ class TestDefaults:
             seen[login] = [outcome(lambda p=parent, login=login: service.merge(p.id, login, WRONG))
                            for _ in range(6)]
         assert seen[target.login] == seen["nobody.here"] == ["invalid_credentials"] * 5 + [1]
+        keys = [merge_key(target.login), merge_key("nobody.here")]
         with instrumented.inner.unit_of_work(write=False) as uow:
-            known = uow.get_throttle(f"login:{target.login}")
-            unknown = uow.get_throttle("login:nobody.here")
-        assert known is not None and unknown is not None
+            known, unknown = (uow.fetch(Fetch(throttles=keys)).throttles[k] for k in keys)
         assert (known.consecutive, len(known.recent)) == (unknown.consecutive,
                                                           len(unknown.recent)) == (5, 5)
 
@@ -162,19 +181,66 @@ class TestDefaults:
         # Nineteen failures, and the owner's sign-in still goes through.
         assert outcome(lambda: service.authenticate(owner.login, STRONG)) == "ok"
 
-    def test_activation_attempts_share_the_logins_counter(
+    def test_activation_failures_count_per_client_and_never_lock_the_merge_form(
             self, instrumented: InstrumentedStorage) -> None:
-        """Guessing a letter's password by activation counts towards the merge lock."""
+        """Guessing a letter's password by activation slows that client only."""
         service = make(instrumented)
         parent, target = principal(service, 1), letter(service, 2)
-        for _ in range(10):
-            result = outcome(lambda: service.activate(target.login, WRONG, STRONG + "!"))
-            if isinstance(result, int):
-                clock(service).advance(seconds=result)
-                assert outcome(lambda: service.activate(target.login, WRONG, STRONG + "!")) == (
-                    "invalid_credentials")
+        guesses = [outcome(lambda: service.activate(target.login, WRONG, STRONG + "!",
+                                                    client="203.0.113.9"))
+                   for _ in range(7)]
+        assert guesses == ["invalid_credentials"] * 5 + [1, 1]
+        # The letter's holder activates from elsewhere at once, or merges it.
         assert outcome(lambda: service.merge(parent.id, target.login,
-                                             target.provisional_password)) == DAY
+                                             target.provisional_password)) == "ok"
+
+    def test_a_thousand_failures_from_one_client_and_at_the_merge_form_leave_the_owner_in(
+            self, instrumented: InstrumentedStorage) -> None:
+        """Defect 12.1: strangers could keep a parent out of sign-in all day; no more."""
+        assert strangers_then_owner(make(instrumented)) == ("ok", "ok")
+
+    def test_the_test_above_fails_when_every_failure_shares_one_counter(
+            self, instrumented: InstrumentedStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Teeth: with the old single counter per login, the owner is refused."""
+        from account_merge.service import merging, own_account
+
+        shared = "login:{}".format
+        monkeypatch.setattr(own_account, "signin_key", lambda key, client: shared(key))
+        monkeypatch.setattr(merging, "merge_key", shared)
+        assert strangers_then_owner(make(instrumented)) != ("ok", "ok")
+
+    def test_a_success_from_one_client_leaves_another_clients_count_alone(
+            self, instrumented: InstrumentedStorage) -> None:
+        """A guesser cannot learn from their own counter that the owner signed in."""
+        service = make(instrumented)
+        owner = principal(service, 1)
+        assert [outcome(lambda: service.authenticate(owner.login, WRONG, client="attacker"))
+                for _ in range(6)] == ["invalid_credentials"] * 5 + [1]
+        assert outcome(lambda: service.authenticate(owner.login, STRONG, client="home")) == "ok"
+        assert outcome(lambda: service.authenticate(owner.login, WRONG, client="attacker")) == 1
+
+    def test_calls_without_a_client_share_one_bucket_per_login(
+            self, instrumented: InstrumentedStorage) -> None:
+        service = make(instrumented)
+        owner = principal(service, 1)
+        assert [outcome(lambda: service.authenticate(owner.login, WRONG))
+                for _ in range(6)] == ["invalid_credentials"] * 5 + [1]
+        assert outcome(lambda: service.authenticate(owner.login, STRONG)) == 1
+        assert outcome(lambda: service.authenticate(owner.login, STRONG, client="home")) == "ok"
+
+    def test_a_long_back_off_never_overflows(self, instrumented: InstrumentedStorage) -> None:
+        """Defect 12.7: a base of about 79 s overflowed ``timedelta`` after 45 failures."""
+        policy = ThrottlePolicy(backoff_base=timedelta(seconds=80),
+                                backoff_max=timedelta(days=30))
+        service = make(instrumented, throttle=policy)
+        owner = principal(service, 1)
+        waits = []
+        for _ in range(60):
+            result = outcome(lambda: service.authenticate(owner.login, WRONG))
+            if isinstance(result, int):
+                waits.append(result)
+                clock(service).advance(seconds=result)
+        assert max(waits) == 30 * DAY
 
     def test_too_many_attempts_is_audited_and_carries_retry_after(
             self, instrumented: InstrumentedStorage) -> None:
@@ -260,7 +326,7 @@ class TestWorkersShareTheCounters:
 ATTEMPTS = 50
 #: Slept inside each read of a counter: a store that does not serialise the
 #: read-modify-write of a counter loses updates in this window.
-WIDEN = {"get_throttle": 0.002}
+WIDEN = {"fetch(count)": 0.002}
 
 
 def concurrent_wrong_merges(storage: Storage) -> tuple[int, list[Any]]:

@@ -21,7 +21,7 @@ from account_merge import (
 from account_merge.domain.events import AccountsMerged, MergeSplit
 from account_merge.domain.receipts import MERGE_CONFIRMATION
 from account_merge.exceptions import AccountMergeError
-from account_merge.ports import Storage
+from account_merge.ports import Fetch, Storage
 from account_merge.service import same_display_name
 from account_merge.testing import CountingVerifier, FakeClock, capture_events, make_establishment
 
@@ -77,8 +77,13 @@ def test_the_seed_story_from_letters_to_split(service: MergeService) -> None:
     assert [(a.child.first_name, a.responsable) for a in listed] == [
         ("Dylan", "Claire Robert"), ("Florian", "Claire Robert")]
 
+    # The absorbed letter opens nothing any more; once its password is proven,
+    # the parent is told where the account went.
     with pytest.raises(AccountMergeError) as raised:
         service.authenticate(florian_letter.login, florian_letter.provisional_password)
+    assert raised.value.code == "account_merged"
+    with pytest.raises(AccountMergeError) as raised:
+        service.authenticate(florian_letter.login, "WRONG-PASSWORD")
     assert raised.value.code == "invalid_credentials"
     assert service.resolve(florian_letter.account_id).id == principal.id
 
@@ -227,7 +232,7 @@ class TestAccountManagement:
         after = MergeService(storage, new, clock)
         after.authenticate(account.login, STRONG)
         with storage.unit_of_work(write=False) as uow:
-            stored = uow.get_credential(account.id)
+            stored = uow.fetch(Fetch(accounts=[account.id])).accounts[account.id].credential
         assert stored is not None and not new.needs_rehash(stored.password_hash)
         assert after.authenticate(account.login, STRONG).id == account.id
 
@@ -246,8 +251,10 @@ class TestMerge:
         assert receipt.absorbed_id == other.id
         assert captured.of_type(AccountsMerged) == [AccountsMerged(
             service.clock(), principal.id, other.id, (FLORIAN.id,))]
-        fails_with("invalid_credentials", service, [principal.id, other.id],
+        fails_with("account_merged", service, [principal.id, other.id],
                    lambda: service.authenticate(other.login, OTHER_STRONG))
+        fails_with("invalid_credentials", service, [principal.id, other.id],
+                   lambda: service.merge(principal.id, other.login, OTHER_STRONG))
 
     def test_a_child_already_held_stays_once(self, service: MergeService) -> None:
         first = service.issue_account(COLLEGE, "Claire Robert", [DYLAN])

@@ -26,10 +26,11 @@ def test_the_service_follows_the_model_on_every_store(
 def test_the_model_keeps_the_order_in_which_a_split_moved_the_children() -> None:
     """A split moves children in the order the account holds them, not by id.
 
-    The principal holds Florian and Dylan in that order (merged from a
-    letter that listed them so); the split account, merged into another
-    principal holding Dylan, must bring Florian only, and the model must
-    agree on the order of what moved.
+    The principal holds Léa and Dylan in that order (merged from a letter
+    that listed them so), then Florian from another letter: the split makes
+    one account per letter, and the first, merged into another principal
+    holding Dylan, must bring Léa only; the model must agree on the order
+    of what moved.
     """
     college, lycee = _ESTABLISHMENTS
     machine = build_state_machine(InMemoryStorage)()
@@ -41,7 +42,9 @@ def test_the_model_keeps_the_order_in_which_a_split_moved_the_children() -> None
     holder = machine.issue_and_activate_a_principal(picks=[0], school=college)
 
     split_away = machine.split(account=kept, school=college)
-    machine.merge_into_an_activated_account(principal=holder, absorbed=split_away, mode="right")
+    assert len(split_away.values) == 2  # one account per origin letter
+    machine.merge_into_an_activated_account(principal=holder, absorbed=split_away.values[0],
+                                            mode="right")
 
     machine.store_matches_model()
     machine.no_child_is_lost()

@@ -15,9 +15,9 @@ from hypothesis.errors import FlakyFailure
 from hypothesis.stateful import run_state_machine_as_test
 
 from account_merge import InMemoryStorage
-from account_merge import service as service_module
-from account_merge.domain import rules
+from account_merge.domain import proofs, rules
 from account_merge.exceptions import AccountMergeError
+from account_merge.service import merging, splitting
 from account_merge.testing.state_machine import build_state_machine
 
 # No shrinking: finding the failure is the point, and shrinking is slow.
@@ -36,7 +36,7 @@ def test_it_catches_absorbed_accounts_left_two_hops_away(monkeypatch: pytest.Mon
     def no_repointing(*args: Any) -> rules.MergePlan:
         return attrs.evolve(rules.plan_merge(*args), repointed=())
 
-    monkeypatch.setattr(service_module, "plan_merge", no_repointing)
+    monkeypatch.setattr(merging, "plan_merge", no_repointing)
     assert_machine_fails()
 
 
@@ -46,7 +46,7 @@ def test_it_catches_a_child_held_twice_after_a_merge(monkeypatch: pytest.MonkeyP
         plan = rules.plan_merge(principal, absorbed, [], absorbed_links, previously, now)
         return attrs.evolve(plan, children=tuple(l.child for l in principal_links) + plan.moved)
 
-    monkeypatch.setattr(service_module, "plan_merge", duplicating)
+    monkeypatch.setattr(merging, "plan_merge", duplicating)
     assert_machine_fails()
 
 
@@ -55,21 +55,36 @@ def test_it_catches_a_split_that_takes_children_of_another_establishment(
     def greedy(establishment: Any, account: Any, links: Any) -> rules.SplitPlan:
         plan = rules.plan_split(establishment, account, links)
         extra = tuple(link for link in links if link.via_merge and link not in plan.removed)
-        return attrs.evolve(plan, removed=plan.removed + extra,
-                            moved=plan.moved + tuple(link.child for link in extra))
+        first = plan.groups[0]
+        return rules.SplitPlan(
+            removed=plan.removed + extra,
+            groups=(rules.SplitGroup(first.origin_account_id, first.links + extra),
+                    *plan.groups[1:]))
 
-    monkeypatch.setattr(service_module, "plan_split", greedy)
+    monkeypatch.setattr(splitting, "plan_split", greedy)
+    assert_machine_fails()
+
+
+def test_it_catches_a_split_that_hands_one_responsable_another_ones_child(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 12.3: every merged child of the school went to one new account."""
+    def one_account(establishment: Any, account: Any, links: Any) -> rules.SplitPlan:
+        plan = rules.plan_split(establishment, account, links)
+        return rules.SplitPlan(removed=plan.removed, groups=(rules.SplitGroup(
+            plan.groups[0].origin_account_id, plan.removed),))
+
+    monkeypatch.setattr(splitting, "plan_split", one_account)
     assert_machine_fails()
 
 
 def test_it_catches_a_merge_that_skips_the_password_check(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    original = service_module._Target.usable_hash
+    original = proofs.openable_hash
 
-    def lax(self: Any, now: Any, *, provisional: bool | None) -> str | None:
-        if provisional is None and self.credential is not None:
-            return self.credential.password_hash  # ignores expiry and status
-        return original(self, now, provisional=provisional)
+    def lax(account: Any, credential: Any, now: Any, purpose: proofs.Purpose) -> str | None:
+        if purpose is proofs.Purpose.MERGE and credential is not None:
+            return str(credential.password_hash)  # ignores expiry and status
+        return original(account, credential, now, purpose)
 
-    monkeypatch.setattr(service_module._Target, "usable_hash", lax)
+    monkeypatch.setattr(merging, "openable_hash", lax)
     assert_machine_fails()

@@ -140,9 +140,12 @@ def error_text(code: str, fields: Mapping[str, object], language: str | None = N
     """The message of an error code as a clause: no capital, no final period.
 
     The command line's own wording of a code (``cli.error.<code>``) wins
-    over the library's; a code without message gets the generic one.
+    over the library's, and a password policy's rule has its own
+    (:func:`account_merge.messages.error_key`); a code without message
+    gets the generic one.
     """
-    key = f"cli.error.{code}" if messages.has_message(f"cli.error.{code}") else code
+    key = (f"cli.error.{code}" if messages.has_message(f"cli.error.{code}")
+           else messages.error_key(code, fields.get("rule")))
     text = messages.message(key, language, **fields).removesuffix(".")
     return text[:1].lower() + text[1:]
 
@@ -213,7 +216,7 @@ class _Session:
     # -- reading ------------------------------------------------------------------
     def establishment(self, uai: str) -> Establishment:
         """The establishment stored under *uai*, or ``unknown_establishment``."""
-        return _stored_establishment(self.storage, uai)
+        return _stored_establishment(self.service, uai)
 
     def account(self, ref: str) -> Account:
         """The account whose id or login is *ref*."""
@@ -249,12 +252,10 @@ class _Session:
 ADD_ESTABLISHMENT: str | None = None
 
 
-def _stored_establishment(storage: Storage, uai: str,
+def _stored_establishment(service: MergeService, uai: str,
                           hint: str | None = ADD_ESTABLISHMENT) -> Establishment:
     """The establishment stored under *uai*, or ``unknown_establishment``."""
-    uai = validate_uai(uai)
-    with storage.unit_of_work(write=False) as uow:
-        found = uow.get_establishment(uai)
+    found = service.find_establishment(validate_uai(uai))
     if found is None:
         raise CliError("unknown_establishment", uai=uai,
                        hint=hint if hint is not None else _("cli.add_establishment"))
@@ -300,10 +301,8 @@ def cmd_demo(session: _Session) -> int:
 
 
 def cmd_establishment_add(session: _Session) -> int:
-    establishment = Establishment(session.args.uai, session.args.name)
-    with session.storage.unit_of_work() as uow:
-        uow.put_establishment(establishment)
-        uow.commit()
+    establishment = session.service.register_establishment(
+        Establishment(session.args.uai, session.args.name), actor="cli")
     print(_("cli.establishment.added", uai=establishment.uai, name=establishment.name),
           file=session.out)
     return 0
@@ -375,10 +374,11 @@ def cmd_split(session: _Session) -> int:
     receipt = session.service.split(establishment, account.id)
     out = session.out
     moved = ", ".join(f"{c.first_name} {c.last_name}" for c in receipt.moved)
-    print(_("cli.split.done", uai=establishment.uai, names=moved, id=receipt.new_account_id),
-          file=out)
-    print(file=out)
-    print(messages.render_letter(receipt.letter), end="", file=out)
+    ids = ", ".join(receipt.new_account_ids)
+    print(_("cli.split.done", uai=establishment.uai, names=moved, id=ids), file=out)
+    for letter in receipt.letters:
+        print(file=out)
+        print(messages.render_letter(letter), end="", file=out)
     return 0
 
 
@@ -464,7 +464,7 @@ def _cell(row: dict[str | None, Any], column: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line: int,
+def _check_row(service: MergeService, batch: _Batch, row: dict[str | None, Any], line: int,
                known: dict[str, Establishment | None], hint: str | None) -> None:
     """Check one row; a bad row is reported with its line and spoils its family."""
     responsable_id = _cell(row, "responsable_id")
@@ -482,8 +482,7 @@ def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line
     try:
         uai = validate_uai(key[0])
         if uai not in known:
-            with storage.unit_of_work(write=False) as uow:
-                known[uai] = uow.get_establishment(uai)
+            known[uai] = service.find_establishment(uai)
         if known[uai] is None:
             raise CliError("unknown_establishment", uai=uai,
                            hint=hint if hint is not None else _("cli.add_establishment"))
@@ -513,7 +512,7 @@ def _check_row(storage: Storage, batch: _Batch, row: dict[str | None, Any], line
     family.child_lines[child.id] = line
 
 
-def _read_batch(storage: Storage, path: Path, encoding: str, hint: str | None) -> _Batch:
+def _read_batch(service: MergeService, path: Path, encoding: str, hint: str | None) -> _Batch:
     with path.open(encoding=encoding, newline="") as handle:
         header = handle.readline()
         delimiter = ";" if header.count(";") > header.count(",") else ","
@@ -530,7 +529,7 @@ def _read_batch(storage: Storage, path: Path, encoding: str, hint: str | None) -
         known: dict[str, Establishment | None] = {}
         try:
             for row in reader:
-                _check_row(storage, batch, row, reader.line_num, known, hint)
+                _check_row(service, batch, row, reader.line_num, known, hint)
         except (csv.Error, UnicodeDecodeError) as error:
             raise CliError("invalid_csv",
                            detail=_("cli.batch.line", line=reader.line_num + 1,
@@ -618,8 +617,7 @@ def issue_batch(
     err = err if err is not None else sys.stderr
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise CliError("folder_not_empty", EXIT_USAGE, path=str(folder))
-    storage = service.storage
-    batch = _read_batch(storage, csv_path, encoding, add_establishment)
+    batch = _read_batch(service, csv_path, encoding, add_establishment)
     for line, problem in sorted(batch.errors):
         print(_("cli.batch.line", line=line, message=problem), file=err)
     for family in batch.refused:
@@ -640,7 +638,7 @@ def issue_batch(
         for family in good:
             by_uai.setdefault(family.uai, []).append(family)
         for uai, families in by_uai.items():
-            establishment = _stored_establishment(storage, uai, add_establishment)
+            establishment = _stored_establishment(service, uai, add_establishment)
             letters: Iterator[NotificationLetter] = service.issue_accounts(
                 establishment, ((f.name, f.children) for f in families), workers=workers,
                 progress=progress.after(issued))

@@ -141,7 +141,8 @@ def play(service: MergeService, out: TextIO, *, db: str) -> None:
     moved = ", ".join(child.first_name for child in split.moved)
     print(_("demo.moved", names=moved), file=out)
     print(file=out)
-    _letter(out, _("demo.new_letter"), split.letter)
+    for letter in split.letters:
+        _letter(out, _("demo.new_letter"), letter)
     print(file=out)
     _screen(out, _enfants(service, principal.id, banner))
 

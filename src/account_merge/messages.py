@@ -3,7 +3,7 @@
 Every error code and every text of the demonstration and the command line
 has a message in each language, kept in the gettext catalogues shipped
 with the package (``account_merge/locale/<language>/LC_MESSAGES/
-account_merge.po``, compiled to ``.mo`` when the wheel is built).  Message
+account_merge.po``, read and compiled to ``.mo`` with Babel).  Message
 ids are stable keys: the error codes themselves (``invalid_credentials``)
 and dotted names for screen texts (``screen.children_title``).
 
@@ -11,12 +11,14 @@ and dotted names for screen texts (``screen.children_title``).
 'identifiant ou mot de passe incorrect'
 >>> message("invalid_credentials", "en")
 'incorrect login or password'
->>> message("too_many_attempts", "en", retry_after=30)
-'too many attempts; try again in 30 s'
 
 The messages of error codes are clauses (no capital, no final period), so
 that a host can put them after a label or in a sentence of its own; the
-texts of screens are written as the screen shows them.
+texts of screens are written as the screen shows them.  A wait is said
+as a person would say it (:func:`describe_wait`):
+
+>>> describe_wait(3574, "en"), describe_wait(119, "en")
+('about 1 hour', '2 minutes')
 
 A host chooses the language per call, for the current request
 (:func:`using_language`) or for the whole process (:func:`set_language`),
@@ -26,18 +28,21 @@ and may replace any message with its own wording (:func:`override`).
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
-from account_merge import _msgfmt, exceptions
-from account_merge.exceptions import AccountMergeError, InvalidInput
+from account_merge import exceptions
+from account_merge.exceptions import AccountMergeError, InvalidInput, TooManyAttempts
 
 if TYPE_CHECKING:
+    from babel.messages.catalog import Message
+
     from account_merge.domain.letter import NotificationLetter
 
 __all__ = [
@@ -48,6 +53,8 @@ __all__ = [
     "FRENCH",
     "LANGUAGES",
     "catalogue",
+    "describe_wait",
+    "error_key",
     "error_message",
     "get_language",
     "has_message",
@@ -105,17 +112,32 @@ def normalize_language(language: str) -> str | None:
     return primary if primary in LANGUAGES else None
 
 
+def _translated(entries: Iterable[Message]) -> dict[str, str]:
+    """The translated entries of a catalogue read by Babel, ``msgid`` to ``msgstr``.
+
+    Left out, as from a compiled ``.mo``: the header, fuzzy entries and
+    entries without translation.
+    """
+    return {entry.id: entry.string for entry in entries
+            if isinstance(entry.id, str) and entry.id
+            and isinstance(entry.string, str) and entry.string and not entry.fuzzy}
+
+
 def _load(language: str) -> Mapping[str, str]:
     """The shipped catalogue of *language*: the compiled ``.mo``, else the ``.po``."""
     folder = resources.files("account_merge") / "locale" / language / "LC_MESSAGES"
     mo = folder / f"{DOMAIN}.mo"
     if mo.is_file():
-        entries = _msgfmt.read_mo(mo.read_bytes())
+        from babel.messages.mofile import read_mo  # noqa: PLC0415 - read when first needed
+
+        with mo.open("rb") as file:
+            entries = read_mo(file)
     else:
-        po = folder / f"{DOMAIN}.po"
-        entries = _msgfmt.parse_po(po.read_text(encoding="utf-8"), source=str(po))
-    entries.pop("", None)  # the header
-    return MappingProxyType(entries)
+        from babel.messages.pofile import read_po  # noqa: PLC0415 - read when first needed
+
+        with (folder / f"{DOMAIN}.po").open("rb") as file:
+            entries = read_po(file, abort_invalid=True)
+    return MappingProxyType(_translated(entries))
 
 
 def catalogue(language: str) -> Mapping[str, str]:
@@ -237,18 +259,95 @@ def has_message(key: str) -> bool:
     return key in catalogue(DEFAULT_LANGUAGE)
 
 
+def error_key(code: str, rule: object = None) -> str:
+    """The key of the message for error *code*, refused by *rule* if it says one.
+
+    ``password_policy`` has a message per rule of the default policy
+    (``password_policy.common_password``...); a rule without a message of
+    its own (a host's policy may name its own) gives the code's message.
+
+    >>> error_key("password_policy", "sequential"), error_key("password_policy", "no_horse")
+    ('password_policy.sequential', 'password_policy')
+    """
+    if isinstance(rule, str) and rule and has_message(f"{code}.{rule}"):
+        return f"{code}.{rule}"
+    return code
+
+
 def error_message(error: AccountMergeError, language: str | None = None) -> str:
     """What to show for *error*: the message of its code, filled from its attributes.
 
-    >>> from account_merge.exceptions import TooManyAttempts
-    >>> error_message(TooManyAttempts(retry_after=60))
-    'trop de tentatives ; réessayez dans 60 s'
+    >>> from account_merge.exceptions import PasswordPolicyError, TooManyAttempts
+    >>> print(error_message(TooManyAttempts(retry_after=119), "en"))
+    too many attempts; try again in 2 minutes.
+    Check the login and password, or use “forgot password?”
+    >>> error_message(PasswordPolicyError(rule="sequential"), "en")
+    'the password must not be a sequence of characters (abcd, 1234, qwerty)'
 
-    A code without message (an error of a newer release, say) gives the
-    generic message of :data:`FALLBACK`.
+    The message of ``too_many_attempts`` has one more field, ``{wait}``:
+    ``retry_after`` as :func:`describe_wait` says it.  A password refused
+    by the password policy gets the message of the rule that refused it
+    (:func:`error_key`).  A code without message (an error of a newer
+    release, say) gives the generic message of :data:`FALLBACK`.
     """
     fields = {k: v for k, v in vars(error).items() if k != "message"}
-    return message(error.code, language, **fields)
+    if isinstance(error, TooManyAttempts):
+        fields["wait"] = describe_wait(error.retry_after, language)
+    return message(error_key(error.code, getattr(error, "rule", None)), language, **fields)
+
+
+#: Waits of up to this many seconds are "a few seconds".
+_FEW_SECONDS: Final = 10
+
+#: A wait is told in the largest unit it makes at least this much of (0.9 hour: "about 1 hour").
+_THRESHOLD: Final = 0.85
+
+#: Told in its unit, a wait is rounded to the nearest, but never below this share of it (%).
+_AT_LEAST_PERCENT: Final = 85
+
+#: From these units on, a rounded wait is "about" so long.
+_COARSE_UNITS: Final = frozenset({"hour", "day", "week", "month", "year"})
+
+
+def describe_wait(seconds: float, language: str | None = None) -> str:
+    """How long *seconds* is, as a person would say it: ``"environ 1 heure"``.
+
+    >>> describe_wait(3574, "en"), describe_wait(119, "en"), describe_wait(5, "en")
+    ('about 1 hour', '2 minutes', 'a few seconds')
+
+    Up to 10 seconds it is "a few seconds".  A longer wait is told in the
+    largest unit it makes at least 0.85 of (second, minute, hour, day,
+    week, month, year), rounded to the nearest whole number but never
+    below 85 % of the wait, so that a parent who comes back when told is
+    not refused again for long: 119 s is "2 minutes", never "1 minute".
+    A wait told in hours or more is "about" so long, unless it is exact.
+    The words of each unit and their plural come from Babel (the CLDR
+    data); in French the number and its unit are joined by a no-break
+    space.  *language* is chosen as for :func:`message`.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+            or not math.isfinite(seconds):
+        raise InvalidInput("seconds", "must be a finite number of seconds")
+    code = (normalize_language(language) if language is not None else None) or get_language()
+    wait = max(0, math.ceil(seconds))
+    if wait <= _FEW_SECONDS:
+        return message("wait.few_seconds", code)
+
+    from babel.dates import TIMEDELTA_UNITS, format_timedelta  # noqa: PLC0415 - when first needed
+
+    unit, size = next((unit, size) for unit, size in TIMEDELTA_UNITS
+                      if wait >= _THRESHOLD * size)
+    nearest = (2 * wait + size) // (2 * size)
+    at_least = -(-_AT_LEAST_PERCENT * wait // (100 * size))  # rounded up
+    count = max(nearest, at_least)
+    # count × size is a whole number of *unit*, less than one of the next
+    # unit: with threshold 1, Babel words it in that unit as it is.
+    duration = format_timedelta(count * size, threshold=1, locale=code)
+    if code == "fr":
+        duration = duration.replace(" ", "\u00a0")
+    if unit in _COARSE_UNITS and count * size != wait:
+        return message("wait.about", code, duration=duration)
+    return duration
 
 
 def _error_codes() -> list[str]:

@@ -10,8 +10,9 @@ started (otherwise those tests skip, or fail under
 Django reads an app's translations only from compiled ``django.mo`` files,
 which the wheel build makes (``hatch_build.py``).  A source checkout has
 only the ``.po`` files (the ``.mo`` are ignored by git), so the app's
-catalogues are compiled in place, with the same compiler, before Django
-starts: the tests always see the ``.po`` as it is now.
+catalogues are compiled in place, by the build's own function
+(``hatch_build.compile_catalogue``, Babel), before Django starts: the
+tests always see the ``.po`` as it is now.
 """
 
 from __future__ import annotations
@@ -38,15 +39,14 @@ def compile_django_catalogues() -> list[Path]:
     import importlib.util
     import os
 
-    from account_merge import _msgfmt
+    from hatch_build import compile_catalogue
 
     spec = importlib.util.find_spec("account_merge.contrib.django")
     assert spec is not None and spec.origin is not None
     written = []
     for po in sorted(Path(spec.origin).parent.glob("locale/*/LC_MESSAGES/django.po")):
         mo = po.with_suffix(".mo")
-        compiled = _msgfmt.compile_mo(_msgfmt.parse_po(po.read_text(encoding="utf-8"),
-                                                       source=str(po)))
+        compiled = compile_catalogue(po)
         if mo.is_file() and mo.read_bytes() == compiled:
             continue
         partial = mo.with_name(f".{mo.name}.{os.getpid()}")

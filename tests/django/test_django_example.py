@@ -100,7 +100,7 @@ def test_the_merge_form_is_throttled_and_says_when_to_try_again(
     for _ in range(service.throttle.backoff_after):
         assert "mot de passe incorrect" in text(merge(client, second.login, "WRONG123"))
     page = text(merge(client, second.login, second.provisional_password.reveal()))
-    assert re.search(r"trop de tentatives ; réessayez dans \d+ s", page)
+    assert re.search(r"trop de tentatives ; réessayez dans quelques secondes\.\s*Vérifiez", page)
 
 
 def test_a_resubmitted_merge_form_returns_the_same_confirmation(

@@ -13,6 +13,7 @@ __all__ = ["AuditAction", "AuditRecord"]
 class AuditAction(enum.Enum):
     """What was attempted."""
 
+    REGISTER_ESTABLISHMENT = "register_establishment"
     ISSUE = "issue"
     ACTIVATE = "activate"
     AUTHENTICATE = "authenticate"

@@ -19,7 +19,7 @@ tier               where its methods are           what needs it
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from account_merge.exceptions import NotSupported
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from account_merge.storage.bulk import BulkAccount
 
 __all__ = ["BulkLoad", "require_tier", "supports"]
-
-T = TypeVar("T")
 
 
 @runtime_checkable
@@ -50,13 +48,13 @@ class BulkLoad(Protocol):
 TIER_NAMES: dict[type, str] = {BulkLoad: "bulk_load"}
 
 
-def supports(obj: object, tier: type[T]) -> bool:
+def supports(obj: object, tier: type) -> bool:
     """True if *obj* (a store or a unit of work) has the methods of *tier*."""
     return isinstance(obj, tier)
 
 
-def require_tier(obj: object, tier: type[T]) -> T:
-    """*obj* as a *tier*, or :class:`~account_merge.exceptions.NotSupported` naming it."""
+def require_tier(obj: object, tier: type) -> Any:
+    """*obj* (as a *tier*), or :class:`~account_merge.exceptions.NotSupported` naming it."""
     if not isinstance(obj, tier):
         name = TIER_NAMES.get(tier, tier.__name__)
         raise NotSupported(name, f"{type(obj).__name__} lacks the {name!r} storage tier "

@@ -227,8 +227,8 @@ class _Reader:
             raise InvalidInput(self.name("ARGON2_PROFILE"),
                                f"must be one of {', '.join(_ARGON2_PROFILES)}")
         parameters: argon2.Parameters = getattr(argon2.profiles, profile.strip().upper())
-        changes = {n: self.int(f"ARGON2_{n.upper()}") for n in _ARGON2_INTS
-                   if f"ARGON2_{n.upper()}" in self.given}
+        changes: dict[str, Any] = {n: self.int(f"ARGON2_{n.upper()}") for n in _ARGON2_INTS
+                                   if f"ARGON2_{n.upper()}" in self.given}
         concurrent = (self.int("ARGON2_MAX_CONCURRENT")
                       if "ARGON2_MAX_CONCURRENT" in self.given else None)
         warn = self.bool("ARGON2_WARN_IF_WEAK") if "ARGON2_WARN_IF_WEAK" in self.given else True

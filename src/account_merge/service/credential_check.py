@@ -41,7 +41,7 @@ from account_merge.exceptions import (
     InvalidCredentials,
     TooManyAttempts,
 )
-from account_merge.ports.storage import AccountRecord, ChangeSet, Expect, Fetch, Fetched
+from account_merge.ports.storage import NOTHING, AccountRecord, ChangeSet, Expect, Fetch, Fetched
 from account_merge.service.context import Context, logger
 
 __all__ = ["Attempt", "CredentialCheck", "HashChooser", "Proof", "hash_for"]
@@ -77,7 +77,7 @@ class Attempt:
     counters: tuple[str, ...]
     choose_hash: HashChooser
     actor: str | None = None
-    also: Fetch = Fetch()
+    also: Fetch = NOTHING
     precheck: Callable[[Fetched], None] | None = None
 
     @property
@@ -161,7 +161,7 @@ class CredentialCheck:
         proof: Proof,
         build: Callable[[Fetched, AccountRecord], tuple[ChangeSet, R]],
         *,
-        fetch: Fetch = Fetch(),
+        fetch: Fetch = NOTHING,
         clear: Sequence[str] = (),
         release: Sequence[str] = (),
     ) -> R:

@@ -3,6 +3,8 @@
 Each method is something a parent or an establishment does, and hands it
 to the module of that actor's goal:
 
+- :mod:`~account_merge.service.establishments`: an operator records the
+  schools the store serves;
 - :mod:`~account_merge.service.issuing`: an establishment issues accounts
   and letters;
 - :mod:`~account_merge.service.own_account`: a parent activates, signs in,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
+from typing import Any
 
 import attrs
 
@@ -37,7 +40,14 @@ from account_merge.exceptions import InvalidInput
 from account_merge.ports.clock import Clock
 from account_merge.ports.storage import Storage
 from account_merge.ports.verifier import CredentialVerifier
-from account_merge.service import issuing, merging, own_account, reading, splitting
+from account_merge.service import (
+    establishments,
+    issuing,
+    merging,
+    own_account,
+    reading,
+    splitting,
+)
 from account_merge.service.bootstrap import build_context
 from account_merge.service.policies import IdentityRule, Policies
 
@@ -68,7 +78,7 @@ class MergeService:
         provisional_validity: timedelta | None = None,
         provisional_length: int | None = None,
     ) -> None:
-        changes = {name: value for name, value in (
+        changes: dict[str, Any] = {name: value for name, value in (
             ("password_policy", password_policy), ("throttle", throttle),
             ("identity_rule", identity_rule), ("provisional_validity", provisional_validity),
             ("provisional_length", provisional_length)) if value is not None}
@@ -106,6 +116,19 @@ class MergeService:
         return f"MergeService(storage={self.storage!r}, verifier={self.verifier!r})"
 
     # -- an establishment ---------------------------------------------------------
+    def register_establishment(self, establishment: Establishment, *,
+                               actor: str | None = None) -> Establishment:
+        """Record an establishment the store serves (or its new name), audited.
+
+        *actor* names who did it in the audit trail (an operator's name,
+        ``"cli"``...).
+        """
+        return establishments.register_establishment(self._ctx, establishment, actor)
+
+    def find_establishment(self, uai: str) -> Establishment | None:
+        """The establishment the store knows under *uai*, or None."""
+        return establishments.find_establishment(self._ctx, uai)
+
     def issue_account(self, establishment: Establishment, display_name: str,
                       children: Iterable[Child] = (), role: Role = Role.RESPONSABLE, *,
                       email: str | None = None) -> NotificationLetter:

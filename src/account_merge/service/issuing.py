@@ -35,7 +35,7 @@ from account_merge.domain.secret import Secret
 from account_merge.domain.validation import check_text
 from account_merge.exceptions import ConcurrentUpdate, InvalidInput
 from account_merge.hashpool import hash_passwords
-from account_merge.ports.storage import ChangeSet, Fetch, Fetched, NewAccount, UnitOfWork
+from account_merge.ports.storage import NOTHING, ChangeSet, Fetch, Fetched, NewAccount, UnitOfWork
 from account_merge.service.arguments import establishment_arg
 from account_merge.service.context import Context, logger
 
@@ -94,7 +94,7 @@ class NewAccountPlan:
 def new_account(
     ctx: Context, uow: UnitOfWork, *, establishment: Establishment, display_name: str,
     role: Role, children: tuple[Child, ...], password_hash: str, now: datetime,
-    email: str | None = None, also: Fetch = Fetch(), exclude: Collection[str] = (),
+    email: str | None = None, also: Fetch = NOTHING, exclude: Collection[str] = (),
 ) -> tuple[NewAccountPlan, Fetched]:
     """A new account for *display_name*, under the first free login derived from it.
 

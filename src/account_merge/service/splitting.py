@@ -9,6 +9,8 @@ Nothing a parent can call splits.
 
 from __future__ import annotations
 
+import functools
+
 from account_merge.domain.account import Role
 from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.establishment import Establishment
@@ -32,7 +34,7 @@ from account_merge.service.issuing import new_account
 __all__ = ["split"]
 
 
-class _Replan(Exception):  # noqa: N818 - a signal inside this module, never raised out of it
+class _Replan(Exception):
     """The account changed between the preview and the write: hash again."""
 
 
@@ -102,8 +104,8 @@ def split(ctx: Context, establishment: Establishment, account_id: str) -> SplitR
                          for _ in preview.groups]
             hashes = [ctx.verifier.hash(p) for p in passwords]
             try:
-                return ctx.retry(lambda: _write(ctx, establishment, account_id, passwords,
-                                                hashes))
+                return ctx.retry(functools.partial(_write, ctx, establishment, account_id,
+                                                   passwords, hashes))
             except _Replan:
                 continue
         raise ConcurrentUpdate("the account kept changing during the split; try again")

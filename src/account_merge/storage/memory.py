@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -173,7 +174,8 @@ class _InMemoryUnitOfWork:
                                if t.accounts[a].status is AccountStatus.MERGED)
                       for i in request.absorbed},
             throttles=throttles,
-            receipts={k: r for k in request.receipts if (r := t.receipts.get(k)) is not None},
+            receipts={k: got for k in request.receipts
+                      if (got := t.receipts.get(k)) is not None},
             establishments={u: e for u in request.establishments
                             if (e := t.establishments.get(u)) is not None},
         )
@@ -269,7 +271,7 @@ class _InMemoryUnitOfWork:
             if 0 <= index < len(outbox) and not outbox[index].published:
                 old = outbox[index]
                 outbox[index] = attrs.evolve(old, published=True)
-                self._undo.append(lambda i=index, o=old: outbox.__setitem__(i, o))
+                self._undo.append(partial(outbox.__setitem__, index, old))
         first = previous = self._t.first_unpublished
         while first < len(outbox) and outbox[first].published:
             first += 1

@@ -2,8 +2,9 @@
 
 Nothing here imports pytest or Hypothesis: use it from any test runner.
 The Hypothesis strategies live in :mod:`account_merge.testing.strategies`,
-the storage conformance suite in :mod:`account_merge.testing.conformance`
-and the opt-in pytest plugin in :mod:`account_merge.testing.pytest_plugin`.
+the storage conformance suite in :mod:`account_merge.testing.conformance`,
+the opt-in pytest plugin in :mod:`account_merge.testing.pytest_plugin` and
+a throwaway PostgreSQL server in :mod:`account_merge.testing.postgres`.
 
 >>> from account_merge.testing import make_service, FakeClock
 >>> service = make_service()

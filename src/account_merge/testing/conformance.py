@@ -40,8 +40,9 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any, ContextManager
+from typing import Any
 
 import attrs
 import pytest
@@ -84,7 +85,7 @@ from account_merge.ports.storage import (
     Storage,
     StoredReceipt,
 )
-from account_merge.ports.tiers import BulkLoad, supports
+from account_merge.ports.tiers import BulkLoad, require_tier, supports
 from account_merge.service import MergeService
 from account_merge.testing import (
     CountingVerifier,
@@ -161,7 +162,7 @@ class StorageHarness:
         """A store whose backend cannot be used (corrupt file, no server), or None."""
         return None
 
-    def hosted_storage(self, storage: Storage) -> ContextManager[Storage] | None:
+    def hosted_storage(self, storage: Storage) -> AbstractContextManager[Storage] | None:
         """A store on *storage*'s database inside a host transaction rolled back at exit.
 
         None (the default) when the store has no such mode.
@@ -445,9 +446,13 @@ class CountingContract(StorageHarness):
         assert self.fetch(storage, Fetch(throttles=["signin:y:-", "principal:p"])).throttles == {
             "signin:y:-": ThrottleState("signin:y:-"), "principal:p": ThrottleState("principal:p")}
 
-    def test_a_count_needs_the_time_of_the_attempt(self) -> None:
+    def test_a_count_needs_the_time_of_the_attempt_and_names_each_key_once(self) -> None:
         with pytest.raises(ValueError):
             Fetch(count=["merge:x"])
+        with pytest.raises(ValueError):
+            Fetch(count=["merge:x", "merge:x"], at=T0)
+        with pytest.raises(ValueError):
+            Fetch(count=["merge:x"], at=T0, keep=0)
 
     def test_concurrent_counts_are_all_counted_and_each_sees_its_own_before(
             self, storage: Storage) -> None:
@@ -759,6 +764,7 @@ class BulkLoadContract(StorageHarness):
             self, storage: Storage) -> None:
         if not supports(storage, BulkLoad):
             pytest.skip("this store lacks the bulk_load tier")
+        bulk: BulkLoad = require_tier(storage, BulkLoad)
         from account_merge.storage.bulk import BulkAccount  # noqa: PLC0415
 
         def row(n: int, login: str | None = None) -> BulkAccount:
@@ -766,14 +772,14 @@ class BulkLoadContract(StorageHarness):
                                AccountStatus.PROVISIONAL, f"Parent {n}", SCHOOL.uai, T0, HASH,
                                T0 + timedelta(days=90), f"ine-b{n}", "Enfant", "Bulk")
 
-        storage.bulk_insert([row(1), row(2)])
+        bulk.bulk_insert([row(1), row(2)])
         fetched = self.fetch(storage, Fetch(accounts=["b1", "b2"], links=["b1"]))
         assert fetched.accounts["b1"].account.login == "bulk.1"
         assert fetched.accounts["b1"].credential == Credential(
             "b1", HASH, CredentialKind.PROVISIONAL, T0 + timedelta(days=90))
         assert [link.child.id for link in fetched.links["b1"]] == ["ine-b1"]
         with pytest.raises(LoginTaken):
-            storage.bulk_insert([row(3), row(4, login="bulk.1")])
+            bulk.bulk_insert([row(3), row(4, login="bulk.1")])
         assert set(self.fetch(storage, Fetch(accounts=["b3", "b4"])).accounts) == set()
 
 

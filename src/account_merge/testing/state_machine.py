@@ -349,8 +349,8 @@ def build_state_machine(
             for letter, (origin, kids) in zip(receipt.letters, origins.items(), strict=True):
                 assert [c.id for c in letter.children] == kids
                 assert letter.display_name == self.model[origin].display_name
-                account = self.service.get_account(letter.account_id)
-                assert account.status is AccountStatus.PROVISIONAL
+                new = self.service.get_account(letter.account_id)
+                assert new.status is AccountStatus.PROVISIONAL
                 new_ids.append(self.add_issued(letter, Role.RESPONSABLE, list(letter.children)))
             return multiple(*new_ids)
 
