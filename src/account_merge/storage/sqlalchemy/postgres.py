@@ -65,6 +65,8 @@ from account_merge.storage.sqlalchemy.postgres_writes import (
     apply_params,
     apply_shape,
     build_apply,
+    in_list,
+    put_values,
 )
 from account_merge.storage.sqlalchemy.schema import Tables
 
@@ -75,17 +77,6 @@ Statement = tuple[str, dict[str, Any]]
 
 _ACCOUNT_JSON = "json_build_array({a}.id, {a}.login, {a}.role, {a}.status, {a}.display_name, " \
     "{a}.establishment_uai, {a}.created_at, {a}.email, {a}.merged_into, {a}.last_signed_in_at"
-
-
-def _array(name: str, sql_type: str) -> str:
-    return f"%({name})s::{sql_type}[]"
-
-
-def _unnest(alias: str, columns: Sequence[tuple[str, str, str]]) -> str:
-    """``unnest(...) AS alias(...)`` over array parameters: (column, parameter, type)."""
-    arrays = ", ".join(_array(param, sql_type) for _, param, sql_type in columns)
-    names = ", ".join(column for column, _, _ in columns)
-    return f"unnest({arrays}) AS {alias}({names})"
 
 
 @attrs.frozen
@@ -106,13 +97,17 @@ class _Sql:
 
 @attrs.frozen
 class _FetchShape:
-    accounts: bool
+    """What a fetch names, counted: the key of its statement's text."""
+
+    ids: int
+    logins: int
     lock: bool
-    links: bool
-    absorbed: bool
+    links: int
+    absorbed: int
+    keys: int
     throttles: str  # "", "read" or "upsert"
-    receipts: bool
-    establishments: bool
+    receipts: int
+    establishments: int
     timeout: bool
 
 
@@ -145,7 +140,7 @@ class PostgresStatements:
             "establishments": self.establishments, "outbox": self.outbox,
             "outbox_head": self.outbox_head, "audit": self.audit}
         self._fetch_sql: dict[_FetchShape, _Sql] = {}
-        self._apply_sql: dict[tuple[bool, ...], _Sql] = {}
+        self._apply_sql: dict[tuple[int, ...], _Sql] = {}
 
     # -- fetch ------------------------------------------------------------------------------
     def fetch(self, request: Fetch, *, lock: bool, timeout: str | None) -> Statement:
@@ -153,11 +148,11 @@ class PostgresStatements:
         keys = sorted({*request.throttles, *request.count})
         upsert = bool(request.count) or (lock and bool(request.throttles))
         shape = _FetchShape(
-            accounts=bool(request.accounts or request.logins),
-            lock=lock and bool(request.accounts), links=bool(request.links),
-            absorbed=bool(request.absorbed),
+            ids=len(request.accounts), logins=len(request.logins),
+            lock=lock and bool(request.accounts), links=len(request.links),
+            absorbed=len(request.absorbed), keys=len(keys),
             throttles="" if not keys else "upsert" if upsert else "read",
-            receipts=bool(request.receipts), establishments=bool(request.establishments),
+            receipts=len(request.receipts), establishments=len(request.establishments),
             timeout=timeout is not None and (upsert or (lock and bool(request.accounts))))
         sql = self._fetch_sql.get(shape)
         if sql is None:
@@ -165,15 +160,16 @@ class PostgresStatements:
         counted = set(request.count)
         at = request.at
         params: dict[str, Any] = {
-            "ids": list(request.accounts), "logins": list(request.logins),
-            "link_ids": list(request.links), "absorbed_ids": list(request.absorbed),
-            "t_keys": keys, "t_counted": [k in counted for k in keys],
             "at": at, "at_text": rows.iso(at) if at is not None else None,
-            "keep": request.keep,
-            "r_principals": [p for p, _ in request.receipts],
-            "r_keys": [k for _, k in request.receipts],
-            "uais": list(request.establishments), "lock_timeout": timeout,
+            "keep": request.keep, "lock_timeout": timeout,
         }
+        for name, values in (("id", request.accounts), ("login", request.logins),
+                             ("link", request.links), ("absorbed", request.absorbed),
+                             ("key", keys), ("counted", [k in counted for k in keys]),
+                             ("rp", [p for p, _ in request.receipts]),
+                             ("rk", [k for _, k in request.receipts]),
+                             ("uai", request.establishments)):
+            put_values(params, name, values)
         return sql.bind(params)
 
     def _build_fetch(self, s: _FetchShape) -> str:
@@ -187,7 +183,8 @@ class PostgresStatements:
                       "FROM jsonb_array_elements(t.recent || excluded.recent) "
                       "WITH ORDINALITY AS r(e, i) "
                       "WHERE r.i > jsonb_array_length(t.recent) + 1 - %(keep)s)")
-            keys = _unnest("k", [("key", "t_keys", "text"), ("counted", "t_counted", "boolean")])
+            keys = ", ".join(f"(%(key{i})s::text, %(counted{i})s::boolean)"
+                             for i in range(s.keys))
             ctes.append(
                 f"thr AS (INSERT INTO {self.throttles} AS t "
                 "(key, consecutive, last_failure_at, recent) "
@@ -195,7 +192,7 @@ class PostgresStatements:
                 "CASE WHEN k.counted THEN %(at)s::timestamptz END, "
                 "CASE WHEN k.counted THEN jsonb_build_array(%(at_text)s::text) "
                 "ELSE '[]'::jsonb END "
-                f"FROM {keys}"
+                f"FROM (VALUES {keys}) AS k(key, counted)"
                 f"{', prelude' if s.timeout else ''} ORDER BY k.key "
                 "ON CONFLICT (key) DO UPDATE SET "
                 "consecutive = t.consecutive + excluded.consecutive, "
@@ -207,40 +204,40 @@ class PostgresStatements:
             waits_for = " AND (SELECT count(*) FROM thr) >= 0"
         elif s.throttles == "read":
             ctes.append(f"thr AS (SELECT key, consecutive, last_failure_at, recent "
-                        f"FROM {self.throttles} WHERE key = ANY({_array('t_keys', 'text')}))")
+                        f"FROM {self.throttles} WHERE key IN {in_list('key', s.keys)})")
         if s.lock:
             ctes.append(f"locked AS (SELECT id, ctid FROM {self.accounts} "
-                        f"WHERE id = ANY({_array('ids', 'text')}){waits_for} "
-                        "ORDER BY id FOR UPDATE)")
-        if s.accounts:
+                        f"WHERE id IN {in_list('id', s.ids)}{waits_for} ORDER BY id FOR UPDATE)")
+        if s.ids or s.logins:
+            found = [f"a.id IN {in_list('id', s.ids)}" if s.ids else "",
+                     f"a.login_key IN {in_list('login', s.logins)}" if s.logins else ""]
             ctes.append(
                 f"acc AS (SELECT a.*, a.ctid AS seen, c.account_id AS c_account_id, "
                 "c.password_hash, c.kind, c.expires_at "
                 f"FROM {self.accounts} a LEFT JOIN {self.credentials} c ON c.account_id = a.id "
-                f"WHERE a.id = ANY({_array('ids', 'text')}) "
-                f"OR a.login_key = ANY({_array('logins', 'text')}))")
+                f"WHERE {' OR '.join(f for f in found if f)})")
         account = _ACCOUNT_JSON.format(a="a")
         columns = [
             (f"(SELECT json_agg({account}, a.c_account_id, a.password_hash, a.kind, "
-             "a.expires_at, a.login_key)) FROM acc a)") if s.accounts else None,
+             "a.expires_at, a.login_key)) FROM acc a)") if s.ids or s.logins else None,
             ("(SELECT json_agg(json_build_array(l.account_id, l.child_id, l.first_name, "
              "l.last_name, l.establishment_uai, l.origin_account_id, "
              "l.origin_establishment_uai, l.via_merge, l.linked_at) "
              f"ORDER BY l.account_id, l.seq) FROM {self.links} l "
-             f"WHERE l.account_id = ANY({_array('link_ids', 'text')}))") if s.links else None,
+             f"WHERE l.account_id IN {in_list('link', s.links)})") if s.links else None,
             (f"(SELECT json_agg({account}) ORDER BY a.merged_into, a.merged_seq, a.id) "
-             f"FROM {self.accounts} a WHERE a.merged_into = ANY({_array('absorbed_ids', 'text')})"
+             f"FROM {self.accounts} a WHERE a.merged_into IN {in_list('absorbed', s.absorbed)}"
              f" AND a.status = '{AccountStatus.MERGED.value}')") if s.absorbed else None,
             ("(SELECT json_agg(json_build_array(key, consecutive, previous_failure_at, "
              "previous_recent)) FROM thr)" if s.throttles == "upsert" else
              "(SELECT json_agg(json_build_array(key, consecutive, last_failure_at, recent)) "
              "FROM thr)") if s.throttles else None,
             ("(SELECT json_agg(json_build_array(r.principal_id, r.key, r.login_key, r.receipt))"
-             f" FROM {self.receipts} r WHERE (r.principal_id, r.key) IN (SELECT * FROM "
-             f"{_unnest('w', [('p', 'r_principals', 'text'), ('k', 'r_keys', 'text')])}))"
+             f" FROM {self.receipts} r WHERE (r.principal_id, r.key) IN ("
+             + ", ".join(f"(%(rp{i})s, %(rk{i})s)" for i in range(s.receipts)) + "))"
              ) if s.receipts else None,
             ("(SELECT json_agg(json_build_array(e.uai, e.name)) "
-             f"FROM {self.establishments} e WHERE e.uai = ANY({_array('uais', 'text')}))"
+             f"FROM {self.establishments} e WHERE e.uai IN {in_list('uai', s.establishments)})"
              ) if s.establishments else None,
             ("(SELECT coalesce(bool_or(a.seen IS DISTINCT FROM k.ctid), false) "
              "FROM locked k LEFT JOIN acc a ON a.id = k.id)") if s.lock else None,

@@ -21,7 +21,7 @@ from account_merge.domain.account import Account
 from account_merge.storage.sqlalchemy import rows
 from account_merge.storage.sqlalchemy.netting import NetChanges
 
-__all__ = ["TableNames", "apply_params", "apply_shape", "build_apply"]
+__all__ = ["TableNames", "apply_params", "apply_shape", "build_apply", "in_list", "put_values"]
 
 #: The quoted names of a store's tables, by short name ("accounts"...).
 TableNames = dict[str, str]
@@ -40,6 +40,23 @@ _THROTTLE_TYPES = "key text, consecutive int, last_failure_at timestamptz, recen
 _RECEIPT_TYPES = "principal_id text, key text, login_key text, receipt jsonb"
 
 
+def in_list(name: str, count: int) -> str:
+    """``(%(name0)s, %(name1)s, ...)``: one parameter per value.
+
+    One parameter per value, rather than an array: the server then plans
+    for the number of values it is given, and keeps the plan it made once
+    (an array of unknown length is planned for ten values, so the plan
+    made for each call's values wins, which costs a planning per call).
+    """
+    return "(" + ", ".join(f"%({name}{i})s" for i in range(count)) + ")"
+
+
+def put_values(params: dict[str, Any], name: str, values: Iterable[Any]) -> None:
+    """The parameters of :func:`in_list`, in *params*."""
+    for i, value in enumerate(values):
+        params[f"{name}{i}"] = value
+
+
 def _default(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -54,13 +71,13 @@ def _records(param: str, types: str) -> str:
     return f"jsonb_to_recordset(%({param})s::jsonb) AS v({types})"
 
 
-def apply_shape(n: NetChanges, timeout: bool) -> tuple[bool, ...]:
-    """Which parts the statement of *n* has: the key of its text."""
-    return (bool(n.expect), bool(n.must_exist), timeout, bool(n.establishments),
-            bool(n.new_accounts), bool(n.replaced), bool(n.sign_ins), bool(n.touched),
-            bool(n.credentials), bool(n.drop_credentials), bool(n.unlink), bool(n.link),
+def apply_shape(n: NetChanges, timeout: bool) -> tuple[int, ...]:
+    """Which parts the statement of *n* has (and how many ids some name): the key of its text."""
+    return (bool(n.expect), len(n.must_exist), timeout, bool(n.establishments),
+            bool(n.new_accounts), bool(n.replaced), bool(n.sign_ins), len(n.touched),
+            bool(n.credentials), len(n.drop_credentials), bool(n.unlink), bool(n.link),
             bool(n.fresh) and bool(n.link), bool(n.throttles), bool(n.receipts),
-            bool(n.events), bool(n.published), bool(n.audit))
+            bool(n.events), len(n.published), bool(n.audit))
 
 
 def apply_params(n: NetChanges, timeout: str | None) -> dict[str, Any]:
@@ -71,19 +88,16 @@ def apply_params(n: NetChanges, timeout: str | None) -> dict[str, Any]:
                       **{k: get(a) for k, get in extra.items()}} for a in items)
 
     login_keys = {x.account.id: x.login_key for x in n.new_accounts}
-    return {
+    params = {
         "lock_timeout": timeout,
         "x": _json({"id": e.account_id, "status": e.status.value, "hash": e.password_hash}
                    for e in n.expect),
-        "must_exist": list(n.must_exist),
         "e": _json({"uai": e.uai, "name": e.name} for e in n.establishments),
         "n": accounts((x.account for x in n.new_accounts),
                       login_key=lambda a: login_keys[a.id]),
         "a": accounts(n.replaced),
         "s": _json({"id": i, "at": at} for i, at in n.sign_ins),
-        "touched": list(n.touched),
         "c": _json(rows.credential_values(c) for c in n.credentials),
-        "drop": list(n.drop_credentials),
         "u": _json({"a": a, "c": c} for a, c in n.unlink),
         "f": _json({"a": a, "c": c} for a, c in n.fresh),
         "l": _json({"o": i, **rows.link_values(link)} for i, link in enumerate(n.link)),
@@ -95,12 +109,16 @@ def apply_params(n: NetChanges, timeout: str | None) -> dict[str, Any]:
         "ev_count": len(n.events),
         "ev": _json({"o": i, "name": e.name, "payload": e.to_payload()}
                     for i, e in enumerate(n.events, 1)),
-        "published": list(n.published),
         "au": _json({"o": i, **rows.audit_values(r)} for i, r in enumerate(n.audit)),
     }
+    put_values(params, "must_exist", n.must_exist)
+    put_values(params, "touched", n.touched)
+    put_values(params, "drop", n.drop_credentials)
+    put_values(params, "published", n.published)
+    return params
 
 
-def build_apply(t: TableNames, shape: tuple[bool, ...]) -> str:
+def build_apply(t: TableNames, shape: tuple[int, ...]) -> str:
     """The text of the statement of a change set of this *shape* (see :func:`apply_shape`)."""
     (expect, must_exist, timeout, establishments, new_accounts, replaced, sign_ins, touched,
      credentials, drop, unlink, link, fresh, throttles, receipts, events, published,
@@ -117,8 +135,7 @@ def build_apply(t: TableNames, shape: tuple[bool, ...]) -> str:
                         "OR c.password_hash IS DISTINCT FROM v.hash)")
         if must_exist:
             present = (f"(SELECT count(*) FROM {t['accounts']} "
-                       "WHERE id = ANY(%(must_exist)s::text[])) "
-                       "= cardinality(%(must_exist)s::text[])")
+                       f"WHERE id IN {in_list('must_exist', must_exist)}) = {must_exist}")
         source = (" FROM (SELECT set_config('lock_timeout', %(lock_timeout)s, true)) s"
                   if timeout else "")
         ctes.append(f"guard AS (SELECT {expected} AS expected, {present} AS present{source})")
@@ -151,7 +168,7 @@ def build_apply(t: TableNames, shape: tuple[bool, ...]) -> str:
                     f"WHERE a.id = v.id AND {ok})")
     if touched:
         ctes.append(f"w_t AS (UPDATE {t['accounts']} SET id = id "
-                    f"WHERE id = ANY(%(touched)s::text[]) AND {ok})")
+                    f"WHERE id IN {in_list('touched', touched)} AND {ok})")
     if credentials:
         ctes.append(f"w_c AS (INSERT INTO {t['credentials']} (account_id, password_hash, kind, "
                     "expires_at) SELECT v.account_id, v.password_hash, v.kind, v.expires_at "
@@ -161,7 +178,7 @@ def build_apply(t: TableNames, shape: tuple[bool, ...]) -> str:
                     "expires_at = excluded.expires_at)")
     if drop:
         ctes.append(f"w_d AS (DELETE FROM {t['credentials']} "
-                    f"WHERE account_id = ANY(%(drop)s::text[]) AND {ok})")
+                    f"WHERE account_id IN {in_list('drop', drop)} AND {ok})")
     if unlink:
         ctes.append(f"w_u AS (DELETE FROM {t['links']} l USING {_records('u', 'a text, c text')}"
                     f" WHERE l.account_id = v.a AND l.child_id = v.c AND {ok})")
@@ -201,7 +218,7 @@ def build_apply(t: TableNames, shape: tuple[bool, ...]) -> str:
                     f"FROM w_head, {_records('ev', 'o int, name text, payload jsonb')})")
     if published:
         ctes.append(f"w_p AS (UPDATE {t['outbox']} SET published = true "
-                    f"WHERE position = ANY(%(published)s::bigint[]) AND NOT published "
+                    f"WHERE position IN {in_list('published', published)} AND NOT published "
                     f"AND {ok})")
     if audit:
         names = ", ".join(rows.AUDIT_COLUMNS)
