@@ -201,7 +201,7 @@ def test_the_seeds_story_page_by_page(app: Flask) -> None:
     other = Browser(app.test_client())
     text = other.sign_in(second.login, second.provisional_password.reveal())
     assert other.status == 400 and MERGED in text
-    assert "Connectez-vous avec votre compte « Principal »" in text
+    assert "connectez-vous avec votre compte « Principal »" in text
     assert "adressez-vous à l'établissement" in text
     assert "COMPTE DE" not in text
 

@@ -15,7 +15,9 @@ from account_merge.messages import error_message, has_message
 FALLBACKS: dict[str, str] = {
     "activation_required": ("ce compte n'est pas encore activé : activez-le avec le mot de "
                             "passe provisoire de votre courrier de notification"),
-    "account_merged": "ce compte a été regroupé avec un autre compte",
+    "account_merged": ("ce compte a été regroupé avec un autre compte : connectez-vous avec "
+                       "votre compte « Principal » ; si ce regroupement n'est pas de votre "
+                       "fait, adressez-vous à l'établissement"),
 }
 
 

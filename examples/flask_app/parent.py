@@ -31,7 +31,6 @@ from flask.typing import ResponseReturnValue
 from account_merge import Account, AccountStatus, Role
 from account_merge.contrib.flask import get_service
 from account_merge.exceptions import (
-    AccountMerged,
     AccountMergeError,
     AccountNotFound,
     ActivationRequired,
@@ -145,7 +144,6 @@ def connexion() -> ResponseReturnValue:
     """Scolarité Services' sign-in page."""
     error: str | None = None
     cause: AccountMergeError | None = None
-    merged = False
     login = _form("identifiant").strip()
     if request.method == "POST":
         password = _form("mot_de_passe")
@@ -158,16 +156,15 @@ def connexion() -> ResponseReturnValue:
                 # The letter's provisional password, proven: the activation form.
                 flash(french(exc))
                 return redirect(url_for("parent.activation", identifiant=login))
-            except AccountMerged as exc:
-                # An absorbed account's last password, proven: where it went.
-                error, cause, merged = french(exc), exc, True
             except AccountMergeError as exc:
+                # account_merged (an absorbed account's last password, proven) says
+                # where the account went and what to do: sign in with the principal,
+                # or ask the school.
                 error, cause = french(exc), exc
             else:
                 _sign_in(account)
                 return redirect(_safe_next(url_for("parent.compte")))
-    return page("connexion.html", error=error, cause=cause, login=login, next=_safe_next(""),
-                merged=merged)
+    return page("connexion.html", error=error, cause=cause, login=login, next=_safe_next(""))
 
 
 @blueprint.route("/activation", methods=["GET", "POST"])
