@@ -1,4 +1,4 @@
-"""account_merge benchmarks: P1-P4, each figure a ratio measured side by side in one run.
+"""account_merge benchmarks: P1-P5, each figure a ratio measured side by side in one run.
 
     python benchmarks/run.py            # the full run (10 to 20 minutes on 2 cores)
     python benchmarks/run.py --quick    # smaller stores and fewer rounds (a few minutes)
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -25,13 +26,24 @@ sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
 
 import argon2  # noqa: E402
 
+from concurrency import POSTGRES_SETUPS, SETUPS, P5Result, measure_p5  # noqa: E402
 from footprint import P4Result, measure_p4  # noqa: E402
 from issuance import P3Result, measure_p3  # noqa: E402
-from ops import OPERATIONS, P1Result, P2Result, argon2_cost, measure_p1, measure_p2  # noqa: E402
+from ops import (  # noqa: E402
+    OPERATIONS,
+    P1Result,
+    P2Result,
+    argon2_cost,
+    measure_p1,
+    measure_p2,
+)
+from ops import describe as ops_describe  # noqa: E402
 from stores import Stores, open_stores  # noqa: E402
+from trips import ROUND_TRIP_TARGETS, TripsResult, count_round_trips  # noqa: E402
 
 P3_TARGET = 0.85
 P3_MEMORY_TARGET = 0.05
+P5_TARGET = 0.85
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class Sizes:
     """How much each part measures."""
 
     p1_rounds: int
+    p1_cheap_rounds: int
     p1_accounts: int
     p2_small: int
     p2_large: int
@@ -48,19 +61,26 @@ class Sizes:
     p3_memory_letters: int
     p3_warm_up: int
     p4_accounts: int
+    p5_operations: int
+    p5_rounds: int
     argon2: str  # "default" (argon2-cffi's defaults) or "cheapest" (smoke only)
 
 
+#: The clients of P5.
+P5_CLIENTS = 8
+
 SIZES = {
-    "full": Sizes(p1_rounds=21, p1_accounts=1_000, p2_small=1_000, p2_large=1_000_000,
-                  p2_rounds=30, p3_letters=48, p3_rounds=5, p3_memory_letters=2_000,
-                  p3_warm_up=2_000, p4_accounts=10_000, argon2="default"),
-    "quick": Sizes(p1_rounds=7, p1_accounts=1_000, p2_small=1_000, p2_large=20_000,
-                   p2_rounds=15, p3_letters=24, p3_rounds=3, p3_memory_letters=500,
-                   p3_warm_up=2_000, p4_accounts=2_000, argon2="default"),
-    "smoke": Sizes(p1_rounds=2, p1_accounts=20, p2_small=20, p2_large=200, p2_rounds=2,
-                   p3_letters=4, p3_rounds=1, p3_memory_letters=10, p3_warm_up=10, p4_accounts=50,
-                   argon2="cheapest"),
+    "full": Sizes(p1_rounds=21, p1_cheap_rounds=61, p1_accounts=1_000, p2_small=1_000,
+                  p2_large=1_000_000, p2_rounds=30, p3_letters=48, p3_rounds=5,
+                  p3_memory_letters=2_000, p3_warm_up=2_000, p4_accounts=10_000,
+                  p5_operations=8, p5_rounds=3, argon2="default"),
+    "quick": Sizes(p1_rounds=7, p1_cheap_rounds=31, p1_accounts=1_000, p2_small=1_000,
+                   p2_large=20_000, p2_rounds=15, p3_letters=24, p3_rounds=3,
+                   p3_memory_letters=500, p3_warm_up=2_000, p4_accounts=2_000,
+                   p5_operations=4, p5_rounds=2, argon2="default"),
+    "smoke": Sizes(p1_rounds=2, p1_cheap_rounds=2, p1_accounts=20, p2_small=20, p2_large=200,
+                   p2_rounds=2, p3_letters=4, p3_rounds=1, p3_memory_letters=10, p3_warm_up=10,
+                   p4_accounts=50, p5_operations=2, p5_rounds=1, argon2="cheapest"),
 }
 
 
@@ -71,7 +91,7 @@ def hasher(name: str) -> argon2.PasswordHasher:
 
 
 def describe(h: argon2.PasswordHasher) -> str:
-    return f"argon2id t={h.time_cost} m={h.memory_cost} KiB p={h.parallelism}"
+    return ops_describe(h)
 
 
 def cpu_model() -> str:
@@ -99,52 +119,75 @@ def verdict(value: float, target: float | None, *, at_least: bool = False) -> st
 
 
 def row(*cells: object, widths: tuple[int, ...] = (14, 22, 12, 10, 10, 8)) -> str:
-    return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()
+    """The cells, each padded to its width; cells past the widths as they are."""
+    padded = [str(c).ljust(w) for c, w in zip(cells, widths, strict=False)]
+    padded += [str(c) for c in cells[len(widths):]]
+    return "  ".join(padded).rstrip()
 
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
+def percent(share: float) -> str:
+    return f"{share * 100:.2f} %"
+
+
 def print_p1(results: list[P1Result], cheap: list[P1Result], stores: Stores,
-             argon2_name: str) -> dict[str, object]:
-    print(f"\nP1 overhead: an operation / the argon2 work it does by design "
-          f"({describe(hasher(argon2_name))})")
-    print("    ratio = median operation / median of the same work done bare, timed in turn;")
-    print("    in situ = median over rounds of the operation / the argon2 work timed inside it")
-    print("    (the verdict: the machine's drift and argon2's own scatter cancel out of it)")
-    widths = (14, 19, 11, 11, 8, 9, 8, 8)
+             trips: TripsResult | None) -> dict[str, object]:
+    default = results[0].hasher if results else describe(hasher("default"))
+    print("\nP1 overhead: what the library adds to the argon2 work an operation does by design")
+    print(f"    own = median over rounds of (the operation with argon2's cheapest parameters "
+          f"({describe(hasher('cheapest'))})")
+    print("          - the argon2 work timed inside that very call): the library's own work")
+    print(f"    own cost = own / the median bare verification at the defaults ({default}), "
+          "timed in the same store's rounds: the verdict")
+    print("    plain = median operation / median of the same argon2 work done bare, timed in "
+          "turn, both at the defaults: what a parent feels")
+    widths = (14, 19, 11, 11, 7, 9, 9, 10, 8)
     out: dict[str, object] = {}
+    by_store = {result.store: result for result in cheap}
     for result in results:
         kind = stores.get(result.store)
-        assert kind is not None
-        print(f"  {result.store}: bare verify {ms(result.median('verify'))}, "
-              f"bare hash {ms(result.median('hash'))}, {len(result.samples['merge'])} rounds")
-        print("    " + row("operation", "argon2 work", "median", "bare", "ratio", "in situ",
-                           "target", "verdict", widths=widths))
+        own_result = by_store.get(result.store)
+        assert kind is not None and own_result is not None
+        verify = result.median("verify")
+        print(f"  {result.store}: bare verify {ms(verify)}, bare hash {ms(result.median('hash'))}; "
+              f"{len(result.samples['merge'])} rounds at the defaults, "
+              f"{len(own_result.samples['merge'])} with the cheapest")
+        print("    " + row("operation", "argon2 work", "median", "bare", "plain", "own",
+                           "own cost", "target", "verdict", widths=widths))
         for op in OPERATIONS:
-            ratio, in_situ = result.ratio(op), result.in_situ_ratio(op)
+            ratio = result.ratio(op)
+            own = own_result.median_own(op)
+            share = own / verify
             print("    " + row(op, argon2_cost(op), ms(result.median(op)),
-                              ms(result.denominator(op)), f"{ratio:.3f}", f"{in_situ:.4f}",
-                              f"<= {kind.p1_target:.2f}", verdict(in_situ, kind.p1_target),
-                              widths=widths))
+                              ms(result.denominator(op)), f"{ratio:.3f}", ms(own),
+                              percent(share), f"<= {percent(kind.p1_target)}",
+                              verdict(share, kind.p1_target), widths=widths))
             out[f"{result.store}.{op}"] = {
-                "ratio": ratio, "in_situ": in_situ, "target": kind.p1_target,
-                "median_s": result.median(op), "bare_s": result.denominator(op)}
+                "own_cost": share, "target": kind.p1_target, "plain_ratio": ratio,
+                "own_s": own, "median_s": result.median(op), "bare_s": result.denominator(op),
+                "bare_verify_s": verify, "cheapest_median_s": own_result.median(op)}
     for name, reason in stores.skipped.items():
         print(f"  {name}: skipped: {reason}")
-    print("\n  The library's own cost: the same operations with argon2's cheapest parameters "
-          f"({describe(hasher('cheapest'))});")
-    print("  own = median of (operation - the argon2 work timed inside it)")
-    cheap_widths = (14, 14, 12, 12, 12)
-    print("    " + row("store", "operation", "median", "argon2", "own", widths=cheap_widths))
-    for result in cheap:
-        for op in OPERATIONS:
-            own = result.median_own(op)
-            print("    " + row(result.store, op, ms(result.median(op)),
-                              ms(result.median(op) - own), ms(own), widths=cheap_widths))
-            out[f"{result.store}.{op}.cheapest"] = {"median_s": result.median(op),
-                                                    "own_s": own}
+    if trips is not None:
+        out["round_trips"] = print_trips(trips)
+    return out
+
+
+def print_trips(trips: TripsResult) -> dict[str, object]:
+    print(f"  {trips.store}: round trips to the server per operation (libpq's trace of one "
+          f"connection, after {trips.warm_up} warm-up rounds)")
+    widths = (14, 8, 10, 8)
+    print("    " + row("operation", "trips", "target", "verdict", "what", widths=widths))
+    out: dict[str, object] = {}
+    for op, messages in trips.trips.items():
+        target = ROUND_TRIP_TARGETS.get(op)
+        print("    " + row(op, len(messages), "" if target is None else f"<= {target}",
+                           "" if target is None else verdict(len(messages), target),
+                           " ".join(messages), widths=widths))
+        out[op] = {"round_trips": len(messages), "target": target, "messages": messages}
     return out
 
 
@@ -221,17 +264,85 @@ def print_p4(result: P4Result) -> dict[str, object]:
     return asdict(result)
 
 
+def mib(size: float) -> str:
+    return f"{size / 2**20:,.0f} MiB"
+
+
+def seconds(value: float) -> str:
+    return f"{value:.2f} s"
+
+
+def print_p5(result: P5Result) -> dict[str, object]:
+    print(f"\nP5 concurrency: {result.clients} clients at once, each signing in to its own "
+          f"parents and merging fresh letters into them ({describe(hasher(result.hasher))}); "
+          f"{result.rounds} round(s) of {result.operations} operations per client, each round "
+          f"between two phases of the same clients verifying bare (the machine's argon2 "
+          f"capacity)")
+    print("    ratio = operations/s / verifications/s of the phases around it (one "
+          "verification per operation), median over rounds")
+    print("    memory: the peak resident set of a process during the rounds; bound = "
+          "the gate's slots x one verification's memory + the process serving its clients")
+    widths = (24, 8, 9, 7, 8, 8, 7, 8, 9, 20, 8)
+    print("    " + row("setup", "ops/s", "argon2/s", "ratio", "target", "verdict", "failed",
+                       "p50", "p99", "peak / bound", "verdict", widths=widths))
+    out: dict[str, object] = {}
+    for name, f in result.setups.items():
+        failed = int(f["failed"])
+        print("    " + row(
+            SETUPS[name], f"{f['operations_per_s']:.2f}", f"{f['capacity_per_s']:.2f}",
+            f"{f['ratio']:.3f}", f">= {P5_TARGET:.2f}",
+            verdict(f["ratio"], P5_TARGET, at_least=True) if not failed else
+            ("(smoke)" if not JUDGE else "NOT MET"),
+            failed, seconds(f["p50_s"]), seconds(f["p99_s"]),
+            f"{mib(f['peak_rss'])} / {mib(f['bound'])}",
+            ("met" if f["within_bound"] else "NOT MET") if JUDGE else "(smoke)",
+            widths=widths))
+        out[name] = {**f, "target": P5_TARGET}
+    for name, f in result.setups.items():
+        ratios = ", ".join(f"{r:.3f}" for r in f["ratios"])
+        p99 = ", ".join(f"{op} {v:.2f} s" for op, v in f["p99_by_operation_s"].items())
+        print(f"    {SETUPS[name]}: ratio per round {ratios}; p99 {p99}; gate "
+              f"{f['gate_slots']} x {mib(f['verification_bytes'])} + "
+              f"{mib(f['rss_before'])} before + {f['serving'] / 1024:,.0f} KiB serving; "
+              f"load average {f['load_average']:.2f}")
+        if f["failures"]:
+            print(f"      failures: {f['failures']}")
+    for name, reason in result.skipped.items():
+        print(f"    {SETUPS[name]}: skipped: {reason}")
+    return out
+
+
 # -- the run --------------------------------------------------------------------------
+def p5_setups(asked: list[str], stores: Stores) -> tuple[list[str], dict[str, str]]:
+    """The setups of P5 this run can do, and why not the others."""
+    runnable: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in asked:
+        if name not in SETUPS:
+            raise SystemExit(f"unknown setup {name!r}; the setups are {', '.join(SETUPS)}")
+        extra = ("django" if name.startswith("django") else
+                 "flask_sqlalchemy" if name.startswith("flask") else None)
+        if name in POSTGRES_SETUPS and stores.postgres is None:
+            skipped[name] = stores.postgres_missing
+        elif extra is not None and importlib.util.find_spec(extra) is None:
+            skipped[name] = f"{extra} is not installed"
+        else:
+            runnable.append(name)
+    return runnable, skipped
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smaller stores, fewer rounds")
     mode.add_argument("--smoke", action="store_true",
                       help="tiny sizes and the cheapest hasher: only checks that it runs")
-    parser.add_argument("--only", default="P1,P2,P3,P4", help="parts to run, e.g. P1,P3")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="parts to run, e.g. P1,P3")
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
     parser.add_argument("--stores", default="memory,sqlite,postgresql",
                         help="stores to run P1 and P2 on, e.g. sqlite,postgresql")
+    parser.add_argument("--setups", default=",".join(SETUPS),
+                        help="setups P5 runs, e.g. sqlite-threads,postgresql")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where to put the store files (default: the temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -251,16 +362,24 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, object] = {"mode": size_name, "load_average_at_start": load[0]}
     started = time.perf_counter()
     wanted = {name.strip().lower() for name in args.stores.split(",")}
-    postgres = not args.no_postgres and "postgresql" in wanted
-    with open_stores(args.workdir, postgres=postgres, only=wanted) as stores:
+    setups = [name.strip().lower() for name in args.setups.split(",")]
+    postgres = not args.no_postgres and (
+        ("postgresql" in wanted and parts & {"P1", "P2"})
+        or ("P5" in parts and POSTGRES_SETUPS & set(setups)))
+    with open_stores(args.workdir, postgres=bool(postgres), only=wanted) as stores:
+        if stores.postgres is not None:
+            print(f"PostgreSQL: {stores.postgres.version}, a throwaway server on a Unix socket, "
+                  f"fsync and synchronous_commit on")
         if "P1" in parts:
             default = hasher(sizes.argon2)
             cheap = [measure_p1(kind.make("p1-cheap"), kind.name, hasher("cheapest"),
-                                max(sizes.p1_rounds, 15), sizes.p1_accounts)
+                                sizes.p1_cheap_rounds, sizes.p1_accounts)
                      for kind in stores.kinds]
             results = [measure_p1(kind.make("p1"), kind.name, default, sizes.p1_rounds,
                                   sizes.p1_accounts) for kind in stores.kinds]
-            figures["P1"] = print_p1(results, cheap, stores, sizes.argon2)
+            trips = (count_round_trips(stores.postgres.database("p1-trips"), hasher("cheapest"))
+                     if stores.postgres is not None and stores.get("postgresql") else None)
+            figures["P1"] = print_p1(results, cheap, stores, trips)
             for kind in stores.kinds:
                 kind.close_all()
         if "P2" in parts:
@@ -279,6 +398,14 @@ def main(argv: list[str] | None = None) -> int:
             figures["P3"] = print_p3(p3)
         if "P4" in parts:
             figures["P4"] = print_p4(measure_p4(stores.workdir, sizes.p4_accounts))
+        if "P5" in parts:
+            runnable, skipped = p5_setups(setups, stores)
+            server = stores.postgres
+            p5 = measure_p5(stores.workdir, runnable,
+                            lambda name: server.database(f"p5_{name}") if server else None,
+                            skipped, clients=P5_CLIENTS, operations=sizes.p5_operations,
+                            rounds=sizes.p5_rounds, hasher=sizes.argon2)
+            figures["P5"] = print_p5(p5)
     elapsed = time.perf_counter() - started
     print(f"\n{size_name} run: {elapsed:.0f} s")
     if args.json is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from account_merge import InMemoryStorage, SQLiteStorage
 from account_merge.ports import Storage
-from postgres import postgres_factory
+from postgres import Postgres, postgres_server
 
 
 @dataclass
@@ -49,6 +49,9 @@ class Stores:
     kinds: list[StoreKind]
     skipped: dict[str, str]
     workdir: Path
+    postgres: Postgres | None = None
+    #: Why PostgreSQL cannot be used in this run ("" when it can).
+    postgres_missing: str = ""
 
     def get(self, name: str) -> StoreKind | None:
         return next((k for k in self.kinds if k.name == name), None)
@@ -67,16 +70,16 @@ def open_stores(workdir: Path | None, *, postgres: bool = True,
         kinds = [kind for kind in kinds if kind.name in only]
     skipped: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
+        server: Postgres | None = None
+        missing = "not asked for (--no-postgres)"
         if postgres:
-            factory, reason = stack.enter_context(postgres_factory(folder))
-            if factory is not None:
-                kinds.append(StoreKind("postgresql", 0.02, 1.25, factory))
-            else:
-                skipped["postgresql"] = reason
+            server, missing = stack.enter_context(postgres_server(folder))
+        if server is not None and (only is None or "postgresql" in only):
+            kinds.append(StoreKind("postgresql", 0.02, 1.25, server.store))
         elif only is None or "postgresql" in only:
-            skipped["postgresql"] = "not asked for (--no-postgres)"
+            skipped["postgresql"] = missing
         try:
-            yield Stores(kinds, skipped, folder)
+            yield Stores(kinds, skipped, folder, server, missing)
         finally:
             for kind in kinds:
                 kind.close_all()

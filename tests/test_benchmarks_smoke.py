@@ -1,4 +1,4 @@
-"""The benchmark command runs: its smoke mode prints P1 to P4 (no timing is checked)."""
+"""The benchmark command runs: its smoke mode prints P1 to P5 (no timing is checked)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ def test_the_benchmark_prints_every_figure_with_its_target_in_smoke_mode(tmp_pat
 
     assert completed.returncode == 0, completed.stderr
     out = completed.stdout
-    for heading in ("P1 overhead", "P2 scale", "P3 bulk issuance", "P4 footprint"):
+    for heading in ("P1 overhead", "P2 scale", "P3 bulk issuance", "P4 footprint",
+                    "P5 concurrency"):
         assert heading in out
-    for target in ("<= 1.02", "<= 1.05", "<= 1.25", ">= 0.85"):
+    for target in ("<= 0.20 %", "<= 0.70 %", "<= 1.25", ">= 0.85"):
         assert target in out
-    assert set(json.loads(figures.read_text())) >= {"P1", "P2", "P3", "P4"}
+    assert set(json.loads(figures.read_text())) >= {"P1", "P2", "P3", "P4", "P5"}
+    assert "sqlite-threads" in json.loads(figures.read_text())["P5"]
     assert list(tmp_path.glob("am-bench-*")) == []  # the stores are removed
