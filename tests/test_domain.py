@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from account_merge import Account, AccountStatus, Child, Establishment, Role, Secret
 from account_merge.domain.establishment import uai_check_letter, validate_uai
-from account_merge.domain.logins import derive_login, login_key
+from account_merge.domain.logins import derive_login, derive_logins, login_key
 from account_merge.domain.passwords import (
     PROVISIONAL_ALPHABET,
     CnilPasswordPolicy,
@@ -133,6 +133,12 @@ class TestLogins:
 
     def test_later_attempts_add_digits(self) -> None:
         assert derive_login("Claire Robert", 1).startswith("claire.robert.")
+
+    def test_the_candidates_of_a_name_are_its_attempts_in_order(self) -> None:
+        candidates = derive_logins("Hélène Lefèvre-Dupré", 9)
+        assert candidates[0] == derive_login("Hélène Lefèvre-Dupré")
+        assert [len(c.rpartition(".")[2]) for c in candidates[1:]] == [2, 2, 2, 4, 4, 4, 4, 6]
+        assert all(c.startswith("helene.lefevre.dupre.") for c in candidates[1:])
 
     def test_a_name_without_latin_letters_gets_a_generic_login(self) -> None:
         assert derive_login("李 王") == "responsable"

@@ -29,7 +29,7 @@ from account_merge.domain.child import Child, ChildLink
 from account_merge.domain.establishment import Establishment
 from account_merge.domain.events import AccountIssued
 from account_merge.domain.letter import NotificationLetter
-from account_merge.domain.logins import derive_login, login_key
+from account_merge.domain.logins import derive_logins, login_key
 from account_merge.domain.passwords import generate_provisional_password
 from account_merge.domain.secret import Secret
 from account_merge.domain.validation import check_text
@@ -107,7 +107,7 @@ def new_account(
     Login keys in *exclude* are taken already (by accounts the same change
     set creates).
     """
-    candidates = [derive_login(display_name, attempt) for attempt in range(LOGIN_CANDIDATES)]
+    candidates = derive_logins(display_name, LOGIN_CANDIDATES)
     keys = [login_key(c) for c in candidates]
     fetched = uow.fetch(attrs.evolve(also, logins=(*keys, *also.logins)))
     taken = fetched.by_login
