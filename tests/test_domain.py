@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import unicodedata
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -27,7 +28,12 @@ from account_merge.domain.throttle import (
     principal_key,
     signin_key,
 )
-from account_merge.domain.validation import escape_for_log
+from account_merge.domain.validation import (
+    MAX_LOGIN_LENGTH,
+    check_identifier,
+    escape_for_log,
+    has_control_characters,
+)
 from account_merge.exceptions import InvalidInput, PasswordPolicyError
 from account_merge.testing.strategies import establishments, uais
 
@@ -284,3 +290,35 @@ class TestThrottlePolicy:
 def test_logged_text_has_control_characters_escaped_and_is_cut() -> None:
     assert escape_for_log("claire\nrobert\x1b[31m") == "claire\\nrobert\\x1b[31m"
     assert escape_for_log("x" * 100).endswith("…")
+
+
+_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.characters(max_codepoint=127)))
+def test_the_checks_of_text_agree_with_their_definition_character_by_character(
+        text: str) -> None:
+    """The checks scan ASCII text at once; each still means what it says of every character."""
+    unsafe = [ch for ch in text if unicodedata.category(ch) in _UNSAFE]
+    assert has_control_characters(text) is bool(unsafe)
+    printable_ascii = all("!" <= ch <= "~" for ch in text)
+    if text and len(text) <= 64 and not printable_ascii:
+        with pytest.raises(InvalidInput):
+            check_identifier("id", text)
+    elif text and len(text) <= 64:
+        assert check_identifier("id", text) == text
+    escaped = "".join(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                      if unicodedata.category(ch) in _UNSAFE or ch == "\\" else ch
+                      for ch in text[:MAX_LOGIN_LENGTH])
+    assert escape_for_log(text) == escaped + ("…" if len(text) > MAX_LOGIN_LENGTH else "")
+
+
+@pytest.mark.parametrize("code", range(128))
+def test_every_ascii_character_is_judged_as_its_category_says(code: int) -> None:
+    ch = chr(code)
+    assert has_control_characters(f"a{ch}b") is (unicodedata.category(ch) == "Cc")
+    if "!" <= ch <= "~":
+        assert check_identifier("id", f"a{ch}b") == f"a{ch}b"
+    else:
+        with pytest.raises(InvalidInput):
+            check_identifier("id", f"a{ch}b")
