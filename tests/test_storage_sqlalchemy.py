@@ -17,6 +17,7 @@ from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import sqlalchemy
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
@@ -38,8 +39,9 @@ from account_merge.exceptions import (
     StorageError,
     TooManyAttempts,
 )
-from account_merge.ports import ChangeSet, Expect, Fetch
+from account_merge.ports import ChangeSet, Expect, Fetch, SignIn
 from account_merge.storage.sqlalchemy import SQLAlchemyStorage, make_metadata
+from account_merge.testing import bulk_load
 from sqlalchemy_kit import (
     OTHER_SCHOOL,
     SCHOOL,
@@ -374,6 +376,44 @@ def test_a_counter_read_for_writing_stays_locked_until_the_unit_of_work_ends(
 
 
 # -- SQLite transactions -----------------------------------------------------------------
+
+
+def test_a_change_set_reaches_its_rows_through_the_indexes_on_a_large_store(
+        pg_storage: SQLAlchemyStorage, pg_engine: sqlalchemy.Engine) -> None:
+    """Rows found by the ids of a JSON parameter are looked up, not scanned for.
+
+    The server cannot count a JSON parameter's rows and plans for a
+    hundred: joined with them alone, a table of a few thousand accounts
+    was scanned whole by each sign-in, merge and activation.
+    """
+    loaded = bulk_load(pg_storage, SCHOOL, 3000, password_hash="$argon2id$not-checked",
+                       status=AccountStatus.ACTIVE, prefix="big")
+    with pg_engine.begin() as conn:
+        conn.execute(sqlalchemy.text(" ".join(
+            f"ANALYZE {name};" for name in pg_storage.metadata.tables)))
+    statements: list[tuple[str, Any]] = []
+
+    def keep(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    first, second, third = (loaded.account_id(i) for i in (1, 2, 3))
+    with pg_storage.unit_of_work() as uow:
+        found = uow.fetch(Fetch(accounts=[first], lock=True)).accounts[first]
+        assert found.credential is not None
+        sqlalchemy.event.listen(pg_engine, "before_cursor_execute", keep)
+        try:
+            uow.apply(ChangeSet(
+                expect=[Expect(first, AccountStatus.ACTIVE, found.credential.password_hash)],
+                accounts=[attrs.evolve(found.account, email="claire@example.org")],
+                sign_ins=[SignIn(second, T0)],
+                unlink=[_link(third, 3)]))
+        finally:
+            sqlalchemy.event.remove(pg_engine, "before_cursor_execute", keep)
+    (statement, parameters), = statements
+    with pg_engine.connect() as conn:
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(
+            "EXPLAIN " + statement, parameters))
+    assert "Seq Scan" not in plan, plan
 
 
 def test_on_sqlite_a_writing_unit_of_work_holds_the_write_lock_from_its_start(

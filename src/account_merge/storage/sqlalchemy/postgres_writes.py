@@ -71,13 +71,24 @@ def _records(param: str, types: str) -> str:
     return f"jsonb_to_recordset(%({param})s::jsonb) AS v({types})"
 
 
+def _unlinked_accounts(n: NetChanges) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(account_id for account_id, _ in n.unlink))
+
+
 def apply_shape(n: NetChanges, timeout: bool) -> tuple[int, ...]:
-    """Which parts the statement of *n* has (and how many ids some name): the key of its text."""
-    return (bool(n.expect), len(n.must_exist), timeout, bool(n.establishments),
-            bool(n.new_accounts), bool(n.replaced), bool(n.sign_ins), len(n.touched),
-            bool(n.credentials), len(n.drop_credentials), bool(n.unlink), bool(n.link),
-            bool(n.fresh) and bool(n.link), bool(n.throttles), bool(n.receipts),
-            bool(n.events), len(n.published), bool(n.audit))
+    """Which parts the statement of *n* has (and how many ids some name): the key of its text.
+
+    The parts that find stored rows by the ids of JSON rows (expectations,
+    replaced and signed-in accounts, removed links) also name those ids one
+    parameter each: the server cannot tell how many rows a JSON parameter
+    holds (it plans for a hundred), and would rather scan a table of a few
+    thousand rows than look a hundred up in its index.
+    """
+    return (len(n.expect), len(n.must_exist), timeout, bool(n.establishments),
+            bool(n.new_accounts), len(n.replaced), len(n.sign_ins), len(n.touched),
+            bool(n.credentials), len(n.drop_credentials), len(_unlinked_accounts(n)),
+            bool(n.link), bool(n.fresh) and bool(n.link), bool(n.throttles),
+            bool(n.receipts), bool(n.events), len(n.published), bool(n.audit))
 
 
 def apply_params(n: NetChanges, timeout: str | None) -> dict[str, Any]:
@@ -111,6 +122,10 @@ def apply_params(n: NetChanges, timeout: str | None) -> dict[str, Any]:
                     for i, e in enumerate(n.events, 1)),
         "au": _json({"o": i, **rows.audit_values(r)} for i, r in enumerate(n.audit)),
     }
+    put_values(params, "x_id", (e.account_id for e in n.expect))
+    put_values(params, "a_id", (a.id for a in n.replaced))
+    put_values(params, "s_id", (account_id for account_id, _ in n.sign_ins))
+    put_values(params, "u_id", _unlinked_accounts(n))
     put_values(params, "must_exist", n.must_exist)
     put_values(params, "touched", n.touched)
     put_values(params, "drop", n.drop_credentials)
@@ -128,9 +143,11 @@ def build_apply(t: TableNames, shape: tuple[int, ...]) -> str:
     if guarded:
         expected = present = "true"
         if expect:
+            ids = in_list("x_id", expect)
             expected = (f"NOT EXISTS (SELECT 1 FROM {_records('x', _EXPECT_TYPES)}"
-                        f" LEFT JOIN {t['accounts']} a ON a.id = v.id "
+                        f" LEFT JOIN {t['accounts']} a ON a.id = v.id AND a.id IN {ids} "
                         f"LEFT JOIN {t['credentials']} c ON c.account_id = v.id "
+                        f"AND c.account_id IN {ids} "
                         "WHERE a.id IS NULL OR a.status <> v.status "
                         "OR c.password_hash IS DISTINCT FROM v.hash)")
         if must_exist:
@@ -161,11 +178,12 @@ def build_apply(t: TableNames, shape: tuple[int, ...]) -> str:
         ctes.append(f"w_a AS (UPDATE {t['accounts']} a SET {sets}, "
                     f"merged_seq = {seq.format(same=same)}, "
                     f"last_signed_in_at = v.last_signed_in_at "
-                    f"FROM {_records('a', _ACCOUNT_TYPES)} WHERE a.id = v.id AND {ok})")
+                    f"FROM {_records('a', _ACCOUNT_TYPES)} WHERE a.id = v.id "
+                    f"AND a.id IN {in_list('a_id', replaced)} AND {ok})")
     if sign_ins:
         ctes.append(f"w_s AS (UPDATE {t['accounts']} a SET last_signed_in_at = v.at "
                     f"FROM {_records('s', 'id text, at timestamptz')} "
-                    f"WHERE a.id = v.id AND {ok})")
+                    f"WHERE a.id = v.id AND a.id IN {in_list('s_id', sign_ins)} AND {ok})")
     if touched:
         ctes.append(f"w_t AS (UPDATE {t['accounts']} SET id = id "
                     f"WHERE id IN {in_list('touched', touched)} AND {ok})")
@@ -181,7 +199,8 @@ def build_apply(t: TableNames, shape: tuple[int, ...]) -> str:
                     f"WHERE account_id IN {in_list('drop', drop)} AND {ok})")
     if unlink:
         ctes.append(f"w_u AS (DELETE FROM {t['links']} l USING {_records('u', 'a text, c text')}"
-                    f" WHERE l.account_id = v.a AND l.child_id = v.c AND {ok})")
+                    f" WHERE l.account_id = v.a AND l.child_id = v.c "
+                    f"AND l.account_id IN {in_list('u_id', unlink)} AND {ok})")
     if link:
         names = ", ".join(rows.LINK_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in rows.LINK_COLUMNS[2:])
