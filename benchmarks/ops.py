@@ -214,32 +214,50 @@ class P2Result:
     small: int
     large: int
     fill_seconds: float
-    samples: dict[str, tuple[list[float], list[float]]]  # op -> (small, large)
+    #: pass -> op -> (small, large) seconds
+    passes: list[dict[str, tuple[list[float], list[float]]]]
 
     def medians(self, op: str) -> tuple[float, float]:
-        small, large = self.samples[op]
+        """The median operation on each store, over every pass."""
+        small = [t for p in self.passes for t in p[op][0]]
+        large = [t for p in self.passes for t in p[op][1]]
         return statistics.median(small), statistics.median(large)
 
+    def pass_ratios(self, op: str) -> list[float]:
+        """Each pass's median on the large store / its median on the small one."""
+        return [statistics.median(p[op][1]) / statistics.median(p[op][0]) for p in self.passes]
+
     def ratio(self, op: str) -> float:
-        small, large = self.medians(op)
-        return large / small
+        """The median of the passes' ratios."""
+        return statistics.median(self.pass_ratios(op))
 
 
 def measure_p2(small_store: Storage, large_store: Storage, store: str,
-               hasher: argon2.PasswordHasher, rounds: int, small: int, large: int) -> P2Result:
-    """The same operations on a store of *small* accounts and one of *large*, alternately."""
+               hasher: argon2.PasswordHasher, rounds: int, small: int, large: int,
+               passes: int = 1) -> P2Result:
+    """The same operations on a store of *small* accounts and one of *large*, alternately.
+
+    *passes* measurements of *rounds* rounds each, one after the other on
+    the same stores (fresh accounts each round): a pass that a burst of
+    the machine's other work spoiled shows beside the others.
+    """
     verifier = verifier_for(hasher)
     hashes = make_hashes(verifier)
     fill(small_store, small, hashes[0])
     fill_seconds = fill(large_store, large, hashes[0])
-    workloads = [Workload(MergeService(s, verifier), rounds + 1, hashes)
+    workloads = [Workload(MergeService(s, verifier), rounds * passes + 1, hashes)
                  for s in (small_store, large_store)]
-    samples: dict[str, tuple[list[float], list[float]]] = {op: ([], []) for op in OPERATIONS}
-    for i in range(rounds + 1):
-        order = (0, 1) if i % 2 else (1, 0)
-        for op in OPERATIONS:
-            for side in order:
-                elapsed = timed(lambda: workloads[side].run(op, i))  # noqa: B023
-                if i:
-                    samples[op][side].append(elapsed)
-    return P2Result(store, small, large, fill_seconds, samples)
+    results: list[dict[str, tuple[list[float], list[float]]]] = []
+    i = 0
+    for n in range(passes):
+        samples: dict[str, tuple[list[float], list[float]]] = {op: ([], []) for op in OPERATIONS}
+        for _ in range(rounds + (1 if n == 0 else 0)):
+            order = (0, 1) if i % 2 else (1, 0)
+            for op in OPERATIONS:
+                for side in order:
+                    elapsed = timed(lambda: workloads[side].run(op, i))  # noqa: B023
+                    if i:  # the first round warms up
+                        samples[op][side].append(elapsed)
+            i += 1
+        results.append(samples)
+    return P2Result(store, small, large, fill_seconds, results)
