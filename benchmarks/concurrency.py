@@ -44,6 +44,7 @@ import json
 import math
 import multiprocessing
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,7 @@ class Config:
     hasher: str
     folder: str
     database_url: str | None = None
+    server_pid: int | None = None  # the PostgreSQL server's, to count its CPU time
 
     def merges_per_client(self) -> int:
         """Merges each client makes on its accounts at the measured parameters."""
@@ -137,25 +139,70 @@ def peak() -> int:
     return _status("VmHWM")
 
 
-class MemoryWatch:
-    """The resident set before each phase and its peak during it, for one process.
+def _cpu_of_tree(pid: int) -> float:
+    """CPU seconds of process *pid*, of its children alive, and of those it waited for.
+
+    For the PostgreSQL server: the postmaster's children are its backends.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command: state, ppid, ..., utime (14th field of the line), stime, cutime...
+        own = int(entry.name) == pid
+        if own or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+            if own:
+                total += int(fields[13]) + int(fields[14])
+    return total / tick
+
+
+def _cpu_of_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class PhaseWatch:
+    """For one process: its resident set before each phase and its peak during it,
+    and the CPU time the phase took (this process's, and the server's if any).
 
     Threads share it: the barrier that starts a phase calls it once (a
     reset), the barrier that ends it once more (a reading).  A client in a
     process of its own calls it itself.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, server_pid: int | None = None) -> None:
+        self.server_pid = server_pid
         self.calls = 0
         self.before: list[int] = []
         self.peaks: list[int] = []
+        self.cpu: list[float] = []
+        self._cpu_at_start = 0.0
+
+    def _cpu(self) -> float:
+        server = _cpu_of_tree(self.server_pid) if self.server_pid is not None else 0.0
+        return _cpu_of_self() + server
 
     def __call__(self) -> None:
         if self.calls % 2 == 0:
             self.before.append(reset_peak())
+            self._cpu_at_start = self._cpu()
         else:
+            self.cpu.append(self._cpu() - self._cpu_at_start)
             self.peaks.append(peak())
         self.calls += 1
+
+    def fill(self, phases: list[Phase]) -> None:
+        """Give each phase what was measured during it."""
+        for phase, before, top, cpu in zip(phases, self.before, self.peaks, self.cpu,
+                                           strict=True):
+            phase.rss_before, phase.rss_peak, phase.cpu = before, top, cpu
 
 
 # -- the clients ----------------------------------------------------------------------------
@@ -178,6 +225,7 @@ class Phase:
     failures: dict[str, int] = field(default_factory=dict)
     rss_before: int = 0
     rss_peak: int = 0
+    cpu: float = 0.0  # of the whole process (threads) and of the server, if any
 
 
 @dataclass
@@ -266,7 +314,7 @@ class Barrier(Protocol):
 
 
 def run_client(client: Client, host: Host, config: Config, barrier: Barrier,
-               bare: tuple[argon2.PasswordHasher, str], watch: MemoryWatch | None
+               bare: tuple[argon2.PasswordHasher, str], watch: PhaseWatch | None
                ) -> list[Phase]:
     """Every phase of the schedule, each started with the other clients.
 
@@ -311,8 +359,7 @@ def run_client(client: Client, host: Host, config: Config, barrier: Barrier,
     finally:
         host.done()
     if watch is not None:
-        for phase, before, top in zip(phases, watch.before, watch.peaks, strict=True):
-            phase.rss_before, phase.rss_peak = before, top
+        watch.fill(phases)
     return phases
 
 
@@ -521,7 +568,7 @@ def run_threads(config: Config) -> tuple[list[list[Phase]], int]:
     prepared = prepare(config)
     try:
         clients = load_clients(prepared.storage, config)
-        watch = MemoryWatch()
+        watch = PhaseWatch(config.server_pid)
         barrier = threading.Barrier(config.clients, action=watch)
         bare = _bare(config)
         results: list[list[Phase]] = [[] for _ in clients]
@@ -544,8 +591,7 @@ def run_threads(config: Config) -> tuple[list[list[Phase]], int]:
         if errors:
             raise errors[0]
         for phases in results:
-            for phase, before, top in zip(phases, watch.before, watch.peaks, strict=True):
-                phase.rss_before, phase.rss_peak = before, top
+            watch.fill(phases)
         return results, gate_slots()
     finally:
         prepared.close()
@@ -562,7 +608,7 @@ def _process_client(config: Config, index: int, barrier: Barrier,
         client = Client(index, *client_accounts(config, index))
         phases = run_client(client, Direct(service, light_twin(service)), config, barrier,
                             _bare(config),
-                            MemoryWatch())
+                            PhaseWatch())
         out.put((index, [phase.__dict__ for phase in phases], gate_slots()))
     finally:
         storage.close()
@@ -613,7 +659,11 @@ def summarize(config: Config, results: list[list[Phase]], slots: int) -> dict[st
     """
     kinds = [phase.kind for phase in results[0]]
     light_at = kinds.index("light")
+    own_process = config.setup == "sqlite-processes"  # else the clients share one
+    cores = len(os.sched_getaffinity(0))
     rates: list[tuple[str, float]] = []
+    per_cpu: list[float] = []  # operations or verifications per CPU second
+    shares: dict[str, list[float]] = {"workload": [], "capacity": []}
     latencies: dict[str, list[float]] = {}
     failures: Counter[str] = Counter()
     verification = HASHERS[config.hasher]().memory_cost * 1024
@@ -623,6 +673,10 @@ def summarize(config: Config, results: list[list[Phase]], slots: int) -> dict[st
         wall = max(p.end for p in phases) - min(p.start for p in phases)
         done = sum(len(times) for p in phases for times in p.latencies.values())
         rates.append((kind, done / wall))
+        cpu = sum(p.cpu for p in phases) if own_process else phases[0].cpu
+        per_cpu.append(done / cpu if cpu > 0 else float("nan"))
+        if kind in shares:
+            shares[kind].append(cpu / (wall * cores))
         if kind in ("workload", "light", "warm-up"):
             for p in phases:
                 failures.update(p.failures)
@@ -636,11 +690,12 @@ def summarize(config: Config, results: list[list[Phase]], slots: int) -> dict[st
             memory.append({"before": p.rss_before, "serving": serving,
                            "bound": p.rss_before + serving + slots * verification,
                            "peak": p.rss_peak})
-    ratios = []
+    ratios, cpu_ratios = [], []
     for n, (kind, rate) in enumerate(rates):
         if kind == "workload":
             capacity = (rates[n - 1][1] + rates[n + 1][1]) / 2
             ratios.append(rate / capacity)
+            cpu_ratios.append(per_cpu[n] / ((per_cpu[n - 1] + per_cpu[n + 1]) / 2))
     every = sorted(t for times in latencies.values() for t in times)
     worst = max(memory, key=lambda m: m["peak"] - m["bound"])
     return {
@@ -648,6 +703,9 @@ def summarize(config: Config, results: list[list[Phase]], slots: int) -> dict[st
         "rounds": config.rounds, "ratios": ratios, "ratio": statistics.median(ratios),
         "operations_per_s": statistics.median(r for k, r in rates if k == "workload"),
         "capacity_per_s": statistics.median(r for k, r in rates if k == "capacity"),
+        "cpu_ratios": cpu_ratios, "cpu_ratio": statistics.median(cpu_ratios),
+        "cpu_share_workload": statistics.median(shares["workload"]),
+        "cpu_share_capacity": statistics.median(shares["capacity"]),
         "workload_rates": [r for k, r in rates if k == "workload"],
         "capacity_rates": [r for k, r in rates if k == "capacity"],
         "operations_done": len(every), "failures": dict(failures),
@@ -700,13 +758,18 @@ def run_child(config: Config) -> dict[str, Any]:
 
 def measure_p5(folder: Path, setups: list[str], database: Callable[[str], str | None],
                skipped: dict[str, str], *, clients: int, operations: int, rounds: int,
-               hasher: str) -> P5Result:
-    """Each setup in turn, in a process of its own; *database* makes a PostgreSQL database."""
+               hasher: str, server_pid: int | None = None) -> P5Result:
+    """Each setup in turn, in a process of its own; *database* makes a PostgreSQL database.
+
+    *server_pid* is the PostgreSQL server's (its postmaster): its CPU time
+    counts in the setups that use it.
+    """
     figures = {}
     for setup in setups:
         url = database(setup) if setup in POSTGRES_SETUPS else None
         config = Config(setup=setup, clients=clients, operations=operations, rounds=rounds,
-                        hasher=hasher, folder=str(folder), database_url=url)
+                        hasher=hasher, folder=str(folder), database_url=url,
+                        server_pid=server_pid if setup in POSTGRES_SETUPS else None)
         figures[setup] = run_child(config)
     return P5Result(hasher, clients, operations, rounds, figures, skipped)
 

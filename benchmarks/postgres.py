@@ -41,6 +41,16 @@ class Postgres:
         return store
 
     @property
+    def pid(self) -> int | None:
+        """The postmaster's process id (its backends are its children), if it can be read."""
+        folder = self.server.folder
+        try:
+            assert folder is not None
+            return int((folder / "data" / "postmaster.pid").read_text().split()[0])
+        except (AssertionError, OSError, ValueError, IndexError):
+            return None
+
+    @property
     def version(self) -> str:
         binaries = self.server.binaries
         return binaries.version() if binaries is not None else "unknown"

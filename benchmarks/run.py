@@ -74,11 +74,11 @@ SIZES = {
     "full": Sizes(p1_rounds=21, p1_cheap_rounds=61, p1_accounts=1_000, p2_small=1_000,
                   p2_large=1_000_000, p2_rounds=20, p2_passes=3, p3_letters=48, p3_rounds=5,
                   p3_memory_letters=2_000, p3_warm_up=2_000, p4_accounts=10_000,
-                  p5_operations=8, p5_rounds=3, argon2="default"),
+                  p5_operations=6, p5_rounds=5, argon2="default"),
     "quick": Sizes(p1_rounds=7, p1_cheap_rounds=31, p1_accounts=1_000, p2_small=1_000,
                    p2_large=20_000, p2_rounds=10, p2_passes=3, p3_letters=24, p3_rounds=3,
                    p3_memory_letters=500, p3_warm_up=2_000, p4_accounts=2_000,
-                   p5_operations=4, p5_rounds=2, argon2="default"),
+                   p5_operations=4, p5_rounds=3, argon2="default"),
     "smoke": Sizes(p1_rounds=2, p1_cheap_rounds=2, p1_accounts=20, p2_small=20, p2_large=200,
                    p2_rounds=2, p2_passes=2, p3_letters=4, p3_rounds=1, p3_memory_letters=10,
                    p3_warm_up=10, p4_accounts=50, p5_operations=2, p5_rounds=1,
@@ -272,7 +272,7 @@ def print_p4(result: P4Result) -> dict[str, object]:
 
 
 def mib(size: float) -> str:
-    return f"{size / 2**20:,.0f} MiB"
+    return f"{size / 2**20:,.1f} MiB"
 
 
 def seconds(value: float) -> str:
@@ -286,20 +286,24 @@ def print_p5(result: P5Result) -> dict[str, object]:
           f"between two phases of the same clients verifying bare (the machine's argon2 "
           f"capacity)")
     print("    ratio = operations/s / verifications/s of the phases around it (one "
-          "verification per operation), median over rounds")
+          "verification per operation), median over rounds: the verdict")
+    print("    per CPU = the same with operations and verifications per CPU second (the "
+          "clients' processes, and the PostgreSQL server's): what the CPU share each phase "
+          "got does not move")
     print("    memory: the peak resident set of a process during the rounds; bound = "
           "the gate's slots x one verification's memory + the process serving its clients")
-    widths = (24, 8, 9, 7, 8, 8, 7, 8, 9, 20, 8)
-    print("    " + row("setup", "ops/s", "argon2/s", "ratio", "target", "verdict", "failed",
-                       "p50", "p99", "peak / bound", "verdict", widths=widths))
+    widths = (24, 7, 9, 7, 8, 8, 8, 7, 7, 7, 22, 8)
+    print("    " + row("setup", "ops/s", "argon2/s", "ratio", "target", "verdict", "per CPU",
+                       "failed", "p50", "p99", "peak / bound", "verdict", widths=widths))
     out: dict[str, object] = {}
     for name, f in result.setups.items():
         failed = int(f["failed"])
+        ratio_verdict = verdict(f["ratio"], P5_TARGET, at_least=True)
+        if failed and JUDGE:
+            ratio_verdict = "NOT MET"
         print("    " + row(
             SETUPS[name], f"{f['operations_per_s']:.2f}", f"{f['capacity_per_s']:.2f}",
-            f"{f['ratio']:.3f}", f">= {P5_TARGET:.2f}",
-            verdict(f["ratio"], P5_TARGET, at_least=True) if not failed else
-            ("(smoke)" if not JUDGE else "NOT MET"),
+            f"{f['ratio']:.3f}", f">= {P5_TARGET:.2f}", ratio_verdict, f"{f['cpu_ratio']:.3f}",
             failed, seconds(f["p50_s"]), seconds(f["p99_s"]),
             f"{mib(f['peak_rss'])} / {mib(f['bound'])}",
             ("met" if f["within_bound"] else "NOT MET") if JUDGE else "(smoke)",
@@ -307,11 +311,13 @@ def print_p5(result: P5Result) -> dict[str, object]:
         out[name] = {**f, "target": P5_TARGET}
     for name, f in result.setups.items():
         ratios = ", ".join(f"{r:.3f}" for r in f["ratios"])
+        per_cpu = ", ".join(f"{r:.3f}" for r in f["cpu_ratios"])
         p99 = ", ".join(f"{op} {v:.2f} s" for op, v in f["p99_by_operation_s"].items())
-        print(f"    {SETUPS[name]}: ratio per round {ratios}; p99 {p99}; gate "
-              f"{f['gate_slots']} x {mib(f['verification_bytes'])} + "
-              f"{mib(f['rss_before'])} before + {f['serving'] / 1024:,.0f} KiB serving; "
-              f"load average {f['load_average']:.2f}")
+        print(f"    {SETUPS[name]}: ratio per round {ratios}; per CPU {per_cpu}; CPU share "
+              f"{f['cpu_share_workload']:.2f} (operations), {f['cpu_share_capacity']:.2f} "
+              f"(bare); p99 {p99}; memory {mib(f['rss_before'])} before + "
+              f"{f['serving'] / 1024:,.0f} KiB serving + {f['gate_slots']} x "
+              f"{mib(f['verification_bytes'])}; load average {f['load_average']:.2f}")
         if f["failures"]:
             print(f"      failures: {f['failures']}")
     for name, reason in result.skipped.items():
@@ -411,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             p5 = measure_p5(stores.workdir, runnable,
                             lambda name: server.database(f"p5_{name}") if server else None,
                             skipped, clients=P5_CLIENTS, operations=sizes.p5_operations,
-                            rounds=sizes.p5_rounds, hasher=sizes.argon2)
+                            rounds=sizes.p5_rounds, hasher=sizes.argon2,
+                            server_pid=server.pid if server else None)
             figures["P5"] = print_p5(p5)
     elapsed = time.perf_counter() - started
     print(f"\n{size_name} run: {elapsed:.0f} s")
