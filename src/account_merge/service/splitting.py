@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 
+import attrs
+
 from account_merge.domain.account import Role
 from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.establishment import Establishment
@@ -26,7 +28,7 @@ from account_merge.exceptions import (
     ConcurrentUpdate,
     NotAuthorized,
 )
-from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, UnitOfWork
+from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched, UnitOfWork
 from account_merge.service.arguments import establishment_arg
 from account_merge.service.context import WRITE_RETRIES, Context, logger
 from account_merge.service.issuing import new_account
@@ -38,37 +40,86 @@ class _Replan(Exception):
     """The account changed between the preview and the write: hash again."""
 
 
-def _plan(uow: UnitOfWork, establishment: Establishment, account_id: str, *,
-          lock: bool) -> tuple[AccountRecord, SplitPlan]:
-    """The live account holding *account_id* and what the split would move from it."""
-    fetched = uow.fetch(Fetch(accounts=(account_id,), establishments=(establishment.uai,)))
+class _Moved(Exception):
+    """The account is held by another live account than the one read with it."""
+
+    def __init__(self, live_id: str) -> None:
+        super().__init__(live_id)
+        self.live_id = live_id
+
+
+@attrs.frozen
+class _Preview:
+    """What a split would do, read without locks: the live account, and the letters'
+    accounts (one per new account), so that the write reads them in one call."""
+
+    live_id: str
+    origins: tuple[str, ...]
+
+
+def _read(uow: UnitOfWork, establishment: Establishment, account_id: str, *,
+          live_id: str, origins: tuple[str, ...] = (),
+          lock: bool) -> tuple[AccountRecord, SplitPlan, Fetched]:
+    """In one call: the account, the live account *live_id* holding it, its links, the
+    establishment and the *origins* accounts; and what the split would move.
+
+    Raises :class:`_Moved` when *live_id* no longer holds the account.
+    """
+    fetched = uow.fetch(Fetch(accounts=tuple(dict.fromkeys((account_id, live_id, *origins))),
+                              links=(live_id,), establishments=(establishment.uai,),
+                              lock=lock))
     if establishment.uai not in fetched.establishments:
         raise NotAuthorized("unknown establishment")
     found = fetched.accounts.get(account_id)
     if found is None:
         raise AccountNotFound(account_id)
-    live_id = found.account.merged_into or account_id
-    held = uow.fetch(Fetch(accounts=(live_id,), links=(live_id,), lock=lock))
-    live = held.accounts.get(live_id)
+    holder = found.account.merged_into or account_id
+    if holder != live_id:
+        raise _Moved(holder)
+    live = fetched.accounts.get(live_id)
     if live is None:
         raise AccountNotFound(live_id)
-    return live, plan_split(establishment, live.account, held.links[live_id])
+    return live, plan_split(establishment, live.account, fetched.links[live_id]), fetched
 
 
-def _write(ctx: Context, establishment: Establishment, account_id: str,
+def _preview(ctx: Context, establishment: Establishment, account_id: str) -> _Preview:
+    """Where the split applies and to which letters, to hash their passwords outside any lock."""
+    live_id = account_id
+    with ctx.reading() as uow:
+        for _ in range(2):
+            try:
+                _, plan, _ = _read(uow, establishment, account_id, live_id=live_id, lock=False)
+            except _Moved as moved:  # an absorbed account: the split applies to its holder
+                live_id = moved.live_id
+                continue
+            return _Preview(live_id=live_id,
+                            origins=tuple(g.origin_account_id for g in plan.groups))
+    raise _Replan()
+
+
+def _write(ctx: Context, establishment: Establishment, account_id: str, preview: _Preview,
            passwords: list[str], hashes: list[str]) -> SplitReceipt:
     now = ctx.now()
     actor = f"establishment:{establishment.uai}"
     with ctx.writing() as uow:
-        live, plan = _plan(uow, establishment, account_id, lock=True)
+        try:
+            live, plan, fetched = _read(uow, establishment, account_id,
+                                        live_id=preview.live_id, origins=preview.origins,
+                                        lock=True)
+        except _Moved:
+            raise _Replan() from None
         if len(plan.groups) != len(hashes):
             raise _Replan()
-        origins = uow.fetch(Fetch(accounts=tuple(g.origin_account_id for g in plan.groups)))
+        origins = dict(fetched.accounts)
+        unread = [g.origin_account_id for g in plan.groups
+                  if g.origin_account_id not in preview.origins]
+        if unread:  # the letters changed since the preview (their number did not)
+            origins.update(uow.fetch(Fetch(accounts=tuple(unread))).accounts)
         changes = ChangeSet(unlink=plan.removed)
         letters: list[NotificationLetter] = []
         claimed: set[str] = set()
         for group, password, password_hash in zip(plan.groups, passwords, hashes, strict=True):
-            origin = origins.accounts.get(group.origin_account_id)
+            origin = origins.get(group.origin_account_id)
             name = (origin or live).account.display_name
             new, _ = new_account(ctx, uow, establishment=establishment, display_name=name,
                                  role=Role.RESPONSABLE, children=group.children,
@@ -97,15 +148,14 @@ def split(ctx: Context, establishment: Establishment, account_id: str) -> SplitR
     actor = f"establishment:{establishment.uai}"
     try:
         for _ in range(WRITE_RETRIES):
-            # How many letters the split makes, to hash their passwords outside any lock.
-            with ctx.reading() as uow:
-                _, preview = _plan(uow, establishment, account_id, lock=False)
-            passwords = [generate_provisional_password(ctx.policies.provisional_length)
-                         for _ in preview.groups]
-            hashes = [ctx.verifier.hash(p) for p in passwords]
             try:
+                # How many letters the split makes, to hash their passwords outside any lock.
+                preview = _preview(ctx, establishment, account_id)
+                passwords = [generate_provisional_password(ctx.policies.provisional_length)
+                             for _ in preview.origins]
+                hashes = [ctx.verifier.hash(p) for p in passwords]
                 return ctx.retry(functools.partial(_write, ctx, establishment, account_id,
-                                                   passwords, hashes))
+                                                   preview, passwords, hashes))
             except _Replan:
                 continue
         raise ConcurrentUpdate("the account kept changing during the split; try again")
