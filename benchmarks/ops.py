@@ -160,6 +160,8 @@ class P1Result:
     hasher: str  # describes the parameters
     samples: dict[str, list[float]]  # op or "verify"/"hash" -> seconds
     own: dict[str, list[float]]  # op -> op - the argon2 work timed inside it
+    #: op -> CPU time of this process during the op - the argon2 work timed inside it
+    own_cpu: dict[str, list[float]]
 
     def median(self, key: str) -> float:
         return statistics.median(self.samples[key])
@@ -175,6 +177,14 @@ class P1Result:
     def median_own(self, op: str) -> float:
         """Median, over rounds, of the operation's time outside argon2."""
         return statistics.median(self.own[op])
+
+    def median_own_cpu(self, op: str) -> float:
+        """Median, over rounds, of the CPU time this process spent on it outside argon2.
+
+        (A PostgreSQL server's work is not in it, nor any wait: for the
+        disk, the server, or a core the machine's other programs hold.)
+        """
+        return statistics.median(self.own_cpu[op])
 
 
 def measure_p1(storage: Storage, store: str, hasher: argon2.PasswordHasher, rounds: int,
@@ -192,20 +202,23 @@ def measure_p1(storage: Storage, store: str, hasher: argon2.PasswordHasher, roun
     }
     samples: dict[str, list[float]] = {k: [] for k in ("verify", "hash", *OPERATIONS)}
     own: dict[str, list[float]] = {op: [] for op in OPERATIONS}
+    own_cpu: dict[str, list[float]] = {op: [] for op in OPERATIONS}
     for i in range(rounds + 1):
         steps = []
         for kind in P1_ROUND:
             verifier.reset()
+            cpu = time.process_time()
             elapsed = timed(bare[kind] if kind in bare
                             else lambda: workload.run(kind, i))  # noqa: B023
-            steps.append((kind, elapsed, verifier.spent))
+            steps.append((kind, elapsed, time.process_time() - cpu, verifier.spent))
         if i == 0:
             continue  # warm-up: connections, caches
-        for kind, elapsed, spent in steps:
+        for kind, elapsed, cpu, spent in steps:
             samples[kind].append(elapsed)
             if kind in OPERATIONS:
                 own[kind].append(elapsed - spent)
-    return P1Result(store, describe(hasher), samples, own)
+                own_cpu[kind].append(cpu - spent)
+    return P1Result(store, describe(hasher), samples, own, own_cpu)
 
 
 @dataclass
