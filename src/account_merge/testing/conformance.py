@@ -63,9 +63,14 @@ from account_merge.domain.events import (
     AccountIssued,
     AccountsMerged,
     EmailChanged,
+    EmailVerificationRequested,
     Event,
+    LetterReissued,
+    LoginReminderRequested,
     MergeSplit,
     PasswordChanged,
+    PasswordReset,
+    PasswordResetRequested,
 )
 from account_merge.domain.receipts import MergeReceipt
 from account_merge.domain.throttle import ThrottlePolicy, ThrottleState
@@ -299,6 +304,13 @@ class RoundTripContract(StorageHarness):
             MergeSplit(T0, "acc1", "acc4", SCHOOL.uai, ("ine-3",)),
             PasswordChanged(T0, "acc1"),
             EmailChanged(T0 + timedelta(seconds=1), "acc1"),
+            EmailChanged(T0, "acc1", "old@example.org", "new@example.org"),
+            PasswordResetRequested(T0, ("acc1", "acc2"), ("b" * 32, "c" * 32)),
+            PasswordResetRequested(T0, (), ()),
+            PasswordReset(T0, "acc1"),
+            LoginReminderRequested(T0, ()),
+            EmailVerificationRequested(T0, "acc1", "new@example.org", "b" * 32),
+            LetterReissued(T0, "acc1", SCHOOL.uai, None),
         ]
         self.apply(storage, ChangeSet(events=events))
         with storage.unit_of_work(write=False) as uow:
