@@ -231,8 +231,8 @@ class TestAccountManagement:
         fails_with("invalid_input", service, [account.id],
                    lambda: service.change_email(account.id, "nope"))
         fails_with("invalid_input", service, [account.id],  # no way to send the link
-                   lambda: MergeService(service.storage).change_email(account.id,
-                                                                      "x@example.org"))
+                   lambda: MergeService(service.storage, service.verifier).change_email(
+                       account.id, "x@example.org"))
         fails_with("principal_not_active", service, [letters[1].account_id],
                    lambda: service.change_email(letters[1].account_id, "x@example.org"))
         fails_with("account_not_found", service, [account.id],
