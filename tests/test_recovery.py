@@ -20,6 +20,7 @@ from account_merge import AccountStatus, Child, MergeService, NotificationLetter
 from account_merge.domain import notices as notices_module
 from account_merge.domain import tokens as tokens_module
 from account_merge.domain.audit import AuditAction
+from account_merge.domain.events import PasswordResetRequested
 from account_merge.domain.notices import Notice, NoticeKind
 from account_merge.exceptions import AccountMergeError
 from account_merge.ports import Storage
@@ -176,9 +177,8 @@ class TestPasswordReset:
         assert typed is not None
         with capture_events(service) as captured:
             assert service.request_password_reset(typed) is None
-        (event,) = captured.events
-        assert event.name == "password_reset_requested"
-        assert getattr(event, "account_ids") == ()
+        (event,) = captured.of_type(PasswordResetRequested)
+        assert event.account_ids == ()
         assert family.deliver() == []
 
     def test_a_merged_accounts_login_does_not_reset_the_account_holding_it(
