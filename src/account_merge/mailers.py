@@ -36,6 +36,7 @@ def notice_message(notice: Notice, sender: str, *, domain: str = "account-merge"
     de-duplicate.
     """
     message = EmailMessage()
+    message.set_content(notice.body)  # first: it replaces every Content-* header
     message["From"] = sender
     message["To"] = notice.to
     message["Subject"] = notice.subject
@@ -45,7 +46,6 @@ def notice_message(notice: Notice, sender: str, *, domain: str = "account-merge"
     message["Content-Language"] = notice.language
     for name, value in _HEADERS.items():
         message[name] = value
-    message.set_content(notice.body)
     return message
 
 
