@@ -88,7 +88,8 @@ class SmtpMailer:
         self.starttls = starttls
         self.implicit_tls = implicit_tls
         self.username = username
-        self._password = None if password is None else Secret(password)
+        self._password = password if password is None or isinstance(password, Secret) \
+            else Secret(password)
         self.ssl_context = ssl_context
         self.timeout = timeout
         self.domain = domain
