@@ -18,7 +18,7 @@ from account_merge import (
     SQLiteStorage,
 )
 from account_merge.exceptions import InvalidCredentials, StorageError
-from account_merge.ports import LoginTaken, Storage
+from account_merge.ports import Fetch, LoginTaken, Storage
 from account_merge.storage.bulk import BulkAccount, insert_accounts
 from account_merge.testing import bulk_load, fast_verifier, make_establishment
 
@@ -71,9 +71,11 @@ def test_loads_in_several_chunks_and_reports_progress(
 
     assert reported == [10, 20, 25]
     with storage.unit_of_work(write=False) as uow:
-        assert uow.get_account_id_by_login(loaded.login(24)) == loaded.account_id(24)
-        assert uow.get_credential(loaded.account_id(0)) is not None
-        assert uow.get_establishment(COLLEGE.uai) == COLLEGE
+        found = uow.fetch(Fetch(logins=[loaded.login(24)], accounts=[loaded.account_id(0)],
+                                establishments=[COLLEGE.uai]))
+    assert found.by_login[loaded.login(24)].account.id == loaded.account_id(24)
+    assert found.accounts[loaded.account_id(0)].credential is not None
+    assert found.establishments == {COLLEGE.uai: COLLEGE}
 
 
 def test_loads_no_event_and_no_audit_record(
@@ -118,8 +120,7 @@ def test_a_taken_login_stores_nothing_of_its_chunk(
         insert_accounts(storage, [row("a2", "claire.robert.2"), row("a3", "claire.robert")])
 
     with storage.unit_of_work(write=False) as uow:
-        assert uow.get_account("a1") is not None
-        assert uow.get_account("a2") is None
+        assert set(uow.fetch(Fetch(accounts=["a1", "a2", "a3"])).accounts) == {"a1"}
     storage.close()
 
 

@@ -463,9 +463,13 @@ class CountingContract(StorageHarness):
         assert self.fetch(storage, Fetch(throttles=["signin:y:-", "principal:p"])).throttles == {
             "signin:y:-": ThrottleState("signin:y:-"), "principal:p": ThrottleState("principal:p")}
 
-    def test_a_count_needs_the_time_of_the_attempt(self) -> None:
+    def test_a_count_needs_the_time_of_the_attempt_and_names_each_key_once(self) -> None:
         with pytest.raises(ValueError):
             Fetch(count=["merge:x"])
+        with pytest.raises(ValueError):
+            Fetch(count=["merge:x", "merge:x"], at=T0)
+        with pytest.raises(ValueError):
+            Fetch(count=["merge:x"], at=T0, keep=0)
 
     def test_concurrent_counts_are_all_counted_and_each_sees_its_own_before(
             self, storage: Storage) -> None:
