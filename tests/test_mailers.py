@@ -105,7 +105,7 @@ def test_a_reset_link_arrives_through_smtp_and_works(inbox: tuple[Inbox, int]) -
     assert "Bonjour Claire Robert," in body
     link = next(line for line in body.splitlines() if line.startswith("https://"))
     token = link.rsplit("/", 1)[1]
-    assert service.reset_password(token, "Nouveau-Mot-de-passe-2028").login == login
+    assert service.reset_password(token, "Tournesol-Bleu-Vif-2028").login == login
 
 
 def test_a_notice_sent_twice_keeps_its_message_id(inbox: tuple[Inbox, int]) -> None:

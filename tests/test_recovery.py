@@ -41,7 +41,7 @@ LINKS = {"password_reset": "https://ent.example/mot-de-passe/{token}",
          "sign_in": "https://ent.example/connexion"}
 STRONG = "Mot-de-passe-Sûr-2026"
 OTHER = "Autre-Mot-de-passe-2027"
-NEWER = "Nouveau-Mot-de-passe-2028"
+NEWER = "Tournesol-Bleu-Vif-2028"
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ LINKS = {"password_reset": "https://ent.example/mot-de-passe/{token}",
          "email_verification": "https://ent.example/courriel/{token}"}
 STRONG = "Mot-de-passe-Sûr-2026"
 OTHER = "Autre-Mot-de-passe-2027"
-NEWER = "Nouveau-Mot-de-passe-2028"
+NEWER = "Tournesol-Bleu-Vif-2028"
 #: No limit on requests, for tests about something else.
 UNLIMITED = ThrottlePolicy(recovery_per_hour=10**6, recovery_client_per_hour=10**6,
                            backoff_after=10**6)
@@ -232,7 +232,7 @@ def run_operations(storage: Storage, operations: list[str],
             index = {"use newest": -1, "use oldest": 0}.get(operation) \
                 or pick(len(tokens) - 1)
             token, asked_in, issued = tokens[index]
-            new = f"Nouveau-Mot-de-passe-{n:04d}"
+            new = f"Tournesol-Bleu-Vif-{n:04d}"
             if asked_in == generation and clock() < issued + timedelta(hours=1):
                 service.reset_password(token, new)
                 password, generation = new, generation + 1
@@ -240,7 +240,7 @@ def run_operations(storage: Storage, operations: list[str],
                 fails("invalid_token", lambda token=token, new=new:
                       service.reset_password(token, new))
         elif operation == "change password":
-            new = f"Autre-Mot-de-passe-{n:04d}"
+            new = f"Girafe-Orange-Lente-{n:04d}"
             service.change_password(account.id, password, new)
             password, generation = new, generation + 1
         elif operation == "wait 20 min":
@@ -280,7 +280,7 @@ def test_two_resets_racing_with_one_token_have_one_winner(storage: Storage) -> N
     world.service.request_password_reset("claire@example.org")
     world.service.deliver_notices(world.mailer)
     token = world.token()
-    outcomes = race(4, lambda i: world.service.reset_password(token, f"Nouveau-Mot-de-passe-{i}x"))
+    outcomes = race(4, lambda i: world.service.reset_password(token, f"Tournesol-Bleu-Vif-{i}x"))
     assert sum(not isinstance(o, Exception) for o in outcomes) == 1
     assert all(o.code == "invalid_token" for o in outcomes if isinstance(o, AccountMergeError))
 

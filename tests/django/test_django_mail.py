@@ -37,5 +37,5 @@ def test_a_reset_link_goes_through_djangos_mail_and_works(mailoutbox: list[Any],
     assert message.subject == "Réinitialisation de votre mot de passe"
     assert message.message()["Message-ID"].endswith("@account-merge>")
     link = next(line for line in message.body.splitlines() if line.startswith("https://"))
-    assert service.reset_password(link.rsplit("/", 1)[1], "Nouveau-Mot-de-passe-2028")
+    assert service.reset_password(link.rsplit("/", 1)[1], "Tournesol-Bleu-Vif-2028")
     assert "ne-pas-repondre" in repr(DjangoMailer("ne-pas-repondre@ent.example"))
