@@ -22,7 +22,7 @@ from account_merge.domain import tokens as tokens_module
 from account_merge.domain.audit import AuditAction
 from account_merge.domain.events import PasswordResetRequested
 from account_merge.domain.notices import Notice, NoticeKind
-from account_merge.exceptions import AccountMergeError
+from account_merge.exceptions import AccountMergeError, NotSupported
 from account_merge.ports import Storage
 from account_merge.service.policies import Policies
 from account_merge.testing import (
@@ -556,3 +556,57 @@ class TestNotices:
         family.service.request_password_reset("claire@example.org")
         (notice,) = family.deliver()
         assert token_of(notice) not in repr(notice) and "body" not in repr(notice)
+
+
+class CoreOnly:
+    """A store with the core tier only: its units of work lack the way back's tiers."""
+
+    class Unit:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __enter__(self) -> CoreOnly.Unit:
+            self._inner.__enter__()
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self._inner.__exit__(*exc)
+
+        def __getattr__(self, name: str) -> Any:
+            if name in ("commit", "rollback", "fetch", "apply", "unpublished",
+                        "audit_records"):
+                return getattr(self._inner, name)
+            raise AttributeError(name)
+
+    def __init__(self) -> None:
+        from account_merge import InMemoryStorage
+
+        self.inner = InMemoryStorage()
+
+    def unit_of_work(self, *, write: bool = True) -> CoreOnly.Unit:
+        return CoreOnly.Unit(self.inner.unit_of_work(write=write))
+
+    def write(self, changes: Any) -> None:
+        from account_merge.ports import write_alone
+
+        write_alone(self, changes)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_store_without_a_tier_says_which_before_changing_anything() -> None:
+    store = CoreOnly()
+    service = MergeService(store, CountingVerifier(), FakeClock(),  # type: ignore[arg-type]
+                           secret_key=KEY, links=LINKS)
+    letter = service.issue_account(COLLEGE, "Claire Robert",
+                                   [Child("ine-1", "Dylan", "Robert", COLLEGE.uai)])
+    service.activate(letter.login, letter.provisional_password, STRONG)  # needs no tier
+    before = service.unpublished_events(100)
+    for call, tier in ((lambda: service.request_password_reset("claire.robert"), "email_index"),
+                       (lambda: service.request_login_reminder("c@example.org"), "email_index"),
+                       (lambda: service.deliver_notices(CapturingMailer()), "notices")):
+        error = fails("not_supported", call)
+        assert isinstance(error, NotSupported) and error.tier == tier
+    assert service.unpublished_events(100) == before
+    assert service.reissue_letter(COLLEGE, letter.account_id).login == letter.login
