@@ -49,7 +49,7 @@ class Inbox:
         return "250 OK"
 
     def messages(self) -> list[EmailMessage]:
-        return [email.message_from_bytes(e.original_content or b"",  # type: ignore[misc]
+        return [email.message_from_bytes(e.original_content or b"",
                                          policy=email.policy.default)
                 for e in self.envelopes]
 
