@@ -18,7 +18,7 @@ from account_merge import (
     SQLiteStorage,
 )
 from account_merge.exceptions import InvalidCredentials, StorageError
-from account_merge.ports import Fetch, LoginTaken, Storage
+from account_merge.ports import Fetch, Fetched, LoginTaken, Storage
 from account_merge.storage.bulk import BulkAccount, insert_accounts
 from account_merge.testing import bulk_load, fast_verifier, make_establishment
 
@@ -161,6 +161,11 @@ def sqlalchemy_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 _prefixes = itertools.count()
 
 
+def fetch(storage: Storage, request: Fetch) -> Fetched:
+    with storage.unit_of_work(write=False) as uow:
+        return uow.fetch(request)
+
+
 def test_sqlalchemy_loads_in_bulk_accounts_that_merge(
     sqlalchemy_storage: Storage, verifier: Argon2Verifier,
 ) -> None:
@@ -187,19 +192,21 @@ def test_sqlalchemy_bulk_refuses_a_taken_login_and_stores_none_of_its_chunk(
     with pytest.raises(LoginTaken):
         bulk_load(sqlalchemy_storage, COLLEGE, 5, password_hash=verifier.hash(PROVISIONAL))
 
-    with sqlalchemy_storage.unit_of_work(write=False) as uow:
-        assert uow.get_account_id_by_login("bulk.4") is None
-        assert uow.get_account_id_by_login("bulk.2") is not None
+    found = fetch(sqlalchemy_storage, Fetch(logins=["bulk.4", "bulk.2"])).by_login
+    assert set(found) == {"bulk.2"}
 
 
 def test_sqlalchemy_bulk_translates_driver_errors(
     sqlalchemy_storage: Storage, verifier: Argon2Verifier,
 ) -> None:
-    """A table that is missing is a StorageError naming the store, on COPY as elsewhere."""
+    """A table that is missing is a StorageError naming the store, on COPY as elsewhere.
+
+    The accounts went in before the missing table failed: none of them stays.
+    """
     from account_merge.storage.sqlalchemy import SQLAlchemyStorage
 
     assert isinstance(sqlalchemy_storage, SQLAlchemyStorage)
-    sqlalchemy_storage.metadata.tables[f"{sqlalchemy_storage.prefix}links"].drop(
+    sqlalchemy_storage.metadata.tables[f"{sqlalchemy_storage.prefix}credentials"].drop(
         sqlalchemy_storage._bind_engine())
     at = datetime(2026, 9, 1, tzinfo=UTC)
     row = BulkAccount(account_id="a1", login="claire.robert", login_key="claire.robert",
@@ -211,6 +218,5 @@ def test_sqlalchemy_bulk_translates_driver_errors(
     with pytest.raises(StorageError):
         sqlalchemy_storage.bulk_insert([row])
 
-    with sqlalchemy_storage.unit_of_work(write=False) as uow:
-        assert uow.get_account("a1") is None
     sqlalchemy_storage.create_schema()
+    assert fetch(sqlalchemy_storage, Fetch(accounts=["a1"])).accounts == {}

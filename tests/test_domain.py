@@ -192,7 +192,7 @@ class TestPasswordPolicy:
         assert PasswordPolicyError.RULES == (
             "too_short", "too_long", "control_characters", "contains_login",
             "contains_context", "common_password", "repetitive", "sequential",
-            "character_classes")
+            "character_classes", "unchanged")
         assert PasswordPolicyError().rule is None  # a host's policy need not say
         assert PasswordPolicyError("x", rule="too_short", limit=12).limit == 12
 

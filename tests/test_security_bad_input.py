@@ -103,6 +103,8 @@ class World:
             "unpublished_events": [self.numbers],
             "mark_published": [st.one_of(JUNK, st.lists(st.integers(), max_size=3))],
             "audit_trail": [self.ids, self.numbers],
+            "register_establishment": [self.schools],
+            "find_establishment": [st.one_of(JUNK, st.just(SCHOOL.uai))],
             # the way back
             "request_password_reset": [self.identifiers],
             "reset_password": [self.tokens, self.passwords],
@@ -118,6 +120,7 @@ class World:
         keywords: dict[str, dict[str, st.SearchStrategy[Any]]] = {
             "issue_account": {"email": self.emails},
             "issue_accounts": {"workers": st.one_of(JUNK, st.just(1))},
+            "register_establishment": {"actor": st.one_of(JUNK, st.just("cli"))},
             "request_password_reset": {"client": st.one_of(JUNK, st.just("203.0.113.7"))},
             "reset_password": {"client": st.one_of(JUNK, st.just("203.0.113.7"))},
             "deliver_notices": {"language": st.one_of(JUNK, st.just("en"))},

@@ -63,10 +63,14 @@ The rules, in one place:
 6. **Attempts outlive the host's transaction.**  A store that runs inside
    a transaction of its host (a Django request, a Flask-SQLAlchemy
    session) must make the failed-attempt counters (``Fetch.count``,
-   ``ChangeSet.throttles``) and the audit records of failures (outcome
-   other than ``"success"``) durable even if the host rolls back (a side
-   connection, or a side file on SQLite), so that a host rolling back
-   after the service raised cannot erase a failed attempt.
+   ``ChangeSet.throttles``, the clearing of a counter after a success
+   included) and the audit records of failures (outcome other than
+   ``"success"``) durable even if the host rolls back (a side connection,
+   or a side file on SQLite), so that a host rolling back after the
+   service raised cannot erase a failed attempt.  Such a store reads and
+   locks the counters where it writes them; the audit records it wrote
+   there are visible to the host's transaction once the unit of work has
+   committed.
 """
 
 from __future__ import annotations
