@@ -60,8 +60,9 @@ of every integration, with the prefix: ``ACCOUNT_MERGE_THROTTLE_LOCK_AFTER``
 is the setting ``THROTTLE_LOCK_AFTER`` (the ``THROTTLE_*`` fields of
 :class:`~account_merge.ThrottlePolicy`, ``PROVISIONAL_VALIDITY``,
 ``PROVISIONAL_LENGTH``, ``IDENTITY_RULE``, ``PASSWORD_POLICY``, ``CLOCK``,
-``VERIFIER``, ``ARGON2_*``), read by
-:func:`~account_merge.service.bootstrap.read_settings`.
+``VERIFIER``, ``ARGON2_*``; for the way back ``SECRET_KEY``, ``LINKS``,
+``RESET_VALIDITY``, ``EMAIL_CONFIRMATION_VALIDITY``, ``NOTICE_ATTEMPTS``),
+read by :func:`~account_merge.service.bootstrap.read_settings`.
 
 Values may be strings (as read from the environment): ``"5"``,
 ``"true"``.  Objects given to :func:`init_app` (``verifier=``,
@@ -214,6 +215,8 @@ def init_app(
             password_policy=password_policy,
             throttle=throttle,
             identity_rule=identity_rule,
+            secret_key=settings.secret_key,
+            links=settings.links,
         )
     except BaseException:
         if owned:

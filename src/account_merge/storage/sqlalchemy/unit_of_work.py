@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from account_merge.domain.audit import AuditRecord
 from account_merge.domain.events import OutboxEntry
+from account_merge.domain.notices import NoticeState
 from account_merge.exceptions import (
     AccountMergeError,
     ConcurrentUpdate,
@@ -38,7 +39,7 @@ from account_merge.exceptions import (
     LoginTaken,
     StorageError,
 )
-from account_merge.ports.storage import ChangeSet, Fetch, Fetched
+from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched
 from account_merge.storage.bulk import BulkAccount
 from account_merge.storage.sqlalchemy.connections import (
     BEGIN_IMMEDIATE,
@@ -395,3 +396,42 @@ class SQLAlchemyUnitOfWork:
                           else StorageError(store_name(self._url), str(error)))
             self._fail(translated)
             raise translated from error
+
+    # -- the way back: tiers email_index and notices (storage/sqlalchemy/tiers.py) ------
+    def index_email(self, account_id: str, key: str | None) -> None:
+        self._wrote = True
+        conn = self._c()
+        with self._translating():
+            self._s._tiers.index_email(conn, account_id, key)
+
+    def accounts_by_email(self, key: str, limit: int) -> list[AccountRecord]:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._tiers.accounts_by_email(conn, key, limit)
+
+    def notice_cursor(self) -> int:
+        conn = self._c()
+        with self._translating():
+            return self._s._tiers.notice_cursor(conn)
+
+    def outbox_after(self, position: int, limit: int) -> list[OutboxEntry]:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._tiers.outbox_after(conn, position, limit)
+
+    def add_notices(self, states: Sequence[NoticeState], cursor: int) -> None:
+        self._wrote = True
+        conn = self._c()
+        with self._translating():
+            self._s._tiers.add_notices(conn, states, cursor)
+
+    def pending_notices(self, limit: int) -> list[tuple[NoticeState, OutboxEntry]]:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._tiers.pending_notices(conn, limit)
+
+    def update_notices(self, states: Sequence[NoticeState]) -> None:
+        self._wrote = True
+        conn = self._c()
+        with self._translating():
+            self._s._tiers.update_notices(conn, states)
