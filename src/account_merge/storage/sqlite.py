@@ -189,7 +189,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX email_index_by_key ON email_index (key, account_id)",
         """CREATE TABLE notices (
             id TEXT PRIMARY KEY,
-            position INTEGER NOT NULL REFERENCES outbox (position),
+            position INTEGER NOT NULL REFERENCES outbox (position) ON DELETE CASCADE,
             role TEXT NOT NULL,
             status TEXT NOT NULL,
             attempts INTEGER NOT NULL,

@@ -37,7 +37,8 @@ def build_service(app_settings: AppSettings | None = None) -> MergeService:
     """A new MergeService from *app_settings* (default: the project's settings)."""
     s = app_settings or load()
     return MergeService(get_storage(s), s.verifier(), s.service.clock,
-                        policies=s.service.policies)
+                        policies=s.service.policies,
+                        secret_key=s.service.secret_key, links=s.service.links)
 
 
 def get_service() -> MergeService:
