@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 from typing import Any
 
@@ -95,3 +96,24 @@ def test_without_a_secret_key_the_project_is_told_what_is_missing(
         with pytest.raises(InvalidInput, match=r"secret_key|links"):
             bare.activate(letter.login, letter.provisional_password, STRONG,
                           email="claire@example.org")
+
+
+def test_the_admin_reissues_letters_for_the_staffs_own_establishments(
+        service: MergeService) -> None:
+    from django.urls import reverse
+    from test_django_commands_admin import staff
+
+    letter = service.issue_account(COLLEGE, "Claire Robert",
+                                   [Child("ine-dylan", "Dylan", "Robert", COLLEGE.uai)])
+    action = {"action": "reissue_letter", "_selected_action": [letter.account_id]}
+    url = reverse("admin:account_merge_account_changelist")
+    response = staff("lycee", allowed_for=[LYCEE]).post(url, action, follow=True)
+    assert "aucun enfant d'un de vos établissements" in html.unescape(
+        response.content.decode())
+    response = staff("college", allowed_for=[COLLEGE]).post(url, action)
+    page = response.content.decode()
+    assert response.status_code == 200 and "Courriers réédités" in page
+    assert f"Identifiant : {letter.login}" in page
+    assert "no-cache" in response["Cache-Control"]
+    assert m.AuditEntry.objects.filter(action="reissue_letter",
+                                       actor=f"establishment:{COLLEGE.uai}").count() == 1
