@@ -32,6 +32,9 @@ from account_merge.testing import (
 )
 from security_kit import InstrumentedStorage, changes, snapshot
 
+#: change_email is deprecated, and fed junk here like every public method.
+pytestmark = pytest.mark.filterwarnings("ignore:change_email:DeprecationWarning")
+
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 UNKNOWN_SCHOOL = make_establishment(860099, "Collège Inconnu")
 STRONG = "Mot-de-passe-Sûr-2026"
