@@ -159,7 +159,10 @@ class MergeService:
         A responsable account lists at least one child, a pupil's account
         exactly one (the pupil); every child is enrolled in *establishment*.
         The provisional password is printed on the letter only; the store
-        keeps its argon2 hash, valid for ``provisional_validity``.
+        keeps its argon2 hash, valid for ``provisional_validity``.  *email*,
+        the address the establishment has for the responsable, is sent a
+        confirmation link when the account is activated: it is on record
+        only once confirmed (``docs/recovery.md``).
         """
         return issuing.issue_account(self._ctx, establishment, display_name, children, role,
                                      email)
@@ -202,6 +205,9 @@ class MergeService:
         ``invalid_credentials``; a new password the policy refuses is
         ``password_policy``.  *client* (an IP address or device id the host
         vouches for) keeps one client's failures from slowing another's.
+        *email* is sent a confirmation link (it needs ``secret_key`` and
+        ``links``): it is on record once the link is followed, and the
+        account comes back without it until then.
         """
         return own_account.activate(self._ctx, login, provisional_password, new_password,
                                     email, client)
