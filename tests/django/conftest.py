@@ -80,6 +80,21 @@ def _wants_postgres(items: list[pytest.Item]) -> bool:
     return False
 
 
+@pytest.fixture(autouse=True)
+def _fresh_attempts_journal(request: pytest.FixtureRequest) -> None:
+    """Each test of the database starts with an empty attempts journal.
+
+    The journal of the SQLite test database (failed attempts, kept apart so
+    that they outlive a request's rollback) outlives the flush or rollback
+    that empties the database between tests too.
+    """
+    if request.node.get_closest_marker("django_db") is None:
+        return
+    from account_merge.contrib.django.storage import DjangoStorage
+
+    DjangoStorage(using="default").forget_attempts()
+
+
 @pytest.fixture(scope="session")
 def django_postgres(postgres_url: str) -> str:
     """The ``postgres`` alias, pointed at the throwaway server; its name."""

@@ -52,6 +52,9 @@ class TestDjangoStorageOnSQLite(StorageContract):
     def make_storage(self) -> Storage:
         return empty_store(self.alias)
 
+    def hosted_storage(self, storage: Storage) -> AbstractContextManager[Storage]:
+        return inside_a_host_transaction(storage, self.alias)
+
     def make_broken_storage(self) -> Storage:
         self.garbage.write_bytes(bytes(range(256)) * 64)
         return unusable_store(BROKEN, {**connections.settings["default"],
