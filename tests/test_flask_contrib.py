@@ -438,35 +438,16 @@ def _fail_twice_then_try_again(app: Flask, db: SQLAlchemy, ending: str) -> None:
         get_service().merge(principal_id, login, "WRONG-PASSWORD")
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("ending", ["commit", "rollback", "end of request"])
 def test_failed_merges_count_whatever_the_host_does_after_them(
         make_host_app: Callable[..., HostApp], ending: str) -> None:
-    """On PostgreSQL the failures are committed on a side connection of the library's."""
+    """Committed on their own: on a side connection (PostgreSQL), in the journal (SQLite)."""
     app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
     with pytest.raises(TooManyAttempts):
         _fail_twice_then_try_again(app, db, ending)
     with app.app_context():
         outcomes = [r.outcome for r in get_service().audit_trail()]
     assert outcomes[-3:] == ["invalid_credentials", "invalid_credentials", "too_many_attempts"]
-
-
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_on_sqlite_failed_merges_count_once_the_host_commits_after_them(
-        make_host_app: Callable[..., HostApp]) -> None:
-    """SQLite has one writer at a time: the failures ride on the host's transaction."""
-    app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
-    with pytest.raises(TooManyAttempts):
-        _fail_twice_then_try_again(app, db, "commit")
-
-
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_on_sqlite_failed_merges_left_uncommitted_are_forgotten(
-        make_host_app: Callable[..., HostApp]) -> None:
-    """Why a host on SQLite must commit after a failure (docs/integrations/flask.md)."""
-    app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
-    with pytest.raises(InvalidCredentials):
-        _fail_twice_then_try_again(app, db, "rollback")
 
 
 def test_in_engine_mode_the_library_commits_on_its_own(
