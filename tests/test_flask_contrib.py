@@ -248,6 +248,28 @@ def test_a_database_url_makes_a_sqlalchemy_store_that_connects_to_nothing_yet(
         state.close()
 
 
+def test_the_attempts_journal_key_places_the_journal_of_a_sqlite_database(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "journaux"
+    folder.mkdir()
+    url = f"sqlite:///{tmp_path / 'ent.sqlite3'}"
+    app = make_app(ACCOUNT_MERGE_DATABASE_URL=url,
+                   ACCOUNT_MERGE_ATTEMPTS_JOURNAL=f"{folder}/{{name}}.journal", **CHEAP_ARGON2)
+    state = init_app(app, verifier=fast_verifier())
+    try:
+        state.create_schema()
+        with app.app_context(), pytest.raises(InvalidCredentials):
+            get_service().authenticate("personne", "WRONG-PASSWORD")
+    finally:
+        state.close()
+    assert (folder / "ent.sqlite3.journal").is_file()
+    wrong = make_app(ACCOUNT_MERGE_DATABASE_URL=url,
+                     ACCOUNT_MERGE_ATTEMPTS_JOURNAL="{dossier}/attempts.sqlite3")
+    with pytest.raises(InvalidInput) as caught:
+        init_app(wrong, verifier=fast_verifier())
+    assert caught.value.field == "ACCOUNT_MERGE_ATTEMPTS_JOURNAL"
+
+
 def test_a_sqlite_path_makes_a_sqlite_store(tmp_path: Path) -> None:
     app = make_app(ACCOUNT_MERGE_SQLITE_PATH=str(tmp_path / "ent.sqlite3"), **CHEAP_ARGON2)
     state = init_app(app)
