@@ -440,9 +440,9 @@ class DjangoStorage:
         """
         connection = connections[using or self.alias(write=True)]
         if connection.vendor == "sqlite":
-            self.journal(connection).forget(_JOURNAL_NAMESPACE)
+            self._journal_of(connection).forget(_JOURNAL_NAMESPACE)
 
-    def journal(self, connection: BaseDatabaseWrapper) -> AttemptsJournal:
+    def _journal_of(self, connection: BaseDatabaseWrapper) -> AttemptsJournal:
         """The attempts journal of the SQLite database of *connection* (made if needed)."""
         name = str(connection.settings_dict.get("NAME") or "")
         if connection.is_in_memory_db():  # type: ignore[attr-defined]
@@ -555,7 +555,7 @@ class _DjangoUnitOfWork:
         """This unit of work's transaction of the attempts journal (SQLite, rule 6)."""
         self._main()  # the database's write lock first, then the journal's: one order
         if self._journal_tx is None:
-            self._journal_tx = self._storage.journal(self._conn).transaction(
+            self._journal_tx = self._storage._journal_of(self._conn).transaction(
                 _JOURNAL_NAMESPACE, write=self._write, legacy=self._kept_throttles)
         return self._journal_tx
 
