@@ -139,4 +139,10 @@ def django_db_setup(request: pytest.FixtureRequest, django_test_environment: Non
     with django_db_blocker.unblock():
         if POSTGRES in aliases:
             terminate_other_sessions(POSTGRES)
+        from django.db import connections
+
+        journal = f"{connections['default'].settings_dict['NAME']}-attempts.sqlite3"
         teardown_databases(config, verbosity=0)
+    # The SQLite test database's attempts journal goes with it.
+    for leftover in (journal, f"{journal}-wal", f"{journal}-shm"):
+        Path(leftover).unlink(missing_ok=True)
