@@ -20,12 +20,14 @@ TABLES = [model._meta.db_table for model in (
 
 
 def empty_store(alias: str) -> DjangoStorage:
-    """A DjangoStorage on *alias* whose tables were just emptied."""
+    """A DjangoStorage on *alias* whose tables (and attempts journal, on SQLite) were emptied."""
     connection = connections[alias]
     with connection.cursor() as cursor:
         for table in TABLES:
             cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)}")
-    return DjangoStorage(using=alias)
+    store = DjangoStorage(using=alias)
+    store.forget_attempts()
+    return store
 
 
 def unusable_store(alias: str, settings_dict: dict[str, Any]) -> DjangoStorage:

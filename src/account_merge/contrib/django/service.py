@@ -30,7 +30,8 @@ _service: MergeService | None = None
 
 def get_storage(app_settings: AppSettings | None = None) -> DjangoStorage:
     """The store on the database named by ``ACCOUNT_MERGE["DATABASE"]`` (or the routers')."""
-    return DjangoStorage(using=(app_settings or load()).database)
+    loaded = app_settings or load()
+    return DjangoStorage(using=loaded.database, attempts_journal=loaded.attempts_journal)
 
 
 def build_service(app_settings: AppSettings | None = None) -> MergeService:
