@@ -48,3 +48,8 @@ class AuditRecord:
     account_id: str | None = None
     login: str | None = None
     detail: str | None = None
+
+    @property
+    def is_failure(self) -> bool:
+        """True unless the outcome is ``"success"``: the record of a failed attempt."""
+        return self.outcome != "success"

@@ -112,9 +112,9 @@ def _school_records(entries: Sequence[OutboxEntry], fetched: Fetched,
                 by_school.setdefault(link.origin_establishment_uai, []).append(link.child.id)
         for uai, children in sorted(by_school.items()):
             records.append(AuditRecord(
-                at=now, action=AuditAction.NOTICE, outcome="recorded",
+                at=now, action=AuditAction.NOTICE, outcome="success",
                 account_id=event.principal_id,
-                detail=f"for establishment {uai}: account {event.absorbed_id} merged into "
+                detail=f"recorded for establishment {uai}: account {event.absorbed_id} merged into "
                        f"{event.principal_id} on {event.occurred_at.isoformat()}; children "
                        f"{', '.join(children)}; both accounts' confirmed addresses are told"))
     return records
@@ -397,9 +397,9 @@ def deliver_notices(ctx: Context, mailer: Mailer, limit: int, language: str | No
             continue
         sent += 1
         updates.append(attrs.evolve(state, status=NoticeStatus.SENT, updated_at=now))
-        audit.append(AuditRecord(at=now, action=AuditAction.NOTICE, outcome="sent",
+        audit.append(AuditRecord(at=now, action=AuditAction.NOTICE, outcome="success",
                                  account_id=made.account_id,
-                                 detail=f"{made.notice.kind.value} {state.id}"))
+                                 detail=f"sent {made.notice.kind.value} {state.id}"))
     if updates:
         with ctx.writing() as uow:
             notices: Notices = require_tier(uow, Notices)
