@@ -21,7 +21,7 @@ from account_merge.storage.sqlalchemy import SQLAlchemyStorage
 from account_merge.testing import CountingVerifier, FakeClock
 from security_kit import InstrumentedStorage
 
-pytest_plugins = ["pytester", "pg"]
+pytest_plugins = ["pytester", "pg", "browser_kit"]
 
 _prefixes = itertools.count()
 

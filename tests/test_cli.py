@@ -394,11 +394,76 @@ def test_issue_batch_reports_missing_columns(run: Run, tmp_path: Path, school: N
     assert "colonnes manquantes : eleve_prenom" in result.err
 
 
+# -- the way back -----------------------------------------------------------------------
+
+LINKS = ('{"password_reset": "https://ent.example/mdp/{token}",'
+         ' "email_verification": "https://ent.example/courriel/{token}"}')
+
+
+@pytest.fixture
+def links(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCOUNT_MERGE_SECRET_KEY", "a test secret key of the host")
+    monkeypatch.setenv("ACCOUNT_MERGE_LINKS", LINKS)
+
+
+def test_reissue_prints_a_new_letter_with_the_same_login(run: Run, school: None) -> None:
+    first = issue(run, "Marc Durand", "L1:Léa:Durand")
+
+    result = run("reissue", UAI, first.login)
+
+    assert result.code == 0, result.err
+    (again,) = letters_in(result.out)
+    assert again.login == first.login and again.password != first.password
+    assert f"Courrier ré-édité par {UAI} pour le compte {first.login}" in result.out
+    old = run("activate", first.login, stdin=f"{first.password}\n{NEW_PASSWORD}\n")
+    assert old.code == 1 and "invalid_credentials" in old.err
+    new = run("activate", first.login, stdin=f"{again.password}\n{NEW_PASSWORD}\n")
+    assert new.code == 0, new.err
+    other = run("establishment", "add", "0860002K", "Lycée Camille Guérin")
+    assert other.code == 0
+    refused = run("reissue", "0860002K", first.login)
+    assert refused.code == 1 and "(not_authorized)" in refused.err
+
+
+def test_deliver_notices_writes_the_confirmation_link_into_a_folder(
+        run: Run, school: None, links: None, tmp_path: Path) -> None:
+    first = issue(run, "Marc Durand", "L1:Léa:Durand")
+    activated = run("activate", first.login, "--email", "marc@example.org",
+                    stdin=f"{first.password}\n{NEW_PASSWORD}\n")
+    assert activated.code == 0, activated.err
+    out = tmp_path / "courriels"
+
+    result = run("deliver-notices", "--folder", str(out), "--from", "ent@example.org")
+
+    assert result.code == 0, result.err
+    assert "1 message(s) envoyé(s)." in result.out
+    (mail,) = out.glob("*.eml")
+    text = mail.read_text(encoding="utf-8")
+    assert "To: marc@example.org" in text and "https://ent.example/courriel/" in text
+    assert oct(mail.stat().st_mode & 0o777) == "0o600"
+    again = run("deliver-notices", "--folder", str(out), "--from", "ent@example.org")
+    assert "0 message(s) envoyé(s)." in again.out
+
+
+def test_deliver_notices_needs_a_destination_and_says_what_is_missing(
+        run: Run, school: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run("deliver-notices", "--from", "ent@example.org").code == 2
+    first = issue(run, "Marc Durand", "L1:Léa:Durand")
+    # No secret key: giving an address at activation is refused, naming what lacks.
+    refused = run("activate", first.login, "--email", "marc@example.org",
+                  stdin=f"{first.password}\n{NEW_PASSWORD}\n")
+    assert refused.code == 1 and "secret_key" in refused.err
+    monkeypatch.setenv("ACCOUNT_MERGE_LINKS", "not json")
+    bad = run("deliver-notices", "--folder", "x", "--from", "ent@example.org")
+    assert bad.code == 1 and "ACCOUNT_MERGE_LINKS" in bad.err
+
+
 # -- help and usage -----------------------------------------------------------------------
 
 SUBCOMMANDS = [
     ["demo"], ["establishment"], ["establishment", "add"], ["issue"], ["issue-batch"],
     ["activate"], ["merge"], ["children"], ["split"], ["audit"], ["events"],
+    ["reissue"], ["deliver-notices"],
 ]
 
 

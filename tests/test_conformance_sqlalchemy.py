@@ -26,6 +26,16 @@ __all__ = ["pg_engine"]
 EXAMPLES = int(os.environ.get("ACCOUNT_MERGE_STATE_MACHINE_EXAMPLES", "10"))
 
 
+@contextlib.contextmanager
+def in_a_session(engine: sqlalchemy.Engine, prefix: str) -> Iterator[Storage]:
+    """A store in a host's session on the same tables; the host rolls back at the end."""
+    with Session(engine) as session:
+        try:
+            yield SQLAlchemyStorage(session=session, prefix=prefix)
+        finally:
+            session.rollback()
+
+
 class TestConformanceOnPostgres(StorageContract):
     """The storage contract on PostgreSQL, from an engine; hosted in a session for rule 6."""
 
@@ -52,20 +62,11 @@ class TestConformanceOnPostgres(StorageContract):
 
     def hosted_storage(self, storage: Storage) -> AbstractContextManager[Storage]:
         assert isinstance(storage, SQLAlchemyStorage)
-        return self._in_a_session(storage.prefix)
-
-    @contextlib.contextmanager
-    def _in_a_session(self, prefix: str) -> Iterator[Storage]:
-        """A store in a host's session on the same tables; the host rolls back at the end."""
-        with Session(self.engine) as session:
-            try:
-                yield SQLAlchemyStorage(session=session, prefix=prefix)
-            finally:
-                session.rollback()
+        return in_a_session(self.engine, storage.prefix)
 
 
 class TestConformanceOnSQLite(StorageContract):
-    """The storage contract on a SQLite file, from an engine."""
+    """The storage contract on a SQLite file, from an engine; hosted in a session for rule 6."""
 
     state_machine_examples = EXAMPLES
 
@@ -88,3 +89,7 @@ class TestConformanceOnSQLite(StorageContract):
         garbage = self.folder / "not-a-database.sqlite3"
         garbage.write_bytes(b"this is not a SQLite database, " * 100)
         return SQLAlchemyStorage.from_url(f"sqlite:///{garbage}")
+
+    def hosted_storage(self, storage: Storage) -> AbstractContextManager[Storage]:
+        assert isinstance(storage, SQLAlchemyStorage)
+        return in_a_session(self.engines[id(storage)], storage.prefix)

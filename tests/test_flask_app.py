@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -164,9 +165,14 @@ def test_the_seeds_story_page_by_page(app: Flask) -> None:
     parent.sign_in(first.login, PASSWORD)
     assert "COMPTE DE Claire Robert" in parent.text
 
-    # Mon compte: the e-mail address.
-    parent.post("/compte/adresse-mail", adresse_mail="claire.robert@example.fr")
-    assert "Adresse mail modifiée." in parent.text
+    # Mon compte: the e-mail address, on record once the link sent to it is followed.
+    parent.post("/compte/adresse-mail", adresse_mail="claire.robert@example.fr",
+                mot_de_passe=PASSWORD)
+    assert "Un lien de confirmation a été envoyé à claire.robert@example.fr" in parent.text
+    assert "non renseignée" in parent.text
+    follow_link(parent, mail_to(app, "claire.robert@example.fr"))
+    text = parent.post("/courriel/confirmer")
+    assert "L'adresse claire.robert@example.fr est confirmée" in text
     assert "claire.robert@example.fr" in parent.text
 
     # Enfants: one child for now.
@@ -248,6 +254,104 @@ def test_signing_in_with_a_letters_password_leads_to_the_activation_form(app: Fl
     assert '<p class="notice">' in parent.page  # the library's message, or the example's
     assert f'value="{first.login}"' in parent.page
     assert "COMPTE DE" not in parent.get("/compte")  # not signed in
+
+
+# -- the way back ---------------------------------------------------------------------------
+
+
+def mail_to(app: Flask, address: str) -> str:
+    """The link of the last message sent to *address*, read in the example's mailbox."""
+    mailbox = Browser(app.test_client())
+    mailbox.get("/courriels")
+    assert mailbox.status == 200
+    found = re.search(r"À : " + re.escape(address) + r".*?(https?://\S+)", mailbox.text)
+    assert found, f"no message to {address}: {mailbox.text[:500]}"
+    return found.group(1)
+
+
+def follow_link(browser: Browser, url: str) -> str:
+    """Open a link of a message: the site's path, as the browser would."""
+    path = urlsplit(url).path
+    text = browser.get(path)
+    return text
+
+
+def test_a_parent_who_forgot_the_password_gets_back_in(app: Flask) -> None:
+    first, _ = letters(app)
+    parent = Browser(app.test_client())
+    activate(parent, first)
+    parent.post("/compte/adresse-mail", adresse_mail="claire@example.fr", mot_de_passe=PASSWORD)
+    follow_link(parent, mail_to(app, "claire@example.fr"))
+    parent.post("/courriel/confirmer")
+    parent.post("/deconnexion")
+
+    visitor = Browser(app.test_client())
+    text = visitor.get("/connexion")
+    assert "identifiant oublié ?" in text and "mot de passe oublié ?" in text
+    visitor.get("/mot-de-passe-oublie")
+    answer = visitor.post("/mot-de-passe-oublie", identifiant="CLAIRE@example.fr")
+    visitor.get("/mot-de-passe-oublie")
+    unknown = visitor.post("/mot-de-passe-oublie", identifiant="personne@example.fr")
+    assert answer == unknown and "Si ce compte existe" in answer
+
+    link = mail_to(app, "claire@example.fr")
+    assert link.startswith("http://127.0.0.1:5000/mot-de-passe/")
+    response = visitor.client.get(urlsplit(link).path)
+    assert response.status_code == 302 and response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Location"] == "/mot-de-passe/nouveau"  # the token left the URL
+    visitor.get("/mot-de-passe/nouveau")
+    text = visitor.post("/mot-de-passe/nouveau", nouveau_mot_de_passe=OTHER_PASSWORD,
+                        confirmation=OTHER_PASSWORD)
+    assert "connectez-vous avec le nouveau" in text
+    assert "SE DÉCONNECTER" not in text  # not signed in by the reset
+    text = visitor.sign_in(first.login, OTHER_PASSWORD)
+    assert "COMPTE DE Claire Robert" in text
+    again = Browser(app.test_client())
+    text = follow_link(again, link)  # the link works once
+    text = again.post("/mot-de-passe/nouveau", nouveau_mot_de_passe=PASSWORD,
+                      confirmation=PASSWORD)
+    assert "Ce lien n'est plus valable" in text
+
+
+def test_a_parent_who_forgot_the_login_gets_it_by_mail(app: Flask) -> None:
+    first, _ = letters(app)
+    parent = Browser(app.test_client())
+    activate(parent, first)
+    parent.post("/compte/adresse-mail", adresse_mail="claire@example.fr", mot_de_passe=PASSWORD)
+    follow_link(parent, mail_to(app, "claire@example.fr"))
+    parent.post("/courriel/confirmer")
+    visitor = Browser(app.test_client())
+    visitor.get("/identifiant-oublie")
+    text = visitor.post("/identifiant-oublie", adresse_mail="claire@example.fr")
+    assert "Si cette adresse est celle d'un compte" in text
+    mailbox = Browser(app.test_client())
+    text = mailbox.get("/courriels")
+    assert "Votre identifiant" in text and f"- {first.login}" in text
+
+
+def test_the_establishment_reissues_a_lost_letter(app: Flask) -> None:
+    first, _ = letters(app)
+    staff = Browser(app.test_client())
+    staff.get("/etablissement/connexion")
+    staff.post("/etablissement/connexion", code=ACCESS_CODE)
+    staff.get("/etablissement/courrier")
+    text = staff.post("/etablissement/courrier", identifiant=first.login)
+    assert staff.status == 200 and "l'ancien mot de passe ne fonctionne plus" in text
+    (printed,) = [html.unescape(p) for p in
+                  re.findall(r'<pre class="letter">(.*?)</pre>', staff.page, re.S)]
+    assert f"Identifiant : {first.login}" in printed
+    new_password = re.search(r"Mot de passe \* : (\S+)", printed)
+    assert new_password and new_password.group(1) != first.provisional_password.reveal()
+    parent = Browser(app.test_client())
+    text = activate(parent, first)
+    assert parent.status == 400  # the old letter's password is dead
+    text = staff.post("/etablissement/courrier", identifiant="personne.inconnue")
+    assert staff.status == 400 and "Aucun compte n'a cet identifiant." in text
+
+
+def test_the_mailbox_page_is_only_for_the_example(make_app: Callable[..., Flask]) -> None:
+    app = make_app(ENT_MAILBOX="0")
+    assert app.test_client().get("/courriels").status_code == 404
 
 
 def test_a_split_prints_one_letter_per_origin_letter(app: Flask) -> None:

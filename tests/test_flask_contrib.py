@@ -248,6 +248,28 @@ def test_a_database_url_makes_a_sqlalchemy_store_that_connects_to_nothing_yet(
         state.close()
 
 
+def test_the_attempts_journal_key_places_the_journal_of_a_sqlite_database(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "journaux"
+    folder.mkdir()
+    url = f"sqlite:///{tmp_path / 'ent.sqlite3'}"
+    app = make_app(ACCOUNT_MERGE_DATABASE_URL=url,
+                   ACCOUNT_MERGE_ATTEMPTS_JOURNAL=f"{folder}/{{name}}.journal", **CHEAP_ARGON2)
+    state = init_app(app, verifier=fast_verifier())
+    try:
+        state.create_schema()
+        with app.app_context(), pytest.raises(InvalidCredentials):
+            get_service().authenticate("personne", "WRONG-PASSWORD")
+    finally:
+        state.close()
+    assert (folder / "ent.sqlite3.journal").is_file()
+    wrong = make_app(ACCOUNT_MERGE_DATABASE_URL=url,
+                     ACCOUNT_MERGE_ATTEMPTS_JOURNAL="{dossier}/attempts.sqlite3")
+    with pytest.raises(InvalidInput) as caught:
+        init_app(wrong, verifier=fast_verifier())
+    assert caught.value.field == "ACCOUNT_MERGE_ATTEMPTS_JOURNAL"
+
+
 def test_a_sqlite_path_makes_a_sqlite_store(tmp_path: Path) -> None:
     app = make_app(ACCOUNT_MERGE_SQLITE_PATH=str(tmp_path / "ent.sqlite3"), **CHEAP_ARGON2)
     state = init_app(app)
@@ -438,35 +460,16 @@ def _fail_twice_then_try_again(app: Flask, db: SQLAlchemy, ending: str) -> None:
         get_service().merge(principal_id, login, "WRONG-PASSWORD")
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("ending", ["commit", "rollback", "end of request"])
 def test_failed_merges_count_whatever_the_host_does_after_them(
         make_host_app: Callable[..., HostApp], ending: str) -> None:
-    """On PostgreSQL the failures are committed on a side connection of the library's."""
+    """Committed on their own: on a side connection (PostgreSQL), in the journal (SQLite)."""
     app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
     with pytest.raises(TooManyAttempts):
         _fail_twice_then_try_again(app, db, ending)
     with app.app_context():
         outcomes = [r.outcome for r in get_service().audit_trail()]
     assert outcomes[-3:] == ["invalid_credentials", "invalid_credentials", "too_many_attempts"]
-
-
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_on_sqlite_failed_merges_count_once_the_host_commits_after_them(
-        make_host_app: Callable[..., HostApp]) -> None:
-    """SQLite has one writer at a time: the failures ride on the host's transaction."""
-    app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
-    with pytest.raises(TooManyAttempts):
-        _fail_twice_then_try_again(app, db, "commit")
-
-
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_on_sqlite_failed_merges_left_uncommitted_are_forgotten(
-        make_host_app: Callable[..., HostApp]) -> None:
-    """Why a host on SQLite must commit after a failure (docs/integrations/flask.md)."""
-    app, db, _ = make_host_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
-    with pytest.raises(InvalidCredentials):
-        _fail_twice_then_try_again(app, db, "rollback")
 
 
 def test_in_engine_mode_the_library_commits_on_its_own(

@@ -24,8 +24,16 @@ from hypothesis import strategies as st
 from account_merge import Child, InMemoryStorage, MergeService, Role, Secret
 from account_merge.exceptions import AccountMergeError
 from account_merge.ports import Storage
-from account_merge.testing import CountingVerifier, FakeClock, make_establishment
+from account_merge.testing import (
+    CapturingMailer,
+    CountingVerifier,
+    FakeClock,
+    make_establishment,
+)
 from security_kit import InstrumentedStorage, changes, snapshot
+
+#: change_email is deprecated, and fed junk here like every public method.
+pytestmark = pytest.mark.filterwarnings("ignore:change_email:DeprecationWarning")
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 UNKNOWN_SCHOOL = make_establishment(860099, "Collège Inconnu")
@@ -49,7 +57,10 @@ class World:
 
     def __init__(self, storage: Storage) -> None:
         self.store = InstrumentedStorage(storage)
-        self.service = MergeService(self.store, CountingVerifier(), FakeClock())
+        self.service = MergeService(
+            self.store, CountingVerifier(), FakeClock(), secret_key="a test secret key here",
+            links={"password_reset": "https://ent.example/mdp/{token}",
+                   "email_verification": "https://ent.example/courriel/{token}"})
         letters = [self.service.issue_account(
             SCHOOL, f"Parent Numéro {n}", [Child(f"ine-{n}", "Enfant", "Robert", SCHOOL.uai)])
             for n in range(4)]
@@ -71,6 +82,10 @@ class World:
         self.roles = st.one_of(JUNK, st.sampled_from(list(Role)))
         self.numbers = st.one_of(JUNK, st.integers(1, 10))
         self.keys = st.one_of(JUNK, st.just("form-1"), st.just("form-2"))
+        # the way back
+        self.identifiers = st.one_of(self.logins, self.emails)
+        self.tokens = st.one_of(JUNK, st.just("MXIKMTc4.XDnvnw9n"))
+        self.mailers = st.one_of(JUNK, st.builds(CapturingMailer))
 
     def signatures(self) -> dict[str, list[st.SearchStrategy[Any]]]:
         """For each public method, a strategy per positional argument."""
@@ -93,6 +108,14 @@ class World:
             "audit_trail": [self.ids, self.numbers],
             "register_establishment": [self.schools],
             "find_establishment": [st.one_of(JUNK, st.just(SCHOOL.uai))],
+            # the way back
+            "request_password_reset": [self.identifiers],
+            "reset_password": [self.tokens, self.passwords],
+            "request_login_reminder": [self.emails],
+            "request_email_change": [self.ids, self.passwords, self.emails],
+            "confirm_email": [self.tokens],
+            "reissue_letter": [self.schools, self.ids],
+            "deliver_notices": [self.mailers, self.numbers],
         }
 
     def arguments(self, method: str) -> st.SearchStrategy[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -101,6 +124,9 @@ class World:
             "issue_account": {"email": self.emails},
             "issue_accounts": {"workers": st.one_of(JUNK, st.just(1))},
             "register_establishment": {"actor": st.one_of(JUNK, st.just("cli"))},
+            "request_password_reset": {"client": st.one_of(JUNK, st.just("203.0.113.7"))},
+            "reset_password": {"client": st.one_of(JUNK, st.just("203.0.113.7"))},
+            "deliver_notices": {"language": st.one_of(JUNK, st.just("en"))},
         }
         positional = st.tuples(*self.signatures()[method])
         named = st.fixed_dictionaries({}, optional=keywords.get(method, {}))
@@ -156,6 +182,8 @@ _COUNTED = {"throttle", "audit"}
     {"password_policy": "cnil"}, {"throttle": {"lock_after": 3}}, {"identity_rule": True},
     {"provisional_validity": 90}, {"provisional_validity": timedelta(0)},
     {"provisional_length": "8"}, {"provisional_length": 2**70},
+    {"secret_key": "short"}, {"secret_key": 42}, {"links": "https://ent.example/{token}"},
+    {"links": {"password_reset": "https://ent.example/"}},
 ])
 def test_a_service_built_with_bad_options_is_refused(options: dict[str, Any]) -> None:
     arguments: dict[str, Any] = {"storage": InMemoryStorage(), **options}

@@ -42,7 +42,7 @@ from account_merge.domain.passwords import (
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import AccountMergeError, InvalidInput, PasswordPolicyError
 from account_merge.ports import Fetch, Storage
-from account_merge.testing import CountingVerifier, FakeClock, make_establishment
+from account_merge.testing import CapturingMailer, CountingVerifier, FakeClock, make_establishment
 from security_kit import InstrumentedStorage
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
@@ -404,16 +404,27 @@ class TestGuessablePasswords:
             assert min(timings) < 0.1, (password[:10], min(timings))
 
 
+KEY = "a-secret-key-of-the-host-for-signed-links"
+LINKS = {"password_reset": "https://ent.example/mot-de-passe/{token}",
+         "email_verification": "https://ent.example/courriel/{token}"}
+
+
 class TestContextFromTheService:
     def test_changing_the_password_refuses_the_accounts_names_and_email(
             self, instrumented: InstrumentedStorage) -> None:
         verifier = CountingVerifier()
-        service = MergeService(instrumented, verifier, FakeClock())
+        service = MergeService(instrumented, verifier, FakeClock(), secret_key=KEY, links=LINKS)
         letter = service.issue_account(SCHOOL, "Marie-Christine Delacroix-Fontaine",
                                        [Child("ine-1", "Enfant", "Fontaine", SCHOOL.uai)])
         assert "fontaine" not in letter.login  # logins keep 24 characters
         account = service.activate(letter.login, letter.provisional_password, STRONG,
                                    email="lapinou.rose@example.fr")
+        # The address is on record once confirmed, through the link sent to it.
+        mailer = CapturingMailer()
+        service.deliver_notices(mailer)
+        [notice] = mailer.sent
+        assert notice.url is not None
+        service.confirm_email(notice.url.rsplit("/", 1)[-1])
         verifier.reset()
         for password, rule in [("Fontaine-Vacances-2026!", "contains_context"),
                                ("Lapinou-Vacances-2026!", "contains_context"),
@@ -428,7 +439,8 @@ class TestContextFromTheService:
 
     def test_activation_refuses_the_login_and_the_email_typed_with_it(
             self, instrumented: InstrumentedStorage) -> None:
-        service = MergeService(instrumented, CountingVerifier(), FakeClock())
+        service = MergeService(instrumented, CountingVerifier(), FakeClock(), secret_key=KEY,
+                               links=LINKS)
         letter = issue(service, 1)
         for password, email, rule in [
                 ("Numero-Vacances-2026!", None, "contains_login"),

@@ -150,13 +150,24 @@ class TestIssue:
             service.issue_account(COLLEGE, "Dylan Robert", [DYLAN, FLORIAN], Role.ELEVE)
 
 
+def with_links(service: MergeService) -> MergeService:
+    """The same service, with a secret key and links to send confirmations with."""
+    return MergeService(service.storage, service.verifier, service.clock,
+                        secret_key="a test secret key of the host",
+                        links={"password_reset": "https://ent.example/mdp/{token}",
+                               "email_verification": "https://ent.example/courriel/{token}"})
+
+
 class TestActivate:
     def test_activation_replaces_the_provisional_password(
             self, service: MergeService, letters: Any) -> None:
         letter = letters[0]
-        account = service.activate(letter.login, letter.provisional_password, STRONG,
-                                   email="claire@example.org")
-        assert account.email == "claire@example.org"
+        with capture_events(service) as captured:
+            account = with_links(service).activate(letter.login, letter.provisional_password,
+                                                   STRONG, email="claire@example.org")
+        assert account.email is None  # on record once confirmed
+        assert [getattr(e, "email", None) for e in captured.events] == [
+            None, "claire@example.org"]
         assert service.authenticate(letter.login, STRONG).id == letter.account_id
         fails_with("invalid_credentials", service, [letter.account_id],
                    lambda: service.authenticate(letter.login, letter.provisional_password))
@@ -209,12 +220,19 @@ class TestAccountManagement:
         service.change_password(account.id, STRONG, OTHER_STRONG)
         assert service.authenticate(account.login, OTHER_STRONG).id == account.id
 
-    def test_change_email(self, service: MergeService, letters: Any) -> None:
+    @pytest.mark.filterwarnings("ignore:change_email:DeprecationWarning")
+    def test_change_email_asks_for_a_confirmation_and_is_deprecated(
+            self, service: MergeService, letters: Any) -> None:
         account = service.activate(letters[0].login, letters[0].provisional_password, STRONG)
-        assert service.change_email(account.id, "c.robert@example.org").email == \
-            "c.robert@example.org"
+        service = with_links(service)
+        with pytest.deprecated_call(), capture_events(service) as captured:
+            assert service.change_email(account.id, "c.robert@example.org").email is None
+        assert captured.names == ["email_verification_requested"]
         fails_with("invalid_input", service, [account.id],
                    lambda: service.change_email(account.id, "nope"))
+        fails_with("invalid_input", service, [account.id],  # no way to send the link
+                   lambda: MergeService(service.storage, service.verifier).change_email(
+                       account.id, "x@example.org"))
         fails_with("principal_not_active", service, [letters[1].account_id],
                    lambda: service.change_email(letters[1].account_id, "x@example.org"))
         fails_with("account_not_found", service, [account.id],

@@ -25,6 +25,7 @@ from account_merge.domain.account import Account, AccountStatus, Credential, Cre
 from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.child import ChildLink
 from account_merge.domain.events import AccountActivated
+from account_merge.domain.notices import NoticeKind
 from account_merge.domain.receipts import MergeReceipt
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import (
@@ -45,7 +46,7 @@ from account_merge.ports import (
     StoredReceipt,
 )
 from account_merge.storage.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, migrate
-from account_merge.testing import FakeClock, fast_verifier, make_establishment
+from account_merge.testing import CapturingMailer, FakeClock, fast_verifier, make_establishment
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 T0 = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
@@ -143,7 +144,7 @@ def test_the_file_is_in_wal_mode_marked_as_ours_at_the_current_schema_version(
     storage.write(new(1))
     connection = raw(path)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert connection.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     connection.close()
 
@@ -479,7 +480,10 @@ def test_every_statement_of_the_use_cases_is_served_by_an_index(path: Path) -> N
             return connection
 
     store = TracingStorage(path)
-    service = MergeService(store, fast_verifier(), FakeClock(T0))
+    service = MergeService(store, fast_verifier(), FakeClock(T0),
+                           secret_key="a test secret key of the host",
+                           links={"password_reset": "https://ent.example/mdp/{token}",
+                                  "email_verification": "https://ent.example/courriel/{token}"})
     first = service.issue_account(SCHOOL, "Claire Robert", [child(1)])
     second = service.issue_account(SCHOOL, "Claire Robert", [child(2)])
     third = service.issue_account(SCHOOL, "Marc Robert", [child(3)])
@@ -493,7 +497,18 @@ def test_every_statement_of_the_use_cases_is_served_by_an_index(path: Path) -> N
     with pytest.raises(AccountMerged):
         service.authenticate(first.login, STRONG)
     service.split(SCHOOL, other.id)
-    service.change_email(other.id, "claire@example.org")
+    # The way back: an address confirmed, a password reset, a login reminder, a letter.
+    mailer = CapturingMailer()
+    service.request_email_change(other.id, STRONG, "claire@example.org")
+    service.deliver_notices(mailer)
+    service.confirm_email(mailer.sent[-1].url.rsplit("/", 1)[1])  # type: ignore[union-attr]
+    service.request_password_reset("claire@example.org")
+    service.request_login_reminder("claire@example.org")
+    service.deliver_notices(mailer)
+    reset = mailer.last(NoticeKind.PASSWORD_RESET).url
+    service.reset_password(reset.rsplit("/", 1)[1], "Tournesol-Bleu-Vif-2028")  # type: ignore[union-attr]
+    service.reissue_letter(SCHOOL, other.id)
+    service.deliver_notices(mailer)
     service.resolve(second.account_id)
     service.children(other.id)
     service.mark_published([e.position for e in service.unpublished_events(2)])
@@ -515,6 +530,7 @@ def test_every_statement_of_the_use_cases_is_served_by_an_index(path: Path) -> N
             if not step.startswith("SCAN "):
                 continue
             bounded = ("USING INDEX outbox_unpublished" in step  # only unpublished rows
+                       or "USING INDEX notices_pending" in step  # only pending notices
                        or step.startswith("SCAN (subquery")      # rows already limited
                        or (step == "SCAN audit" and "ORDER BY id DESC LIMIT" in sql))
             assert bounded, (sql, plan)
@@ -616,6 +632,14 @@ def test_a_file_of_every_older_version_is_migrated_on_open_and_reads_back(
     found = fetch(store, Fetch(accounts=["acc1"], absorbed=["acc1"]))
     assert found.absorbed["acc1"] == (*merged, later)
     assert found.accounts["acc1"].account.last_signed_in_at == T0 + timedelta(1)
+    # The way back's tiers (version 4) work on the old rows: the old events are
+    # looked at once for notices.
+    with store.unit_of_work() as uow:
+        uow.index_email("acc1", "claire@example.org")
+        assert [r.account.id for r in uow.accounts_by_email("claire@example.org", 5)] == ["acc1"]
+        assert uow.notice_cursor() == 0
+        assert [e.position for e in uow.outbox_after(0, 10)] == ([1] if version else [])
+        uow.commit()
     store.close()
     connection = raw(path)
     assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

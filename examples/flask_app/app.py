@@ -14,11 +14,14 @@ from flask import Flask, Response
 from account_merge.contrib.flask import CONFIG_KEYS, get_state, init_app
 from account_merge.demo import COLLEGE
 
-from . import csrf, etablissement, parent, seed
+from . import csrf, etablissement, parent, recuperation, seed
 
 #: Seconds after signing in during which the merge form opens without
 #: asking for the password again.
 RECENT_LOGIN_MAX_AGE = 600
+
+#: Where the example runs (``flask run``), for the links of its notices.
+DEFAULT_BASE_URL = "http://127.0.0.1:5000"
 
 
 def create_app(config: Mapping[str, Any] | None = None, *,
@@ -29,7 +32,8 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     The environment gives ``FLASK_SECRET_KEY`` (and any other
     ``FLASK_*`` key), the ``ACCOUNT_MERGE_*`` keys of
     :mod:`account_merge.contrib.flask` (``ACCOUNT_MERGE_DATABASE_URL``
-    for PostgreSQL), and ``ESTABLISHMENT_ACCESS_CODE``.  Without a URL the
+    for PostgreSQL), ``ESTABLISHMENT_ACCESS_CODE``, and ``ENT_BASE_URL``
+    and ``ENT_MAILBOX`` for the links of notices (see ``_way_back``).  Without a URL the
     store is a SQLite file in the instance folder.  *account_merge_options*
     go to :func:`account_merge.contrib.flask.init_app` (a clock, a
     verifier...).
@@ -49,6 +53,9 @@ def create_app(config: Mapping[str, Any] | None = None, *,
             app.config[key] = json.loads(value) if key.endswith("ENGINE_OPTIONS") else value
     if "ESTABLISHMENT_ACCESS_CODE" in os.environ:
         app.config["ESTABLISHMENT_ACCESS_CODE"] = os.environ["ESTABLISHMENT_ACCESS_CODE"]
+    for key in ("ENT_BASE_URL", "ENT_MAILBOX"):
+        if key in os.environ:
+            app.config[key] = os.environ[key]
     app.config.update(config or {})
 
     if not app.config.get("SECRET_KEY"):
@@ -60,6 +67,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
         path = Path(app.instance_path) / "scolarite.sqlite3"
         app.config["ACCOUNT_MERGE_DATABASE_URL"] = f"sqlite:///{path}"
 
+    _way_back(app)
     state = init_app(app, **account_merge_options)
     # No migrations in this example: the tables are created if missing, and
     # those an earlier release made are brought up to date.
@@ -68,6 +76,8 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     csrf.init_app(app)
     app.register_blueprint(parent.blueprint)
     app.register_blueprint(etablissement.blueprint)
+    app.register_blueprint(recuperation.blueprint)
+    app.extensions["ent_mailbox"] = recuperation.Mailbox()
     app.cli.add_command(seed.seed_command)
 
     @app.after_request
@@ -79,6 +89,27 @@ def create_app(config: Mapping[str, Any] | None = None, *,
         return response
 
     return app
+
+
+def _way_back(app: Flask) -> None:
+    """The secret key and links of the notices, unless configured.
+
+    The links are this site's pages at ``ENT_BASE_URL`` (configured, never
+    taken from a request's ``Host``); the key is a random secret kept in
+    the instance folder.  ``ENT_MAILBOX`` (on unless ``"0"``) shows the
+    notices at ``/courriels``: this example has no mail server.
+    """
+    if not app.config.get("ACCOUNT_MERGE_SECRET_KEY"):
+        app.config["ACCOUNT_MERGE_SECRET_KEY"] = _instance_secret(app, "links_key", 32)
+    if not app.config.get("ACCOUNT_MERGE_LINKS"):
+        base = str(app.config.get("ENT_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        app.config["ACCOUNT_MERGE_LINKS"] = {
+            "password_reset": f"{base}/mot-de-passe/{{token}}",
+            "email_verification": f"{base}/courriel/{{token}}",
+            "sign_in": f"{base}/connexion",
+        }
+    app.config["ENT_MAILBOX"] = str(app.config.get("ENT_MAILBOX", "1")).strip() not in (
+        "0", "", "false", "False")
 
 
 def close_app(app: Flask) -> None:

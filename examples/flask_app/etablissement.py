@@ -1,4 +1,4 @@
-"""The establishment's page: casser un regroupement, and print the new letters.
+"""The establishment's pages: casser un regroupement, ré-éditer un courrier, and print letters.
 
 Only the establishment can split (rule S1): its staff sign in with the
 establishment's access code (``ESTABLISHMENT_ACCESS_CODE``, printed by the
@@ -26,7 +26,7 @@ from flask.typing import ResponseReturnValue
 
 from account_merge import Establishment, MergeService
 from account_merge.contrib.flask import get_service
-from account_merge.exceptions import AccountMergeError, NothingToSplit
+from account_merge.exceptions import AccountMergeError, NotAuthorized, NothingToSplit
 
 from .messages import french
 
@@ -96,3 +96,28 @@ def regroupements() -> ResponseReturnValue:
                 error = french(exc)
     return render_template("etablissement.html", establishment=establishment, login=login,
                            error=error, receipt=receipt), 200 if error is None else 400
+
+
+@blueprint.route("/courrier", methods=["GET", "POST"])
+def courrier() -> ResponseReturnValue:
+    """Ré-éditer un courrier perdu: the same login, a new provisional password, printed once."""
+    establishment = _establishment()
+    if session.get(_SESSION_KEY) != establishment.uai:
+        return redirect(url_for("etablissement.connexion"))
+    error = letter = None
+    login = request.form.get("identifiant", "").strip()
+    if request.method == "POST":
+        service = get_service()
+        account_id = account_id_for_login(service, login) if login else None
+        if account_id is None:
+            error = "Aucun compte n'a cet identifiant."
+        else:
+            try:
+                letter = service.reissue_letter(establishment, account_id)
+            except NotAuthorized:
+                error = ("Aucun enfant de l'établissement n'est rattaché à ce compte par un de "
+                         "ses courriers, ou le compte a été regroupé : rien à ré-éditer ici.")
+            except AccountMergeError as exc:
+                error = french(exc)
+    return render_template("etablissement_courrier.html", establishment=establishment,
+                           login=login, error=error, letter=letter), 200 if error is None else 400

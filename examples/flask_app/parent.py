@@ -192,6 +192,9 @@ def activation() -> ResponseReturnValue:
             else:
                 _sign_in(account)
                 flash("Votre compte est activé : c'est votre compte « Principal ».")
+                if email:
+                    flash(f"Un lien de confirmation a été envoyé à {email} : elle deviendra "
+                          "l'adresse du compte quand vous l'aurez suivi.")
                 return redirect(url_for("parent.compte"))
     return page("activation.html", error=error, cause=cause, login=login, email=email)
 
@@ -244,15 +247,21 @@ def compte() -> ResponseReturnValue:
 @blueprint.post("/compte/adresse-mail")
 @login_required
 def adresse_mail() -> ResponseReturnValue:
-    """Change the e-mail address."""
+    """Give a new e-mail address, proven by the password: on record once confirmed."""
     account: Account = g.account
+    address, password = _form("adresse_mail").strip(), _form("mot_de_passe")
+    if not address or not password:
+        return _compte_page(email_error="Saisissez la nouvelle adresse et votre mot de passe."
+                            ), 400
     try:
-        get_service().change_email(account.id, _form("adresse_mail").strip())
-    except InvalidInput:
-        return _compte_page(email_error="Adresse mail invalide."), 400
+        get_service().request_email_change(account.id, password, address, client=_client())
+    except InvalidInput as exc:
+        text = "Adresse mail invalide." if exc.field == "new_email" else french(exc)
+        return _compte_page(email_error=text), 400
     except AccountMergeError as exc:
         return _compte_page(email_error=french(exc)), 400
-    flash("Adresse mail modifiée.")
+    flash(f"Un lien de confirmation a été envoyé à {address} : elle deviendra l'adresse du "
+          "compte quand vous l'aurez suivi.")
     return redirect(url_for("parent.compte"))
 
 

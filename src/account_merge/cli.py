@@ -57,6 +57,10 @@ PROG = "account-merge"
 DEFAULT_DB = "account-merge.sqlite3"
 ENV_DB = "ACCOUNT_MERGE_DB"
 ENV_ARGON2 = "ACCOUNT_MERGE_ARGON2"
+#: The way back: the key signing links, the links (JSON), the SMTP password.
+ENV_SECRET_KEY = "ACCOUNT_MERGE_SECRET_KEY"
+ENV_LINKS = "ACCOUNT_MERGE_LINKS"
+ENV_SMTP_PASSWORD = "ACCOUNT_MERGE_SMTP_PASSWORD"
 ARGON2_PROFILES = ("default", "cheapest")
 
 EXIT_ERROR = 1
@@ -89,6 +93,8 @@ _ARGPARSE_MESSAGES = (
     ("expected one argument", "cli.argparse.one_argument"),
     ("invalid int value:", "cli.argparse.invalid_int"),
     ("not allowed with argument", "cli.argparse.not_allowed"),
+    ("one of the arguments", "cli.argparse.one_of"),
+    ("is required", "cli.argparse.is_required"),
 )
 
 
@@ -206,7 +212,9 @@ class _Session:
     @property
     def service(self) -> MergeService:
         if self._service is None:
-            self._service = MergeService(self.storage, make_verifier(self.profile))
+            recovery = _recovery_settings()
+            self._service = MergeService(self.storage, make_verifier(self.profile),
+                                         secret_key=recovery.secret_key, links=recovery.links)
         return self._service
 
     def close(self) -> None:
@@ -260,6 +268,15 @@ def _stored_establishment(service: MergeService, uai: str,
         raise CliError("unknown_establishment", uai=uai,
                        hint=hint if hint is not None else _("cli.add_establishment"))
     return found
+
+
+def _recovery_settings() -> Any:
+    """The secret key and links of the environment (``ACCOUNT_MERGE_SECRET_KEY``, ``_LINKS``)."""
+    from account_merge.service.bootstrap import read_settings  # noqa: PLC0415
+
+    return read_settings({"SECRET_KEY": os.environ.get(ENV_SECRET_KEY),
+                          "LINKS": os.environ.get(ENV_LINKS)},
+                         name=lambda key: f"ACCOUNT_MERGE_{key}")
 
 
 # -- output helpers ------------------------------------------------------------------
@@ -379,6 +396,55 @@ def cmd_split(session: _Session) -> int:
     for letter in receipt.letters:
         print(file=out)
         print(messages.render_letter(letter), end="", file=out)
+    return 0
+
+
+def cmd_reissue(session: _Session) -> int:
+    session.require_db()
+    establishment = session.establishment(session.args.uai)
+    account = session.account(session.args.account)
+    letter = session.service.reissue_letter(establishment, account.id)
+    out = session.out
+    print(_("cli.reissue.done", uai=establishment.uai, login=letter.login,
+            id=letter.account_id), file=out)
+    print(file=out)
+    print(messages.render_letter(letter), end="", file=out)
+    return 0
+
+
+class _FolderMailer:
+    """Writes each notice as ``<id>.eml`` in a folder, for a mail system that picks them up."""
+
+    def __init__(self, folder: Path, sender: str) -> None:
+        self.folder = folder
+        self.sender = sender
+
+    def send(self, notice: Any) -> None:
+        from account_merge.mailers import notice_message  # noqa: PLC0415
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / f"{notice.id}.eml"
+        target.write_bytes(bytes(notice_message(notice, self.sender)))
+        target.chmod(0o600)  # it may hold a link that opens an account
+
+
+def cmd_deliver_notices(session: _Session) -> int:
+    session.require_db()
+    from account_merge.mailers import SmtpMailer  # noqa: PLC0415
+
+    args = session.args
+    mailer: Any
+    if args.folder is not None:
+        mailer = _FolderMailer(Path(args.folder), args.sender)
+    else:
+        password = None
+        if args.user is not None:
+            password = os.environ.get(ENV_SMTP_PASSWORD) or session.password(
+                _("cli.prompt.smtp_password"))
+        mailer = SmtpMailer(args.smtp, args.port, sender=args.sender, starttls=args.starttls,
+                            implicit_tls=args.tls, username=args.user, password=password)
+    sent = session.service.deliver_notices(mailer, args.limit)
+    print(_("cli.deliver.done", count=sent), file=session.out)
     return 0
 
 
@@ -797,6 +863,29 @@ def build_parser() -> argparse.ArgumentParser:
     split = command("split", cmd_split, "account-merge split 0869999B claire.robert")
     split.add_argument("uai", metavar="UAI")
     split.add_argument("account", metavar=_("cli.metavar.account"), help=_("cli.split.account"))
+
+    reissue = command("reissue", cmd_reissue, "account-merge reissue 0869999B claire.robert")
+    reissue.add_argument("uai", metavar="UAI")
+    reissue.add_argument("account", metavar=_("cli.metavar.account"),
+                         help=_("cli.reissue.account"))
+
+    deliver = command("deliver-notices", cmd_deliver_notices,
+                      "account-merge deliver-notices --smtp smtp.example.org --starttls"
+                      " --from ne-pas-repondre@ent.example")
+    where = deliver.add_mutually_exclusive_group(required=True)
+    where.add_argument("--smtp", metavar=_("cli.metavar.host"), help=_("cli.deliver.smtp"))
+    where.add_argument("--folder", metavar=_("cli.metavar.folder"),
+                       help=_("cli.deliver.folder"))
+    deliver.add_argument("--from", dest="sender", required=True,
+                         metavar=_("cli.metavar.address"), help=_("cli.deliver.sender"))
+    deliver.add_argument("--port", type=_positive, metavar="N", help=_("cli.deliver.port"))
+    tls = deliver.add_mutually_exclusive_group()
+    tls.add_argument("--starttls", action="store_true", help=_("cli.deliver.starttls"))
+    tls.add_argument("--tls", action="store_true", help=_("cli.deliver.tls"))
+    deliver.add_argument("--user", metavar=_("cli.metavar.user"),
+                         help=_("cli.deliver.user", env=ENV_SMTP_PASSWORD))
+    deliver.add_argument("--limit", type=_positive, default=100, metavar="N",
+                         help=_("cli.deliver.limit"))
 
     audit = command("audit", cmd_audit, "account-merge audit --account claire.robert --limit 20",
                     description=False)

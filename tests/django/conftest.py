@@ -80,6 +80,21 @@ def _wants_postgres(items: list[pytest.Item]) -> bool:
     return False
 
 
+@pytest.fixture(autouse=True)
+def _fresh_attempts_journal(request: pytest.FixtureRequest) -> None:
+    """Each test of the database starts with an empty attempts journal.
+
+    The journal of the SQLite test database (failed attempts, kept apart so
+    that they outlive a request's rollback) outlives the flush or rollback
+    that empties the database between tests too.
+    """
+    if request.node.get_closest_marker("django_db") is None:
+        return
+    from account_merge.contrib.django.storage import DjangoStorage
+
+    DjangoStorage(using="default").forget_attempts()
+
+
 @pytest.fixture(scope="session")
 def django_postgres(postgres_url: str) -> str:
     """The ``postgres`` alias, pointed at the throwaway server; its name."""
@@ -124,4 +139,10 @@ def django_db_setup(request: pytest.FixtureRequest, django_test_environment: Non
     with django_db_blocker.unblock():
         if POSTGRES in aliases:
             terminate_other_sessions(POSTGRES)
+        from django.db import connections
+
+        journal = f"{connections['default'].settings_dict['NAME']}-attempts.sqlite3"
         teardown_databases(config, verbosity=0)
+    # The SQLite test database's attempts journal goes with it.
+    for leftover in (journal, f"{journal}-wal", f"{journal}-shm"):
+        Path(leftover).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from account_merge.contrib.django.storage import DjangoStorage
 
 #: The app's tables, children before parents (so that deleting in order is allowed).
 TABLES = [model._meta.db_table for model in (
+    models.Notice, models.NoticeCursor, models.EmailIndexEntry,  # the way back's tiers
     models.ChildLink, models.Credential, models.Child, models.Receipt, models.Throttle,
     models.OutboxEvent, models.AuditEntry, models.EstablishmentStaff, models.Establishment,
     models.Account,
@@ -19,12 +20,14 @@ TABLES = [model._meta.db_table for model in (
 
 
 def empty_store(alias: str) -> DjangoStorage:
-    """A DjangoStorage on *alias* whose tables were just emptied."""
+    """A DjangoStorage on *alias* whose tables (and attempts journal, on SQLite) were emptied."""
     connection = connections[alias]
     with connection.cursor() as cursor:
         for table in TABLES:
             cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)}")
-    return DjangoStorage(using=alias)
+    store = DjangoStorage(using=alias)
+    store.forget_attempts()
+    return store
 
 
 def unusable_store(alias: str, settings_dict: dict[str, Any]) -> DjangoStorage:

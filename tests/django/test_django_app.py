@@ -29,18 +29,21 @@ from account_merge.contrib.django import get_service, get_storage
 from account_merge.contrib.django.conf import check_databases, check_settings, load
 from account_merge.contrib.django.hashers import DjangoPasswordVerifier
 from account_merge.contrib.django.models import Account as AccountRow
+from account_merge.contrib.django.models import AuditEntry as AuditRow
 from account_merge.contrib.django.models import Throttle as ThrottleRow
 from account_merge.contrib.django.storage import DjangoStorage
 from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.throttle import ThrottleState
-from account_merge.exceptions import AccountMergeError, ConcurrentUpdate
+from account_merge.exceptions import AccountMergeError, ConcurrentUpdate, StorageError
 from account_merge.ports import ChangeSet, Fetch, NewAccount
 from account_merge.service import MergeService, same_display_name
+from account_merge.storage.attempts import JournalTransaction
 from account_merge.testing import FakeClock, fast_verifier, make_establishment
 
 T0 = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
 SRC = str(Path(account_merge.__file__).resolve().parents[1])
 COLLEGE = make_establishment(860001, "Collège Jean Moulin")
+STRONG = "Correct-Horse-Battery-9"
 
 
 def account(n: int) -> Account:
@@ -133,6 +136,8 @@ def test_a_verifier_setting_replaces_the_django_verifier() -> None:
     ({"IDENTITY_RULE": "account_merge.no_such_rule"}, "IDENTITY_RULE"),
     ({"DATABASE": ""}, "DATABASE"),
     ({"DJANGO_HASHERS": ["sha1"]}, "sha1"),
+    ({"ATTEMPTS_JOURNAL": "{folder}/attempts.sqlite3"}, "ATTEMPTS_JOURNAL"),
+    ({"ATTEMPTS_JOURNAL": 3}, "ATTEMPTS_JOURNAL"),
     # The keys of development versions name what replaced them.
     ({"THROTTLE": {"LOCK_AFTER": 3}}, "THROTTLE_BACKOFF_AFTER"),
     ({"ARGON2": {"TIME_COST": 3}}, "ARGON2_TIME_COST"),
@@ -215,7 +220,7 @@ def test_postgresql_under_atomic_requests_needs_nothing_more() -> None:
 # -- units of work inside Django ---------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_inside_the_host_s_transaction_a_unit_of_work_is_a_savepoint() -> None:
-    """Committed work is undone with the host's transaction (SQLite: failures too)."""
+    """Committed work is undone with the host's transaction; failures, in the journal, are not."""
     storage = empty_store("default")
     with pytest.raises(RuntimeError), transaction.atomic():
         with storage.unit_of_work() as uow:
@@ -227,7 +232,56 @@ def test_inside_the_host_s_transaction_a_unit_of_work_is_a_savepoint() -> None:
         raise RuntimeError("the host's view fails")
     with storage.unit_of_work(write=False) as uow:
         assert uow.fetch(Fetch(accounts=["acc1"])).accounts == {}
-        assert uow.audit_records(None, 10) == []
+        assert [r.outcome for r in uow.audit_records(None, 10)] == ["invalid_credentials"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_sqlite_failed_attempts_are_kept_in_the_journal_the_setting_names(
+        tmp_path: Path) -> None:
+    """Beside the database by default; where ATTEMPTS_JOURNAL says; never in its tables."""
+    database = Path(connections["default"].settings_dict["NAME"]).resolve()
+    failure = ChangeSet(throttles=[ThrottleState("merge:x", 1, T0, (T0,))],
+                        audit=[AuditRecord(T0, AuditAction.MERGE, "invalid_credentials")])
+    empty_store("default").write(failure)
+    assert Path(f"{database}-attempts.sqlite3").is_file()
+    assert not ThrottleRow.objects.exists()
+    assert not AuditRow.objects.exists()
+    elsewhere = tmp_path / "journaux"
+    elsewhere.mkdir()
+    with override_settings(ACCOUNT_MERGE={"ATTEMPTS_JOURNAL": f"{elsewhere}/{{name}}.journal"}):
+        storage = get_storage()
+        # The default place holds this database's journal: the disagreement is refused.
+        with pytest.raises(AccountMergeError, match="same attempts journal"):
+            storage.write(failure)
+    assert not (elsewhere / f"{database.name}.journal").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_journal_that_cannot_commit_leaves_the_database_unchanged(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal commits first: if it cannot, the merge does not happen either."""
+    service = MergeService(empty_store("default"), fast_verifier(), FakeClock(T0))
+    first = service.issue_account(COLLEGE, "Claire Robert", [Child("ine-1", "Dylan", "Robert",
+                                                                   COLLEGE.uai)])
+    letter = service.issue_account(COLLEGE, "Claire Robert", [Child("ine-2", "Florian",
+                                                                    "Robert", COLLEGE.uai)])
+    principal = service.activate(first.login, first.provisional_password, STRONG)
+    real = JournalTransaction.commit
+    commits: list[int] = []
+
+    def failing_second(self: JournalTransaction) -> None:
+        commits.append(1)
+        if len(commits) == 2:  # step 3 of the merge: the attempt given back
+            raise StorageError("journal", "the disk is full")
+        real(self)
+
+    monkeypatch.setattr(JournalTransaction, "commit", failing_second)
+    with pytest.raises(AccountMergeError):
+        service.merge(principal.id, letter.login, letter.provisional_password)
+    monkeypatch.setattr(JournalTransaction, "commit", real)
+    assert [c.first_name for c in service.children(principal.id)] == ["Dylan"]
+    receipt = service.merge(principal.id, letter.login, letter.provisional_password)
+    assert [c.first_name for c in receipt.children] == ["Dylan", "Florian"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -338,7 +392,11 @@ def test_outside_a_host_transaction_there_is_no_side_connection() -> None:
 @pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
 @pytest.mark.usefixtures("django_postgres")
 def test_a_fetch_costs_one_query_per_kind_of_thing_it_reads(alias: str) -> None:
-    """Accounts by id and by login in one query; counting adds a lock (PostgreSQL) and a write."""
+    """Accounts by id and by login in one query; counting adds a lock (PostgreSQL) and a write.
+
+    On SQLite the counters are read and written in the attempts journal, a
+    file of their own: no query of the database's.
+    """
     from django.test.utils import CaptureQueriesContext
 
     storage = empty_store(alias)
@@ -354,9 +412,9 @@ def test_a_fetch_costs_one_query_per_kind_of_thing_it_reads(alias: str) -> None:
             uow.fetch(counting)
         uow.commit()
     assert set(found.accounts) == {"acc1"} and set(found.by_login) == {"parent.2"}
-    assert len(statements(reads)) == 6
+    assert len(statements(reads)) == (6 if alias == "postgres" else 5)
     # Lock both counters at once (PostgreSQL), read them, write them, then the account.
-    assert len(statements(counts)) == (4 if alias == "postgres" else 3)
+    assert len(statements(counts)) == (4 if alias == "postgres" else 1)
 
 
 def statements(captured: Any) -> list[str]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from django.test import Client
+from django.core.management import call_command
+from django.test import Client, override_settings
 from django.urls import reverse
 
 from account_merge import Child, MergeService, NotificationLetter
@@ -14,6 +18,7 @@ from account_merge.testing import make_establishment
 
 COLLEGE = make_establishment(860001, "Collège Jean Moulin")
 STRONG = "Correct-Horse-Battery-9"
+NEWER = "Tournesol-Bleu-Vif-2028"
 CONFIRMATION = ("L'opération de regroupement des comptes a été effectuée avec succès. Seul le "
                 "compte avec lequel vous êtes connecté reste disponible.")
 
@@ -165,3 +170,62 @@ def test_signing_in_to_a_merged_account_says_where_it_went(
                                                          "password": STRONG}))
     assert "regroupé avec un autre compte" in page
     assert "regroupé avec un autre compte" in page and "l'établissement" in page
+
+
+# -- the way back ------------------------------------------------------------------------
+WAY_BACK = {
+    "VERIFIER": "fast_verifier.fast_django_verifier",
+    "SECRET_KEY": "a test secret key of the project",
+    "LINKS": {"password_reset": "http://testserver/mot-de-passe/{token}/",
+              "email_verification": "http://testserver/courriel/{token}/"},
+}
+
+
+def delivered(outbox: list[Any], to: str) -> str:
+    """The link of the message the periodic command sends to *to*."""
+    call_command("account_merge_deliver_notices", stdout=io.StringIO())
+    message = next(m for m in reversed(outbox) if m.to == [to])
+    link = next(line for line in message.body.splitlines() if line.startswith("http://"))
+    return str(urlsplit(link).path)
+
+
+@override_settings(ACCOUNT_MERGE=WAY_BACK)
+def test_a_parent_confirms_an_address_then_resets_a_forgotten_password(
+        client: Client, mailoutbox: list[Any]) -> None:
+    service = get_service()
+    first = service.issue_account(COLLEGE, "Claire Robert",
+                                  [Child("ine-dylan", "Dylan", "Robert", COLLEGE.uai)])
+    activate(client, first)
+    response = client.post(reverse("ent:mon_compte"),
+                           {"email": "claire@example.org", "password": STRONG})
+    assert response.status_code == 302
+    assert "Un lien de confirmation a été envoyé" in text(client.get(reverse("ent:mon_compte")))
+    link = delivered(mailoutbox, "claire@example.org")
+    response = client.get(link)
+    assert response["Location"] == reverse("ent:confirmer_courriel")
+    assert response["Referrer-Policy"] == "no-referrer"
+    client.post(reverse("ent:confirmer_courriel"))
+    assert "L'adresse claire@example.org est confirmée" in text(
+        client.get(reverse("ent:mon_compte")))
+
+    visitor = Client()
+    page = text(visitor.get(reverse("ent:connexion")))
+    assert "identifiant oublié ?" in page and "mot de passe oublié ?" in page
+    for typed in ("CLAIRE@example.org", "personne@example.org"):
+        response = visitor.post(reverse("ent:mot_de_passe_oublie"), {"login_or_email": typed})
+        assert response["Location"] == reverse("ent:demande_envoyee")
+    link = delivered(mailoutbox, "claire@example.org")
+    assert visitor.get(link)["Location"] == reverse("ent:nouveau_mot_de_passe")
+    page = text(visitor.post(reverse("ent:nouveau_mot_de_passe"), {
+        "new_password": NEWER, "new_password_again": NEWER}))
+    assert "connectez-vous avec le nouveau" in page
+    assert service.authenticate(first.login, NEWER).id == first.account_id
+    again = Client()
+    again.get(link)
+    page = text(again.post(reverse("ent:nouveau_mot_de_passe"), {
+        "new_password": STRONG, "new_password_again": STRONG}))
+    assert "Ce lien n'est plus valable" in page
+
+    visitor.post(reverse("ent:identifiant_oublie"), {"email": "claire@example.org"})
+    call_command("account_merge_deliver_notices", stdout=io.StringIO())
+    assert f"- {first.login}" in mailoutbox[-1].body

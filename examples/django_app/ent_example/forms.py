@@ -40,3 +40,31 @@ class MergeForm(forms.Form):
     #: The same key on a resubmitted form returns the first merge's receipt.
     request_id = forms.CharField(widget=forms.HiddenInput, max_length=64,
                                  initial=lambda: uuid.uuid4().hex)
+
+
+# -- the way back ------------------------------------------------------------------------
+
+
+class ForgottenPasswordForm(forms.Form):
+    login_or_email = forms.CharField(label="Identifiant ou adresse électronique",
+                                     max_length=254)
+
+
+class ForgottenLoginForm(forms.Form):
+    email = forms.EmailField(label="Adresse électronique")
+
+
+class NewPasswordForm(forms.Form):
+    new_password = _password("Nouveau mot de passe")
+    new_password_again = _password("Confirmez le nouveau mot de passe")
+
+    def clean(self) -> dict[str, object]:
+        cleaned = super().clean() or {}
+        if cleaned.get("new_password") != cleaned.get("new_password_again"):
+            self.add_error("new_password_again", "Les deux saisies diffèrent.")
+        return cleaned
+
+
+class EmailChangeForm(forms.Form):
+    email = forms.EmailField(label="Nouvelle adresse électronique")
+    password = _password("Mot de passe actuel")

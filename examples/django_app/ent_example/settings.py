@@ -58,8 +58,20 @@ DATABASES = {
 # docs/integrations/django.md).
 ACCOUNT_MERGE = {
     "DATABASE": None,
+    # The way back: the key signing the links of e-mails, and the pages behind them
+    # (configured, never taken from a request's Host).  Run
+    # ``manage.py account_merge_deliver_notices`` periodically to send them.
+    "SECRET_KEY": SECRET_KEY,
+    "LINKS": {"password_reset": "http://127.0.0.1:8000/mot-de-passe/{token}/",
+              "email_verification": "http://127.0.0.1:8000/courriel/{token}/",
+              "sign_in": "http://127.0.0.1:8000/connexion/"},
     "PROVISIONAL_VALIDITY": 90 * 24 * 3600,
     "THROTTLE_BACKOFF_AFTER": 5,
     "THROTTLE_LOCK_AFTER": 10,
     "THROTTLE_LOCK_FOR": 24 * 3600,
 }
+
+# This example has no mail server: the e-mails are written as files in courriels/.
+EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+EMAIL_FILE_PATH = BASE_DIR / "courriels"
+DEFAULT_FROM_EMAIL = "ne-pas-repondre@ent.example"

@@ -14,6 +14,14 @@ pages = ([
     path("mon-compte/enfants/", views.enfants, name="enfants"),
     path("mon-compte/regrouper/", views.regrouper, name="regrouper"),
     path("mon-compte/regrouper/confirmation/", views.confirmation, name="confirmation"),
+    # the way back
+    path("mot-de-passe-oublie/", views.mot_de_passe_oublie, name="mot_de_passe_oublie"),
+    path("identifiant-oublie/", views.identifiant_oublie, name="identifiant_oublie"),
+    path("demande-envoyee/", views.demande_envoyee, name="demande_envoyee"),
+    path("mot-de-passe/nouveau/", views.nouveau_mot_de_passe, name="nouveau_mot_de_passe"),
+    path("mot-de-passe/<str:token>/", views.lien_mot_de_passe, name="lien_mot_de_passe"),
+    path("courriel/confirmer/", views.confirmer_courriel, name="confirmer_courriel"),
+    path("courriel/<str:token>/", views.lien_courriel, name="lien_courriel"),
 ], "ent")
 
 urlpatterns = [

@@ -1,4 +1,5 @@
-"""The parent's pages: connexion, activation, Mon compte, Enfants, Regrouper des comptes.
+"""The parent's pages: connexion, activation, Mon compte, Enfants, Regrouper des comptes,
+and the way back (« mot de passe oublié ? », « identifiant oublié ? », the links of e-mails).
 
 The parent signs in with an account of the library (not a Django user):
 the session keeps the account's id.  Every error of the library is shown
@@ -12,6 +13,7 @@ PostgreSQL; see docs/integrations/django.md).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -27,12 +29,25 @@ from account_merge.exceptions import (
     AccountMergeError,
     AccountNotFound,
     ActivationRequired,
+    InvalidInput,
+    InvalidToken,
 )
 from account_merge.messages import error_message, has_message
-from ent_example.forms import ActivationForm, LoginForm, MergeForm
+from ent_example.forms import (
+    ActivationForm,
+    EmailChangeForm,
+    ForgottenLoginForm,
+    ForgottenPasswordForm,
+    LoginForm,
+    MergeForm,
+    NewPasswordForm,
+)
 
 SESSION_ACCOUNT = "ent_account_id"
 SESSION_CONFIRMATION = "ent_merge_confirmation"
+SESSION_NOTICE = "ent_notice"
+SESSION_RESET_TOKEN = "ent_reset_token"
+SESSION_EMAIL_TOKEN = "ent_email_token"
 
 #: What to say until the library's catalogues have these codes.
 FALLBACK_MESSAGES = {
@@ -145,8 +160,25 @@ def deconnexion(request: HttpRequest) -> HttpResponse:
 
 
 @parent_required
+@require_http_methods(["GET", "POST"])
 def mon_compte(request: HttpRequest, account: Account) -> HttpResponse:
-    return render(request, "ent_example/mon_compte.html", {"account": account})
+    """Mon compte, with the form giving a new address (on record once its link is followed)."""
+    form = EmailChangeForm(request.POST or None)
+    notice = request.session.pop(SESSION_NOTICE, None)
+    if request.method == "POST" and form.is_valid():
+        email = form.cleaned_data["email"]
+        try:
+            get_service().request_email_change(account.id, form.cleaned_data["password"],
+                                               email, client=_client(request))
+        except AccountMergeError as error:
+            form.add_error(None, _message(error))
+        else:
+            request.session[SESSION_NOTICE] = (
+                f"Un lien de confirmation a été envoyé à {email} : elle deviendra l'adresse "
+                "du compte quand vous l'aurez suivi.")
+            return redirect("ent:mon_compte")
+    return render(request, "ent_example/mon_compte.html",
+                  {"account": account, "form": form, "info": notice})
 
 
 @parent_required
@@ -181,3 +213,103 @@ def confirmation(request: HttpRequest, account: Account) -> HttpResponse:
     attached = get_service().attached_children(account.id)
     return render(request, "ent_example/confirmation.html",
                   {"account": account, "message": message, "attached": attached})
+
+
+# -- the way back ------------------------------------------------------------------------
+# The notices are sent by ``manage.py account_merge_deliver_notices``, run periodically:
+# never during a request, so that a mail server's failure tells nobody which addresses
+# exist.  The links put their token in the session and redirect at once (with
+# ``Referrer-Policy: no-referrer``), so that it leaves the address bar and the history.
+
+EXPIRED = ("Ce lien n'est plus valable (déjà utilisé, trop ancien, ou le compte a changé "
+           "depuis) : faites une nouvelle demande.")
+
+
+def _no_referrer(response: HttpResponse) -> HttpResponse:
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+def mot_de_passe_oublie(request: HttpRequest) -> HttpResponse:
+    """« Mot de passe oublié ? »: a login or an address; the same answer whatever it is."""
+    form = ForgottenPasswordForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        with contextlib.suppress(InvalidInput):  # a text no account can have
+            get_service().request_password_reset(form.cleaned_data["login_or_email"],
+                                                 client=_client(request))
+        return redirect("ent:demande_envoyee")
+    return render(request, "ent_example/mot_de_passe_oublie.html", {"form": form})
+
+
+@require_http_methods(["GET", "POST"])
+def identifiant_oublie(request: HttpRequest) -> HttpResponse:
+    """« Identifiant oublié ? »: an address; the same answer whatever it is."""
+    form = ForgottenLoginForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        with contextlib.suppress(InvalidInput):
+            get_service().request_login_reminder(form.cleaned_data["email"],
+                                                 client=_client(request))
+        return redirect("ent:demande_envoyee")
+    return render(request, "ent_example/identifiant_oublie.html", {"form": form})
+
+
+def demande_envoyee(request: HttpRequest) -> HttpResponse:
+    return render(request, "ent_example/demande_envoyee.html")
+
+
+def lien_mot_de_passe(request: HttpRequest, token: str) -> HttpResponse:
+    request.session[SESSION_RESET_TOKEN] = token
+    return _no_referrer(redirect("ent:nouveau_mot_de_passe"))
+
+
+@require_http_methods(["GET", "POST"])
+def nouveau_mot_de_passe(request: HttpRequest) -> HttpResponse:
+    """The new password, with the token of the link; the parent then signs in."""
+    token = request.session.get(SESSION_RESET_TOKEN)
+    if not isinstance(token, str):
+        return render(request, "ent_example/mot_de_passe_oublie.html",
+                      {"form": ForgottenPasswordForm(), "notice": EXPIRED})
+    form = NewPasswordForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            get_service().reset_password(token, form.cleaned_data["new_password"],
+                                         client=_client(request))
+        except InvalidToken:
+            request.session.pop(SESSION_RESET_TOKEN, None)
+            return render(request, "ent_example/mot_de_passe_oublie.html",
+                          {"form": ForgottenPasswordForm(), "notice": EXPIRED})
+        except AccountMergeError as error:
+            form.add_error(None, _message(error))
+        else:
+            request.session.flush()  # signed in nowhere: the new password proves itself
+            return render(request, "ent_example/connexion.html", {
+                "form": LoginForm(),
+                "info": "Votre mot de passe est modifié : connectez-vous avec le nouveau."})
+    return _no_referrer(render(request, "ent_example/nouveau_mot_de_passe.html",
+                               {"form": form}))
+
+
+def lien_courriel(request: HttpRequest, token: str) -> HttpResponse:
+    request.session[SESSION_EMAIL_TOKEN] = token
+    return _no_referrer(redirect("ent:confirmer_courriel"))
+
+
+@require_http_methods(["GET", "POST"])
+def confirmer_courriel(request: HttpRequest) -> HttpResponse:
+    """Confirm the address of the link with a button (mail scanners open links)."""
+    token = request.session.get(SESSION_EMAIL_TOKEN)
+    if not isinstance(token, str):
+        return render(request, "ent_example/confirmer_courriel.html", {"notice": EXPIRED})
+    if request.method == "POST":
+        request.session.pop(SESSION_EMAIL_TOKEN, None)
+        try:
+            account = get_service().confirm_email(token)
+        except InvalidToken:
+            return render(request, "ent_example/confirmer_courriel.html", {"notice": EXPIRED})
+        request.session[SESSION_NOTICE] = (
+            f"L'adresse {account.email} est confirmée : elle vous permettra de retrouver seul "
+            "un identifiant ou un mot de passe oublié.")
+        return redirect("ent:mon_compte")
+    return _no_referrer(render(request, "ent_example/confirmer_courriel.html",
+                               {"ask": True}))

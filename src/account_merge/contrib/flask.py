@@ -45,23 +45,29 @@ audit records) are durable only when the host calls
 ``db.session.commit()``.  Row locks taken by the library are held until
 that commit.  The record of a failed sign-in or merge (attempt counters,
 audit record) must outlive a rollback, or a host rolling back after an
-error would lift the throttling of the merge form: on PostgreSQL the store
-commits it on a side connection of its own before the service raises; on
-SQLite (one writer at a time) it rides on the host's transaction, so there
-the host commits after a call that raised, too.
+error would lift the throttling of the merge form, so the store commits it
+on its own before the service raises: on PostgreSQL on a side connection,
+on SQLite (one writer at a time) in the attempts journal, a file beside
+the database (``ACCOUNT_MERGE_ATTEMPTS_JOURNAL``, see
+:mod:`account_merge.storage.attempts`).  On SQLite, every transaction on
+the session's engine begins ``IMMEDIATE`` (taking the write lock at
+once), so that a request that reads before it calls the library can
+still write: requests that use the database run one at a time.
 
 The other configuration keys: every key starting ``ACCOUNT_MERGE_`` must
 be one of :data:`CONFIG_KEYS`, so that a misspelt throttling limit is an
 error, not a silent default.  Besides the store's
 (``ACCOUNT_MERGE_TABLE_PREFIX``, ``ACCOUNT_MERGE_SCHEMA``,
-``ACCOUNT_MERGE_LOCK_TIMEOUT`` in seconds, for SQLAlchemy stores), they are
+``ACCOUNT_MERGE_LOCK_TIMEOUT`` in seconds, ``ACCOUNT_MERGE_ATTEMPTS_JOURNAL``
+for SQLAlchemy stores), they are
 the settings of :mod:`account_merge.service.bootstrap`, the one vocabulary
 of every integration, with the prefix: ``ACCOUNT_MERGE_THROTTLE_LOCK_AFTER``
 is the setting ``THROTTLE_LOCK_AFTER`` (the ``THROTTLE_*`` fields of
 :class:`~account_merge.ThrottlePolicy`, ``PROVISIONAL_VALIDITY``,
 ``PROVISIONAL_LENGTH``, ``IDENTITY_RULE``, ``PASSWORD_POLICY``, ``CLOCK``,
-``VERIFIER``, ``ARGON2_*``), read by
-:func:`~account_merge.service.bootstrap.read_settings`.
+``VERIFIER``, ``ARGON2_*``; for the way back ``SECRET_KEY``, ``LINKS``,
+``RESET_VALIDITY``, ``EMAIL_CONFIRMATION_VALIDITY``, ``NOTICE_ATTEMPTS``),
+read by :func:`~account_merge.service.bootstrap.read_settings`.
 
 Values may be strings (as read from the environment): ``"5"``,
 ``"true"``.  Objects given to :func:`init_app` (``verifier=``,
@@ -86,6 +92,7 @@ from account_merge.exceptions import InvalidInput
 from account_merge.ports import Clock, CredentialVerifier, Storage
 from account_merge.service import IdentityRule, MergeService
 from account_merge.service.bootstrap import SETTINGS, read_settings
+from account_merge.storage.attempts import check_template
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -111,7 +118,7 @@ _FLASK_SQLALCHEMY_MODES: Final = ("session", "engine", "off")
 STORE_KEYS: Final[frozenset[str]] = frozenset({
     f"{_PREFIX}{name}" for name in (
         "DATABASE_URL", "ENGINE_OPTIONS", "SQLITE_PATH", "FLASK_SQLALCHEMY",
-        "TABLE_PREFIX", "SCHEMA", "LOCK_TIMEOUT",
+        "TABLE_PREFIX", "SCHEMA", "LOCK_TIMEOUT", "ATTEMPTS_JOURNAL",
     )
 })
 
@@ -129,7 +136,7 @@ class AccountMergeState:
     or ``"flask_sqlalchemy_engine"``.  ``in_host_transaction`` is true when
     the library's work rides on the host's ``db.session`` and so becomes
     durable only when the host commits (but for the record of failed
-    attempts on PostgreSQL).
+    attempts, which the store commits on its own).
     """
 
     service: MergeService
@@ -214,6 +221,8 @@ def init_app(
             password_policy=password_policy,
             throttle=throttle,
             identity_rule=identity_rule,
+            secret_key=settings.secret_key,
+            links=settings.links,
         )
     except BaseException:
         if owned:
@@ -334,6 +343,12 @@ def _storage(app: Flask, config: Mapping[str, Any], given: Storage | None,
             engine = db.engine
         return SQLAlchemyStorage(engine, **_sqlalchemy_options(config)), \
             "flask_sqlalchemy_engine", False
+    from account_merge.storage.sqlalchemy.connections import prepare_engine  # noqa: PLC0415
+
+    with app.app_context():
+        engine = db.engine
+    # On SQLite, the session's transactions take the write lock when they begin.
+    prepare_engine(engine, immediate=True)
     session: Callable[[], Session] = db.session
     return SQLAlchemyStorage(session=session, **_sqlalchemy_options(config)), \
         "flask_sqlalchemy_session", False
@@ -350,6 +365,15 @@ def _sqlalchemy_options(config: Mapping[str, Any]) -> dict[str, Any]:
     timeout = config.get(f"{_PREFIX}LOCK_TIMEOUT")
     if timeout is not None:
         options["lock_timeout"] = _seconds(f"{_PREFIX}LOCK_TIMEOUT", timeout)
+    journal = config.get(f"{_PREFIX}ATTEMPTS_JOURNAL")
+    if journal is not None:
+        if not isinstance(journal, str | os.PathLike):
+            raise InvalidInput(f"{_PREFIX}ATTEMPTS_JOURNAL", "must be the path of a file")
+        try:
+            options["attempts_journal"] = check_template(journal)
+        except InvalidInput as error:
+            raise InvalidInput(f"{_PREFIX}ATTEMPTS_JOURNAL",
+                               error.message.split(": ", 1)[-1]) from None
     return options
 
 

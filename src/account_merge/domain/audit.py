@@ -21,6 +21,14 @@ class AuditAction(enum.Enum):
     CHANGE_EMAIL = "change_email"
     MERGE = "merge"
     SPLIT = "split"
+    # the way back: recovery, e-mail confirmation, letters re-issued, notices
+    REQUEST_PASSWORD_RESET = "request_password_reset"
+    RESET_PASSWORD = "reset_password"
+    REQUEST_LOGIN_REMINDER = "request_login_reminder"
+    REQUEST_EMAIL_CHANGE = "request_email_change"
+    CONFIRM_EMAIL = "confirm_email"
+    REISSUE_LETTER = "reissue_letter"
+    NOTICE = "notice"
 
 
 @attrs.frozen
@@ -40,3 +48,8 @@ class AuditRecord:
     account_id: str | None = None
     login: str | None = None
     detail: str | None = None
+
+    @property
+    def is_failure(self) -> bool:
+        """True unless the outcome is ``"success"``: the record of a failed attempt."""
+        return self.outcome != "success"

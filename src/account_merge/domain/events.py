@@ -16,10 +16,15 @@ __all__ = [
     "AccountIssued",
     "AccountsMerged",
     "EmailChanged",
+    "EmailVerificationRequested",
     "Event",
+    "LetterReissued",
+    "LoginReminderRequested",
     "MergeSplit",
     "OutboxEntry",
     "PasswordChanged",
+    "PasswordReset",
+    "PasswordResetRequested",
     "event_from_payload",
 ]
 
@@ -94,16 +99,87 @@ class PasswordChanged(Event):
 
 @attrs.frozen
 class EmailChanged(Event):
-    """An account's e-mail address was changed."""
+    """An account's e-mail address was changed (confirmed by the link sent to it).
+
+    ``old_email`` is the address it replaced (None: the account had none),
+    ``new_email`` the address now on record; the old address is told.
+    """
 
     name: ClassVar[str] = "email_changed"
     account_id: str
+    old_email: str | None = None
+    new_email: str | None = None
+
+
+# -- the way back: recovery, e-mail confirmation, letters re-issued --------------------
+@attrs.frozen
+class PasswordResetRequested(Event):
+    """Someone asked to reset the password of a login or address ("mot de passe oublié ?").
+
+    ``account_ids`` are the accounts a reset may open (none when the login
+    or address matched no ACTIVE account with a confirmed address: the
+    request is recorded alike either way); ``bindings`` the binding of each
+    (:meth:`~account_merge.domain.tokens.TokenSigner.binding`), from which
+    the notice's link is signed again when it is sent.  No token is stored.
+    """
+
+    name: ClassVar[str] = "password_reset_requested"
+    account_ids: tuple[str, ...]
+    bindings: tuple[str, ...]
+
+
+@attrs.frozen
+class PasswordReset(Event):
+    """A password was reset with a token; the account's address is told."""
+
+    name: ClassVar[str] = "password_reset"
+    account_id: str
+
+
+@attrs.frozen
+class LoginReminderRequested(Event):
+    """Someone asked for the logins of an address ("identifiant oublié ?").
+
+    ``account_ids`` are the ACTIVE accounts whose confirmed address it is
+    (none if it is nobody's: the request is recorded alike either way).
+    """
+
+    name: ClassVar[str] = "login_reminder_requested"
+    account_ids: tuple[str, ...]
+
+
+@attrs.frozen
+class EmailVerificationRequested(Event):
+    """An address is to be confirmed by the link sent to it (``email``, not yet on record).
+
+    ``binding`` is the account's binding when it was asked, from which the
+    link is signed again when the notice is sent.
+    """
+
+    name: ClassVar[str] = "email_verification_requested"
+    account_id: str
+    email: str
+    binding: str
+
+
+@attrs.frozen
+class LetterReissued(Event):
+    """An establishment printed a new letter for an account; its old password is dead.
+
+    ``email`` is the address confirmed before, if any, which is told.
+    """
+
+    name: ClassVar[str] = "letter_reissued"
+    account_id: str
+    establishment_uai: str
+    email: str | None = None
 
 
 _EVENTS: dict[str, type[Event]] = {
     cls.name: cls
     for cls in (AccountIssued, AccountActivated, AccountsMerged, MergeSplit,
-                PasswordChanged, EmailChanged)
+                PasswordChanged, EmailChanged, PasswordResetRequested, PasswordReset,
+                LoginReminderRequested, EmailVerificationRequested, LetterReissued)
 }
 
 
@@ -112,6 +188,8 @@ def event_from_payload(name: str, payload: dict[str, Any]) -> Event:
     cls = _EVENTS[name]
     kwargs: dict[str, Any] = {}
     for field in attrs.fields(cls):
+        if field.name not in payload and field.default is not attrs.NOTHING:
+            continue  # a field added since the event was written: its default
         value = payload[field.name]
         if field.name == "occurred_at":
             value = datetime.fromisoformat(value)

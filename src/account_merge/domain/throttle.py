@@ -21,6 +21,18 @@ lock a parent out of their own account:
   one principal, at most ``principal_per_hour`` in any hour and
   ``principal_per_day`` in any day, whatever logins it aims at.
 
+The way back counts *requests*, not failures (a request cannot tell
+whether it found an account), under three more kinds:
+
+- **recovery** (``recovery:<digest of the login or address typed>``):
+  password-reset and login-reminder requests for one identifier, at most
+  ``recovery_per_hour`` in any hour, whether an account has it or not,
+  so that nobody floods a parent's mailbox;
+- **recovery-client** (``recovery-client:<client tag>``): the requests of
+  one client, at most ``recovery_client_per_hour`` in any hour;
+- **token** (``token:<client tag>``): the failures of ``reset_password``
+  from one client, slowed down like sign-in.
+
 An attempt is counted *before* its password is checked (the store counts
 it atomically as it reads, see :class:`~account_merge.ports.Fetch`), so
 concurrent attempts cannot run more verifications than the limits allow;
@@ -49,7 +61,10 @@ __all__ = [
     "client_tag",
     "merge_key",
     "principal_key",
+    "recovery_client_key",
+    "recovery_key",
     "signin_key",
+    "token_key",
 ]
 
 #: Longest client identifier accepted (an IPv6 address with a zone fits).
@@ -62,6 +77,9 @@ class ThrottleKind(enum.Enum):
     SIGN_IN = "signin"
     MERGE = "merge"
     PRINCIPAL = "principal"
+    RECOVERY = "recovery"
+    RECOVERY_CLIENT = "recovery-client"
+    TOKEN = "token"
 
 
 def check_client(client: object) -> str | None:
@@ -83,8 +101,11 @@ def client_tag(client: str | None) -> str:
     """
     if client is None:
         return "-"
-    digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=12)
-    return digest.hexdigest()
+    return _digest(client)
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 def signin_key(login_key: str, client: str | None) -> str:
@@ -100,6 +121,25 @@ def merge_key(login_key: str) -> str:
 def principal_key(account_id: str) -> str:
     """The counter of merge-form failures of the principal *account_id*."""
     return f"{ThrottleKind.PRINCIPAL.value}:{account_id}"
+
+
+def recovery_key(identifier_key: str) -> str:
+    """The counter of recovery requests for one login or address (normalised).
+
+    The key holds a digest, never the address typed (personal data, and
+    perhaps nobody's).
+    """
+    return f"{ThrottleKind.RECOVERY.value}:{_digest(identifier_key)}"
+
+
+def recovery_client_key(client: str) -> str:
+    """The counter of recovery requests from *client*."""
+    return f"{ThrottleKind.RECOVERY_CLIENT.value}:{client_tag(client)}"
+
+
+def token_key(client: str) -> str:
+    """The counter of failed ``reset_password`` calls from *client*."""
+    return f"{ThrottleKind.TOKEN.value}:{client_tag(client)}"
 
 
 def _kind(key: str) -> ThrottleKind:
@@ -144,11 +184,14 @@ class ThrottlePolicy:
     lock_for: timedelta = attrs.field(default=timedelta(hours=24), validator=_positive)
     principal_per_hour: int = attrs.field(default=10, validator=_positive)
     principal_per_day: int = attrs.field(default=30, validator=_positive)
+    recovery_per_hour: int = attrs.field(default=5, validator=_positive)
+    recovery_client_per_hour: int = attrs.field(default=20, validator=_positive)
 
     @property
     def keep(self) -> int:
         """How many recent failure times a counter needs: enough for every window."""
-        return max(self.principal_per_day, self.lock_after) + 1
+        return max(self.principal_per_day, self.lock_after, self.recovery_per_hour,
+                   self.recovery_client_per_hour) + 1
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after *failures* consecutive failures (0: none yet)."""
@@ -165,7 +208,13 @@ class ThrottlePolicy:
             return 0.0
         kind = _kind(state.key)
         if kind is ThrottleKind.PRINCIPAL:
-            return self._window_wait(state, now)
+            return self._window_wait(state, now, ((timedelta(hours=1), self.principal_per_hour),
+                                                  (timedelta(days=1), self.principal_per_day)))
+        if kind is ThrottleKind.RECOVERY:
+            return self._window_wait(state, now, ((timedelta(hours=1), self.recovery_per_hour),))
+        if kind is ThrottleKind.RECOVERY_CLIENT:
+            return self._window_wait(state, now,
+                                     ((timedelta(hours=1), self.recovery_client_per_hour),))
         n = state.consecutive
         if kind is ThrottleKind.MERGE and n >= self.lock_after:
             until = state.last_failure_at + self.lock_for
@@ -176,10 +225,11 @@ class ThrottlePolicy:
             until = state.last_failure_at + timedelta(seconds=delay)
         return max(0.0, (until - now).total_seconds())
 
-    def _window_wait(self, state: ThrottleState, now: datetime) -> float:
+    @staticmethod
+    def _window_wait(state: ThrottleState, now: datetime,
+                     windows: tuple[tuple[timedelta, int], ...]) -> float:
         wait = 0.0
-        for window, limit in ((timedelta(hours=1), self.principal_per_hour),
-                              (timedelta(days=1), self.principal_per_day)):
+        for window, limit in windows:
             inside = [t for t in state.recent if t > now - window]
             if len(inside) >= limit:
                 # The attempt may go when enough old failures leave the window.

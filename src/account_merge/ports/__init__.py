@@ -8,11 +8,13 @@ the methods, not by inheriting.
   meets;
 - :mod:`account_merge.ports.tiers`: optional storage tiers;
 - :mod:`account_merge.ports.verifier`: ``CredentialVerifier``;
-- :mod:`account_merge.ports.clock`: ``Clock``.
+- :mod:`account_merge.ports.clock`: ``Clock``;
+- :mod:`account_merge.ports.mailer`: ``Mailer``.
 """
 
 from account_merge.exceptions import ExpectationFailed, LoginTaken
 from account_merge.ports.clock import Clock
+from account_merge.ports.mailer import Mailer
 from account_merge.ports.storage import (
     AccountRecord,
     ChangeSet,
@@ -26,7 +28,7 @@ from account_merge.ports.storage import (
     UnitOfWork,
     write_alone,
 )
-from account_merge.ports.tiers import BulkLoad, require_tier, supports
+from account_merge.ports.tiers import BulkLoad, EmailIndex, Notices, require_tier, supports
 from account_merge.ports.verifier import CredentialVerifier
 
 __all__ = [
@@ -35,12 +37,15 @@ __all__ = [
     "ChangeSet",
     "Clock",
     "CredentialVerifier",
+    "EmailIndex",
     "Expect",
     "ExpectationFailed",
     "Fetch",
     "Fetched",
     "LoginTaken",
+    "Mailer",
     "NewAccount",
+    "Notices",
     "SignIn",
     "Storage",
     "StoredReceipt",

@@ -290,7 +290,7 @@ class ChangeSet:
         host's rollback (rule 6 of the module).
         """
         rest = attrs.evolve(self, throttles=(), audit=())
-        return not rest and all(record.outcome != "success" for record in self.audit)
+        return not rest and all(record.is_failure for record in self.audit)
 
 
 class UnitOfWork(Protocol):

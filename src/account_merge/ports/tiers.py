@@ -13,6 +13,11 @@ changes anything.
 tier               where its methods are           what needs it
 =================  ==============================  =================================
 ``bulk_load``      the store: :class:`BulkLoad`    :func:`account_merge.testing.bulk_load`
+``email_index``    the unit of work:               ``request_password_reset``,
+                   :class:`EmailIndex`             ``request_login_reminder``,
+                                                   ``confirm_email``
+``notices``        the unit of work:               ``deliver_notices``
+                   :class:`Notices`
 =================  ==============================  =================================
 """
 
@@ -24,9 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from account_merge.exceptions import NotSupported
 
 if TYPE_CHECKING:
+    from account_merge.domain.events import OutboxEntry
+    from account_merge.domain.notices import NoticeState
+    from account_merge.ports.storage import AccountRecord
     from account_merge.storage.bulk import BulkAccount
 
-__all__ = ["BulkLoad", "require_tier", "supports"]
+__all__ = ["BulkLoad", "EmailIndex", "Notices", "require_tier", "supports"]
 
 
 @runtime_checkable
@@ -44,8 +52,69 @@ class BulkLoad(Protocol):
     def bulk_insert(self, rows: Sequence[BulkAccount]) -> None: ...
 
 
+# -- the way back: addresses found by key, notices delivered -------------------------
+@runtime_checkable
+class EmailIndex(Protocol):
+    """**Protocol:** tier ``email_index``, on the unit of work: accounts found by address.
+
+    The service keeps one index entry per account, the
+    :func:`~account_merge.domain.recovery.email_key` of the address it put
+    on record, and finds accounts by it:
+
+    - ``index_email(account_id, key)`` records *key* as the account's entry
+      (replacing its previous one); ``None`` removes the entry;
+    - ``accounts_by_email(key, limit)`` gives the accounts (with their
+      credentials) whose entry is *key*, at most *limit*, by account id,
+      whatever their status.  The service checks each against its current
+      address, so an entry left behind by a change made around the service
+      never sends mail to a wrong account.
+
+    Entries are written and read in the unit of work (rules 1 and 2 of
+    :mod:`account_merge.ports.storage`); finding by key must not grow with
+    the store (an index).
+    """
+
+    def index_email(self, account_id: str, key: str | None) -> None: ...
+
+    def accounts_by_email(self, key: str, limit: int) -> list[AccountRecord]: ...
+
+
+@runtime_checkable
+class Notices(Protocol):
+    """**Protocol:** tier ``notices``, on the unit of work: the delivery state of notices.
+
+    Kept apart from the host's own reading of the outbox
+    (``unpublished``, ``published``): notices are made from every event,
+    published or not.
+
+    - ``notice_cursor()``: the last outbox position turned into notices (0
+      at first);
+    - ``outbox_after(position, limit)``: outbox entries after *position*,
+      published or not, by position, at most *limit*;
+    - ``add_notices(states, cursor)``: store the states whose id is not
+      stored yet (a stored one is left as it is: two deliveries running at
+      once add the same notices once) and raise the cursor to *cursor*
+      (never lower it);
+    - ``pending_notices(limit)``: the PENDING states, by outbox position
+      then id, at most *limit*, each with its outbox entry;
+    - ``update_notices(states)``: replace the stored state of each id (an
+      id not stored is ignored).
+    """
+
+    def notice_cursor(self) -> int: ...
+
+    def outbox_after(self, position: int, limit: int) -> list[OutboxEntry]: ...
+
+    def add_notices(self, states: Sequence[NoticeState], cursor: int) -> None: ...
+
+    def pending_notices(self, limit: int) -> list[tuple[NoticeState, OutboxEntry]]: ...
+
+    def update_notices(self, states: Sequence[NoticeState]) -> None: ...
+
+
 #: The tier names, by protocol.
 TIER_NAMES: dict[type, str] = {BulkLoad: "bulk_load"}
+TIER_NAMES.update({EmailIndex: "email_index", Notices: "notices"})
 
 
 def supports(obj: object, tier: type) -> bool:

@@ -35,6 +35,14 @@ The settings (:data:`SETTINGS`), all optional:
                                       ``HASH_LEN``, ``SALT_LEN``
 ``ARGON2_MAX_CONCURRENT``             hashes at once through this verifier
 ``ARGON2_WARN_IF_WEAK``               warn below OWASP's floor (default true)
+``SECRET_KEY``                        signs the links of notices (at least 16
+                                      characters; keep it secret)
+``LINKS``                             the pages behind the links: a mapping, or its
+                                      JSON text (``password_reset``,
+                                      ``email_verification``, ``sign_in``)
+``RESET_VALIDITY`` (s)                how long a password-reset link works
+``EMAIL_CONFIRMATION_VALIDITY`` (s)   how long an e-mail confirmation link works
+``NOTICE_ATTEMPTS``                   failed sends before a notice is given up
 ====================================  ===============================================
 """
 
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -50,12 +59,14 @@ import argon2
 import attrs
 
 from account_merge.credentials import Argon2Verifier
+from account_merge.domain.secret import Secret
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidInput
 from account_merge.ports.clock import Clock
 from account_merge.ports.storage import Storage
 from account_merge.ports.verifier import CredentialVerifier
 from account_merge.service.context import Context
+from account_merge.service.links import RecoveryOptions
 from account_merge.service.policies import Policies
 
 __all__ = ["SETTINGS", "Settings", "build_context", "import_object", "read_settings",
@@ -74,6 +85,8 @@ SETTINGS: Final[frozenset[str]] = frozenset({
     "PROVISIONAL_VALIDITY", "PROVISIONAL_LENGTH", "IDENTITY_RULE", "PASSWORD_POLICY",
     "CLOCK", "VERIFIER", "ARGON2_PROFILE", *(f"ARGON2_{n.upper()}" for n in _ARGON2_INTS),
     "ARGON2_MAX_CONCURRENT", "ARGON2_WARN_IF_WEAK",
+    # the way back
+    "SECRET_KEY", "LINKS", "RESET_VALIDITY", "EMAIL_CONFIRMATION_VALIDITY", "NOTICE_ATTEMPTS",
 })
 
 
@@ -83,7 +96,8 @@ def utc_now() -> datetime:
 
 
 def build_context(storage: Storage, verifier: CredentialVerifier | None = None,
-                  clock: Clock | None = None, policies: Policies | None = None) -> Context:
+                  clock: Clock | None = None, policies: Policies | None = None, *,
+                  recovery: RecoveryOptions | None = None) -> Context:
     """The service's collaborators, with the defaults for those not given."""
     if not callable(getattr(storage, "unit_of_work", None)):
         raise InvalidInput("storage", "must be a Storage (with a unit_of_work() method)")
@@ -98,7 +112,8 @@ def build_context(storage: Storage, verifier: CredentialVerifier | None = None,
     return Context(storage=storage,
                    verifier=verifier if verifier is not None else Argon2Verifier(),
                    clock=clock if clock is not None else utc_now,
-                   policies=policies if policies is not None else Policies())
+                   policies=policies if policies is not None else Policies(),
+                   recovery=recovery if recovery is not None else RecoveryOptions())
 
 
 def import_object(dotted: str) -> Any:
@@ -111,11 +126,17 @@ def import_object(dotted: str) -> Any:
 
 @attrs.frozen
 class Settings:
-    """What :func:`read_settings` built: the policies, and the verifier and clock if set."""
+    """What :func:`read_settings` built: the policies, and the verifier and clock if set.
+
+    ``secret_key`` and ``links`` are for ``MergeService(secret_key=...,
+    links=...)`` (None when not set).
+    """
 
     policies: Policies
     verifier: CredentialVerifier | None
     clock: Clock | None
+    secret_key: Secret | None = attrs.field(default=None, repr=False)
+    links: Mapping[str, str] | None = None
 
 
 def read_settings(values: Mapping[str, Any], *, name: Callable[[str], str] = str) -> Settings:
@@ -148,10 +169,17 @@ def read_settings(values: Mapping[str, Any], *, name: Callable[[str], str] = str
         policy_options["identity_rule"] = reader.callable("IDENTITY_RULE")
     if "PASSWORD_POLICY" in given:
         policy_options["password_policy"] = reader.made("PASSWORD_POLICY")
+    for key in ("RESET_VALIDITY", "EMAIL_CONFIRMATION_VALIDITY"):
+        if key in given:
+            policy_options[key.lower()] = reader.seconds(key)
+    if "NOTICE_ATTEMPTS" in given:
+        policy_options["notice_attempts"] = reader.int("NOTICE_ATTEMPTS")
     with reader.renaming(""):
         policies = Policies(**policy_options)
     clock = reader.callable("CLOCK") if "CLOCK" in given else None
-    return Settings(policies=policies, verifier=reader.verifier(), clock=clock)
+    secret_key, links = reader.recovery()
+    return Settings(policies=policies, verifier=reader.verifier(), clock=clock,
+                    secret_key=secret_key, links=links)
 
 
 class _Reader:
@@ -213,6 +241,26 @@ class _Reader:
         if isinstance(self.given[key], str):
             return self.callable(key)()
         return self.given[key]
+
+    def recovery(self) -> tuple[Secret | None, Mapping[str, str] | None]:
+        """``SECRET_KEY`` and ``LINKS``, checked as ``MergeService`` will use them."""
+        secret = self.given.get("SECRET_KEY")
+        if secret is not None and not isinstance(secret, (str, Secret)):
+            raise InvalidInput(self.name("SECRET_KEY"), "must be a string")
+        links = self.given.get("LINKS")
+        if isinstance(links, str):
+            try:
+                links = json.loads(links)
+            except ValueError:
+                raise InvalidInput(self.name("LINKS"), "must be a mapping or its JSON text") \
+                    from None
+        try:
+            options = RecoveryOptions.of(secret, links)
+        except InvalidInput as error:
+            raise InvalidInput(self.name(error.field.upper()),
+                               error.message.split(": ", 1)[-1]) from None
+        key = secret if secret is None or isinstance(secret, Secret) else Secret(secret)
+        return key, (dict(options.links) if links is not None else None)
 
     def verifier(self) -> CredentialVerifier | None:
         if "VERIFIER" in self.given:

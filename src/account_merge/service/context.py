@@ -20,6 +20,7 @@ from account_merge.exceptions import AccountMergeError, ConcurrentUpdate
 from account_merge.ports.clock import Clock
 from account_merge.ports.storage import ChangeSet, Storage, UnitOfWork
 from account_merge.ports.verifier import CredentialVerifier
+from account_merge.service.links import RecoveryOptions
 from account_merge.service.policies import Policies
 
 __all__ = ["WRITE_RETRIES", "Context", "logger"]
@@ -40,6 +41,8 @@ class Context:
     verifier: CredentialVerifier
     clock: Clock
     policies: Policies
+    #: the host's secret key and link templates, for the way back (recovery, notices)
+    recovery: RecoveryOptions = attrs.field(factory=RecoveryOptions)
 
     def now(self) -> datetime:
         """The clock's time, checked to be timezone-aware."""

@@ -12,7 +12,13 @@ to the module of that actor's goal:
 - :mod:`~account_merge.service.merging`: a parent merges an account into
   the principal;
 - :mod:`~account_merge.service.splitting`: an establishment undoes merges;
-- :mod:`~account_merge.service.reading`: screens and staff look things up.
+- :mod:`~account_merge.service.reading`: screens and staff look things up;
+- the way back: :mod:`~account_merge.service.recovery` (a parent forgot a
+  password or a login), :mod:`~account_merge.service.email_address` (an
+  address is confirmed before it is on record),
+  :mod:`~account_merge.service.letters` (an establishment re-issues a
+  lost letter), :mod:`~account_merge.service.notices` (the host sends
+  what parents should hear about).
 
 The expensive step, the argon2 hash, always runs outside any transaction
 (see :mod:`~account_merge.service.credential_check`).
@@ -20,7 +26,8 @@ The expensive step, the argon2 hash, always runs outside any transaction
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -38,17 +45,23 @@ from account_merge.domain.secret import Secret
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidInput
 from account_merge.ports.clock import Clock
+from account_merge.ports.mailer import Mailer
 from account_merge.ports.storage import Storage
 from account_merge.ports.verifier import CredentialVerifier
 from account_merge.service import (
+    email_address,
     establishments,
     issuing,
+    letters,
     merging,
+    notices,
     own_account,
     reading,
+    recovery,
     splitting,
 )
 from account_merge.service.bootstrap import build_context
+from account_merge.service.links import RecoveryOptions
 from account_merge.service.policies import IdentityRule, Policies
 
 __all__ = ["MergeService"]
@@ -63,6 +76,12 @@ class MergeService:
     aware datetime (UTC now by default).  *policies* holds every tunable
     (:class:`~account_merge.service.policies.Policies`); the keyword
     arguments after it change one policy each, for convenience.
+
+    *secret_key* (at least 16 characters, kept secret) signs the links of
+    notices, and *links* maps ``"password_reset"`` and
+    ``"email_verification"`` to the URL templates of the host's pages,
+    with ``{token}`` where the token goes (and ``"sign_in"``, optional, to
+    the sign-in page): see ``docs/recovery.md``.
     """
 
     def __init__(
@@ -77,6 +96,8 @@ class MergeService:
         identity_rule: IdentityRule | None = None,
         provisional_validity: timedelta | None = None,
         provisional_length: int | None = None,
+        secret_key: str | bytes | Secret | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> None:
         changes: dict[str, Any] = {name: value for name, value in (
             ("password_policy", password_policy), ("throttle", throttle),
@@ -85,7 +106,8 @@ class MergeService:
         base = policies if policies is not None else Policies()
         if not isinstance(base, Policies):
             raise InvalidInput("policies", "must be a Policies")
-        self._ctx = build_context(storage, verifier, clock, attrs.evolve(base, **changes))
+        self._ctx = build_context(storage, verifier, clock, attrs.evolve(base, **changes),
+                                  recovery=RecoveryOptions.of(secret_key, links))
 
     @property
     def storage(self) -> Storage:
@@ -137,7 +159,10 @@ class MergeService:
         A responsable account lists at least one child, a pupil's account
         exactly one (the pupil); every child is enrolled in *establishment*.
         The provisional password is printed on the letter only; the store
-        keeps its argon2 hash, valid for ``provisional_validity``.
+        keeps its argon2 hash, valid for ``provisional_validity``.  *email*,
+        the address the establishment has for the responsable, is sent a
+        confirmation link when the account is activated: it is on record
+        only once confirmed (``docs/recovery.md``).
         """
         return issuing.issue_account(self._ctx, establishment, display_name, children, role,
                                      email)
@@ -180,6 +205,9 @@ class MergeService:
         ``invalid_credentials``; a new password the policy refuses is
         ``password_policy``.  *client* (an IP address or device id the host
         vouches for) keeps one client's failures from slowing another's.
+        *email* is sent a confirmation link (it needs ``secret_key`` and
+        ``links``): it is on record once the link is followed, and the
+        account comes back without it until then.
         """
         return own_account.activate(self._ctx, login, provisional_password, new_password,
                                     email, client)
@@ -202,8 +230,92 @@ class MergeService:
                                     client)
 
     def change_email(self, account_id: str, email: str) -> Account:
-        """Change an ACTIVE account's e-mail address."""
-        return own_account.change_email(self._ctx, account_id, email)
+        """Ask to confirm *email* for an ACTIVE account, without its password.
+
+        .. deprecated:: use :meth:`request_email_change`, which asks for
+           the current password.  The address is on record only once the
+           link sent to it is followed (:meth:`confirm_email`): the account
+           comes back unchanged.
+        """
+        warnings.warn("change_email() takes no password and changes nothing until the "
+                      "address is confirmed: use request_email_change()",
+                      DeprecationWarning, stacklevel=2)
+        return email_address.change_email(self._ctx, account_id, email)
+
+    # -- the way back --------------------------------------------------------------
+    def request_password_reset(self, login_or_email: str, *,
+                               client: str | None = None) -> None:
+        """« Mot de passe oublié ? »: record a reset request; None, always.
+
+        Whatever the login or address matched (an ACTIVE account with a
+        confirmed address, another account, nothing), the same storage
+        work is done and nothing is said; ``deliver_notices`` later sends
+        the link to the address on record.  Requests are limited per
+        login or address and per *client* (over the limit they are
+        recorded and dropped).  Needs ``secret_key`` and a
+        ``"password_reset"`` link (``invalid_input`` otherwise) and the
+        ``email_index`` storage tier.
+        """
+        recovery.request_password_reset(self._ctx, login_or_email, client)
+
+    def reset_password(self, token: str, new_password: str | Secret, *,
+                       client: str | None = None) -> Account:
+        """Set a new password with the token of a reset link; the account.
+
+        Any problem with the token (unknown, expired, used, forged,
+        truncated, or the password changed since) is ``invalid_token``.
+        The parent is **not** signed in: send them to the sign-in page.
+        Failures are slowed down per *client*.
+        """
+        return recovery.reset_password(self._ctx, token, new_password, client)
+
+    def request_login_reminder(self, email: str, *, client: str | None = None) -> None:
+        """« Identifiant oublié ? »: the logins of the address's live accounts; None, always.
+
+        The same storage work and answer whatever the address matched;
+        ``deliver_notices`` later sends one message per confirmed address.
+        """
+        recovery.request_login_reminder(self._ctx, email, client)
+
+    def request_email_change(self, account_id: str, current_password: str | Secret,
+                             new_email: str, *, client: str | None = None) -> None:
+        """Ask to confirm *new_email* for an ACTIVE account, proven by its current password.
+
+        The address is on record only once the link sent to it is
+        followed (:meth:`confirm_email`); the old address is then told.
+        """
+        email_address.request_email_change(self._ctx, account_id, current_password,
+                                           new_email, client)
+
+    def confirm_email(self, token: str) -> Account:
+        """Put the address of a confirmation link on record; the account.
+
+        Any problem with the token is ``invalid_token``.
+        """
+        return email_address.confirm_email(self._ctx, token)
+
+    def reissue_letter(self, establishment: Establishment,
+                       account_id: str) -> NotificationLetter:
+        """A new letter for a lost one, with the same login (an establishment's act).
+
+        Only an establishment whose letter carried a child now on the
+        account may do it (``not_authorized`` otherwise).  The account gets
+        a new provisional password and expiry and is PROVISIONAL until the
+        parent activates it again: the old password stops working at once.
+        """
+        return letters.reissue_letter(self._ctx, establishment, account_id)
+
+    def deliver_notices(self, mailer: Mailer, limit: int = 100, *,
+                        language: str | None = None) -> int:
+        """Send up to *limit* pending notices through *mailer*; how many were sent.
+
+        Run it periodically.  The notices are made from the outbox (events
+        the host has published or not), in *language* (default: the
+        messages' language, French unless set).  A failing send is logged
+        and left for the next run; delivery is at least once, each notice
+        with a stable id.  Needs the ``notices`` storage tier.
+        """
+        return notices.deliver_notices(self._ctx, mailer, limit, language)
 
     def merge(self, principal_id: str, login: str, password: str | Secret,
               idempotency_key: str | None = None) -> MergeReceipt:

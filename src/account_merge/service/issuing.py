@@ -39,7 +39,8 @@ from account_merge.ports.storage import NOTHING, ChangeSet, Fetch, Fetched, NewA
 from account_merge.service.arguments import establishment_arg
 from account_merge.service.context import Context, logger
 
-__all__ = ["NewAccountPlan", "check_family", "issue_account", "issue_accounts", "new_account"]
+__all__ = ["NewAccountPlan", "check_family", "issue_account", "issue_accounts", "new_account",
+           "provisional_credential"]
 
 #: Logins tried for one new account (the plain one, then with random digits).
 LOGIN_CANDIDATES = 20
@@ -91,6 +92,14 @@ class NewAccountPlan:
         )
 
 
+def provisional_credential(ctx: Context, account_id: str, password_hash: str,
+                           now: datetime) -> Credential:
+    """A letter's provisional credential for *account_id*, valid ``provisional_validity``."""
+    return Credential(account_id=account_id, password_hash=password_hash,
+                      kind=CredentialKind.PROVISIONAL,
+                      expires_at=now + ctx.policies.provisional_validity)
+
+
 def new_account(
     ctx: Context, uow: UnitOfWork, *, establishment: Establishment, display_name: str,
     role: Role, children: tuple[Child, ...], password_hash: str, now: datetime,
@@ -118,11 +127,12 @@ def new_account(
     account = Account(id=account_id, login=candidates[free], role=role,
                       status=AccountStatus.PROVISIONAL, display_name=display_name,
                       establishment_uai=establishment.uai, created_at=now, email=email)
-    expires = now + ctx.policies.provisional_validity
+    credential = provisional_credential(ctx, account_id, password_hash, now)
+    assert credential.expires_at is not None
+    expires = credential.expires_at
     changes = ChangeSet(
         new_accounts=(NewAccount(account, keys[free]),),
-        credentials=(Credential(account_id=account_id, password_hash=password_hash,
-                                kind=CredentialKind.PROVISIONAL, expires_at=expires),),
+        credentials=(credential,),
         link=tuple(ChildLink(account_id=account_id, child=c, origin_account_id=account_id,
                              origin_establishment_uai=establishment.uai, via_merge=False,
                              linked_at=now) for c in children),

@@ -1,4 +1,6 @@
-"""The parent's own account: activate it, sign in, change the password or the e-mail.
+"""The parent's own account: activate it, sign in, change the password.
+
+(The e-mail address is :mod:`~account_merge.service.email_address`'s.)
 
 Every password typed here counts against the sign-in counter of its login
 *and client* (see :mod:`account_merge.domain.throttle`), never against the
@@ -7,6 +9,8 @@ merge-form failures slow the owner down.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import attrs
 
@@ -18,28 +22,28 @@ from account_merge.domain.account import (
     validate_email,
 )
 from account_merge.domain.audit import AuditAction, AuditRecord
-from account_merge.domain.events import AccountActivated, EmailChanged, PasswordChanged
+from account_merge.domain.events import AccountActivated, Event, PasswordChanged
 from account_merge.domain.logins import login_key
 from account_merge.domain.proofs import Purpose
 from account_merge.domain.secret import Secret
 from account_merge.domain.throttle import check_client, signin_key
-from account_merge.domain.validation import check_identifier
+from account_merge.domain.tokens import TokenPurpose
 from account_merge.exceptions import (
     AccountMerged,
-    AccountNotFound,
     ActivationRequired,
     InvalidCredentials,
+    InvalidInput,
     PasswordPolicyError,
     PrincipalNotActive,
 )
-from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched, SignIn
+from account_merge.ports.storage import AccountRecord, ChangeSet, Fetched, SignIn
 from account_merge.service.arguments import login_arg, password_arg
 from account_merge.service.context import Context, logger
 from account_merge.service.credential_check import Attempt, CredentialCheck, hash_for
+from account_merge.service.email_address import verification_of
 from account_merge.service.reading import get_account
 
-__all__ = ["activate", "authenticate", "change_email", "change_password",
-           "check_new_password"]
+__all__ = ["activate", "authenticate", "change_password", "check_new_password"]
 
 
 def check_new_password(ctx: Context, password: str, login: str, *, old: str | None,
@@ -67,6 +71,7 @@ def activate(ctx: Context, login: str, provisional_password: str | Secret,
     client = check_client(client)
     if email is not None:
         email = validate_email(email)
+        ctx.recovery.require(TokenPurpose.EMAIL_VERIFICATION)  # the link must be possible
     check_new_password(ctx, new, login, old=provisional)  # before any work: tells nothing
     check = CredentialCheck(ctx)
     attempt = Attempt(action=AuditAction.ACTIVATE, login=login, password=provisional,
@@ -80,14 +85,18 @@ def activate(ctx: Context, login: str, provisional_password: str | Secret,
 
     def build(_: Fetched, current: AccountRecord) -> tuple[ChangeSet, Account]:
         now = ctx.now()
-        active = attrs.evolve(current.account, status=AccountStatus.ACTIVE,
-                              email=email if email is not None else current.account.email,
+        # An address is on record once confirmed: the one given, or else the one the
+        # establishment gave, is sent a link (docs/recovery.md).
+        to_confirm = email if email is not None else current.account.email
+        active = attrs.evolve(current.account, status=AccountStatus.ACTIVE, email=None,
                               last_signed_in_at=now)
+        credential = Credential(account_id=active.id, password_hash=new_hash,
+                                kind=CredentialKind.PASSWORD)
         return ChangeSet(
             accounts=(active,),
-            credentials=(Credential(account_id=active.id, password_hash=new_hash,
-                                    kind=CredentialKind.PASSWORD),),
-            events=(AccountActivated(occurred_at=now, account_id=active.id),),
+            credentials=(credential,),
+            events=(AccountActivated(occurred_at=now, account_id=active.id),
+                    *_confirmation(ctx, active, credential, to_confirm, now)),
             audit=(AuditRecord(at=now, action=AuditAction.ACTIVATE, outcome="success",
                                actor=active.id, account_id=active.id, login=active.login),),
         ), active
@@ -95,6 +104,20 @@ def activate(ctx: Context, login: str, provisional_password: str | Secret,
     active = check.finish(proof, build, clear=attempt.counters)
     logger.info("activated account %s", account.id)
     return active
+
+
+def _confirmation(ctx: Context, account: Account, credential: Credential,
+                  email: str | None, at: datetime) -> tuple[Event, ...]:
+    """The request to confirm *email* at activation, if there is one and a link can be sent."""
+    if email is None:
+        return ()
+    try:
+        return (verification_of(ctx, account, credential, email, at),)
+    except InvalidInput:  # only the establishment's address: the host sends no links
+        logger.warning("account %s activated without a way to confirm the address its "
+                       "establishment gave (no secret_key or links): the address is dropped",
+                       account.id)
+        return ()
 
 
 def _check_or_give_back(ctx: Context, account: Account, new: str, login: str,
@@ -179,29 +202,3 @@ def change_password(ctx: Context, account_id: str, current_password: str | Secre
         ), None
 
     check.finish(proof, build, clear=attempt.counters)
-
-
-def change_email(ctx: Context, account_id: str, email: str) -> Account:
-    """Change an ACTIVE account's e-mail address."""
-    check_identifier("account_id", account_id)
-    email = validate_email(email)
-
-    def write() -> Account:
-        now = ctx.now()
-        with ctx.writing() as uow:
-            found = uow.fetch(Fetch(accounts=(account_id,), lock=True)).accounts.get(account_id)
-            if found is None:
-                raise AccountNotFound(account_id)
-            if found.account.status is not AccountStatus.ACTIVE:
-                raise PrincipalNotActive()
-            changed = attrs.evolve(found.account, email=email)
-            uow.apply(ChangeSet(
-                accounts=(changed,),
-                events=(EmailChanged(occurred_at=now, account_id=account_id),),
-                audit=(AuditRecord(at=now, action=AuditAction.CHANGE_EMAIL, outcome="success",
-                                   actor=account_id, account_id=account_id),),
-            ))
-            uow.commit()
-        return changed
-
-    return ctx.guarded(AuditAction.CHANGE_EMAIL, None, write, actor=account_id)

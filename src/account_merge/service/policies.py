@@ -69,6 +69,11 @@ def _length(_: Any, __: Any, value: Any) -> None:
                            f"to {MAX_PROVISIONAL_LENGTH}")
 
 
+def _attempts(_: Any, attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(attribute.name, "must be a positive int")
+
+
 @attrs.frozen(kw_only=True)
 class Policies:
     """The service's tunables, each with a documented default.
@@ -83,6 +88,14 @@ class Policies:
       opens its account (90 days);
     - ``provisional_length``: characters of a provisional password (8, about
       40 bits; 10 gives CNIL's 50 bits).
+
+    The way back (recovery and notices):
+
+    - ``reset_validity``: how long a password-reset link works (1 hour);
+    - ``email_confirmation_validity``: how long an e-mail confirmation link
+      works (24 hours, NIST SP 800-63B's bound for e-mailed codes);
+    - ``notice_attempts``: failed sends after which a notice is given up
+      (10; one attempt per ``deliver_notices`` run).
     """
 
     password_policy: PasswordPolicy = attrs.field(factory=CnilPasswordPolicy,
@@ -92,3 +105,8 @@ class Policies:
     provisional_validity: timedelta = attrs.field(default=timedelta(days=90),
                                                   validator=_validity)
     provisional_length: int = attrs.field(default=8, validator=_length)
+    # the way back
+    reset_validity: timedelta = attrs.field(default=timedelta(hours=1), validator=_validity)
+    email_confirmation_validity: timedelta = attrs.field(default=timedelta(hours=24),
+                                                         validator=_validity)
+    notice_attempts: int = attrs.field(default=10, validator=_attempts)

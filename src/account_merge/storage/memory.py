@@ -14,7 +14,7 @@ It is also the plainest reading of the storage contract
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any, Self
@@ -26,6 +26,7 @@ from account_merge.domain.audit import AuditRecord
 from account_merge.domain.child import ChildLink
 from account_merge.domain.establishment import Establishment
 from account_merge.domain.events import OutboxEntry
+from account_merge.domain.notices import NoticeState, NoticeStatus
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import ExpectationFailed, LoginTaken
 from account_merge.ports.storage import (
@@ -56,6 +57,12 @@ class _Tables:
         self.outbox: list[OutboxEntry] = []
         self.first_unpublished = 0
         self.audit: list[AuditRecord] = []
+        # tier email_index: account id -> key, and key -> account ids
+        self.email_of: dict[str, str] = {}
+        self.emails: dict[str, frozenset[str]] = {}
+        # tier notices: the states by id, and the last outbox position turned into notices
+        self.notices: dict[str, NoticeState] = {}
+        self.notice_cursor = 0
 
 
 class InMemoryStorage:
@@ -278,3 +285,56 @@ class _InMemoryUnitOfWork:
         if first != previous:
             self._t.first_unpublished = first
             self._undo.append(lambda: setattr(self._t, "first_unpublished", previous))
+
+    # tier email_index ---------------------------------------------------------
+    def index_email(self, account_id: str, key: str | None) -> None:
+        self._check_open()
+        t = self._t
+        old = t.email_of.get(account_id)
+        if old == key:
+            return
+        if old is not None:
+            self._set(t.emails, old, t.emails.get(old, frozenset()) - {account_id})
+            self._delete(t.email_of, account_id)
+        if key is not None:
+            self._set(t.emails, key, t.emails.get(key, frozenset()) | {account_id})
+            self._set(t.email_of, account_id, key)
+
+    def accounts_by_email(self, key: str, limit: int) -> list[AccountRecord]:
+        self._check_open()
+        found = (self._record(i) for i in sorted(self._t.emails.get(key, ())))
+        return [r for r in found if r is not None][:limit]
+
+    # tier notices -----------------------------------------------------------------
+    def notice_cursor(self) -> int:
+        self._check_open()
+        return self._t.notice_cursor
+
+    def outbox_after(self, position: int, limit: int) -> list[OutboxEntry]:
+        self._check_open()
+        start = max(position, 0)
+        return self._t.outbox[start:start + limit]
+
+    def add_notices(self, states: Sequence[NoticeState], cursor: int) -> None:
+        self._check_open()
+        t = self._t
+        for state in states:
+            if state.id not in t.notices:
+                self._set(t.notices, state.id, state)
+        if cursor > t.notice_cursor:
+            previous = t.notice_cursor
+            t.notice_cursor = cursor
+            self._undo.append(lambda: setattr(t, "notice_cursor", previous))
+
+    def pending_notices(self, limit: int) -> list[tuple[NoticeState, OutboxEntry]]:
+        self._check_open()
+        pending = sorted((s for s in self._t.notices.values()
+                          if s.status is NoticeStatus.PENDING),
+                         key=lambda s: (s.position, s.id))[:limit]
+        return [(s, self._t.outbox[s.position - 1]) for s in pending]
+
+    def update_notices(self, states: Sequence[NoticeState]) -> None:
+        self._check_open()
+        for state in states:
+            if state.id in self._t.notices:
+                self._set(self._t.notices, state.id, state)

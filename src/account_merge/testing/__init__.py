@@ -28,6 +28,7 @@ from account_merge.credentials import Argon2Verifier
 from account_merge.domain.child import Child  # noqa: F401  (used by the doctests)
 from account_merge.domain.establishment import Establishment, uai_check_letter
 from account_merge.domain.events import Event, OutboxEntry
+from account_merge.domain.notices import Notice, NoticeKind
 from account_merge.exceptions import AccountMergeError
 from account_merge.ports import CredentialVerifier, Storage
 from account_merge.service import MergeService
@@ -37,6 +38,7 @@ from account_merge.testing.bulk import BulkAccounts, bulk_load
 __all__ = [
     "BulkAccounts",
     "CapturedEvents",
+    "CapturingMailer",
     "CountingVerifier",
     "FakeClock",
     "bulk_load",
@@ -189,6 +191,47 @@ def capture_events(service: MergeService) -> Iterator[CapturedEvents]:
         yield captured
     finally:
         captured.entries = [e for e in _all_unpublished(service) if e.position > last]
+
+
+class CapturingMailer:
+    """A mailer that keeps what it is given: ``sent`` lists the notices, in order.
+
+    *fail* (a callable taking the notice) makes a send fail when it returns
+    True, to test what happens then.
+
+    >>> mailer = CapturingMailer()
+    >>> service = make_service(secret_key="a test secret key of the host",
+    ...                        links={"password_reset": "https://ent.example/mdp/{token}"})
+    >>> service.deliver_notices(mailer)
+    0
+    >>> mailer.sent
+    []
+    """
+
+    def __init__(self, fail: Callable[[Notice], bool] | None = None) -> None:
+        self.sent: list[Notice] = []
+        self.fail = fail
+        self._lock = threading.Lock()
+
+    def send(self, notice: Notice) -> None:
+        if self.fail is not None and self.fail(notice):
+            raise ConnectionError("the capturing mailer was told to fail")
+        with self._lock:
+            self.sent.append(notice)
+
+    def of_kind(self, kind: NoticeKind) -> list[Notice]:
+        """The notices sent of one kind."""
+        return [n for n in self.sent if n.kind is kind]
+
+    def last(self, kind: NoticeKind | None = None) -> Notice:
+        """The last notice sent (of *kind*); ``LookupError`` if there is none."""
+        found = self.sent if kind is None else self.of_kind(kind)
+        if not found:
+            raise LookupError(f"no notice {kind.value if kind else ''} was sent")
+        return found[-1]
+
+    def __repr__(self) -> str:
+        return f"CapturingMailer(sent={len(self.sent)})"
 
 
 def make_establishment(number: int = 860001, name: str | None = None) -> Establishment:

@@ -3,9 +3,9 @@
 Accounts, letters and the audit trail are read-only: they change only
 through the service, so that every change keeps the rules, writes its
 event and its audit record.  Establishments can be added and renamed,
-with the staff allowed to split for them.  The split is an action on the
-accounts, offered to users with the ``account_merge.split_account``
-permission and carried out only for the establishments the project's
+with the staff allowed to split for them.  The split, and the re-issue of
+a lost letter, are actions on the accounts, offered to users with the
+``account_merge.split_account`` permission and carried out only for the establishments the project's
 rule allows them (``ACCOUNT_MERGE["SPLIT_AUTHORIZATION"]``); its result
 page prints the new letters (a split makes one new account per letter
 the moved children came with), whose provisional passwords are shown
@@ -75,7 +75,7 @@ class AccountAdmin(ReadOnlyAdmin):
     fields = readonly_fields = ("id", "login", "display_name", "role", "status",
                                 "establishment_uai", "email", "created_at", "merged_into")
     inlines = [ChildLinkInline]
-    actions = ["split_merge"]
+    actions = ["split_merge", "reissue_letter"]
 
     def has_split_permission(self, request: HttpRequest) -> bool:
         """Whether the split action is offered at all (the permission)."""
@@ -120,6 +120,51 @@ class AccountAdmin(ReadOnlyAdmin):
             "letters": [{"login": letter.login, "children": letter.children,
                          "text": letter.render()}
                         for receipt in done for letter in receipt.letters],
+        })
+        add_never_cache_headers(response)
+        return response
+
+    @admin.action(permissions=["split"],
+                  description=_("Rééditer le courrier (pour mes établissements)"))
+    def reissue_letter(self, request: HttpRequest,
+                       queryset: QuerySet[m.Account]) -> HttpResponse | None:
+        """A new letter, with the same login, for each selected account (a lost letter).
+
+        Done by the first establishment the user may act for whose letter
+        carried a child now on the account; the old password stops working.
+        The page that follows prints the letters; it is never cached.
+        """
+        service = get_service()
+        letters = []
+        for account in queryset:
+            uais = sorted(set(m.ChildLink.objects.filter(account_id=account.id)
+                              .values_list("origin_establishment_uai", flat=True)))
+            allowed = [uai for uai in uais if is_allowed_to_split(request.user, uai)]
+            if not allowed:
+                self.message_user(request, gettext(
+                    "%(login)s : aucun enfant d'un de vos établissements n'est rattaché à ce "
+                    "compte.") % {"login": account.login}, messages.WARNING)
+                continue
+            establishment = m.Establishment.objects.filter(uai=allowed[0]).first()
+            name = establishment.name if establishment is not None else allowed[0]
+            try:
+                letters.append(service.reissue_letter(Establishment(allowed[0], name),
+                                                      account.id))
+            except AccountMergeError as error:
+                self.message_user(request, gettext("%(login)s (%(uai)s) : %(message)s") % {
+                    "login": account.login, "uai": allowed[0],
+                    "message": error_message(error, get_language())}, messages.ERROR)
+        if not letters:
+            return None
+        response = TemplateResponse(request, "account_merge/admin/split_letters.html", {
+            **self.admin_site.each_context(request),
+            "title": gettext("Courriers réédités"),
+            "intro": gettext("Même identifiant, nouveau mot de passe provisoire : l'ancien ne "
+                             "fonctionne plus. Imprimez chaque courrier maintenant, le mot de "
+                             "passe provisoire n'est affiché qu'une fois."),
+            "opts": self.model._meta,
+            "letters": [{"login": letter.login, "children": letter.children,
+                         "text": letter.render()} for letter in letters],
         })
         add_never_cache_headers(response)
         return response

@@ -3,7 +3,7 @@
 The keys are the library's one vocabulary of settings, the same as
 Flask's ``ACCOUNT_MERGE_*`` keys, read by
 :func:`account_merge.service.bootstrap.read_settings` (its docstring lists
-them all), plus three that only a Django project has.  Every key is
+them all), plus four that only a Django project has.  Every key is
 optional; unknown keys are refused (``manage.py check`` reports them as
 ``account_merge.E001``)::
 
@@ -26,6 +26,11 @@ optional; unknown keys are refused (``manage.py check`` reports them as
         # accepts as credentials; None: the format of the first of the
         # project's PASSWORD_HASHERS; [] for none.
         "DJANGO_HASHERS": [],
+        # On SQLite: where the attempts journal of the store's database is
+        # (failed-attempt counters and failure audits, which must outlive a
+        # request's rollback); {database} is the database file's path,
+        # {name} its file name.  See docs/integrations/django.md.
+        "ATTEMPTS_JOURNAL": "{database}-attempts.sqlite3",
     }
 
 Without ``VERIFIER``, the service verifies with
@@ -51,6 +56,7 @@ from account_merge.credentials import Argon2Verifier
 from account_merge.exceptions import InvalidInput
 from account_merge.ports.verifier import CredentialVerifier
 from account_merge.service.bootstrap import Settings, read_settings
+from account_merge.storage.attempts import DEFAULT_TEMPLATE, check_template
 
 __all__ = ["DEFAULT_SPLIT_AUTHORIZATION", "DJANGO_ONLY", "SETTING", "AppSettings",
            "check_databases", "check_settings", "load", "split_authorization"]
@@ -62,7 +68,8 @@ SETTING: Final = "ACCOUNT_MERGE"
 DEFAULT_SPLIT_AUTHORIZATION: Final = "account_merge.contrib.django.permissions.may_split"
 
 #: The keys only a Django project has (the others are :func:`read_settings`'s).
-DJANGO_ONLY: Final = frozenset({"DATABASE", "SPLIT_AUTHORIZATION", "DJANGO_HASHERS"})
+DJANGO_ONLY: Final = frozenset({"DATABASE", "SPLIT_AUTHORIZATION", "DJANGO_HASHERS",
+                                "ATTEMPTS_JOURNAL"})
 
 #: Keys of earlier development versions, and what replaced them.
 _RENAMED: Final[Mapping[str, str]] = {
@@ -86,6 +93,8 @@ class AppSettings:
     service: Settings
     #: True if ``VERIFIER`` names the project's own verifier.
     own_verifier: bool = False
+    #: The template of the attempts journal's path (SQLite).
+    attempts_journal: str = DEFAULT_TEMPLATE
 
     def verifier(self) -> CredentialVerifier:
         """The verifier the service uses: ``VERIFIER``, else a ``DjangoPasswordVerifier``."""
@@ -136,6 +145,17 @@ def _given() -> dict[str, Any]:
     return {str(key).upper(): value for key, value in given.items()}
 
 
+def _journal_template(value: Any) -> str:
+    if value is not None and not isinstance(value, str):
+        raise ImproperlyConfigured(f"{_name('ATTEMPTS_JOURNAL')} must be a path (a string) "
+                                   "or None")
+    try:
+        return check_template(value)
+    except InvalidInput as error:
+        raise ImproperlyConfigured(f"{_name('ATTEMPTS_JOURNAL')} "
+                                   f"{error.message.split(': ', 1)[-1]}") from None
+
+
 def _split_path(value: Any) -> str:
     if value is None:
         return DEFAULT_SPLIT_AUTHORIZATION
@@ -170,6 +190,7 @@ def load() -> AppSettings:
         django_hashers=_hashers(own.get("DJANGO_HASHERS")),
         service=service,
         own_verifier=upper.get("VERIFIER") is not None,
+        attempts_journal=_journal_template(own.get("ATTEMPTS_JOURNAL")),
     )
 
 

@@ -23,6 +23,7 @@ from django.utils.translation import gettext_lazy as _
 
 from account_merge.domain.account import AccountStatus, CredentialKind, Role
 from account_merge.domain.audit import AuditAction
+from account_merge.domain.notices import NoticeStatus
 from account_merge.domain.validation import MAX_EMAIL_LENGTH, MAX_ID_LENGTH, MAX_NAME_LENGTH
 
 if TYPE_CHECKING:
@@ -34,9 +35,12 @@ __all__ = [
     "Child",
     "ChildLink",
     "Credential",
+    "EmailIndexEntry",
     "Establishment",
     "EstablishmentStaff",
     "Letter",
+    "Notice",
+    "NoticeCursor",
     "OutboxEvent",
     "Receipt",
     "Throttle",
@@ -47,7 +51,8 @@ _KEY_LENGTH = 255
 _UAI_LENGTH = 8
 
 
-def _choices(enum: type[AccountStatus] | type[Role] | type[CredentialKind] | type[AuditAction],
+def _choices(enum: type[AccountStatus] | type[Role] | type[CredentialKind] | type[AuditAction]
+             | type[NoticeStatus],
              labels: dict[str, StrOrPromise]) -> list[tuple[str, StrOrPromise]]:
     return [(member.value, labels.get(member.value, member.value)) for member in enum]
 
@@ -58,10 +63,18 @@ ROLE_CHOICES = _choices(Role, {"responsable": _("responsable"), "eleve": _("él�
 KIND_CHOICES = _choices(CredentialKind, {"provisional": _("mot de passe provisoire"),
                                          "password": _("mot de passe")})
 ACTION_CHOICES = _choices(AuditAction, {
-    "register_establishment": _("enregistrement d'établissement"), "issue": _("émission"), "activate": _("activation"), "authenticate": _("connexion"),
+    "register_establishment": _("enregistrement d'établissement"), "issue": _("émission"),
+    "activate": _("activation"), "authenticate": _("connexion"),
     "change_password": _("changement de mot de passe"),
     "change_email": _("changement d'e-mail"), "merge": _("regroupement"),
-    "split": _("séparation")})
+    "split": _("séparation"),
+    # the way back
+    "request_password_reset": _("demande de réinitialisation"),
+    "reset_password": _("réinitialisation du mot de passe"),
+    "request_login_reminder": _("demande de rappel d'identifiant"),
+    "request_email_change": _("demande de changement d'e-mail"),
+    "confirm_email": _("confirmation d'e-mail"),
+    "reissue_letter": _("réédition du courrier"), "notice": _("message")})
 
 
 class Establishment(models.Model):
@@ -312,3 +325,62 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.action} {self.outcome}"
+
+
+# -- the way back: tiers email_index and notices -----------------------------------------
+
+#: Longest key of an address (NFKC may lengthen the 254 characters of an address).
+_EMAIL_KEY_LENGTH = 1024
+NOTICE_STATUS_CHOICES = _choices(NoticeStatus, {"pending": _("à envoyer"), "sent": _("envoyé"),
+                                                "dropped": _("abandonné")})
+
+
+class EmailIndexEntry(models.Model):
+    """Tier ``email_index``: the key of the address an account has on record."""
+
+    account = models.OneToOneField(Account, on_delete=models.CASCADE, primary_key=True,
+                                   related_name="email_index", verbose_name=_("compte"))
+    key = models.CharField(_("adresse (forme comparée)"), max_length=_EMAIL_KEY_LENGTH)
+
+    class Meta:
+        verbose_name = _("adresse confirmée")
+        verbose_name_plural = _("adresses confirmées")
+        indexes = [models.Index(fields=["key", "account"], name="account_merge_email_key")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id}"
+
+
+class Notice(models.Model):
+    """Tier ``notices``: the delivery state of one notice (never its text: it may hold a link)."""
+
+    id = models.CharField(max_length=128, primary_key=True)
+    event = models.ForeignKey(OutboxEvent, on_delete=models.CASCADE, db_column="position",
+                              related_name="notices", verbose_name=_("événement"))
+    role = models.CharField(_("destinataire"), max_length=64)
+    status = models.CharField(_("état"), max_length=16, choices=NOTICE_STATUS_CHOICES)
+    attempts = models.IntegerField(_("échecs d'envoi"), default=0)
+    updated_at = models.DateTimeField(_("mis à jour le"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("message")
+        verbose_name_plural = _("messages")
+        indexes = [models.Index(fields=["event", "id"], name="account_merge_notice_todo",
+                                condition=Q(status="pending"))]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class NoticeCursor(models.Model):
+    """Tier ``notices``: one row (id 1), the last outbox position turned into notices."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    position = models.BigIntegerField()
+
+    class Meta:
+        verbose_name = _("curseur des messages")
+        verbose_name_plural = _("curseurs des messages")
+
+    def __str__(self) -> str:
+        return str(self.position)

@@ -30,14 +30,16 @@ _service: MergeService | None = None
 
 def get_storage(app_settings: AppSettings | None = None) -> DjangoStorage:
     """The store on the database named by ``ACCOUNT_MERGE["DATABASE"]`` (or the routers')."""
-    return DjangoStorage(using=(app_settings or load()).database)
+    loaded = app_settings or load()
+    return DjangoStorage(using=loaded.database, attempts_journal=loaded.attempts_journal)
 
 
 def build_service(app_settings: AppSettings | None = None) -> MergeService:
     """A new MergeService from *app_settings* (default: the project's settings)."""
     s = app_settings or load()
     return MergeService(get_storage(s), s.verifier(), s.service.clock,
-                        policies=s.service.policies)
+                        policies=s.service.policies,
+                        secret_key=s.service.secret_key, links=s.service.links)
 
 
 def get_service() -> MergeService:

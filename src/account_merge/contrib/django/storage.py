@@ -31,9 +31,20 @@ Django's own (closed at the end of a request unless ``CONN_MAX_AGE`` keeps
 it, or by :meth:`DjangoStorage.close`), and waits at most
 ``side_lock_timeout`` seconds for a lock, so that the two connections of
 one thread, which the server cannot see waiting on each other, never
-wait forever.  On SQLite there is no side connection: the host's
-transaction may hold the write lock, so a second connection could only
-wait for it; the failures commit or roll back with the host's transaction.
+wait forever.
+
+On SQLite a second connection could only wait for the write lock the
+host's transaction holds, so the store keeps the failed-attempt counters
+and the audit records of failures in the *attempts journal*
+(:mod:`account_merge.storage.attempts`), a SQLite file of their own beside
+the database (``<database>-attempts.sqlite3``; in memory for an in-memory
+database), written by the store's own connection in a transaction of the
+unit of work's own that ``commit()`` commits first.  It does so in every
+unit of work on SQLite, inside a host's transaction or not, so that every
+store of the database finds its counters in one place, and it reads,
+counts and locks them there (the journal's transaction of a writing unit
+of work begins ``IMMEDIATE``, after the database's write lock is taken);
+``audit_records`` interleaves both trails in the order they were written.
 
 Concurrency.  On PostgreSQL (READ COMMITTED): ``Fetch(lock=True)`` locks
 the counters it names, then the accounts by id: a counter with a
@@ -67,6 +78,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -86,6 +98,7 @@ from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.child import Child, ChildLink
 from account_merge.domain.establishment import Establishment
 from account_merge.domain.events import OutboxEntry, event_from_payload
+from account_merge.domain.notices import NoticeState, NoticeStatus
 from account_merge.domain.receipts import MergeReceipt
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import (
@@ -101,6 +114,16 @@ from account_merge.ports.storage import (
     Fetch,
     Fetched,
     StoredReceipt,
+)
+from account_merge.storage.attempts import (
+    Attempts,
+    AttemptsJournal,
+    JournalTransaction,
+    check_template,
+    file_journal,
+    memory_journal,
+    merge_trails,
+    split_attempts,
 )
 
 __all__ = ["DEFAULT_SIDE_LOCK_TIMEOUT", "DjangoStorage", "close_obsolete_side_connections",
@@ -120,6 +143,8 @@ _MERGED: Final = AccountStatus.MERGED.value
 DEFAULT_SIDE_LOCK_TIMEOUT: Final = 5.0
 #: The suffix of a side connection's alias (registered for its thread only).
 _SIDE_SUFFIX: Final = "~account_merge_side"
+#: The app's rows in an attempts journal, beside other stores' (SQLite).
+_JOURNAL_NAMESPACE: Final = f"django:{m.Throttle._meta.db_table}"
 
 _ACCOUNT_FIELDS: Final = ("login", "role", "status", "display_name", "establishment_uai",
                           "created_at", "email", "merged_into", "merged_seq",
@@ -357,19 +382,27 @@ class DjangoStorage:
 
     *using* is a database alias; None lets the project's routers choose.
     *side_lock_timeout* bounds, in seconds, the lock waits of the side
-    connection (PostgreSQL, inside a host's transaction).  Nothing
-    connects before the first unit of work, and connections are Django's
-    own: one per thread, opened and closed as Django does.
+    connection (PostgreSQL, inside a host's transaction).
+    *attempts_journal* is where the attempts journal of a SQLite database
+    is, a template of :func:`~account_merge.storage.attempts.journal_path`
+    (default ``"{database}-attempts.sqlite3"``); every store of one
+    database must be given the same.  Nothing connects before the first
+    unit of work, and connections are Django's own: one per thread, opened
+    and closed as Django does.
     """
 
     def __init__(self, using: str | None = None, *,
-                 side_lock_timeout: float = DEFAULT_SIDE_LOCK_TIMEOUT) -> None:
+                 side_lock_timeout: float = DEFAULT_SIDE_LOCK_TIMEOUT,
+                 attempts_journal: str | os.PathLike[str] | None = None) -> None:
         if isinstance(side_lock_timeout, bool) or not isinstance(side_lock_timeout,
                                                                  int | float) \
                 or side_lock_timeout <= 0:
             raise ValueError("side_lock_timeout must be a positive number of seconds")
         self.using = using
         self.side_lock_timeout = float(side_lock_timeout)
+        self.attempts_journal = check_template(attempts_journal)
+        self._journals: set[AttemptsJournal] = set()
+        self._journals_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DjangoStorage(using={self.using!r})"
@@ -383,15 +416,43 @@ class DjangoStorage:
 
         Inside a host's transaction on PostgreSQL, a change set of failed
         attempts only (``changes.only_attempts``) is one transaction of the
-        side connection, and nothing reaches the host's.
+        side connection, and nothing reaches the host's; on SQLite, one
+        transaction of the attempts journal.
         """
         with self.unit_of_work(write=True) as uow:
             uow.apply(changes)
             uow.commit()
 
     def close(self) -> None:
-        """Close this thread's side connections; Django owns the others."""
+        """Close this thread's side connections and journal connections; Django owns the others."""
         close_side_connections()
+        with self._journals_lock:
+            journals = list(self._journals)
+        for journal in journals:
+            journal.close()
+
+    def forget_attempts(self, using: str | None = None) -> None:
+        """Empty this store's part of the attempts journal of a SQLite database.
+
+        For tests: the journal outlives the rollback of a test case's
+        transaction, as it outlives a request's (rule 6), so a suite that
+        counts failures starts each test with this.  *using* is the alias
+        (default: the store's for writing).  Nothing on another database.
+        """
+        connection = connections[using or self.alias(write=True)]
+        if connection.vendor == "sqlite":
+            self._journal_of(connection).forget(_JOURNAL_NAMESPACE)
+
+    def _journal_of(self, connection: BaseDatabaseWrapper) -> AttemptsJournal:
+        """The attempts journal of the SQLite database of *connection* (made if needed)."""
+        name = str(connection.settings_dict.get("NAME") or "")
+        if connection.is_in_memory_db():  # type: ignore[attr-defined]
+            found = memory_journal(f"django:{name}")
+        else:
+            found = file_journal(name, self.attempts_journal)
+        with self._journals_lock:
+            self._journals.add(found)
+        return found
 
     def alias(self, *, write: bool) -> str:
         """The database alias a unit of work uses."""
@@ -422,6 +483,7 @@ class _DjangoUnitOfWork:
         self._atomic: transaction.Atomic | None = None
         self._side: str | None = None
         self._side_atomic: transaction.Atomic | None = None
+        self._journal_tx: JournalTransaction | None = None
         self._hosted: bool | None = None  # decided when a transaction begins
         # (merged_into, merged_seq) of the accounts this transaction locked, and of
         # those they absorbed: replacing them needs no read of them again.
@@ -486,6 +548,26 @@ class _DjangoUnitOfWork:
     def _uses_side(self) -> bool:
         return self._postgres and self._is_hosted()
 
+    def _uses_journal(self) -> bool:
+        """On SQLite, always: the counters of a database are in one place for all its stores."""
+        return self._conn.vendor == "sqlite"
+
+    def _journal(self) -> JournalTransaction:
+        """This unit of work's transaction of the attempts journal (SQLite, rule 6)."""
+        self._main()  # the database's write lock first, then the journal's: one order
+        if self._journal_tx is None:
+            self._journal_tx = self._storage._journal_of(self._conn).transaction(
+                _JOURNAL_NAMESPACE, write=self._write, legacy=self._kept_throttles)
+        return self._journal_tx
+
+    def _kept_throttles(self) -> list[ThrottleState]:
+        """The counters kept in the database before the journal (which adopts them once)."""
+        with self._translating():
+            rows = list(m.Throttle.objects.using(self._main()).filter(
+                Q(consecutive__gt=0) | Q(last_failure_at__isnull=False)))
+        with self._decoding("a throttle state"):
+            return [_throttle_from_row(row) for row in rows]
+
     def _main(self) -> str:
         """The alias of the main connection, in this unit of work's transaction."""
         conn = self._conn
@@ -541,6 +623,7 @@ class _DjangoUnitOfWork:
         side, side_atomic, self._side, self._side_atomic = (self._side, self._side_atomic,
                                                              None, None)
         atomic, self._atomic = self._atomic, None
+        journal = self._journal_tx
         self._hosted = None
         self._locked = {}
         try:
@@ -549,7 +632,15 @@ class _DjangoUnitOfWork:
                     if not commit:
                         transaction.set_rollback(True, using=side)
                     side_atomic.__exit__(None, None, None)
+            if journal is not None:
+                if commit:
+                    journal.commit()
+                else:
+                    journal.rollback()
         except BaseException:
+            if journal is not None and commit:
+                with suppress(AccountMergeError):
+                    journal.rollback()
             # The side transaction could not commit: nothing reaches the host's either.
             if atomic is not None:
                 with suppress(DatabaseError):
@@ -613,6 +704,8 @@ class _DjangoUnitOfWork:
         plain = () if locking else request.throttles
         if not guarded and not plain:
             return {}
+        if self._uses_journal():
+            return self._journal().fetch(request)
         db = self._counters()
         rows = m.Throttle.objects.using(db)
         found: dict[str, m.Throttle] = {}
@@ -726,18 +819,27 @@ class _DjangoUnitOfWork:
                 rows = rows.filter(Q(account_id=account_id) | Q(actor=account_id))
             newest = list(rows.order_by("-id")[:max(0, limit)])
         with self._decoding("an audit record"):
-            return [_audit_from_row(row) for row in reversed(newest)]
+            main = [(row.id, _audit_from_row(row)) for row in reversed(newest)]
+        if not self._uses_journal():
+            return [record for _, record in main]
+        # The journal's records of failures, in their places among the database's.
+        with self._translating():
+            journal = self._journal().audit_records(account_id, limit)
+        return merge_trails(main, journal, limit)
 
     # writing -------------------------------------------------------------------------
     def apply(self, changes: ChangeSet) -> None:
         self._conn  # noqa: B018 - refuses a unit of work used outside its block
+        attempts = Attempts()
+        if self._uses_journal():
+            changes, attempts = split_attempts(changes)
         side_audit = [r for r in changes.audit if r.outcome != _SUCCESS] \
             if self._uses_side() else []
         main_audit = [r for r in changes.audit if r not in side_audit] \
             if side_audit else list(changes.audit)
         with self._translating():
             on_main = bool(changes) and not (changes.only_attempts and self._uses_side())
-            db = self._main() if on_main else ""
+            db = self._main() if on_main or attempts else ""
             if changes.expect:
                 self._check_expectations(db, changes)
             if changes.establishments:
@@ -784,11 +886,33 @@ class _DjangoUnitOfWork:
                 m.OutboxEvent.objects.using(db).filter(
                     position__in=sorted(set(changes.published)), published=False,
                 ).update(published=True)
-            if main_audit:
+            if attempts:
+                self._journal_attempts(db, attempts, main_audit)
+            elif main_audit:
                 m.AuditEntry.objects.using(db).bulk_create([_audit_row(r) for r in main_audit])
             if side_audit:
                 m.AuditEntry.objects.using(self._counters()).bulk_create(
                     [_audit_row(r) for r in side_audit])
+
+    def _journal_attempts(self, db: str, attempts: Attempts,
+                          main_audit: Sequence[AuditRecord]) -> None:
+        """Counters and records of failures into the journal (SQLite, rule 6).
+
+        The change set's other records go into the database, and each
+        failure remembers which of the database's records it follows.
+        """
+        journal = self._journal()
+        journal.put_throttles(attempts.throttles)
+        rows = m.AuditEntry.objects.using(db)
+        if not attempts.failures:
+            rows.bulk_create([_audit_row(r) for r in main_audit])
+            return
+        before = int(rows.aggregate(last=Max("id"))["last"] or 0)
+        after = before
+        if main_audit:
+            rows.bulk_create([_audit_row(r) for r in main_audit])
+            after = int(rows.aggregate(last=Max("id"))["last"] or 0)
+        journal.append_failures(attempts.placed(before, after, len(main_audit)))
 
     def _check_expectations(self, db: str, changes: ChangeSet) -> None:
         ids = sorted({e.account_id for e in changes.expect})
@@ -932,3 +1056,73 @@ class _DjangoUnitOfWork:
                             origin_establishment_uai=r.establishment_uai, via_merge=False,
                             linked_at=_to_db(r.created_at))
                 for r in rows])
+
+    # tiers email_index and notices (the way back) -------------------------------------
+    def index_email(self, account_id: str, key: str | None) -> None:
+        with self._translating():
+            rows = m.EmailIndexEntry.objects.using(self._main())
+            if key is None:
+                rows.filter(account_id=account_id).delete()
+            else:
+                rows.bulk_create([m.EmailIndexEntry(account_id=account_id, key=key)],
+                                 update_conflicts=True, unique_fields=["account"],
+                                 update_fields=["key"])
+
+    def accounts_by_email(self, key: str, limit: int) -> list[AccountRecord]:
+        with self._translating():
+            found = list(m.Account.objects.using(self._main()).select_related("credential")
+                         .filter(email_index__key=key).order_by("id")[:max(0, limit)])
+        with self._decoding("an account"):
+            return [_record_from_row(row) for row in found]
+
+    def notice_cursor(self) -> int:
+        with self._translating():
+            found = (m.NoticeCursor.objects.using(self._main()).filter(id=1)
+                     .values_list("position", flat=True).first())
+        return 0 if found is None else int(found)
+
+    def outbox_after(self, position: int, limit: int) -> list[OutboxEntry]:
+        with self._translating():
+            rows = list(m.OutboxEvent.objects.using(self._main()).filter(position__gt=position)
+                        .order_by("position")[:max(0, limit)])
+        with self._decoding("an outbox event"):
+            return [_outbox_entry_from_row(row) for row in rows]
+
+    def add_notices(self, states: Sequence[NoticeState], cursor: int) -> None:
+        with self._translating():
+            db = self._main()
+            m.Notice.objects.using(db).bulk_create(
+                [_notice_row(state) for state in states], ignore_conflicts=True)
+            cursors = m.NoticeCursor.objects.using(db)
+            # Raised, never lowered (two deliveries may run at once).
+            if not cursors.filter(id=1, position__lt=cursor).update(position=cursor):
+                cursors.bulk_create([m.NoticeCursor(id=1, position=cursor)],
+                                    ignore_conflicts=True)
+
+    def pending_notices(self, limit: int) -> list[tuple[NoticeState, OutboxEntry]]:
+        with self._translating():
+            rows = list(m.Notice.objects.using(self._main()).select_related("event")
+                        .filter(status=NoticeStatus.PENDING.value)
+                        .order_by("event_id", "id")[:max(0, limit)])
+        with self._decoding("a notice"):
+            return [(_notice_from_row(row), _outbox_entry_from_row(row.event)) for row in rows]
+
+    def update_notices(self, states: Sequence[NoticeState]) -> None:
+        if not states:
+            return
+        with self._translating():
+            m.Notice.objects.using(self._main()).bulk_update(
+                [_notice_row(state) for state in states],
+                ["event", "role", "status", "attempts", "updated_at"])
+
+
+def _notice_row(state: NoticeState) -> m.Notice:
+    return m.Notice(id=state.id, event_id=state.position, role=state.role,
+                    status=state.status.value, attempts=state.attempts,
+                    updated_at=_optional_to_db(state.updated_at))
+
+
+def _notice_from_row(row: m.Notice) -> NoticeState:
+    return NoticeState(id=row.id, position=int(row.event_id), role=row.role,
+                       status=NoticeStatus(row.status), attempts=row.attempts,
+                       updated_at=_optional_from_db(row.updated_at))

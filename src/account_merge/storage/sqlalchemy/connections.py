@@ -5,6 +5,13 @@ needs (it never begins one before a ``SELECT`` or a ``SAVEPOINT``), so a
 SQLite engine gets SQLAlchemy's documented recipe: the driver's
 ``isolation_level`` is ``None`` and a ``begin`` listener emits ``BEGIN``
 itself, ``BEGIN IMMEDIATE`` for a writing unit of work.
+
+An engine a store uses in session mode begins *every* transaction
+``IMMEDIATE`` (:func:`prepare_engine` with ``immediate=True``), as
+Django's ``"transaction_mode": "IMMEDIATE"`` does: a host's request that
+reads its session first would otherwise hold a read transaction that
+SQLite cannot turn into a write once another request has written, and
+the library's step would fail with ``concurrent_update``.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from sqlalchemy import Connection, Dialect, Engine, event
 
 from account_merge.exceptions import InvalidInput
 
-__all__ = ["BEGIN_IMMEDIATE", "SIDE_LOCK_TIMEOUT", "check_dialect", "milliseconds",
-           "prepare_engine"]
+__all__ = ["ALWAYS_IMMEDIATE", "BEGIN_IMMEDIATE", "SIDE_LOCK_TIMEOUT", "check_dialect",
+           "milliseconds", "prepare_engine"]
 
 _SUPPORTED = ("postgresql", "sqlite")
 #: Execution option marking a connection whose transaction must begin IMMEDIATE.
 BEGIN_IMMEDIATE = "account_merge_begin_immediate"
+#: Execution option of an engine whose every transaction begins IMMEDIATE (session mode).
+ALWAYS_IMMEDIATE = "account_merge_always_immediate"
 #: Seconds a side connection waits for a lock when no lock_timeout is given.
 SIDE_LOCK_TIMEOUT = 5.0
 
@@ -44,17 +53,24 @@ def _sqlite_begin(conn: Connection) -> None:
         return
     if dbapi_connection.isolation_level is not None:
         dbapi_connection.isolation_level = None  # a connection pooled before we came
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(BEGIN_IMMEDIATE) else "BEGIN")
+    immediate = options.get(BEGIN_IMMEDIATE) or options.get(ALWAYS_IMMEDIATE)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def prepare_engine(engine: Engine) -> None:
-    """Apply the pysqlite transaction recipe to a SQLite engine (once)."""
+def prepare_engine(engine: Engine, *, immediate: bool = False) -> None:
+    """Apply the pysqlite transaction recipe to a SQLite engine (once).
+
+    With *immediate*, every transaction on the engine begins ``IMMEDIATE``
+    from now on (see the module docstring).
+    """
     if engine.dialect.name != "sqlite":
         return
     with _listeners_lock:
         if not event.contains(engine, "begin", _sqlite_begin):
             event.listen(engine, "connect", _sqlite_connect)
             event.listen(engine, "begin", _sqlite_begin)
+        if immediate and not engine.get_execution_options().get(ALWAYS_IMMEDIATE):
+            engine.update_execution_options(**{ALWAYS_IMMEDIATE: True})
 
 
 def check_dialect(dialect: Dialect) -> None:

@@ -142,6 +142,14 @@ class CoreStatements:
                 for k in request.count])
         return found
 
+    def kept_throttles(self, conn: Connection) -> list[ThrottleState]:
+        """Every counter not at rest (the journal adopts them on SQLite, once)."""
+        th = self._t.throttles
+        stmt = self._stmt("kept throttles", lambda: select(
+            *(th.c[n] for n in rows.THROTTLE_COLUMNS)).where(
+            or_(th.c.consecutive > 0, th.c.last_failure_at.is_not(None))))
+        return [rows.read_throttle(row) for row in conn.execute(stmt)]
+
     def unpublished(self, conn: Connection, limit: int) -> list[OutboxEntry]:
         """The oldest unpublished outbox entries, by position."""
         o = self._t.outbox
@@ -153,8 +161,13 @@ class CoreStatements:
     def audit_records(self, conn: Connection, account_id: str | None,
                       limit: int) -> list[AuditRecord]:
         """The last *limit* audit records (about *account_id* if given), oldest first."""
+        return [record for _, record in self.audit_entries(conn, account_id, limit)]
+
+    def audit_entries(self, conn: Connection, account_id: str | None,
+                      limit: int) -> list[tuple[int, AuditRecord]]:
+        """:meth:`audit_records` with the ``seq`` of each record."""
         au = self._t.audit
-        columns = [au.c[n] for n in rows.AUDIT_COLUMNS]
+        columns = [au.c[n] for n in rows.AUDIT_COLUMNS] + [au.c.seq]
         if account_id is None:
             stmt = self._stmt("audit", lambda: select(*columns).order_by(au.c.seq.desc())
                               .limit(bindparam("limit")))
@@ -164,7 +177,13 @@ class CoreStatements:
                 au.c.actor == bindparam("account_id"))).order_by(au.c.seq.desc())
                 .limit(bindparam("limit")))
         found = conn.execute(stmt, {"account_id": account_id, "limit": limit}).all()
-        return [rows.read_audit(row) for row in reversed(found)]
+        return [(row[-1], rows.read_audit(row)) for row in reversed(found)]
+
+    def last_audit_seq(self, conn: Connection) -> int:
+        """The ``seq`` of the last audit record (0 for none)."""
+        au = self._t.audit
+        stmt = self._stmt("last audit", lambda: select(func.coalesce(func.max(au.c.seq), 0)))
+        return int(conn.execute(stmt).scalar_one())
 
     # -- writing ---------------------------------------------------------------------------
     def apply(self, conn: Connection, changes: ChangeSet, url: URL | None) -> None:

@@ -21,7 +21,12 @@ What changed since the first release of these tables, and what
   statement that counts an attempt on PostgreSQL gives back;
 - ``outbox_head``: the last outbox position given, one row whose lock
   orders the writers of events on PostgreSQL (filled from the outbox
-  there; unused on SQLite, which has one writer at a time).
+  there; unused on SQLite, which has one writer at a time);
+- the way back's tiers: ``email_index`` (the key of each account's
+  address on record) and ``notices`` with ``notice_cursor`` (the delivery
+  state of notices, and the last outbox position turned into notices): new
+  tables, created empty (the events of an earlier release are looked at
+  once for notices, and the notices of old ones dropped when made).
 """
 
 from __future__ import annotations
@@ -240,6 +245,34 @@ def make_metadata(
         Column("last_position", BigInteger, nullable=False),
         PrimaryKeyConstraint("id", name=f"{p}outbox_head_pkey"),
     )
+    # -- the way back: tiers email_index and notices --------------------------------
+    table(
+        "email_index",
+        Column("account_id", _id(), nullable=False),
+        Column("key", Text, nullable=False),
+        PrimaryKeyConstraint("account_id", name=f"{p}email_index_pkey"),
+        Index(f"{p}email_index_key_idx", "key", "account_id"),
+    )
+    notices = table(
+        "notices",
+        Column("id", String(128), nullable=False),
+        Column("position", BigInteger, nullable=False),
+        Column("role", String(64), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("updated_at", UtcDateTime()),
+        PrimaryKeyConstraint("id", name=f"{p}notices_pkey"),
+    )
+    pending = notices.c.status == "pending"
+    Index(f"{p}notices_pending_idx", notices.c.position, notices.c.id,
+          postgresql_where=pending, sqlite_where=pending)
+    table(
+        "notice_cursor",
+        # One row (id 1): the last outbox position turned into notices.
+        Column("id", SmallInteger, autoincrement=False, nullable=False),
+        Column("position", BigInteger, nullable=False),
+        PrimaryKeyConstraint("id", name=f"{p}notice_cursor_pkey"),
+    )
     table(
         "audit",
         Column("seq", _serial(), autoincrement=True, nullable=False),
@@ -277,6 +310,10 @@ class Tables:
     outbox: Table
     outbox_head: Table
     audit: Table
+    # the way back
+    email_index: Table
+    notices: Table
+    notice_cursor: Table
 
     @classmethod
     def build(cls, prefix: str, schema: str | None) -> Tables:
@@ -287,7 +324,7 @@ class Tables:
 
         return cls(md, prefix, schema, t("establishments"), t("accounts"), t("credentials"),
                    t("links"), t("throttles"), t("receipts"), t("outbox"), t("outbox_head"),
-                   t("audit"))
+                   t("audit"), t("email_index"), t("notices"), t("notice_cursor"))
 
     def old_children(self) -> Table:
         """The ``children`` table of the first release, which links no longer use."""

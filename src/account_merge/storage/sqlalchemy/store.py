@@ -7,6 +7,8 @@ on SQLite in :mod:`~account_merge.storage.sqlalchemy.portable`.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,12 @@ from sqlalchemy.orm import Session
 
 from account_merge.exceptions import AccountMergeError, InvalidInput, StorageError
 from account_merge.ports.storage import ChangeSet, write_alone
+from account_merge.storage.attempts import (
+    AttemptsJournal,
+    check_template,
+    file_journal,
+    memory_journal,
+)
 from account_merge.storage.bulk import BulkAccount
 from account_merge.storage.sqlalchemy import schema
 from account_merge.storage.sqlalchemy.connections import (
@@ -29,6 +37,7 @@ from account_merge.storage.sqlalchemy.errors import store_name, translate
 from account_merge.storage.sqlalchemy.portable import CoreStatements
 from account_merge.storage.sqlalchemy.postgres import PostgresStatements
 from account_merge.storage.sqlalchemy.schema import DEFAULT_PREFIX, Tables
+from account_merge.storage.sqlalchemy.tiers import TierStatements
 from account_merge.storage.sqlalchemy.unit_of_work import SQLAlchemyUnitOfWork, check_outcome
 
 if TYPE_CHECKING:
@@ -54,7 +63,16 @@ class SQLAlchemyStorage:
 
     Giving a SQLite engine applies SQLAlchemy's documented pysqlite recipe
     to it (listeners that emit ``BEGIN`` themselves), which the host's
-    other uses of the engine also get.
+    other uses of the engine also get; in session mode, every transaction
+    on the session's SQLite engine then begins ``IMMEDIATE``.
+
+    On SQLite, in both modes, the failed-attempt counters and the audit
+    records of failures are kept in the attempts journal
+    (:mod:`account_merge.storage.attempts`), so that they outlive a host's
+    rollback; *attempts_journal* is where it is, a template of
+    :func:`~account_merge.storage.attempts.journal_path` (default
+    ``"{database}-attempts.sqlite3"``; in memory for an in-memory
+    database).  Give every store of one database the same.
     """
 
     def __init__(
@@ -65,6 +83,7 @@ class SQLAlchemyStorage:
         prefix: str = DEFAULT_PREFIX,
         schema: str | None = None,
         lock_timeout: float | None = None,
+        attempts_journal: str | os.PathLike[str] | None = None,
     ) -> None:
         if (engine is None) == (session is None):
             raise TypeError("SQLAlchemyStorage takes an engine or a session=, not both")
@@ -75,10 +94,14 @@ class SQLAlchemyStorage:
         self._owns_engine = False
         self._tables = Tables.build(prefix, schema)
         self._core = CoreStatements(self._tables)
+        self._tiers = TierStatements(self._tables)
         self._pg: PostgresStatements | None = None
         self._prefix = prefix
         self._schema = schema
         self._lock_timeout = lock_timeout
+        self._attempts_journal = check_template(attempts_journal)
+        self._journals: set[AttemptsJournal] = set()
+        self._journals_lock = threading.Lock()
         if engine is not None:
             check_dialect(engine.dialect)
             prepare_engine(engine)
@@ -91,6 +114,7 @@ class SQLAlchemyStorage:
         prefix: str = DEFAULT_PREFIX,
         schema: str | None = None,
         lock_timeout: float | None = None,
+        attempts_journal: str | os.PathLike[str] | None = None,
         **engine_options: Any,
     ) -> SQLAlchemyStorage:
         """A store on an engine of its own, disposed of by :meth:`close`.
@@ -100,7 +124,7 @@ class SQLAlchemyStorage:
         :func:`sqlalchemy.create_engine`.  Nothing connects yet.
         """
         storage = cls(create_engine(url, **engine_options), prefix=prefix, schema=schema,
-                      lock_timeout=lock_timeout)
+                      lock_timeout=lock_timeout, attempts_journal=attempts_journal)
         storage._owns_engine = True
         return storage
 
@@ -197,8 +221,24 @@ class SQLAlchemyStorage:
             uow.insert_bulk(rows)
             uow.commit()
 
+    def forget_attempts(self) -> None:
+        """Empty this store's part of the attempts journal of a SQLite database.
+
+        For tests: the journal outlives the rollback of a test's session,
+        as it outlives a host's (rule 6), so a suite that counts failures
+        starts each test with this.  Nothing on PostgreSQL.
+        """
+        engine = self._bind_engine()
+        if engine.dialect.name == "sqlite":
+            self._journal(engine).forget(self._journal_namespace)
+
     def close(self) -> None:
-        """Dispose of the engine if this store made it (``from_url``); else nothing."""
+        """Dispose of the engine if this store made it (``from_url``), close this thread's
+        connections to the attempts journal (SQLite); nothing else."""
+        with self._journals_lock:
+            journals = list(self._journals)
+        for journal in journals:
+            journal.close()
         if self._owns_engine and self._engine is not None:
             self._engine.dispose()
 
@@ -219,8 +259,31 @@ class SQLAlchemyStorage:
         bind = self._current_session().get_bind()
         engine = bind.engine if isinstance(bind, Connection) else bind
         check_dialect(engine.dialect)
-        prepare_engine(engine)
+        prepare_engine(engine, immediate=True)
         return engine
+
+    @property
+    def _journal_namespace(self) -> str:
+        """This store's rows in an attempts journal (its tables', beside other stores')."""
+        return f"sqlalchemy:{self._schema + '.' if self._schema else ''}{self._prefix}"
+
+    def _journal(self, engine: Engine) -> AttemptsJournal:
+        """The attempts journal of *engine*'s SQLite database."""
+        url = engine.url
+        database = url.database or ""
+        uri = str(url.query.get("uri", "")).lower() in {"true", "1"}
+        memory = database in {"", ":memory:"} or url.query.get("mode") == "memory" or (
+            "mode=memory" in database)
+        if memory:
+            # A named in-memory database is shared by the engines that name it.
+            found = memory_journal(database if database.startswith("file:") else engine)
+        else:
+            if uri and database.startswith("file:"):
+                database = database[len("file:"):].partition("?")[0]
+            found = file_journal(database, self._attempts_journal)
+        with self._journals_lock:
+            self._journals.add(found)
+        return found
 
     def _statements(self, dialect: Dialect) -> PostgresStatements:
         statements = self._pg

@@ -12,7 +12,12 @@ on PostgreSQL) or :mod:`~account_merge.storage.sqlalchemy.portable`
   counters read, counted or written, and the audit records of failures)
   goes through a *side connection* of the unit of work, committed by its
   ``commit()`` before the savepoint is released, so a host rolling back
-  cannot erase it.  On SQLite everything rides on the host's transaction.
+  cannot erase it.
+
+On SQLite, in both modes, the record of failed attempts goes to the
+attempts journal (:mod:`account_merge.storage.attempts`), a file of its
+own beside the database, in a transaction of the unit of work's that
+``commit()`` commits first; the rest is written to the database.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from account_merge.domain.audit import AuditRecord
 from account_merge.domain.events import OutboxEntry
+from account_merge.domain.notices import NoticeState
+from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import (
     AccountMergeError,
     ConcurrentUpdate,
@@ -38,7 +45,13 @@ from account_merge.exceptions import (
     LoginTaken,
     StorageError,
 )
-from account_merge.ports.storage import ChangeSet, Fetch, Fetched
+from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched
+from account_merge.storage.attempts import (
+    AttemptsJournal,
+    JournalTransaction,
+    merge_trails,
+    split_attempts,
+)
 from account_merge.storage.bulk import BulkAccount
 from account_merge.storage.sqlalchemy.connections import (
     BEGIN_IMMEDIATE,
@@ -86,6 +99,8 @@ class SQLAlchemyUnitOfWork:
         self._side: Connection | None = None
         self._side_tx: Transaction | None = None
         self._uses_side = False
+        self._journal: AttemptsJournal | None = None
+        self._journal_tx: JournalTransaction | None = None
         self._pg: PostgresStatements | None = None
         self._failed: AccountMergeError | None = None
         self._url: URL | None = None
@@ -102,6 +117,8 @@ class SQLAlchemyUnitOfWork:
         dialect = engine.dialect.name
         self._pg = storage._statements(engine.dialect) if dialect == "postgresql" else None
         self._uses_side = storage._engine is None and self._pg is not None
+        self._journal = storage._journal(engine) if dialect == "sqlite" else None
+        self._journal_tx = None
         self._failed = None
         self._tx = None
         self._side_tx = None
@@ -148,6 +165,14 @@ class SQLAlchemyUnitOfWork:
 
     def commit(self) -> None:
         self._check_usable()
+        try:
+            # The journal first: if it cannot commit, the database's transaction
+            # (or savepoint) is rolled back too.
+            if self._journal_tx is not None:
+                self._journal_tx.commit()
+        except AccountMergeError as error:
+            self._fail(error)
+            raise
         with self._translating():
             # The side transaction first: if it cannot commit, the savepoint
             # is rolled back too, and nothing reaches the host's transaction.
@@ -168,6 +193,8 @@ class SQLAlchemyUnitOfWork:
             try:
                 if side_tx is not None and side_tx.is_active:
                     side_tx.rollback()
+                if self._journal_tx is not None:
+                    self._journal_tx.rollback()
             finally:
                 if tx is not None and tx.is_active:
                     tx.rollback()
@@ -207,6 +234,34 @@ class SQLAlchemyUnitOfWork:
         assert self._side is not None
         return self._side
 
+    def _journal_c(self) -> JournalTransaction:
+        """This unit of work's transaction of the attempts journal (SQLite, rule 6).
+
+        The database's transaction begins first (its write lock, in a
+        writing unit of work), then the journal's: always in that order.
+        """
+        self._c()
+        assert self._journal is not None
+        if self._journal_tx is None:
+            self._journal_tx = self._journal.transaction(
+                self._s._journal_namespace, write=self._write, legacy=self._kept_throttles)
+        return self._journal_tx
+
+    def _kept_throttles(self) -> list[ThrottleState]:
+        """The counters kept in the database before the journal (which adopts them once)."""
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._core.kept_throttles(conn)
+
+    @contextmanager
+    def _journaling(self) -> Iterator[None]:
+        """An error of the journal fails the unit of work, as a driver error does."""
+        try:
+            yield
+        except AccountMergeError as error:
+            self._fail(error)
+            raise
+
     def _timeout(self, *, side: bool = False) -> str | None:
         """The lock_timeout a statement of this unit of work sets, if any."""
         if not self._write:
@@ -235,6 +290,9 @@ class SQLAlchemyUnitOfWork:
     def _fail(self, error: AccountMergeError) -> None:
         """Roll back now (releasing locks early) and refuse further work."""
         self._failed = error
+        if self._journal_tx is not None:
+            with suppress(AccountMergeError):
+                self._journal_tx.rollback()
         for tx in (self._side_tx, self._tx):
             if tx is not None and tx.is_active:
                 with suppress(sa_exc.SQLAlchemyError):  # the connection may be gone
@@ -250,8 +308,16 @@ class SQLAlchemyUnitOfWork:
     def fetch(self, request: Fetch) -> Fetched:
         if self._pg is None:
             conn = self._c()
+            if self._journal is None or not (request.throttles or request.count):
+                with self._translating(), self._decoding():
+                    return self._s._core.fetch(conn, request)
+            # The counters from the journal; the rest from the database.
+            with self._journaling():
+                throttles = self._journal_c().fetch(request)
             with self._translating(), self._decoding():
-                return self._s._core.fetch(conn, request)
+                fetched = self._s._core.fetch(conn, attrs.evolve(request, throttles=(),
+                                                                 count=()))
+            return attrs.evolve(fetched, throttles=throttles)
         if not self._uses_side or not (request.throttles or request.count):
             return self._pg_fetch(self._c, request, side=False)
         # Session mode: counters on the side connection, first (counters, then accounts).
@@ -305,16 +371,39 @@ class SQLAlchemyUnitOfWork:
 
     def audit_records(self, account_id: str | None, limit: int) -> list[AuditRecord]:
         conn = self._c()
+        if self._journal is None:
+            with self._translating(), self._decoding():
+                return self._s._core.audit_records(conn, account_id, limit)
         with self._translating(), self._decoding():
-            return self._s._core.audit_records(conn, account_id, limit)
+            main = self._s._core.audit_entries(conn, account_id, limit)
+        # The journal's records of failures, in their places among the database's.
+        with self._journaling():
+            return merge_trails(main, self._journal_c().audit_records(account_id, limit),
+                                limit)
 
     # writing ---------------------------------------------------------------
     def apply(self, changes: ChangeSet) -> None:
         self._wrote = True
         if self._pg is None:
             conn = self._c()
+            rest, journaled = split_attempts(changes) if self._journal is not None \
+                else (changes, None)
+            if not journaled:
+                with self._translating(inserting=True):
+                    self._s._core.apply(conn, rest, self._url)
+                return
+            # Counters and records of failures to the journal; each failure
+            # remembers which of the database's records it follows.
+            core = self._s._core
             with self._translating(inserting=True):
-                self._s._core.apply(conn, changes, self._url)
+                before = core.last_audit_seq(conn) if journaled.failures else 0
+                core.apply(conn, rest, self._url)
+                after = core.last_audit_seq(conn) if journaled.failures and rest.audit \
+                    else before
+            with self._journaling():
+                journal = self._journal_c()
+                journal.put_throttles(journaled.throttles)
+                journal.append_failures(journaled.placed(before, after, len(rest.audit)))
             return
         if not self._uses_side:
             self._pg_apply(self._c, changes, side=False)
@@ -395,3 +484,42 @@ class SQLAlchemyUnitOfWork:
                           else StorageError(store_name(self._url), str(error)))
             self._fail(translated)
             raise translated from error
+
+    # -- the way back: tiers email_index and notices (storage/sqlalchemy/tiers.py) ------
+    def index_email(self, account_id: str, key: str | None) -> None:
+        self._wrote = True
+        conn = self._c()
+        with self._translating():
+            self._s._tiers.index_email(conn, account_id, key)
+
+    def accounts_by_email(self, key: str, limit: int) -> list[AccountRecord]:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._tiers.accounts_by_email(conn, key, limit)
+
+    def notice_cursor(self) -> int:
+        conn = self._c()
+        with self._translating():
+            return self._s._tiers.notice_cursor(conn)
+
+    def outbox_after(self, position: int, limit: int) -> list[OutboxEntry]:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._tiers.outbox_after(conn, position, limit)
+
+    def add_notices(self, states: Sequence[NoticeState], cursor: int) -> None:
+        self._wrote = True
+        conn = self._c()
+        with self._translating():
+            self._s._tiers.add_notices(conn, states, cursor)
+
+    def pending_notices(self, limit: int) -> list[tuple[NoticeState, OutboxEntry]]:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._tiers.pending_notices(conn, limit)
+
+    def update_notices(self, states: Sequence[NoticeState]) -> None:
+        self._wrote = True
+        conn = self._c()
+        with self._translating():
+            self._s._tiers.update_notices(conn, states)
