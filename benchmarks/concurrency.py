@@ -1,21 +1,9 @@
 """P5: eight clients signing in and merging at once, against the machine's argon2 capacity.
 
-Each setup runs in a process of its own (``python concurrency.py SETUP
-CONFIG``, which prints one JSON object), so that its memory is its own and
-Django or Flask are configured afresh:
-
-- ``sqlite-threads``, ``sqlite-processes``: :class:`~account_merge.SQLiteStorage`
-  in one file, shared by 8 threads of one process, or used by 8 processes;
-- ``postgresql``: :class:`~account_merge.storage.sqlalchemy.SQLAlchemyStorage`
-  on an engine of its own, 8 threads;
-- ``django-sqlite``, ``django-postgresql``: the service of the Django app
-  (``get_service()``: :class:`~account_merge.contrib.django.storage.DjangoStorage`
-  and the app's verifier), 8 threads, each with its own connection as
-  Django keeps them;
-- ``flask-sqlalchemy``: the Flask extension over Flask-SQLAlchemy's
-  ``db.session`` (session mode: every unit of work a SAVEPOINT of the
-  request's transaction), 8 threads, each operation in an application
-  context of its own and committed by the host as a request would.
+Each setup (:mod:`setups`) runs in a process of its own (``python
+concurrency.py CONFIG``, which prints one JSON object), so that its
+memory is its own and Django or Flask are configured afresh; its clients
+are threads of that process, or processes of their own.
 
 Every client has accounts of its own (bulk-loaded with hashes made at the
 parameters measured): parents it signs in, with ``client=`` naming it as a
@@ -29,22 +17,22 @@ capacity (every client verifying a password bare, with
 :class:`argon2.PasswordHasher`, no gate), workload, capacity, workload...,
 capacity.  The figure of a round is the workload's operations per second
 over the mean capacity of the two phases around it, in verifications per
-second; the run's figure is the median over rounds.  Latencies are per
-operation; peak memory is the resident set's high-water mark of the
-process during the workload phases (reset before each with
-``/proc/self/clear_refs``), beside the hashing gate's bound: the gate's
-slots x the memory of one verification, plus what the process held just
-before the phase.
+second; the run's figure is the median over rounds.  Beside it, the same
+per CPU second (:mod:`watch`: the clients' processes and the PostgreSQL
+server's), which the share of the cores other programs take does not
+move.  Latencies are per operation; peak memory is the resident set's
+high-water mark of each process during the workload phases, beside the
+hashing gate's bound: the gate's slots x the memory of one verification,
+plus the process serving its clients (weighed in a "light" phase of the
+same operations on accounts hashed at argon2's cheapest parameters).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import multiprocessing
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -55,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
 
 import argon2
 
@@ -64,156 +51,34 @@ SRC = HERE.parent / "src"
 if str(SRC) not in sys.path:  # run as a script, in a process of its own
     sys.path[:0] = [str(SRC), str(HERE)]
 
-from account_merge import AccountStatus, Argon2Verifier, MergeService  # noqa: E402
+from account_merge import AccountStatus, MergeService  # noqa: E402
 from account_merge.exceptions import AccountMergeError  # noqa: E402
 from account_merge.ports import Storage  # noqa: E402
 from account_merge.testing import BulkAccounts, bulk_load  # noqa: E402
 from ops import ESTABLISHMENT, PASSWORD, PROVISIONAL_PASSWORD  # noqa: E402
+from setups import (  # noqa: E402
+    HASHERS,
+    MERGES_PER_PARENT,
+    POSTGRES_SETUPS,
+    SETUPS,
+    WARM_UP,
+    Config,
+    Direct,
+    Host,
+    light_twin,
+    prepare,
+    sqlite_path,
+    verifier_for_config,
+)
+from watch import PhaseWatch  # noqa: E402
 
-#: The setups, in the order they run, and how they are named in the output.
-SETUPS: dict[str, str] = {
-    "sqlite-threads": "SQLite, 8 threads",
-    "sqlite-processes": "SQLite, 8 processes",
-    "postgresql": "PostgreSQL (SQLAlchemy)",
-    "django-sqlite": "Django, SQLite",
-    "django-postgresql": "Django, PostgreSQL",
-    "flask-sqlalchemy": "Flask-SQLAlchemy (PG)",
-}
-#: The setups that need a PostgreSQL database (the run makes one for each).
-POSTGRES_SETUPS = frozenset({"postgresql", "django-postgresql", "flask-sqlalchemy"})
-#: At most this many merges into one parent.
-MERGES_PER_PARENT = 3
+__all__ = ["POSTGRES_SETUPS", "SETUPS", "P5Result", "measure_p5"]
+
 #: Seconds a client waits at a phase's start for the others.
 BARRIER_TIMEOUT = 600.0
 
-HASHERS: dict[str, Callable[[], argon2.PasswordHasher]] = {
-    "default": argon2.PasswordHasher,
-    "cheapest": lambda: argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST),
-}
-
-
-@dataclass(frozen=True)
-class Config:
-    """What one setup runs (given as JSON on the command line)."""
-
-    setup: str
-    clients: int
-    operations: int  # per client and phase (workload), verifications (capacity)
-    rounds: int
-    hasher: str
-    folder: str
-    database_url: str | None = None
-    server_pid: int | None = None  # the PostgreSQL server's, to count its CPU time
-
-    def merges_per_client(self) -> int:
-        """Merges each client makes on its accounts at the measured parameters."""
-        return (self.rounds * self.operations + WARM_UP) // 2 + 1
-
-    def parents_per_client(self) -> int:
-        return math.ceil(self.merges_per_client() / MERGES_PER_PARENT)
-
-
-#: Operations of each client in the warm-up phase.
-WARM_UP = 2
-
-
-# -- memory -------------------------------------------------------------------------------
-def _status(field_name: str) -> int:
-    """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field_name} in /proc/self/status")
-
-
-def reset_peak() -> int:
-    """Reset this process's peak resident set to its current size; return that size."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-    return _status("VmRSS")
-
-
-def peak() -> int:
-    """This process's peak resident set since the last :func:`reset_peak`."""
-    return _status("VmHWM")
-
-
-def _cpu_of_tree(pid: int) -> float:
-    """CPU seconds of process *pid*, of its children alive, and of those it waited for.
-
-    For the PostgreSQL server: the postmaster's children are its backends.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except OSError:
-            continue  # gone meanwhile
-        # After the command: state, ppid, ..., utime (14th field of the line), stime, cutime...
-        own = int(entry.name) == pid
-        if own or int(fields[1]) == pid:
-            total += int(fields[11]) + int(fields[12])
-            if own:
-                total += int(fields[13]) + int(fields[14])
-    return total / tick
-
-
-def _cpu_of_self() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class PhaseWatch:
-    """For one process: its resident set before each phase and its peak during it,
-    and the CPU time the phase took (this process's, and the server's if any).
-
-    Threads share it: the barrier that starts a phase calls it once (a
-    reset), the barrier that ends it once more (a reading).  A client in a
-    process of its own calls it itself.
-    """
-
-    def __init__(self, server_pid: int | None = None) -> None:
-        self.server_pid = server_pid
-        self.calls = 0
-        self.before: list[int] = []
-        self.peaks: list[int] = []
-        self.cpu: list[float] = []
-        self._cpu_at_start = 0.0
-
-    def _cpu(self) -> float:
-        server = _cpu_of_tree(self.server_pid) if self.server_pid is not None else 0.0
-        return _cpu_of_self() + server
-
-    def __call__(self) -> None:
-        if self.calls % 2 == 0:
-            self.before.append(reset_peak())
-            self._cpu_at_start = self._cpu()
-        else:
-            self.cpu.append(self._cpu() - self._cpu_at_start)
-            self.peaks.append(peak())
-        self.calls += 1
-
-    def fill(self, phases: list[Phase]) -> None:
-        """Give each phase what was measured during it."""
-        for phase, before, top, cpu in zip(phases, self.before, self.peaks, self.cpu,
-                                           strict=True):
-            phase.rss_before, phase.rss_peak, phase.cpu = before, top, cpu
-
 
 # -- the clients ----------------------------------------------------------------------------
-class Host(Protocol):
-    """How a client calls the service: directly, or as a request of a framework would."""
-
-    def call(self, step: Callable[[MergeService], object], light: bool) -> None: ...
-
-    def done(self) -> None: ...
-
-
 @dataclass
 class Phase:
     """What one client did in one phase."""
@@ -301,6 +166,13 @@ def load_clients(storage: Storage, config: Config) -> list[Client]:
     return clients
 
 
+def fill(phases: list[Phase], watch: PhaseWatch) -> None:
+    """Give each phase what *watch* measured during it."""
+    for phase, before, top, cpu in zip(phases, watch.before, watch.peaks, watch.cpu,
+                                       strict=True):
+        phase.rss_before, phase.rss_peak, phase.cpu = before, top, cpu
+
+
 def schedule(config: Config) -> list[str]:
     """The phases every client runs, in order."""
     phases = ["warm-up", "light", "capacity"]
@@ -359,201 +231,8 @@ def run_client(client: Client, host: Host, config: Config, barrier: Barrier,
     finally:
         host.done()
     if watch is not None:
-        watch.fill(phases)
+        fill(phases, watch)
     return phases
-
-
-# -- hosts -----------------------------------------------------------------------------------
-def light_twin(service: MergeService) -> MergeService:
-    """The same service with argon2's cheapest parameters, for the light phase.
-
-    With the measured verifier, a sign-in on an account whose hash has
-    other parameters would hash the password again at the measured ones.
-    """
-    verifier = Argon2Verifier(HASHERS["cheapest"](), warn_if_weak=False)
-    return MergeService(service.storage, verifier, service.clock, policies=service.policies)
-
-
-class Direct:
-    """The service called directly, as a program of its own would."""
-
-    def __init__(self, service: MergeService, light: MergeService) -> None:
-        self.services = {False: service, True: light}
-
-    def call(self, step: Callable[[MergeService], object], light: bool) -> None:
-        step(self.services[light])
-
-    def done(self) -> None:
-        pass
-
-
-class DjangoThread(Direct):
-    """The Django app's service; the thread's connections are closed at the end."""
-
-    def done(self) -> None:
-        from django.db import connections  # noqa: PLC0415
-
-        self.services[False].storage.close()  # this thread's side connections
-        connections.close_all()
-
-
-class FlaskRequest:
-    """Each operation in an application context, committed by the host as a request would."""
-
-    def __init__(self, app: Any, db: Any, light: MergeService) -> None:
-        self.app = app
-        self.db = db
-        self.light = light
-
-    def call(self, step: Callable[[MergeService], object], light: bool) -> None:
-        from account_merge.contrib.flask import get_service  # noqa: PLC0415
-
-        with self.app.app_context():
-            try:
-                step(self.light if light else get_service())
-            except BaseException:
-                self.db.session.rollback()
-                raise
-            self.db.session.commit()
-
-    def done(self) -> None:
-        pass
-
-
-# -- setups ------------------------------------------------------------------------------------
-@dataclass
-class Prepared:
-    """A setup ready to run: a host per client, the store to load, what to close at the end."""
-
-    hosts: Callable[[], Host]
-    storage: Storage
-    close: Callable[[], None]
-
-
-def _verifier(config: Config) -> Argon2Verifier:
-    return Argon2Verifier(HASHERS[config.hasher](), warn_if_weak=False)
-
-
-def _argon2_settings(config: Config) -> dict[str, Any]:
-    """The service's settings for the hasher measured (none for argon2-cffi's defaults)."""
-    if config.hasher == "default":
-        return {}
-    h = HASHERS[config.hasher]()
-    return {"ARGON2_TIME_COST": h.time_cost, "ARGON2_MEMORY_COST": h.memory_cost,
-            "ARGON2_PARALLELISM": h.parallelism, "ARGON2_WARN_IF_WEAK": False}
-
-
-def _sqlite_path(config: Config) -> Path:
-    return Path(config.folder) / f"p5-{config.setup}.sqlite3"
-
-
-def _fresh_sqlite_file(config: Config) -> Path:
-    """The setup's SQLite file, deleted if a former run left it."""
-    path = _sqlite_path(config)
-    for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        leftover.unlink(missing_ok=True)
-    return path
-
-
-def _postgres_parts(url: str) -> dict[str, str]:
-    """Django's settings of a database given by a throwaway server's SQLAlchemy URL."""
-    parts = urlsplit(url)
-    return {"NAME": parts.path.lstrip("/"), "USER": parts.username or "postgres",
-            "HOST": parse_qs(parts.query)["host"][0], "PORT": ""}
-
-
-def prepare(config: Config) -> Prepared:
-    """Build the setup's store and service (in this process)."""
-    name = config.setup
-    if name in ("sqlite-threads", "sqlite-processes"):
-        from account_merge import SQLiteStorage  # noqa: PLC0415
-
-        storage: Storage = SQLiteStorage(_fresh_sqlite_file(config))
-        service = MergeService(storage, _verifier(config))
-        light = light_twin(service)
-        return Prepared(lambda: Direct(service, light), storage, storage.close)
-    if name == "postgresql":
-        from account_merge.storage.sqlalchemy import SQLAlchemyStorage  # noqa: PLC0415
-
-        assert config.database_url is not None
-        pg = SQLAlchemyStorage.from_url(config.database_url, pool_size=config.clients,
-                                        max_overflow=config.clients)
-        pg.create_schema()
-        service = MergeService(pg, _verifier(config))
-        light = light_twin(service)
-        return Prepared(lambda: Direct(service, light), pg, pg.close)
-    if name.startswith("django-"):
-        return _prepare_django(config)
-    if name == "flask-sqlalchemy":
-        return _prepare_flask(config)
-    raise SystemExit(f"unknown setup {name}")
-
-
-def _prepare_django(config: Config) -> Prepared:
-    import django  # noqa: PLC0415
-    from django.conf import settings  # noqa: PLC0415
-    from django.core.management import call_command  # noqa: PLC0415
-
-    if config.setup == "django-sqlite":
-        database: dict[str, Any] = {"ENGINE": "django.db.backends.sqlite3",
-                                    "NAME": str(_fresh_sqlite_file(config)),
-                                    "OPTIONS": {"timeout": 30}}
-    else:
-        assert config.database_url is not None
-        database = {"ENGINE": "django.db.backends.postgresql",
-                    **_postgres_parts(config.database_url)}
-    settings.configure(
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth",
-                        "account_merge.contrib.django"],
-        DATABASES={"default": database}, USE_TZ=True, TIME_ZONE="Europe/Paris",
-        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField", SECRET_KEY="benchmark-only",
-        ACCOUNT_MERGE=_argon2_settings(config),  # nothing: the app's defaults
-    )
-    django.setup()
-    call_command("migrate", verbosity=0)
-    from django.db import connections  # noqa: PLC0415
-
-    from account_merge.contrib.django.service import get_service  # noqa: PLC0415
-
-    service = get_service()
-    light = light_twin(service)
-    connections.close_all()
-    return Prepared(lambda: DjangoThread(service, light), service.storage, lambda: None)
-
-
-def _prepare_flask(config: Config) -> Prepared:
-    from flask import Flask  # noqa: PLC0415
-    from flask_sqlalchemy import SQLAlchemy  # noqa: PLC0415
-
-    from account_merge.contrib.flask import get_state, init_app  # noqa: PLC0415
-
-    assert config.database_url is not None
-    app = Flask("p5")
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=config.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": config.clients,
-                                   "max_overflow": config.clients},
-        **{f"ACCOUNT_MERGE_{k}": v for k, v in _argon2_settings(config).items()},
-    )
-    db = SQLAlchemy(app)
-    init_app(app)  # session mode: over db.session
-    with app.app_context():
-        state = get_state()
-        assert state.in_host_transaction, state.storage_kind
-        state.create_schema()
-        db.session.commit()
-        light = light_twin(state.service)
-    # Bulk loading through a store of its own on the same tables (it commits per chunk).
-    from account_merge.storage.sqlalchemy import SQLAlchemyStorage  # noqa: PLC0415
-
-    loader = SQLAlchemyStorage.from_url(config.database_url)
-
-    def close() -> None:
-        loader.close()
-        with app.app_context():
-            db.engine.dispose()
-
-    return Prepared(lambda: FlaskRequest(app, db, light), loader, close)
 
 
 # -- the run of one setup ------------------------------------------------------------------------
@@ -591,7 +270,7 @@ def run_threads(config: Config) -> tuple[list[list[Phase]], int]:
         if errors:
             raise errors[0]
         for phases in results:
-            watch.fill(phases)
+            fill(phases, watch)
         return results, gate_slots()
     finally:
         prepared.close()
@@ -602,8 +281,8 @@ def _process_client(config: Config, index: int, barrier: Barrier,
     """One client in a process of its own (SQLite only): its store, its service."""
     from account_merge import SQLiteStorage  # noqa: PLC0415
 
-    storage = SQLiteStorage(_sqlite_path(config))
-    service = MergeService(storage, _verifier(config))
+    storage = SQLiteStorage(sqlite_path(config))
+    service = MergeService(storage, verifier_for_config(config))
     try:
         client = Client(index, *client_accounts(config, index))
         phases = run_client(client, Direct(service, light_twin(service)), config, barrier,
