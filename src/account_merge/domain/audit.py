@@ -21,6 +21,7 @@ class AuditAction(enum.Enum):
     CHANGE_EMAIL = "change_email"
     MERGE = "merge"
     SPLIT = "split"
+    SYNC_REGISTER = "sync_register"
 
 
 @attrs.frozen
