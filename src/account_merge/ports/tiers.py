@@ -13,6 +13,8 @@ changes anything.
 tier               where its methods are           what needs it
 =================  ==============================  =================================
 ``bulk_load``      the store: :class:`BulkLoad`    :func:`account_merge.testing.bulk_load`
+``register``       the unit of work:               ``sync_register``
+                   :class:`~account_merge.ports.register.Register`
 =================  ==============================  =================================
 """
 
@@ -22,11 +24,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from account_merge.exceptions import NotSupported
+from account_merge.ports.register import Register
 
 if TYPE_CHECKING:
     from account_merge.storage.bulk import BulkAccount
 
-__all__ = ["BulkLoad", "require_tier", "supports"]
+__all__ = ["BulkLoad", "Register", "require_tier", "supports"]
 
 
 @runtime_checkable
@@ -46,6 +49,9 @@ class BulkLoad(Protocol):
 
 #: The tier names, by protocol.
 TIER_NAMES: dict[type, str] = {BulkLoad: "bulk_load"}
+
+# Tier ``register`` (the school's register); its types are in ports/register.py.
+TIER_NAMES[Register] = "register"
 
 
 def supports(obj: object, tier: type) -> bool:
