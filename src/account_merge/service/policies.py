@@ -68,6 +68,11 @@ def _length(_: Any, __: Any, value: Any) -> None:
                            f"to {MAX_PROVISIONAL_LENGTH}")
 
 
+def _count(_: Any, attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+        raise InvalidInput(attribute.name, "must be an int from 1 to 100000")
+
+
 @attrs.frozen(kw_only=True)
 class Policies:
     """The service's tunables, each with a documented default.
@@ -81,7 +86,10 @@ class Policies:
     - ``provisional_validity``: how long a letter's provisional password
       opens its account (90 days);
     - ``provisional_length``: characters of a provisional password (8, about
-      40 bits; 10 gives CNIL's 50 bits).
+      40 bits; 10 gives CNIL's 50 bits);
+    - ``register_page``: records a register sync reads per unit of work
+      (1000); ``register_batch``: live accounts a sync settles per unit of
+      work, under lock (100).
     """
 
     password_policy: PasswordPolicy = attrs.field(factory=CnilPasswordPolicy,
@@ -91,3 +99,6 @@ class Policies:
     provisional_validity: timedelta = attrs.field(default=timedelta(days=90),
                                                   validator=_validity)
     provisional_length: int = attrs.field(default=8, validator=_length)
+    # The school's register (service/register.py).
+    register_page: int = attrs.field(default=1000, validator=_count)
+    register_batch: int = attrs.field(default=100, validator=_count)
