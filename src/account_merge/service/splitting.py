@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 
+import attrs
+
 from account_merge.domain.account import Role
 from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.establishment import Establishment
@@ -26,7 +28,9 @@ from account_merge.exceptions import (
     ConcurrentUpdate,
     NotAuthorized,
 )
+from account_merge.ports.register import Register, RegisterChanges, RegisterFetch
 from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, UnitOfWork
+from account_merge.ports.tiers import require_tier, supports
 from account_merge.service.arguments import establishment_arg
 from account_merge.service.context import WRITE_RETRIES, Context, logger
 from account_merge.service.issuing import new_account
@@ -65,6 +69,7 @@ def _write(ctx: Context, establishment: Establishment, account_id: str,
             raise _Replan()
         origins = uow.fetch(Fetch(accounts=tuple(g.origin_account_id for g in plan.groups)))
         changes = ChangeSet(unlink=plan.removed)
+        moved_to: dict[str, str] = {}
         letters: list[NotificationLetter] = []
         claimed: set[str] = set()
         for group, password, password_hash in zip(plan.groups, passwords, hashes, strict=True):
@@ -83,11 +88,31 @@ def _write(ctx: Context, establishment: Establishment, account_id: str,
                                    actor=actor, account_id=live.account.id,
                                    detail=f"new account {new.account.id}"),))
             letters.append(new.letter(establishment, password, group.children))
+            moved_to[group.origin_account_id] = new.account.id
         uow.apply(changes)
+        _follow_in_register(uow, establishment, moved_to)
         uow.commit()
     logger.info("split %d children of %s from %s into %d new accounts",
                 len(plan.moved), establishment.uai, live.account.id, len(letters))
     return SplitReceipt(principal_id=live.account.id, moved=plan.moved, letters=tuple(letters))
+
+
+def _follow_in_register(uow: UnitOfWork, establishment: Establishment,
+                        moved_to: dict[str, str]) -> None:
+    """The register's entries of the split letters now name the new accounts.
+
+    So that the next sync of the establishment's register finds each
+    responsable on their new account (a store without the ``register``
+    tier has no entries to follow).
+    """
+    if not supports(uow, Register):
+        return
+    tier: Register = require_tier(uow, Register)
+    found = tier.register_fetch(RegisterFetch(accounts=tuple(moved_to))).by_account
+    tier.register_apply(RegisterChanges(put=tuple(
+        attrs.evolve(record, account_id=moved_to[origin])
+        for origin, records in found.items() for record in records
+        if record.establishment_uai == establishment.uai)))
 
 
 def split(ctx: Context, establishment: Establishment, account_id: str) -> SplitReceipt:
