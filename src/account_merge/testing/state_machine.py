@@ -8,6 +8,16 @@ give each origin letter's children to a new account of their own, named
 after that letter's responsable: no new account ever holds children of
 two origins.
 
+On a store with the ``register`` tier it also syncs each establishment's
+register (whole or partial, with names corrected, children added and
+removed, responsables gone and back), and checks after each sync: every
+child an entry lists is on the live account holding that entry's letter;
+a whole register leaves no child it does not list on a responsable's
+account, and loses none it lists (a partial one changes only the children
+of the responsables it lists); the same register again changes nothing;
+other establishments' letters and pupils' own accounts are untouched.  At
+every step, a child is on at most one live account per letter.
+
 >>> from account_merge import InMemoryStorage
 >>> Machine = build_state_machine(InMemoryStorage)
 >>> Machine.__name__
@@ -30,15 +40,19 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
     multiple,
+    precondition,
     rule,
 )
 
 from account_merge.domain.account import AccountStatus, Role
 from account_merge.domain.child import Child
 from account_merge.domain.establishment import Establishment
+from account_merge.domain.register import RegisterEntry, SyncReport
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import AccountMergeError
 from account_merge.ports import Storage
+from account_merge.ports.register import Register
+from account_merge.ports.tiers import supports
 from account_merge.service import MergeService
 from account_merge.testing import CountingVerifier, FakeClock, make_establishment
 
@@ -50,6 +64,15 @@ _CHILDREN = tuple(
     Child(f"ine-{i}", name, "Robert", _ESTABLISHMENTS[i // 3].uai)
     for i, name in enumerate(["Dylan", "Florian", "Léa", "Inès", "Tom", "Zoé"])
 )
+#: The responsables a register may list, per establishment: (external id, names it may give).
+_RESPONSABLES = (("R0", ("Claire Robert", "Claire Durand")), ("R1", ("Marc Robert",)),
+                 ("R2", ("Paul Martin",)))
+#: A register: for some responsables, (which of their names, which of the school's children).
+_REGISTERS = st.dictionaries(st.integers(0, len(_RESPONSABLES) - 1),
+                             st.tuples(st.integers(0, 1),
+                                       st.lists(st.integers(0, 2), min_size=1, max_size=3,
+                                                unique=True)),
+                             max_size=len(_RESPONSABLES))
 _NO_THROTTLE = ThrottlePolicy(backoff_after=10**6, lock_after=10**6,
                               principal_per_hour=10**6, principal_per_day=10**6)
 
@@ -97,6 +120,12 @@ def build_state_machine(
             self.known_establishments: set[str] = set()
             self.issued_children: set[str] = set()
             self.passwords = 0
+            with self.storage.unit_of_work(write=False) as uow:
+                self.has_register = supports(uow, Register)
+            # per establishment: external id -> the children its register lists now
+            self.register: dict[str, dict[str, set[str]]] = {}
+            # (establishment, external id) -> the account issued (or adopted) for the entry
+            self.entry_account: dict[tuple[str, str], str] = {}
 
         def teardown(self) -> None:
             (close or (lambda s: s.close()))(self.storage)
@@ -141,6 +170,8 @@ def build_state_machine(
         def opens(self, status: AccountStatus, target: _Model, password: str) -> bool:
             """True if *password* is the credential an account in *status* holds."""
             now = self.clock()
+            if status is AccountStatus.CLOSED:
+                return False  # closed by the register: opens nothing
             if status is AccountStatus.PROVISIONAL:
                 return password == target.provisional and now < target.expires_at
             if status is AccountStatus.ACTIVE:
@@ -347,11 +378,103 @@ def build_state_machine(
             assert len(receipt.letters) == len(origins)
             new_ids = []
             for letter, (origin, kids) in zip(receipt.letters, origins.items(), strict=True):
+                for key, account_id in list(self.entry_account.items()):
+                    if account_id == origin and key[0] == school.uai:
+                        self.entry_account[key] = letter.account_id
                 assert [c.id for c in letter.children] == kids
                 assert letter.display_name == self.model[origin].display_name
                 new = self.service.get_account(letter.account_id)
                 assert new.status is AccountStatus.PROVISIONAL
                 new_ids.append(self.add_issued(letter, Role.RESPONSABLE, list(letter.children)))
+            return multiple(*new_ids)
+
+        # -- the school's register ---------------------------------------------------
+        def held_by_responsables(self, uai: str) -> dict[str, set[str]]:
+            """Child id -> the live responsable accounts holding it, for *uai*'s children."""
+            out: dict[str, set[str]] = {}
+            for m in self.model.values():
+                if m.role is Role.RESPONSABLE and m.status is not AccountStatus.MERGED:
+                    for child_id in m.children:
+                        if _CHILDREN[int(child_id.split("-")[1])].establishment_uai == uai:
+                            out.setdefault(child_id, set()).add(m.id)
+            return out
+
+        def entries(self, school: Establishment, listing: dict[int, tuple[int, list[int]]]
+                    ) -> list[RegisterEntry]:
+            offset = 0 if school is _ESTABLISHMENTS[0] else 3
+            return [RegisterEntry(_RESPONSABLES[r][0], _RESPONSABLES[r][1][
+                        min(name, len(_RESPONSABLES[r][1]) - 1)],
+                                  [_CHILDREN[offset + i] for i in picks])
+                    for r, (name, picks) in sorted(listing.items())]
+
+        @precondition(lambda self: self.has_register)
+        @rule(target=accounts, school=st.sampled_from(_ESTABLISHMENTS), listing=_REGISTERS,
+              partial=st.sampled_from([False, False, True]))
+        def sync_the_register(self, school: Establishment,
+                              listing: dict[int, tuple[int, list[int]]], partial: bool) -> Any:
+            """The school syncs its register: the model learns the outcome, then checks it."""
+            entries = self.entries(school, listing)
+            uai = school.uai
+            before_held = self.held_by_responsables(uai)
+            before = {a: (m.status, dict(m.children)) for a, m in self.model.items()}
+            state = self.register.setdefault(uai, {})
+            touched = set()
+            for e in entries:
+                touched |= state.get(e.external_id, set())
+            report: SyncReport = self.service.sync_register(school, entries, partial=partial,
+                                                            workers=1)
+            if not partial:
+                state.clear()
+            for e in entries:
+                state[e.external_id] = {c.id for c in e.children}
+                touched |= state[e.external_id]
+            for external_id, account_id in report.adopted:
+                self.entry_account[(uai, external_id)] = account_id
+            new_ids = []
+            for issued in report.issued:
+                assert issued.letter is not None
+                self.entry_account[(uai, issued.external_id)] = issued.letter.account_id
+                new_ids.append(self.add_issued(issued.letter, Role.RESPONSABLE,
+                                               list(issued.children)))
+            self.known_establishments.add(uai)
+            for account_id, m in self.model.items():  # learn what the sync did
+                account = self.service.get_account(account_id)
+                assert account.merged_into == m.merged_into  # a sync never merges
+                m.status = account.status
+                m.children = {a.child.id: (a.via_merge, a.origin_account_id)
+                              for a in self.service.attached_children(account_id)}
+            # Every child an entry lists is on the live account holding its letter.
+            for external_id, kids in state.items():
+                if kids:
+                    holder = self.live(self.entry_account[(uai, external_id)])
+                    assert holder.status in (AccountStatus.ACTIVE, AccountStatus.PROVISIONAL)
+                    assert kids <= set(holder.children), (external_id, kids, holder.children)
+            listed = set().union(*state.values()) if state else set()
+            held = self.held_by_responsables(uai)
+            if partial:  # nobody leaves but for the responsables it lists
+                for child_id in set(before_held) | set(held):
+                    if child_id not in touched:
+                        assert bool(held.get(child_id)) == bool(before_held.get(child_id))
+            else:  # no enrolled child lost, no child it does not list kept
+                assert set(held) == listed, (held, listed)
+            for account_id, m in self.model.items():
+                old = before.get(account_id)
+                if old is None:
+                    continue
+                if m.role is Role.ELEVE:  # pupils' own accounts are not the register's
+                    assert (m.status, m.children) == old
+                kept = {c: v for c, v in old[1].items()
+                        if _CHILDREN[int(c.split("-")[1])].establishment_uai != uai}
+                assert {c: v for c, v in m.children.items() if c in kept} == kept
+                if m.status is AccountStatus.CLOSED:
+                    assert not m.children
+            # The same register again changes nothing.
+            again = self.service.sync_register(school, entries, partial=partial,
+                                               dry_run=True)
+            assert not again.changed, again
+            self.issued_children = set().union(*(
+                set(m.children) for m in self.model.values()
+                if m.status is not AccountStatus.MERGED))
             return multiple(*new_ids)
 
         @rule(days=st.sampled_from([1, 7, 30, 89, 91]))
@@ -379,9 +502,20 @@ def build_state_machine(
                     assert m.role is Role.RESPONSABLE
                     assert m.merged_into is not None
                     holder = self.model[m.merged_into]
-                    assert holder.status is AccountStatus.ACTIVE
+                    # ACTIVE, or closed since by the register (it merged, so it was ACTIVE)
+                    assert holder.status in (AccountStatus.ACTIVE, AccountStatus.CLOSED)
                     assert holder.role is Role.RESPONSABLE
                     assert self.service.resolve(m.id).id == holder.id
+
+        @invariant()
+        def a_child_is_on_one_live_account_per_letter(self) -> None:
+            seen: dict[tuple[str, str], str] = {}
+            for m in self.model.values():
+                if m.status is AccountStatus.MERGED:
+                    continue
+                for child_id, (_, origin) in m.children.items():
+                    other = seen.setdefault((origin, child_id), m.id)
+                    assert other == m.id, (child_id, origin, other, m.id)
 
         @invariant()
         def no_child_is_lost(self) -> None:
