@@ -14,12 +14,12 @@ import pytest
 from account_merge import Child, Establishment, InMemoryStorage, MergeService
 from account_merge.domain.register import RegisterEntry
 from account_merge.exceptions import InvalidInput, InvalidRegister
-from account_merge.registers import siecle as siecle_reader
 from account_merge.registers import (
     detect_encoding,
     read_register_csv,
     read_siecle_responsables,
 )
+from account_merge.registers import siecle as siecle_reader
 from account_merge.testing import fast_verifier
 from account_merge.testing.registers import (
     Family,
