@@ -391,8 +391,7 @@ def test_a_register_with_structural_errors_is_refused_whole_naming_every_bad_lin
         (3, "R1", "other_name"), (4, "R3", "wrong_establishment"),
         (5, "R3", "child_differs"), (7, "R5", "other_email")]
     assert "line 3 (R1)" in str(error)
-    assert events.names == []
-    assert service.audit_trail(None, 10)[-1].outcome == "invalid_input"
+    assert events.names == [] and service.audit_trail(None, 10) == []
     assert sync(service, COLLEGE, dry_run=True).counts()["issued"] == 0
 
 

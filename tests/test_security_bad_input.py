@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from account_merge import Child, InMemoryStorage, MergeService, Role, Secret
+from account_merge.domain.register import RegisterEntry
 from account_merge.exceptions import AccountMergeError
 from account_merge.ports import Storage
 from account_merge.testing import CountingVerifier, FakeClock, make_establishment
@@ -71,6 +72,10 @@ class World:
         self.roles = st.one_of(JUNK, st.sampled_from(list(Role)))
         self.numbers = st.one_of(JUNK, st.integers(1, 10))
         self.keys = st.one_of(JUNK, st.just("form-1"), st.just("form-2"))
+        entries = st.builds(RegisterEntry, st.sampled_from(["R1", "R2"]),
+                            st.just("Claire Robert"), st.just([Child("ine-0", "Enfant", "Robert",
+                                                                      SCHOOL.uai)]))
+        self.registers = st.one_of(JUNK, st.lists(st.one_of(entries, JUNK), max_size=3))
 
     def signatures(self) -> dict[str, list[st.SearchStrategy[Any]]]:
         """For each public method, a strategy per positional argument."""
@@ -91,6 +96,7 @@ class World:
             "unpublished_events": [self.numbers],
             "mark_published": [st.one_of(JUNK, st.lists(st.integers(), max_size=3))],
             "audit_trail": [self.ids, self.numbers],
+            "sync_register": [self.schools, self.registers],
         }
 
     def arguments(self, method: str) -> st.SearchStrategy[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -98,6 +104,9 @@ class World:
         keywords: dict[str, dict[str, st.SearchStrategy[Any]]] = {
             "issue_account": {"email": self.emails},
             "issue_accounts": {"workers": st.one_of(JUNK, st.just(1))},
+            "sync_register": {"dry_run": st.one_of(JUNK, st.booleans()),
+                              "partial": st.one_of(JUNK, st.booleans()),
+                              "workers": st.one_of(JUNK, st.just(1))},
         }
         positional = st.tuples(*self.signatures()[method])
         named = st.fixed_dictionaries({}, optional=keywords.get(method, {}))

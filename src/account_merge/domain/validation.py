@@ -26,6 +26,8 @@ _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 def has_control_characters(text: str) -> bool:
     """True if *text* holds a control, format, surrogate, unassigned or line-breaking code point."""
+    if text.isprintable():  # no "Other" nor "Separator" but the space: none of those (fast path)
+        return False
     return any(unicodedata.category(ch) in _UNSAFE_CATEGORIES for ch in text)
 
 
@@ -48,7 +50,7 @@ def check_identifier(field: str, value: Any) -> str:
         raise InvalidInput(field, f"must be a string, not {type(value).__name__}")
     if not value or len(value) > MAX_ID_LENGTH:
         raise InvalidInput(field, f"must be 1 to {MAX_ID_LENGTH} characters long")
-    if not all("!" <= ch <= "~" for ch in value):
+    if not (value.isascii() and value.isprintable()) or " " in value:
         raise InvalidInput(field, "must be printable ASCII without spaces")
     return value
 

@@ -103,12 +103,7 @@ def sync_register(
     with StagedRegister(establishment.uai) as staged:
         staged.load(entries, None if progress is None else
                     lambda done: progress("read", done, None))
-        if staged.problems:
-            if not dry_run:
-                ctx.audit(AuditRecord(at=ctx.now(), action=AuditAction.SYNC_REGISTER,
-                                      outcome=InvalidRegister.code,
-                                      actor=f"establishment:{establishment.uai}",
-                                      detail=f"{len(staged.problems)} problem(s)"))
+        if staged.problems:  # refused input: nothing written, not even an audit record
             raise InvalidRegister(staged.problems)
         sync = _Sync(ctx, establishment, staged, mode, dry_run, progress)
         return sync.run(workers, on_letter)
@@ -181,7 +176,7 @@ class _Sync:
             for record in records:
                 listed = now.get(record.external_id)
                 if listed is not None:
-                    if listed == raw_listing(record.listing):
+                    if listed == raw_listing(record):
                         self.found.unchanged += 1
                     else:
                         self.found.changed[record.account_id] = None

@@ -23,7 +23,12 @@ from types import TracebackType
 from typing import Self
 
 from account_merge.domain.child import Child
-from account_merge.domain.register import Listing, RegisterEntry, RegisterProblem
+from account_merge.domain.register import (
+    Listing,
+    RegisterEntry,
+    RegisterProblem,
+    RegisterRecord,
+)
 from account_merge.exceptions import InvalidInput, InvalidRegister
 
 __all__ = ["RawListing", "StagedRegister", "raw_listing"]
@@ -78,8 +83,8 @@ WHERE r.first != f.first OR r.last != f.last ORDER BY r.seq
 """
 
 
-def raw_listing(listing: Listing) -> RawListing:
-    """*listing* as :data:`RawListing`."""
+def raw_listing(listing: Listing | RegisterRecord) -> RawListing:
+    """What *listing* (or a record) says, as :data:`RawListing`."""
     return (listing.display_name, listing.email,
             tuple((c.id, c.first_name, c.last_name) for c in listing.children))
 
@@ -232,9 +237,9 @@ class StagedRegister:
 
     def mark_seen(self, external_ids: Sequence[str]) -> None:
         """Note these responsables as known to the store."""
-        if external_ids:
-            self._db.executemany("UPDATE entries SET seen = 1 WHERE ext = ?",
-                                 [(ext,) for ext in external_ids])
+        for chunk in _chunks(external_ids, _LOOKUP):
+            marks = ",".join("?" * len(chunk))
+            self._db.execute(f"UPDATE entries SET seen = 1 WHERE ext IN ({marks})", chunk)
 
     def unseen(self, size: int) -> Iterator[list[str]]:
         """The responsables the store did not know, by batches of *size*, by external id."""

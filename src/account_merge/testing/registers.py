@@ -15,13 +15,37 @@ Nothing here is real personal data: names and ids are generated.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 import attrs
 
-__all__ = ["Family", "Person", "Pupil", "families", "write_register_csv", "write_siecle"]
+from account_merge.domain.account import (
+    Account,
+    AccountStatus,
+    Credential,
+    CredentialKind,
+    Role,
+)
+from account_merge.domain.child import Child, ChildLink
+from account_merge.domain.establishment import Establishment
+from account_merge.domain.register import RegisterEntry, RegisterRecord
+from account_merge.ports.storage import ChangeSet, Fetch, NewAccount, Storage
+
+__all__ = [
+    "Family",
+    "Person",
+    "Pupil",
+    "academy",
+    "academy_entries",
+    "families",
+    "load_academy",
+    "write_register_csv",
+    "write_siecle",
+]
 
 
 @attrs.frozen
@@ -151,3 +175,84 @@ def write_register_csv(path: Path, uai: str | None, families: Iterable[Family], 
                     row.append(p.email or "")
                 writer.writerow(row)
     return path
+
+
+# -- a store as a sync left it, loaded fast ----------------------------------------------------
+
+
+def academy(children: int) -> Iterator[tuple[str, list[tuple[str, str]], list[str]]]:
+    """A made-up register of *children* pupils and 1.5 responsables per pupil.
+
+    Yields ``(family key, [(external id, name)...], [child ids])``: half the
+    families have two responsables, half one, each with one pupil, so
+    that 300,000 pupils have 450,000 responsables, as an académie does.
+    """
+    for i in range(children):
+        parents = [(f"P{i}a", f"Mère{i} NOM{i}")]
+        if i % 2 == 0:
+            parents.append((f"P{i}b", f"Père{i} NOM{i}"))
+        yield f"F{i}", parents, [f"E{i}"]
+
+
+def academy_entries(uai: str, children: int) -> Iterator[RegisterEntry]:
+    """The entries of :func:`academy` (one per responsable and pupil), made as they are read."""
+    for i, (_, parents, pupils) in enumerate(academy(children)):
+        kids = tuple(Child(c, f"Enfant{i}", f"NOM{i}", uai) for c in pupils)
+        for external_id, name in parents:
+            yield RegisterEntry(external_id, name, kids)
+
+
+def load_academy(storage: Storage, establishment: Establishment, children: int, *,
+                 password_hash: str, at: datetime | None = None, chunk: int = 10_000,
+                 progress: Callable[[int], None] | None = None) -> int:
+    """Store what a sync of :func:`academy_entries` leaves, without hashing: return the accounts.
+
+    Every responsable gets a PROVISIONAL account (sharing *password_hash*:
+    hash one password once, with the verifier of the run), its child's
+    link and its register record, *chunk* pupils per unit of work, through
+    the storage ports (core tier and tier ``register``), without events or
+    audit records.  Nothing is validated as the service would: for tests
+    and benchmarks only.
+    """
+    from account_merge.ports.register import Register, RegisterChanges  # noqa: PLC0415
+    from account_merge.ports.tiers import require_tier  # noqa: PLC0415
+
+    now = at if at is not None else datetime.now(UTC)
+    expires = now + timedelta(days=90)
+    uai = establishment.uai
+    with storage.unit_of_work() as uow:
+        if uai not in uow.fetch(Fetch(establishments=(uai,))).establishments:
+            uow.apply(ChangeSet(establishments=(establishment,)))
+        uow.commit()
+    done = 0
+    source = iter(enumerate(academy(children)))
+    while batch := list(islice(source, chunk)):
+        accounts: list[NewAccount] = []
+        credentials: list[Credential] = []
+        links: list[ChildLink] = []
+        records: list[RegisterRecord] = []
+        for i, (_, parents, pupils) in batch:
+            kids = [Child(c, f"Enfant{i}", f"NOM{i}", uai) for c in pupils]
+            for external_id, name in parents:
+                account_id = f"acc-{external_id}"
+                login = f"r.{external_id.lower()}"
+                accounts.append(NewAccount(Account(
+                    id=account_id, login=login, role=Role.RESPONSABLE,
+                    status=AccountStatus.PROVISIONAL, display_name=name,
+                    establishment_uai=uai, created_at=now), login))
+                credentials.append(Credential(account_id, password_hash,
+                                              CredentialKind.PROVISIONAL, expires))
+                links.extend(ChildLink(account_id=account_id, child=kid,
+                                       origin_account_id=account_id, origin_establishment_uai=uai,
+                                       via_merge=False, linked_at=now) for kid in kids)
+                records.append(RegisterRecord(uai, external_id, account_id, name, None,
+                                              tuple(kids)))
+        with storage.unit_of_work() as uow:
+            uow.apply(ChangeSet(new_accounts=accounts, credentials=credentials, link=links))
+            tier: Register = require_tier(uow, Register)
+            tier.register_apply(RegisterChanges(put=records))
+            uow.commit()
+        done += len(accounts)
+        if progress is not None:
+            progress(done)
+    return done
