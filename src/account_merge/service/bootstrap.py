@@ -35,6 +35,8 @@ The settings (:data:`SETTINGS`), all optional:
                                       ``HASH_LEN``, ``SALT_LEN``
 ``ARGON2_MAX_CONCURRENT``             hashes at once through this verifier
 ``ARGON2_WARN_IF_WEAK``               warn below OWASP's floor (default true)
+``REGISTER_PAGE``                     register records a sync reads per unit of work
+``REGISTER_BATCH``                    accounts a register sync settles per unit of work
 ====================================  ===============================================
 """
 
@@ -74,6 +76,7 @@ SETTINGS: Final[frozenset[str]] = frozenset({
     "PROVISIONAL_VALIDITY", "PROVISIONAL_LENGTH", "IDENTITY_RULE", "PASSWORD_POLICY",
     "CLOCK", "VERIFIER", "ARGON2_PROFILE", *(f"ARGON2_{n.upper()}" for n in _ARGON2_INTS),
     "ARGON2_MAX_CONCURRENT", "ARGON2_WARN_IF_WEAK",
+    "REGISTER_PAGE", "REGISTER_BATCH",
 })
 
 
@@ -148,6 +151,9 @@ def read_settings(values: Mapping[str, Any], *, name: Callable[[str], str] = str
         policy_options["identity_rule"] = reader.callable("IDENTITY_RULE")
     if "PASSWORD_POLICY" in given:
         policy_options["password_policy"] = reader.made("PASSWORD_POLICY")
+    for key in ("REGISTER_PAGE", "REGISTER_BATCH"):
+        if key in given:
+            policy_options[key.lower()] = reader.int(key)
     with reader.renaming(""):
         policies = Policies(**policy_options)
     clock = reader.callable("CLOCK") if "CLOCK" in given else None
