@@ -308,6 +308,7 @@ def test_a_letter_issued_before_the_register_is_adopted_when_exactly_one_bears_t
 
     assert report.issued == ()
     assert report.adopted == (("R1", old.account_id),)
+    assert [(n.old, n.new) for n in report.renamed] == [("CLAIRE  ROBERT", "Claire Robert")]
     assert verifier.hashes == 0
     assert service.children(old.account_id) == (DYLAN, FLORIAN)
     assert not sync(service, COLLEGE, CLAIRE).changed

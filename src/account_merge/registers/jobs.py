@@ -13,7 +13,6 @@ and never touch the store but through the service.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import sys
@@ -321,20 +320,32 @@ def sync_file(
     if not yes and (confirm is None or not confirm()):
         print(_("sync.cancelled"), file=out)
         return None
-    letters = LetterFolder(folder) if folder is not None and preview.issued else None
-    with letters if letters is not None else contextlib.nullcontext():
+    letters = LetterFolder(folder) if folder is not None else None
+    opened = False
 
-        def write(issued: RegisterLetter) -> None:
-            if letters is not None and issued.letter is not None:
-                letters.write(issued.letter, issued.external_id)
+    def write(issued: RegisterLetter) -> None:
+        nonlocal opened
+        if issued.letter is None:
+            return
+        if letters is None:  # a letter the preview did not foresee: never lose it
+            print(messages.render_letter(issued.letter), file=out)
+            return
+        if not opened:
+            letters.__enter__()
+            opened = True
+        letters.write(issued.letter, issued.external_id)
 
+    try:
         report = service.sync_register(establishment, register, partial=partial,
                                        workers=workers, progress=stages, on_letter=write)
+    finally:
+        if opened and letters is not None:
+            letters.__exit__(None, None, None)
     stages.end()
     print(file=out)
     for line in format_report(service, report, establishment):
         print(line, file=out)
-    if letters is not None:
+    if letters is not None and opened:
         print(_("cli.batch.done", count=letters.count, folder=letters.folder,
                 index=letters.index), file=out)
     return report

@@ -356,7 +356,7 @@ class _Sync:
         for before, now in zip(mine, current, strict=True):
             account = letters.get(before.account_id)
             if (before.establishment_uai != self.uai or account is None
-                    or now.display_name in (account.display_name, before.display_name)):
+                    or account.display_name == now.display_name):
                 continue
             accounts[account.id] = attrs.evolve(account, display_name=now.display_name)
             out.parts["renamed"].append(NameChange(account.id, account.display_name,
