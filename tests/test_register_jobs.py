@@ -73,7 +73,7 @@ def test_a_yes_applies_and_writes_each_letter_with_its_index(
     assert ": appliqué" in out and "2 courrier(s) écrit(s)" in out
     assert "Courriers [" in err
 
-    again, out, _ = run(service, REGISTER + [RegisterEntry("R1", "Claire Robert", [LEA])],
+    again, out, _ = run(service, [*REGISTER, RegisterEntry("R1", "Claire Robert", [LEA])],
                         None, yes=True)
     assert again is not None and again.attached[0].child == LEA  # type: ignore[attr-defined]
     assert "Léa Robert (L3)  → claire.robert (R1)" in out
