@@ -47,7 +47,7 @@ from account_merge.testing import FakeClock, make_establishment
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 STRONG = "Mot-de-passe-Sûr-2026"
 OTHER = "Autre-Mot-de-passe-2027"
-NEW = "Nouveau-Mot-de-passe-2028"
+NEW = "Nouvelle-Clé-Verte-2028"
 WRONG = "WRONG234"
 #: Throttling would turn most attempts into too_many_attempts; the timing is about the rest.
 NO_THROTTLE = ThrottlePolicy(backoff_after=10**6, lock_after=10**6,

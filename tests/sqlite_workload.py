@@ -1,7 +1,8 @@
-"""A writer for the crash tests: families issued, activated, merged and split, forever.
+"""A writer for the crash tests: families issued, activated, signed in, merged and split.
 
 Run as ``python sqlite_workload.py PATH SEED``.  It prints ``ready`` once
-it has started, then writes to the SQLite file at PATH until it is killed.
+it has started, then writes to the SQLite file at PATH, forever, until it
+is killed.
 Each family gets fresh names and child ids, so that successive writers on
 the same file never collide.
 """
@@ -13,6 +14,7 @@ import sys
 import uuid
 
 from account_merge import Child, MergeService, SQLiteStorage
+from account_merge.exceptions import AccountMerged
 from account_merge.testing import fast_verifier, make_establishment
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
@@ -29,6 +31,8 @@ def one_family(service: MergeService, rng: random.Random) -> None:
     a = service.issue_account(SCHOOL, f"Claire {tag}", [first])
     b = service.issue_account(OTHER_SCHOOL, f"Claire {tag}", [second])
     principal = service.activate(a.login, a.provisional_password, STRONG)
+    if rng.random() < 0.5:
+        service.authenticate(a.login, STRONG)  # a sign-in: one write of its own
     service.merge(principal.id, b.login, b.provisional_password)
     if rng.random() < 0.6:
         # A second parent's account absorbs the first, with the first's password;
@@ -38,6 +42,14 @@ def one_family(service: MergeService, rng: random.Random) -> None:
         other = service.activate(c.login, c.provisional_password, STRONG)
         service.merge(other.id, a.login, STRONG)
         principal = other
+        try:  # the absorbed account's owner tries it: told where it went, nothing written
+            service.authenticate(a.login, STRONG)
+        except AccountMerged:
+            pass
+        else:
+            raise AssertionError("an absorbed account signed in")
+        if rng.random() < 0.5:
+            service.authenticate(c.login, STRONG)
         if rng.random() < 0.5 and first not in kids:
             service.split(SCHOOL, principal.id)
     if rng.random() < 0.5:

@@ -18,7 +18,7 @@ from account_merge import (
     SQLiteStorage,
 )
 from account_merge.exceptions import InvalidCredentials, StorageError
-from account_merge.ports import LoginTaken, Storage
+from account_merge.ports import Fetch, Fetched, LoginTaken, Storage
 from account_merge.storage.bulk import BulkAccount, insert_accounts
 from account_merge.testing import bulk_load, fast_verifier, make_establishment
 
@@ -71,9 +71,11 @@ def test_loads_in_several_chunks_and_reports_progress(
 
     assert reported == [10, 20, 25]
     with storage.unit_of_work(write=False) as uow:
-        assert uow.get_account_id_by_login(loaded.login(24)) == loaded.account_id(24)
-        assert uow.get_credential(loaded.account_id(0)) is not None
-        assert uow.get_establishment(COLLEGE.uai) == COLLEGE
+        found = uow.fetch(Fetch(logins=[loaded.login(24)], accounts=[loaded.account_id(0)],
+                                establishments=[COLLEGE.uai]))
+    assert found.by_login[loaded.login(24)].account.id == loaded.account_id(24)
+    assert found.accounts[loaded.account_id(0)].credential is not None
+    assert found.establishments == {COLLEGE.uai: COLLEGE}
 
 
 def test_loads_no_event_and_no_audit_record(
@@ -118,8 +120,7 @@ def test_a_taken_login_stores_nothing_of_its_chunk(
         insert_accounts(storage, [row("a2", "claire.robert.2"), row("a3", "claire.robert")])
 
     with storage.unit_of_work(write=False) as uow:
-        assert uow.get_account("a1") is not None
-        assert uow.get_account("a2") is None
+        assert set(uow.fetch(Fetch(accounts=["a1", "a2", "a3"])).accounts) == {"a1"}
     storage.close()
 
 
@@ -160,6 +161,11 @@ def sqlalchemy_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 _prefixes = itertools.count()
 
 
+def fetch(storage: Storage, request: Fetch) -> Fetched:
+    with storage.unit_of_work(write=False) as uow:
+        return uow.fetch(request)
+
+
 def test_sqlalchemy_loads_in_bulk_accounts_that_merge(
     sqlalchemy_storage: Storage, verifier: Argon2Verifier,
 ) -> None:
@@ -186,19 +192,21 @@ def test_sqlalchemy_bulk_refuses_a_taken_login_and_stores_none_of_its_chunk(
     with pytest.raises(LoginTaken):
         bulk_load(sqlalchemy_storage, COLLEGE, 5, password_hash=verifier.hash(PROVISIONAL))
 
-    with sqlalchemy_storage.unit_of_work(write=False) as uow:
-        assert uow.get_account_id_by_login("bulk.4") is None
-        assert uow.get_account_id_by_login("bulk.2") is not None
+    found = fetch(sqlalchemy_storage, Fetch(logins=["bulk.4", "bulk.2"])).by_login
+    assert set(found) == {"bulk.2"}
 
 
 def test_sqlalchemy_bulk_translates_driver_errors(
     sqlalchemy_storage: Storage, verifier: Argon2Verifier,
 ) -> None:
-    """A table that is missing is a StorageError naming the store, on COPY as elsewhere."""
+    """A table that is missing is a StorageError naming the store, on COPY as elsewhere.
+
+    The accounts went in before the missing table failed: none of them stays.
+    """
     from account_merge.storage.sqlalchemy import SQLAlchemyStorage
 
     assert isinstance(sqlalchemy_storage, SQLAlchemyStorage)
-    sqlalchemy_storage.metadata.tables[f"{sqlalchemy_storage.prefix}links"].drop(
+    sqlalchemy_storage.metadata.tables[f"{sqlalchemy_storage.prefix}credentials"].drop(
         sqlalchemy_storage._bind_engine())
     at = datetime(2026, 9, 1, tzinfo=UTC)
     row = BulkAccount(account_id="a1", login="claire.robert", login_key="claire.robert",
@@ -210,6 +218,5 @@ def test_sqlalchemy_bulk_translates_driver_errors(
     with pytest.raises(StorageError):
         sqlalchemy_storage.bulk_insert([row])
 
-    with sqlalchemy_storage.unit_of_work(write=False) as uow:
-        assert uow.get_account("a1") is None
     sqlalchemy_storage.create_schema()
+    assert fetch(sqlalchemy_storage, Fetch(accounts=["a1"])).accounts == {}

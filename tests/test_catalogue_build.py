@@ -160,20 +160,27 @@ def test_the_shipped_catalogues_pass_gnu_msgfmt_and_compile_alike(
     assert entries(out.read_bytes()) == entries(compile_catalogue(po))
 
 
-def test_the_wheel_carries_a_compiled_catalogue_per_language(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of this project, built once for the tests of this module."""
+    pytest.importorskip("hatchling")
+    dist = tmp_path_factory.mktemp("dist")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--no-cache-dir", "-q", "-w", str(dist), str(ROOT)],
+        capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [built] = dist.glob("*.whl")
+    return built
+
+
+def test_the_wheel_carries_a_compiled_catalogue_per_language(wheel: Path,
+                                                             tmp_path: Path) -> None:
     """The build hook compiles every .po; the package then reads the .mo alone.
 
     The Django app's catalogues are compiled too, to the ``django.mo`` that
     Django reads from ``<app>/locale/<language>/LC_MESSAGES``.
     """
-    pytest.importorskip("hatchling")
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-cache-dir", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
-        capture_output=True, text=True, check=False, timeout=300)
-    assert done.returncode == 0, done.stderr
-    [wheel] = (tmp_path / "dist").glob("*.whl")
-
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -211,3 +218,25 @@ def test_the_wheel_carries_a_compiled_catalogue_per_language(tmp_path: Path) -> 
         messages.catalogue("fr")["same_account"],
         "about 1 hour",
     ]
+
+
+def test_the_wheel_carries_the_list_of_common_passwords(wheel: Path, tmp_path: Path) -> None:
+    """The password policy reads its list from the installed package, not the repository."""
+    shipped = ROOT / "src" / "account_merge" / "domain" / "common_passwords.txt.gz"
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("account_merge/domain/common_passwords.txt.gz") == (
+            shipped.read_bytes())
+        archive.extractall(site)
+    check = ("from account_merge.domain.passwords import CnilPasswordPolicy\n"
+             "from account_merge.exceptions import PasswordPolicyError\n"
+             "try:\n"
+             "    CnilPasswordPolicy().check('Motdepasse123!', login='claire.robert')\n"
+             "except PasswordPolicyError as error:\n"
+             "    print(error.rule)\n")
+    shown = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                           encoding="utf-8", check=False, cwd=tmp_path,
+                           env={"PYTHONPATH": str(site), "PATH": "", "PYTHONIOENCODING": "utf-8"})
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["common_password"]
+

@@ -15,6 +15,7 @@ from account_merge.domain.logins import derive_login, login_key
 from account_merge.domain.passwords import (
     PROVISIONAL_ALPHABET,
     CnilPasswordPolicy,
+    fold,
     generate_provisional_password,
     provisional_entropy_bits,
 )
@@ -168,16 +169,36 @@ class TestPasswordPolicy:
     def test_passwords_following_the_cnil_examples_are_accepted(self, password: str) -> None:
         CnilPasswordPolicy().check(password, login="claire.robert")
 
-    @pytest.mark.parametrize("password,reason", [
-        ("Short1!", "at least 12"),
-        ("alllowercase12", "needs"),
-        ("Claire.Robert-2026!", "login"),
-        ("Tab\tinside-Pass1", "control"),
-        ("A" * 1025, "at most"),
+    @pytest.mark.parametrize("password,reason,rule", [
+        ("Short1!", "at least 12", "too_short"),
+        ("alllowercase12", "needs", "character_classes"),
+        ("Claire.Robert-2026!", "login", "contains_login"),
+        ("Tab\tinside-Pass1", "control", "control_characters"),
+        ("A" * 1025, "at most", "too_long"),
+        ("Vacances-Dupont-2026", "name or e-mail", "contains_context"),
+        ("Motdepasse123!", "too common", "common_password"),
+        ("aaaaaaaaaaaaaaaaaaaa", "repeats", "repetitive"),
+        ("Abcdefghijkl12", "sequence", "sequential"),
     ])
-    def test_weak_passwords_are_refused_saying_why(self, password: str, reason: str) -> None:
-        with pytest.raises(PasswordPolicyError, match=reason):
-            CnilPasswordPolicy().check(password, login="claire.robert")
+    def test_weak_passwords_are_refused_saying_why(self, password: str, reason: str,
+                                                   rule: str) -> None:
+        with pytest.raises(PasswordPolicyError, match=reason) as raised:
+            CnilPasswordPolicy().check(password, login="claire.robert",
+                                       context=("Jean Dupont", "jean.dupont@example.fr"))
+        assert raised.value.rule == rule
+        assert raised.value.code == "password_policy"
+
+    def test_every_rule_is_listed_on_the_error(self) -> None:
+        assert PasswordPolicyError.RULES == (
+            "too_short", "too_long", "control_characters", "contains_login",
+            "contains_context", "common_password", "repetitive", "sequential",
+            "character_classes", "unchanged")
+        assert PasswordPolicyError().rule is None  # a host's policy need not say
+        assert PasswordPolicyError("x", rule="too_short", limit=12).limit == 12
+
+    def test_folding_makes_look_alike_texts_equal(self) -> None:
+        assert fold("ｃｌａｉｒｅ．ＲＯＢＥＲＴ") == "claire.robert"
+        assert fold("Chérie Œuvre Straße") == "cherie oeuvre strasse"
 
 
 class TestThrottlePolicy:

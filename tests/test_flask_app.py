@@ -18,7 +18,7 @@ import sqlalchemy
 from flask import Flask
 from flask.testing import FlaskClient
 
-from account_merge import NotificationLetter
+from account_merge import Child, NotificationLetter
 from account_merge.contrib.flask import CONFIG_KEYS, get_service, get_state
 from account_merge.messages import describe_wait
 from examples.flask_app import create_app
@@ -35,6 +35,7 @@ CONFIRMATION = [
     "Vous pourrez visualiser vos nouvelles informations d'ici quelques instants.",
 ]
 WRONG = "Identifiant ou mot de passe incorrect."
+MERGED = "regroupé avec un autre compte"
 _prefixes = itertools.count()
 
 
@@ -196,10 +197,13 @@ def test_the_seeds_story_page_by_page(app: Flask) -> None:
     assert children_listed(text) == [("Dylan", "Claire Robert"), ("Florian", "Claire Robert")]
     assert "ENFANTS 2" in text
 
-    # The other letter no longer opens anything.
+    # The other letter opens nothing any more: it says where its account went.
     other = Browser(app.test_client())
     text = other.sign_in(second.login, second.provisional_password.reveal())
-    assert other.status == 400 and WRONG in text
+    assert other.status == 400 and MERGED in text
+    assert "connectez-vous avec votre compte « Principal »" in text
+    assert "adressez-vous à l'établissement" in text
+    assert "COMPTE DE" not in text
 
     # The establishment breaks the merge up and prints the new letter.
     staff = Browser(app.test_client())
@@ -229,6 +233,48 @@ def test_the_seeds_story_page_by_page(app: Flask) -> None:
                          nouveau_mot_de_passe=OTHER_PASSWORD, confirmation=OTHER_PASSWORD)
     assert "ENFANTS 1" in text
     assert children_listed(newcomer.get("/compte/enfants")) == [("Florian", "Claire Robert")]
+
+
+def test_signing_in_with_a_letters_password_leads_to_the_activation_form(app: Flask) -> None:
+    """``activation_required``: the provisional password is proven, the form comes next."""
+    first, _ = letters(app)
+    parent = Browser(app.test_client())
+    parent.get("/connexion")
+    parent.post("/connexion", follow=False, identifiant=first.login,
+                mot_de_passe=first.provisional_password.reveal())
+    assert parent.location == f"/activation?identifiant={first.login}"
+    text = parent.get(parent.location)
+    assert "ACTIVER VOTRE COMPTE" in text
+    assert '<p class="notice">' in parent.page  # the library's message, or the example's
+    assert f'value="{first.login}"' in parent.page
+    assert "COMPTE DE" not in parent.get("/compte")  # not signed in
+
+
+def test_a_split_prints_one_letter_per_origin_letter(app: Flask) -> None:
+    """Two letters merged into the principal: two new accounts, two letters to print."""
+    first, second = letters(app)
+    with app.app_context():
+        third = get_service().issue_account(app.config["ESTABLISHMENT"], "Marc Robert",
+                                            [Child("M0003", "Maël", "Robert",
+                                                   app.config["ESTABLISHMENT"].uai)])
+    parent = Browser(app.test_client())
+    activate(parent, first)
+    parent.get("/compte/regrouper")
+    for letter in (second, third):
+        parent.post("/compte/regrouper", identifiant=letter.login,
+                    mot_de_passe=letter.provisional_password.reveal())
+        parent.get("/compte/regrouper")
+    staff = Browser(app.test_client())
+    staff.get("/etablissement/connexion")
+    staff.post("/etablissement/connexion", code=ACCESS_CODE)
+    text = staff.post("/etablissement/", identifiant=first.login)
+    assert staff.status == 200
+    assert "2 nouveaux comptes ont été créés" in text
+    printed = [html.unescape(p) for p in
+               re.findall(r'<pre class="letter">(.*?)</pre>', staff.page, re.S)]
+    assert len(printed) == 2
+    assert "pour Florian Robert" in printed[0] and "Claire Robert" in printed[0]
+    assert "pour Maël Robert" in printed[1] and "Marc Robert" in printed[1]
 
 
 def test_splitting_an_account_without_merged_children_says_there_is_nothing_to_break(

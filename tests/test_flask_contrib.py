@@ -28,6 +28,7 @@ from account_merge import (  # noqa: E402
 from account_merge.contrib.flask import (  # noqa: E402
     CONFIG_KEYS,
     EXTENSION_KEY,
+    STORE_KEYS,
     AccountMerge,
     AccountMergeState,
     get_service,
@@ -40,6 +41,8 @@ from account_merge.exceptions import (  # noqa: E402
     InvalidInput,
     TooManyAttempts,
 )
+from account_merge.service import same_display_name  # noqa: E402
+from account_merge.service.bootstrap import SETTINGS  # noqa: E402
 from account_merge.storage.sqlalchemy import SQLAlchemyStorage  # noqa: E402
 from account_merge.testing import FakeClock, fast_verifier  # noqa: E402
 
@@ -153,7 +156,7 @@ def test_the_configuration_keys_build_the_verifier_throttle_and_letters() -> Non
     assert service.throttle == ThrottlePolicy(lock_after=4, lock_for=timedelta(hours=1),
                                               backoff_base=timedelta(seconds=2),
                                               principal_per_hour=3)
-    assert service.provisional_validity == timedelta(days=7)
+    assert service.policies.provisional_validity == timedelta(days=7)
     letter = service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
     assert len(letter.provisional_password.reveal()) == 10
 
@@ -180,6 +183,21 @@ def test_every_key_read_is_listed() -> None:
             "ACCOUNT_MERGE_FLASK_SQLALCHEMY", "ACCOUNT_MERGE_ARGON2_MEMORY_COST",
             "ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_DAY"} <= CONFIG_KEYS
     assert all(key.startswith("ACCOUNT_MERGE_") for key in CONFIG_KEYS)
+
+
+def test_the_service_keys_are_the_settings_of_every_integration() -> None:
+    """One vocabulary: the composition root's settings, with the prefix."""
+    assert {f"ACCOUNT_MERGE_{name}" for name in SETTINGS} == CONFIG_KEYS - STORE_KEYS
+
+
+def test_the_composition_roots_settings_reach_the_service() -> None:
+    """Settings Flask's own parsing never had: the identity rule, the clock, by dotted path."""
+    app = make_app(ACCOUNT_MERGE_IDENTITY_RULE="account_merge.service.same_display_name",
+                   ACCOUNT_MERGE_CLOCK="account_merge.testing.FakeClock",
+                   ACCOUNT_MERGE_VERIFIER="account_merge.testing.fast_verifier")
+    service = init_app(app, InMemoryStorage()).service
+    assert service.policies.identity_rule is same_display_name
+    assert service.clock is FakeClock
 
 
 def test_a_misspelt_key_is_an_error_not_a_silent_default() -> None:
@@ -251,6 +269,21 @@ def test_a_url_and_a_path_together_are_refused(tmp_path: Path) -> None:
 def test_without_any_store_init_app_says_how_to_give_one() -> None:
     with pytest.raises(InvalidInput, match="ACCOUNT_MERGE_DATABASE_URL"):
         init_app(make_app())
+
+
+def test_the_upgrade_schema_command_says_what_it_did(tmp_path: Path) -> None:
+    """On tables it just made, nothing: the store's own tests upgrade real old tables."""
+    path = tmp_path / "ent.sqlite3"
+    app = make_app(ACCOUNT_MERGE_DATABASE_URL=f"sqlite:///{path}", **CHEAP_ARGON2)
+    state = init_app(app)
+    try:
+        result = app.test_cli_runner().invoke(args=["account-merge", "upgrade-schema"])
+        assert result.exit_code == 0, result.output
+        assert "created table account_merge_accounts" in result.output
+        assert "schema up to date" in result.output
+        assert state.upgrade_schema() == []
+    finally:
+        state.close()
 
 
 def test_the_create_schema_command_creates_the_tables(tmp_path: Path) -> None:

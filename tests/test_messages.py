@@ -71,6 +71,36 @@ def test_every_error_code_has_a_message_in_every_language(language: str) -> None
     assert missing == []
 
 
+@pytest.mark.parametrize("language", messages.LANGUAGES)
+@pytest.mark.parametrize("rule", exceptions.PasswordPolicyError.RULES)
+def test_every_password_rule_has_its_own_message_in_every_language(
+        rule: str, language: str) -> None:
+    shipped = catalogue(language)
+
+    text = shipped.get(f"password_policy.{rule}", "")
+
+    assert text.strip()
+    assert text != shipped["password_policy"]
+    assert text[0].islower() and not text.endswith(".")
+
+
+def test_error_message_says_which_password_rule_refused() -> None:
+    error = exceptions.PasswordPolicyError("too common", rule="common_password")
+
+    assert error_message(error).startswith("ce mot de passe est trop courant")
+    assert error_message(error, "en").startswith("this password is too common")
+    assert error_message(exceptions.PasswordPolicyError("short", rule="too_short", limit=12)) == (
+        "le mot de passe est trop court : il faut au moins 12 caractères")
+
+
+def test_a_password_error_without_a_known_rule_gets_the_policys_message() -> None:
+    """A host's own policy may raise the error without a rule, or with one of its own."""
+    for error in (exceptions.PasswordPolicyError("say horse"),
+                  exceptions.PasswordPolicyError("say horse", rule="no_horse")):
+        assert error_message(error) == FRENCH["password_policy"]
+        assert error_message(error, "en") == ENGLISH["password_policy"]
+
+
 def test_both_languages_have_the_same_messages_with_the_same_fields() -> None:
     french, english = catalogue("fr"), catalogue("en")
 

@@ -97,6 +97,8 @@ class World:
             "mark_published": [st.one_of(JUNK, st.lists(st.integers(), max_size=3))],
             "audit_trail": [self.ids, self.numbers],
             "sync_register": [self.schools, self.registers],
+            "register_establishment": [self.schools],
+            "find_establishment": [st.one_of(JUNK, st.just(SCHOOL.uai))],
         }
 
     def arguments(self, method: str) -> st.SearchStrategy[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -107,6 +109,7 @@ class World:
             "sync_register": {"dry_run": st.one_of(JUNK, st.booleans()),
                               "partial": st.one_of(JUNK, st.booleans()),
                               "workers": st.one_of(JUNK, st.just(1))},
+            "register_establishment": {"actor": st.one_of(JUNK, st.just("cli"))},
         }
         positional = st.tuples(*self.signatures()[method])
         named = st.fixed_dictionaries({}, optional=keywords.get(method, {}))

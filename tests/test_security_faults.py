@@ -28,7 +28,7 @@ from security_kit import InjectedFault, InstrumentedStorage, changes, snapshot, 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 STRONG = "Mot-de-passe-Sûr-2026"
 OTHER = "Autre-Mot-de-passe-2027"
-NEW = "Nouveau-Mot-de-passe-2028"
+NEW = "Nouvelle-Clé-Verte-2028"
 
 Operation = Callable[[], object]
 

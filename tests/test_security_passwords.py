@@ -8,12 +8,20 @@ weak parameters are warned about; and hashing is bounded per process.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import importlib.util
 import multiprocessing
+import string
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import argon2
@@ -27,6 +35,8 @@ from account_merge.domain.passwords import (
     MAX_PASSWORD_LENGTH,
     PROVISIONAL_ALPHABET,
     CnilPasswordPolicy,
+    common_passwords,
+    fold,
     provisional_entropy_bits,
 )
 from account_merge.domain.throttle import ThrottlePolicy
@@ -36,6 +46,7 @@ from account_merge.testing import CountingVerifier, FakeClock, make_establishmen
 from security_kit import InstrumentedStorage
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
+GENERATOR = Path(__file__).resolve().parent.parent / "tools" / "build_common_passwords.py"
 STRONG = "Mot-de-passe-Sûr-2026"
 OTHER = "Autre-Mot-de-passe-2027"
 NO_THROTTLE = ThrottlePolicy(backoff_after=10**6, lock_after=10**6,
@@ -79,7 +90,7 @@ def test_a_provisional_password_opens_its_account_at_most_once(
         letter = issue(service, n)
         principals.append(service.activate(letter.login, letter.provisional_password, STRONG))
     successes = {letter.account_id: 0 for letter in letters}
-    passwords = iter(f"Nouveau-Mot-de-passe-{n}" for n in range(1000))
+    passwords = iter(f"Nouvelle-Clé-Verte-{n}" for n in range(1000))
 
     def letter_at(i: int) -> NotificationLetter:
         return letters[i % len(letters)]
@@ -173,10 +184,10 @@ class TestPolicy:
         assert isinstance(service.policies.password_policy, CnilPasswordPolicy)
         assert "2022-100" in (CnilPasswordPolicy.__doc__ or "")
         letter = issue(service, 1)
-        for weak in ("horse", "Abcdefgh123!"[:11], "abcdefghijklmn", "Abcdefghijk12"):
+        for weak in ("horse", "Gravel-Mint5"[:11], "gravelmintsoup", "Gravelmintso1"):
             assert code(lambda w=weak: service.activate(letter.login, letter.provisional_password,
                                                         w)) == "password_policy"
-        for strong in ("Abcdefghij1!", "Abcdefghijkl12", "correct horse battery staple"):
+        for strong in ("Gravel-Mint5", "Gravelmintsoup12", "correct horse battery staple"):
             CnilPasswordPolicy().check(strong, login=letter.login)
 
     def test_a_host_chooses_its_own_policy(self, instrumented: InstrumentedStorage) -> None:
@@ -199,6 +210,300 @@ class TestPolicy:
                                                policy: Any) -> None:
         with pytest.raises(InvalidInput):
             MergeService(instrumented, CountingVerifier(), FakeClock(), password_policy=policy)
+
+
+# -- the default policy: guessable passwords (NIST SP 800-63B 5.1.1.2) -----------------------
+LOGIN = "claire.robert"
+GUESSABLE = {"common_password", "repetitive", "sequential"}
+
+
+def refusal(password: str, login: str = LOGIN, context: Sequence[str] = ()) -> str:
+    """The rule that refused *password*, or ``"accepted"``."""
+    try:
+        CnilPasswordPolicy().check(password, login=login, context=context)
+    except PasswordPolicyError as error:
+        assert error.code == "password_policy"
+        return str(error.rule)
+    return "accepted"
+
+
+class TestGuessablePasswords:
+    @pytest.mark.parametrize("password,rule", [
+        ("aaaaaaaaaaaaaaaaaaaa", "repetitive"),
+        ("aaaa", "repetitive"),
+        ("ZZZZZZZZZZZZ!!", "repetitive"),
+        ("aaaa1111bbbb2222", "repetitive"),
+        ("!!!!!!!!a11111111111", "repetitive"),
+        ("Aaa1!aA1!!aaa11", "repetitive"),
+        ("Abababababab12!", "repetitive"),
+        ("Zq8#mP2!Zq8#mP2!", "repetitive"),
+        ("1234", "sequential"),
+        ("abcd", "sequential"),
+        ("Abcdefghijkl12", "sequential"),
+        ("zyxwvutsrqponmlk", "sequential"),
+        ("1234567890123456", "sequential"),
+        ("9876543210-9876", "sequential"),
+        ("Azertyuiop123!", "sequential"),
+        ("Qwerty-123456!", "sequential"),
+        ("qsdfghjklmwxcvbn", "sequential"),
+        ("POIUYTREZA2026!", "sequential"),
+        ("Password1234!", "common_password"),
+        ("Motdepasse123!", "common_password"),
+        ("!!soleil2024", "common_password"),
+        ("P@ssw0rd", "common_password"),
+        ("P@ssw0rd-2024!", "common_password"),
+        ("M0tD3P@ss3!!!", "common_password"),
+        ("soleilsoleilsoleil", "common_password"),
+        ("SoleilSoleilSoleil2024!", "common_password"),
+        ("Mot de passe 2024 !", "common_password"),
+        ("Nouveau-Mot-de-passe-2028", "common_password"),
+        ("Chérie-2024!!", "common_password"),
+        ("CHERIE-2024!!", "common_password"),
+        ("Ｐａｓｓｗｏｒｄ１２３４！", "common_password"),
+        ("Marseille13013!", "common_password"),
+        ("1q2w3e4r5t6y!", "common_password"),
+        ("Qazwsx-2024!!", "common_password"),
+        ("Jetaime<3<3<3", "common_password"),
+        ("Doudou-2015!!", "common_password"),
+        ("01/01/1990-31", "common_password"),
+        ("Short1!", "too_short"),
+        ("Tab\tinside-Pass1", "control_characters"),
+        ("alllowercase12", "character_classes"),
+        ("A" * 1025, "too_long"),
+    ])
+    def test_each_password_is_refused_by_the_rule_it_breaks(self, password: str,
+                                                            rule: str) -> None:
+        assert refusal(password) == rule
+
+    @pytest.mark.parametrize("password,word", [
+        ("P@ssw0rd-2024!", "password"),   # @ and 0
+        ("L3tM31n!2024", "letmein"),      # 3, and 1 for i
+        ("He11oWor1d-2024", "helloworld"),  # 1 for l
+        ("F00tb4ll-2024!", "football"),   # 4
+        ("5ol3il-2024!!", "soleil"),      # 5
+        ("Pa$$word-2024", "password"),    # $
+        ("7igrou-2024!!", "tigrou"),      # 7
+        ("8onj0ur-2024!", "bonjour"),     # 8
+        ("!loveyou-2024", "iloveyou"),    # !
+        ("Ch€ri€-2024!!", "cherie"),      # €
+    ])
+    def test_leetspeak_is_read_back(self, password: str, word: str) -> None:
+        assert word in common_passwords()
+        assert refusal(password) == "common_password"
+
+    def test_affixes_of_any_length_are_dropped_around_letters(self) -> None:
+        assert refusal("2024!!!!!!!!!!!!Soleil2024!!!!!!!!!!!!") == "common_password"
+
+    @pytest.mark.parametrize("password,rule", [
+        ("Lea2015!Lea2015!", "contains_login"),
+        ("Vacances-Roux-2026!", "contains_login"),
+        ("Pleased-Autumn-2026", "accepted"),
+    ])
+    def test_a_three_letter_name_of_the_login_counts_as_a_whole_word(
+            self, password: str, rule: str) -> None:
+        assert refusal(password, login="lea.roux") == rule
+
+    @pytest.mark.parametrize("password", [
+        "Claire.Robert-2026!",
+        "CLAIRE.ROBERT-2026!",
+        "Mon-ｃｌａｉｒｅ．ｒｏｂｅｒｔ-2026",
+        "ｃｌａｉｒｅ．ｒｏｂｅｒｔ-Bonjour-2026",
+        "Cl@ire-R0bert-2026!",
+        "Robert-Vacances-2026!",
+        "Vacances-Claire-2026!",
+        "clairerobertclairerobert",
+    ])
+    def test_the_login_or_a_name_in_it_is_refused_in_any_form(self, password: str) -> None:
+        """NFKC and case folding first: full-width letters, capitals and leetspeak alike."""
+        assert refusal(password) == "contains_login"
+
+    @pytest.mark.parametrize("context,password", [
+        (("Marie-Christine Delacroix-Fontaine",), "Fontaine-Vacances-2026!"),
+        (("Marie-Christine Delacroix-Fontaine",), "DELACROIXfontaine-2026!"),
+        (("Marie-Christine Delacroix-Fontaine",), "Vacances-ＦＯＮＴＡＩＮＥ-2026"),
+        (("Léa Roux",), "Lea2015!Lea2015!"),
+        (("Léa Roux",), "Vacances-Roux-2026!"),
+        (("lapinou.rose@example.fr",), "Lapinou-Vacances-2026!"),
+        (("", "lapinou.rose@example.fr"), "Rose&Lapinou-2026!"),
+    ])
+    def test_the_words_of_the_context_are_refused(self, context: tuple[str, ...],
+                                                  password: str) -> None:
+        assert refusal(password, login="x.y", context=context) == "contains_context"
+
+    @pytest.mark.parametrize("context,password", [
+        (("Léa Roux",), "Pleased-Autumn-2026"),     # 3-letter names: whole words only
+        (("Léa Roux",), "Croustillant-2026!"),     # "roux" is not inside
+        (("lapinou.rose@example.fr",), "Example-Vacances-2026"),   # the domain is no one's
+        (("",), "Vacances-Pluvieuses-2026"),
+    ])
+    def test_a_context_word_must_really_be_there(self, context: tuple[str, ...],
+                                                 password: str) -> None:
+        assert refusal(password, login="x.y", context=context) == "accepted"
+
+    @pytest.mark.parametrize("password", [
+        "cheval correct pile agrafe",
+        "Correct-Horse-Battery-9",
+        "Mot-de-passe-Sûr-2026",
+        "Autre-Mot-de-passe-2027",
+        "Nouvelle-Clé-Verte-2028",
+        "Un-Mot-De-Passe-42!",
+        "Trois-Rivieres-2024!",
+        "Tr0ub4dor&3xy",
+        "Correcthorse2026",
+        "la girafe mange des crêpes à Brest",
+        "Mon chat Félix dort sur le canapé",
+        "Gravel-Mint5",
+        "Pluie-sur-Quimper-1987",
+    ])
+    def test_good_passwords_and_passphrases_are_accepted(self, password: str) -> None:
+        assert refusal(password) == "accepted"
+
+    @settings(max_examples=300, deadline=None)
+    @given(word=st.sampled_from(sorted(common_passwords())),
+           before=st.text(string.digits + string.punctuation + " €£§°", max_size=8),
+           after=st.text(string.digits + string.punctuation + " €£§°", max_size=8))
+    def test_a_listed_password_with_digits_or_symbols_stuck_on_is_refused(
+            self, word: str, before: str, after: str) -> None:
+        assert refusal(before + word + after, login="q.z") in GUESSABLE
+
+    @settings(max_examples=200, deadline=None)
+    @given(word=st.sampled_from(sorted(w for w in common_passwords() if w.isalpha())),
+           capitals=st.lists(st.booleans(), min_size=30, max_size=30),
+           times=st.integers(1, 4), after=st.text(string.digits + "!?*.", max_size=5))
+    def test_a_listed_word_in_capitals_or_typed_again_and_again_is_refused(
+            self, word: str, capitals: list[bool], times: int, after: str) -> None:
+        typed = "".join(ch.upper() if up else ch for ch, up in zip(word, capitals, strict=False))
+        typed += word[len(typed):]
+        assert refusal(typed * times + after, login="q.z") in GUESSABLE
+
+    @settings(max_examples=200, deadline=None)
+    @given(password=st.text(max_size=40), login=st.text(max_size=20),
+           context=st.lists(st.text(max_size=20), max_size=3))
+    def test_every_refusal_names_one_of_the_documented_rules(
+            self, password: str, login: str, context: list[str]) -> None:
+        try:
+            CnilPasswordPolicy().check(password, login=login, context=context)
+        except PasswordPolicyError as error:
+            assert error.rule in PasswordPolicyError.RULES
+
+    def test_the_check_stays_cheap_on_the_longest_and_oddest_passwords(self) -> None:
+        """A set lookup and a few folded forms: a few milliseconds, less than one hash.
+
+        The worst is U+FDFA, which NFKC turns into 18 characters.
+        """
+        policy = CnilPasswordPolicy()
+        worst = ["1" * 1024, "!" * 511 + "a" + "1" * 512, "ab" * 512, "a1!" * 341,
+                 "\ufdfa" * 1024, "Ａ" * 1024, "azertyuiop" * 102]
+        for password in worst:
+            timings = []
+            for _ in range(3):
+                started = time.perf_counter()
+                with contextlib.suppress(PasswordPolicyError):
+                    policy.check(password, login=LOGIN, context=("Claire Robert",))
+                timings.append(time.perf_counter() - started)
+            assert min(timings) < 0.1, (password[:10], min(timings))
+
+
+class TestContextFromTheService:
+    def test_changing_the_password_refuses_the_accounts_names_and_email(
+            self, instrumented: InstrumentedStorage) -> None:
+        verifier = CountingVerifier()
+        service = MergeService(instrumented, verifier, FakeClock())
+        letter = service.issue_account(SCHOOL, "Marie-Christine Delacroix-Fontaine",
+                                       [Child("ine-1", "Enfant", "Fontaine", SCHOOL.uai)])
+        assert "fontaine" not in letter.login  # logins keep 24 characters
+        account = service.activate(letter.login, letter.provisional_password, STRONG,
+                                   email="lapinou.rose@example.fr")
+        verifier.reset()
+        for password, rule in [("Fontaine-Vacances-2026!", "contains_context"),
+                               ("Lapinou-Vacances-2026!", "contains_context"),
+                               ("Christine-Vacances-2026!", "contains_login"),
+                               ("Password1234!", "common_password")]:
+            with pytest.raises(PasswordPolicyError) as raised:
+                service.change_password(account.id, STRONG, password)
+            assert raised.value.rule == rule
+        assert (verifier.verifications, verifier.hashes) == (0, 0)  # checked before any work
+        service.change_password(account.id, STRONG, OTHER)
+        assert service.authenticate(account.login, OTHER).id == account.id
+
+    def test_activation_refuses_the_login_and_the_email_typed_with_it(
+            self, instrumented: InstrumentedStorage) -> None:
+        service = MergeService(instrumented, CountingVerifier(), FakeClock())
+        letter = issue(service, 1)
+        for password, email, rule in [
+                ("Numero-Vacances-2026!", None, "contains_login"),
+                ("Lapinou-Vacances-2026!", "lapinou.rose@example.fr", "contains_context"),
+                ("Motdepasse123!", None, "common_password")]:
+            with pytest.raises(PasswordPolicyError) as raised:
+                service.activate(letter.login, letter.provisional_password, password,
+                                 email=email)
+            assert raised.value.rule == rule
+        service.activate(letter.login, letter.provisional_password, STRONG,
+                         email="lapinou.rose@example.fr")
+
+    def test_activation_says_nothing_of_a_display_name_it_has_not_proven(
+            self, instrumented: InstrumentedStorage) -> None:
+        """Checked before the provisional password, the policy sees only what was typed.
+
+        Refusing the display name there would tell whoever types a login
+        the name of its holder; ``change_password`` refuses it.
+        """
+        service = MergeService(instrumented, CountingVerifier(), FakeClock())
+        letter = service.issue_account(SCHOOL, "Marie-Christine Delacroix-Fontaine",
+                                       [Child("ine-1", "Enfant", "Fontaine", SCHOOL.uai)])
+        assert code(lambda: service.activate(letter.login, "WRONG234",
+                                             "Fontaine-Vacances-2026!")) == "invalid_credentials"
+
+
+class TestCommonPasswordList:
+    def test_the_shipped_list_is_exactly_what_the_generator_writes(self) -> None:
+        """Nobody edits the data file by hand: change the seed and run the generator."""
+        spec = importlib.util.spec_from_file_location("build_common_passwords", GENERATOR)
+        assert spec is not None and spec.loader is not None
+        generator = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(generator)
+
+        expected = generator.build()
+
+        shipped = resources.files("account_merge.domain") / "common_passwords.txt.gz"
+        assert gzip.decompress(shipped.read_bytes()).decode("utf-8") == expected
+        assert common_passwords() == frozenset(expected.split())
+
+    def test_the_list_is_big_enough_and_holds_what_parents_type(self) -> None:
+        words = common_passwords()
+        assert len(words) > 40_000
+        for word in ("motdepasse", "azerty", "soleil", "doudou", "loulou", "chouchou",
+                     "marseille", "bonjour", "jetaime", "coucou", "nicolas", "camille",
+                     "password", "qwerty", "letmein", "iloveyou", "dragon", "football",
+                     "1q2w3e4r", "azertyuiop", "qazwsx", "zaq12wsx", "147258369",
+                     "123456789", "1900", "2039", "01011930", "31122039", "29022000"):
+            assert word in words, word
+        for word in ("1899", "2040", "31121929", "01012040", "29022001", "abc"):
+            assert word not in words, word
+
+    def test_the_list_takes_under_8_mb(self) -> None:
+        words = common_passwords()
+        assert sys.getsizeof(words) + sum(map(sys.getsizeof, words)) < 8_000_000
+
+    def test_the_list_is_read_on_first_use_not_on_import(self) -> None:
+        script = ("import account_merge\n"
+                  "from account_merge.domain import passwords\n"
+                  "from account_merge.testing import make_service\n"
+                  "make_service()\n"
+                  "print(passwords.common_passwords.cache_info().currsize)\n"
+                  "passwords.CnilPasswordPolicy().check('Mot-de-passe-Sûr-2026', login='a.b')\n"
+                  "print(passwords.common_passwords.cache_info().currsize)\n")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              check=False, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["0", "1"]
+
+    def test_every_entry_is_in_the_form_a_password_is_compared_in(self) -> None:
+        words = common_passwords()
+        assert all(len(word) >= 4 and word.isalnum() and fold(word) == word for word in words)
+
+    def test_it_is_read_once(self) -> None:
+        assert common_passwords() is common_passwords()
 
 
 class TestLength:

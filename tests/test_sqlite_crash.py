@@ -6,7 +6,8 @@ moment; then a new writer carries on with the same file, and so on.  After
 every kill the file must pass SQLite's integrity check, hold the design's
 invariants, and hold every operation wholly or not at all: replaying the
 outbox (written in the same transaction as each change) must give exactly
-the accounts, credentials and links in the tables.
+the accounts, credentials and links in the tables, and each account's
+last sign-in time must be that of its last audited sign-in.
 """
 
 from __future__ import annotations
@@ -47,10 +48,16 @@ def start_writer(path: Path, seed: int) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
-def replay(path: Path) -> tuple[dict[str, tuple[str, str | None]], dict[str, dict[str, bool]],
-                                 set[str], Counter[str]]:
-    """What the outbox says the tables hold: accounts, links, children issued, event counts."""
+def replay(path: Path) -> tuple[dict[str, tuple[str, str | None]], dict[str, str],
+                                 dict[str, dict[str, bool]], set[str], Counter[str]]:
+    """What the outbox says the tables hold.
+
+    Accounts (status, merged into), the kind of each account's credential
+    (an absorbed account keeps the one it had), links, children issued,
+    event counts.
+    """
     accounts: dict[str, tuple[str, str | None]] = {}
+    credentials: dict[str, str] = {}
     links: dict[str, dict[str, bool]] = {}
     issued: set[str] = set()
     counts: Counter[str] = Counter()
@@ -64,11 +71,13 @@ def replay(path: Path) -> tuple[dict[str, tuple[str, str | None]], dict[str, dic
         counts[event.name] += 1
         if isinstance(event, AccountIssued):
             accounts[event.account_id] = ("provisional", None)
+            credentials[event.account_id] = "provisional"
             links[event.account_id] = {c: False for c in event.child_ids}
             issued.update(event.child_ids)
         elif isinstance(event, AccountActivated):
             assert accounts[event.account_id] == ("provisional", None)
             accounts[event.account_id] = ("active", None)
+            credentials[event.account_id] = "password"
         elif isinstance(event, AccountsMerged):
             principal, absorbed = event.principal_id, event.absorbed_id
             assert accounts[principal] == ("active", None)
@@ -85,8 +94,9 @@ def replay(path: Path) -> tuple[dict[str, tuple[str, str | None]], dict[str, dic
             for c in event.moved_child_ids:
                 assert links[event.principal_id].pop(c) is True
             accounts[event.new_account_id] = ("provisional", None)
+            credentials[event.new_account_id] = "provisional"
             links[event.new_account_id] = dict.fromkeys(event.moved_child_ids, False)
-    return accounts, links, issued, counts
+    return accounts, credentials, links, issued, counts
 
 
 def check_file(path: Path) -> int:
@@ -104,6 +114,11 @@ def check_file(path: Path) -> int:
             linked.setdefault(account_id, {})[child_id] = bool(via_merge)
         audited = Counter(action for (action,) in connection.execute(
             "SELECT action FROM audit WHERE outcome = 'success'"))
+        signed_in = dict(connection.execute(
+            "SELECT id, last_signed_in_at FROM accounts WHERE last_signed_in_at IS NOT NULL"))
+        sign_ins_audited = dict(connection.execute(  # the last one of each account
+            "SELECT account_id, at FROM audit WHERE outcome = 'success'"
+            " AND action IN ('activate', 'authenticate') ORDER BY id"))
     finally:
         connection.close()
 
@@ -112,19 +127,26 @@ def check_file(path: Path) -> int:
     for account_id, (status, into) in stored.items():
         if status == "merged":
             assert into in live, f"{account_id} is merged into {into}, not a live account"
-            assert account_id not in credentials, f"merged {account_id} keeps a credential"
             assert not linked.get(account_id), f"merged {account_id} keeps children"
         else:
             assert into is None
             expected = "provisional" if status == "provisional" else "password"
             assert credentials.get(account_id) == expected, account_id
+        # An absorbed account keeps its credential, so that its owner can be told
+        # where it went (account_merged).
+        assert account_id in credentials, f"{account_id} lost its credential"
 
     # Every operation wholly there or wholly absent: the outbox replays to the tables.
-    accounts, links, issued, counts = replay(path)
+    accounts, kinds, links, issued, counts = replay(path)
     assert stored == accounts
+    assert credentials == kinds
     assert {a: c for a, c in linked.items() if c} == {a: c for a, c in links.items() if c}
+    # A sign-in's time and its audit record are written together: the time
+    # stored is that of the account's last audited activation or sign-in.
+    assert signed_in == sign_ins_audited
     held = {c for account_id in live for c in linked.get(account_id, {})}
     assert issued <= held, f"children lost: {issued - held}"
+    del audited["authenticate"]  # a sign-in writes no event: checked above
     assert audited == Counter({"issue": counts["account_issued"],
                                "activate": counts["account_activated"],
                                "merge": counts["accounts_merged"],

@@ -3,13 +3,15 @@
 Four worker processes (started with 'spawn', each with its own
 SQLiteStorage on the file) are released together by a barrier for every
 round, so that their merges really race: several principals claiming the
-same account, and two accounts merging into each other.
+same account, two accounts merging into each other, and wrong passwords
+typed at one login, each counted exactly once.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator
+from datetime import timedelta
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 
 from account_merge import AccountStatus, Child, MergeService, SQLiteStorage
 from account_merge.domain.account import Account
+from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import AccountMergeError
 from account_merge.testing import fast_verifier, make_establishment
 
@@ -31,9 +34,15 @@ WORKERS = 4
 PATIENCE = 120
 
 
+#: The workers' limits: a back-off so long that, past ``backoff_after`` failures
+#: at one login, every further attempt in the test is refused, however slow
+#: the machine.
+THROTTLE = ThrottlePolicy(backoff_base=timedelta(hours=1))
+
+
 def worker(path: str, barrier: Barrier, tasks: Queue[Any], results: Queue[Any]) -> None:
     """Run merges on the file: wait at the barrier, merge, report; until told to stop."""
-    service = MergeService(SQLiteStorage(path), fast_verifier())
+    service = MergeService(SQLiteStorage(path), fast_verifier(), throttle=THROTTLE)
     try:
         while (task := tasks.get()) is not None:
             barrier.wait()
@@ -157,6 +166,26 @@ def test_processes_merging_two_accounts_into_each_other_never_deactivate_both(
             assert merged.merged_into == live[0].id
             assert set(service.children(live[0].id)) == {
                 child(f"m{round_}-{k}-a"), child(f"m{round_}-{k}-b")}
+
+
+def test_wrong_passwords_from_several_processes_are_each_counted_once(
+        service: MergeService, pool: Pool) -> None:
+    """An attempt is counted as it is read, under the file's write lock: none is lost.
+
+    Two rounds of four wrong passwords at one login, each from another
+    principal: exactly ``backoff_after`` of them are verified (and fail),
+    every later one is refused before any verification.
+    """
+    target = service.issue_account(SCHOOL, "Claire Throttled", [child("t-x")])
+    principals = [active_parent(service, f"Parent T N{i}", f"t-{i}") for i in range(2 * WORKERS)]
+    outcomes = []
+    for round_ in range(2):
+        outcomes += pool.round([(p.id, target.login, "WRONG-PASSWORD")
+                                for p in principals[round_ * WORKERS:(round_ + 1) * WORKERS]])
+    codes = sorted(what for what, _ in outcomes)
+    assert codes == sorted(["invalid_credentials"] * THROTTLE.backoff_after
+                           + ["too_many_attempts"] * (2 * WORKERS - THROTTLE.backoff_after))
+    assert service.get_account(target.account_id).status is AccountStatus.PROVISIONAL
 
 
 def _issue_in_child(storage: SQLiteStorage, results: Queue[Any]) -> None:

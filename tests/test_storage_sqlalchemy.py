@@ -1,186 +1,69 @@
 """SQLAlchemyStorage on a real PostgreSQL server and on a SQLite file.
 
-The PostgreSQL tests use the throwaway server of tests/pg.py; without the
-server binaries they skip (or fail under ACCOUNT_MERGE_REQUIRE_POSTGRES=1).
+What the conformance suite (tests/test_conformance_sqlalchemy.py) does not
+pin: the service's whole story, errors naming the URL, PostgreSQL's locks
+and lost races, SQLite's write lock, and the host's session.  The tables
+and their upgrade are in tests/test_sqlalchemy_schema.py, round trips in
+tests/test_sqlalchemy_round_trips.py, races in tests/test_sqlalchemy_races.py.
 """
 
 from __future__ import annotations
 
-import itertools
-import multiprocessing
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import sqlalchemy
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, inspect, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, select
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from account_merge import AccountStatus, Child, MergeService, Role
+from account_merge import AccountStatus, Child, MergeService
 from account_merge.domain.account import Account
 from account_merge.domain.audit import AuditAction
+from account_merge.domain.child import ChildLink
 from account_merge.domain.events import AccountActivated
 from account_merge.domain.letter import NotificationLetter
 from account_merge.domain.logins import login_key
-from account_merge.domain.throttle import ThrottlePolicy
+from account_merge.domain.throttle import ThrottleState, merge_key, signin_key
 from account_merge.exceptions import (
     AccountMergeError,
     ConcurrentUpdate,
+    ExpectationFailed,
     InvalidCredentials,
-    InvalidInput,
     StorageError,
     TooManyAttempts,
 )
-from account_merge.ports import LoginTaken, Storage
-from account_merge.storage.sqlalchemy import (
-    DEFAULT_PREFIX,
-    SQLAlchemyStorage,
-    make_metadata,
-    metadata,
+from account_merge.ports import ChangeSet, Expect, Fetch
+from account_merge.storage.sqlalchemy import SQLAlchemyStorage, make_metadata
+from sqlalchemy_kit import (
+    OTHER_SCHOOL,
+    SCHOOL,
+    T0,
+    account,
+    activated,
+    apply,
+    child,
+    fresh_prefix,
+    make_service,
+    new,
+    pg_engine,
+    pg_storage,
+    sqlite_engine,
+    sqlite_storage,
+    storage,
 )
-from account_merge.testing import CountingVerifier, FakeClock, fast_verifier, make_establishment
-from account_merge.testing.conformance import StorageContract
-from merge_workers import merge_worker
 
-SCHOOL = make_establishment(860001, "Collège Jean Moulin")
-OTHER_SCHOOL = make_establishment(860002, "Lycée Camille Guérin")
-T0 = datetime(2026, 9, 1, 8, 0, tzinfo=UTC)
-STRONG = "Correct-Horse-Battery-9"
-#: Limits high enough that the race tests measure locking, not throttling.
-GENEROUS = ThrottlePolicy(backoff_after=1000, lock_after=1000,
-                          principal_per_hour=1000, principal_per_day=1000)
-_prefixes = itertools.count()
+__all__ = ["pg_engine", "pg_storage", "sqlite_storage", "storage"]
 
 
-def fresh_prefix() -> str:
-    """A table prefix no other test of this run uses (one database, many stores)."""
-    return f"t{next(_prefixes)}_"
-
-
-def child(n: int, school: str = SCHOOL.uai) -> Child:
-    return Child(f"ine-{n}", f"Enfant{n}", "Robert", school)
-
-
-def account(n: int, **changes: Any) -> Account:
-    base = Account(id=f"acc{n}", login=f"parent.{n}", role=Role.RESPONSABLE,
-                   status=AccountStatus.PROVISIONAL, display_name=f"Parent {n}",
-                   establishment_uai=SCHOOL.uai, created_at=T0)
-    return attrs.evolve(base, **changes)
-
-
-def sqlite_engine(path: Path) -> sqlalchemy.Engine:
-    """A SQLite engine as we recommend it: WAL journal, synchronous=NORMAL."""
-    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _: Any) -> None:
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-    return engine
-
-
-# -- fixtures --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def pg_engine(postgres_url: str) -> Iterator[sqlalchemy.Engine]:
-    engine = sqlalchemy.create_engine(postgres_url, pool_size=10, max_overflow=20)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pg_storage(pg_engine: sqlalchemy.Engine) -> Iterator[SQLAlchemyStorage]:
-    storage = SQLAlchemyStorage(pg_engine, prefix=fresh_prefix())
-    storage.create_schema()
-    yield storage
-    storage.metadata.drop_all(pg_engine)
-
-
-@pytest.fixture
-def sqlite_storage(tmp_path: Path) -> Iterator[SQLAlchemyStorage]:
-    engine = sqlite_engine(tmp_path / "store.sqlite3")
-    storage = SQLAlchemyStorage(engine)
-    storage.create_schema()
-    yield storage
-    engine.dispose()
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def storage(request: pytest.FixtureRequest) -> SQLAlchemyStorage:
-    """The store on each database in turn."""
-    name = "pg_storage" if request.param == "postgresql" else "sqlite_storage"
-    store: SQLAlchemyStorage = request.getfixturevalue(name)
-    return store
-
-
-def make_service(storage: Storage, verifier: Any = None, **options: Any) -> MergeService:
-    return MergeService(storage, verifier or fast_verifier(), FakeClock(T0), **options)
-
-
-def activated(service: MergeService, name: str, kids: list[Child]) -> Account:
-    letter = service.issue_account(SCHOOL, name, kids)
-    return service.activate(letter.login, letter.provisional_password, STRONG)
-
-
-# -- the conformance suite ----------------------------------------------------------
-
-
-class TestConformanceOnPostgres(StorageContract):
-    """The storage contract, on PostgreSQL."""
-
-    state_machine_examples = 10
-
-    @pytest.fixture(autouse=True)
-    def _server(self, pg_engine: sqlalchemy.Engine, postgres_url: str) -> None:
-        self.engine = pg_engine
-        self.url = postgres_url
-
-    def make_storage(self) -> Storage:
-        storage = SQLAlchemyStorage(self.engine, prefix=fresh_prefix())
-        storage.create_schema()
-        return storage
-
-    def close_storage(self, storage: Storage) -> None:
-        assert isinstance(storage, SQLAlchemyStorage)
-        storage.metadata.drop_all(self.engine)
-        storage.close()
-
-    def make_broken_storage(self) -> Storage:
-        no_server = self.url.split("?host=")[0] + "?host=/nonexistent-socket-dir"
-        return SQLAlchemyStorage.from_url(no_server)
-
-
-class TestConformanceOnSQLite(StorageContract):
-    """The storage contract, on a SQLite file."""
-
-    state_machine_examples = 10
-
-    @pytest.fixture(autouse=True)
-    def _folder(self, tmp_path: Path) -> None:
-        self.folder = tmp_path
-        self.engines: dict[int, sqlalchemy.Engine] = {}
-
-    def make_storage(self) -> Storage:
-        engine = sqlite_engine(self.folder / f"store{next(_prefixes)}.sqlite3")
-        storage = SQLAlchemyStorage(engine)
-        storage.create_schema()
-        self.engines[id(storage)] = engine
-        return storage
-
-    def close_storage(self, storage: Storage) -> None:
-        self.engines.pop(id(storage)).dispose()
-
-    def make_broken_storage(self) -> Storage:
-        garbage = self.folder / "not-a-database.sqlite3"
-        garbage.write_bytes(b"this is not a SQLite database, " * 100)
-        return SQLAlchemyStorage.from_url(f"sqlite:///{garbage}")
+def fetch(store: SQLAlchemyStorage, request: Fetch) -> Any:
+    with store.unit_of_work(write=False) as uow:
+        return uow.fetch(request)
 
 
 # -- the service on each database -------------------------------------------------------
@@ -207,71 +90,80 @@ def test_the_whole_story_runs_on_each_database(storage: SQLAlchemyStorage) -> No
                                                               AuditAction.SPLIT]
 
 
+def test_after_a_change_of_school_each_letter_shows_its_own_school(
+        storage: SQLAlchemyStorage) -> None:
+    """Defect 12.2: the lycée's letter names the child as the lycée knows it, and splits there.
+
+    This store kept one row per child id, so the lycée's letter showed the
+    collège, and the split asked for the collège's authority.
+    """
+    service = make_service(storage)
+    at_college = Child("ine-7", "Dylan", "Robert", SCHOOL.uai)
+    at_lycee = Child("ine-7", "Dylan-Léo", "Robert", OTHER_SCHOOL.uai)
+    principal = activated(service, "Claire Robert", [at_college])
+    letter = service.issue_account(OTHER_SCHOOL, "Claire Robert", [at_lycee])
+    assert service.children(letter.account_id) == (at_lycee,)
+    assert service.children(principal.id) == (at_college,)
+    other = activated(service, "Marc Robert", [child(8)])
+    service.merge(other.id, letter.login, letter.provisional_password)
+    assert service.children(other.id) == (child(8), at_lycee)
+    split = service.split(OTHER_SCHOOL, other.id)
+    assert split.moved == (at_lycee,)
+    assert service.children(split.new_account_id) == (at_lycee,)
+
+
 def test_aware_datetimes_come_back_equal_and_in_utc(storage: SQLAlchemyStorage) -> None:
     paris = timezone(timedelta(hours=2))
-    created = datetime(2026, 9, 1, 10, 0, 0, 123456, tzinfo=paris)
-    with storage.unit_of_work() as uow:
-        uow.add_account(account(1, created_at=created), "parent.1")
-        uow.commit()
-    with storage.unit_of_work(write=False) as uow:
-        stored = uow.get_account("acc1")
-    assert stored is not None
-    assert stored.created_at == created
+    created = T0.replace(microsecond=123456).astimezone(paris)
+    apply(storage, new(account(1, created_at=created, last_signed_in_at=created)))
+    stored = fetch(storage, Fetch(accounts=["acc1"])).accounts["acc1"].account
+    assert stored.created_at == created == stored.last_signed_in_at
     assert stored.created_at.utcoffset() == timedelta(0)
-
-
-def test_a_duplicate_account_id_is_login_taken_too(storage: SQLAlchemyStorage) -> None:
-    with storage.unit_of_work() as uow:
-        uow.add_account(account(1), "parent.1")
-        with pytest.raises(LoginTaken):
-            uow.add_account(account(1, login="other"), "other")
-        uow.commit()
-    with storage.unit_of_work(write=False) as uow:
-        assert uow.get_account_id_by_login("other") is None
 
 
 def test_a_unit_of_work_goes_on_after_commit_and_rollback(storage: SQLAlchemyStorage) -> None:
     with storage.unit_of_work() as uow:
-        uow.add_account(account(1), "parent.1")
+        uow.apply(new(account(1)))
         uow.commit()
-        uow.add_account(account(2), "parent.2")
+        uow.apply(new(account(2)))
         uow.rollback()
-        uow.add_account(account(3), "parent.3")
+        uow.apply(new(account(3)))
         uow.commit()
-        uow.add_account(account(4), "parent.4")
-    with storage.unit_of_work(write=False) as uow:
-        assert [uow.get_account(f"acc{n}") is not None for n in (1, 2, 3, 4)] == [
-            True, False, True, False]
+        uow.apply(new(account(4)))
+    found = fetch(storage, Fetch(accounts=[f"acc{n}" for n in (1, 2, 3, 4)])).accounts
+    assert sorted(found) == ["acc1", "acc3"]
 
 
 def test_a_unit_of_work_outside_its_with_block_refuses_work(
         storage: SQLAlchemyStorage) -> None:
     uow = storage.unit_of_work()
     with pytest.raises(RuntimeError, match="with"):
-        uow.get_account("acc1")
+        uow.fetch(Fetch(accounts=["acc1"]))
     with uow:
         pass
     with pytest.raises(RuntimeError, match="with"):
         uow.commit()
 
 
-def test_create_schema_is_idempotent_and_keeps_the_data(storage: SQLAlchemyStorage) -> None:
-    with storage.unit_of_work() as uow:
-        uow.add_account(account(1), "parent.1")
-        uow.commit()
-    storage.create_schema()
-    storage.create_schema()
-    with storage.unit_of_work(write=False) as uow:
-        assert uow.get_account("acc1") == account(1)
+def test_storage_write_is_alone_and_all_or_nothing(storage: SQLAlchemyStorage) -> None:
+    """On PostgreSQL one statement in autocommit: a failed precondition writes nothing."""
+    storage.write(new(account(1)))
+    with pytest.raises(ExpectationFailed):
+        storage.write(ChangeSet(expect=[Expect("acc1", AccountStatus.ACTIVE, None)],
+                                establishments=[SCHOOL],
+                                throttles=[ThrottleState("merge:x", 1, T0, (T0,))]))
+    found = fetch(storage, Fetch(establishments=[SCHOOL.uai], throttles=["merge:x"]))
+    assert found.establishments == {} and found.throttles["merge:x"] == ThrottleState("merge:x")
 
 
-def test_missing_tables_raise_a_storage_error_that_says_how_to_create_them(
-        tmp_path: Path, pg_engine: sqlalchemy.Engine) -> None:
-    for store in (SQLAlchemyStorage(pg_engine, prefix=fresh_prefix()),
-                  SQLAlchemyStorage.from_url(f"sqlite:///{tmp_path / 'empty.sqlite3'}")):
-        with pytest.raises(StorageError, match=r"create_schema\(\)"), store.unit_of_work() as uow:
-            uow.get_account("acc1")
-        store.close()
+def test_a_stored_row_the_domain_refuses_is_a_storage_error(
+        storage: SQLAlchemyStorage) -> None:
+    apply(storage, new(account(1)))
+    accounts = storage.metadata.tables[f"{storage.prefix}accounts"]
+    with storage._bind_engine().begin() as conn:
+        conn.execute(accounts.update().values(status="lost"))
+    with pytest.raises(StorageError, match="cannot be read"):
+        fetch(storage, Fetch(accounts=["acc1"]))
 
 
 # -- nothing connects early; errors name the store without its password -----------------
@@ -296,12 +188,24 @@ def test_a_server_that_is_not_running_raises_storage_error_naming_the_url(
                                                 query={"host": "/tmp/no-server-here"})
     storage = SQLAlchemyStorage.from_url(url)
     service = make_service(storage)
-    with pytest.raises(StorageError) as raised:
-        service.get_account("acc1")
-    assert raised.value.code == "storage_error"
-    assert raised.value.store.startswith("postgresql+psycopg://postgres:***@/account_merge_test")
-    assert "s3cret" not in str(raised.value)
+    for call in (lambda: service.get_account("acc1"),
+                 lambda: service.mark_published([1])):  # storage.write, in autocommit
+        with pytest.raises(StorageError) as raised:
+            call()
+        assert raised.value.code == "storage_error"
+        assert raised.value.store.startswith(
+            "postgresql+psycopg://postgres:***@/account_merge_test")
+        assert "s3cret" not in str(raised.value)
     storage.close()
+
+
+def test_missing_tables_raise_a_storage_error_that_says_how_to_create_them(
+        tmp_path: Path, pg_engine: sqlalchemy.Engine) -> None:
+    for store in (SQLAlchemyStorage(pg_engine, prefix=fresh_prefix()),
+                  SQLAlchemyStorage.from_url(f"sqlite:///{tmp_path / 'empty.sqlite3'}")):
+        with pytest.raises(StorageError, match=r"create_schema\(\)"), store.unit_of_work() as uow:
+            uow.fetch(Fetch(accounts=["acc1"]))
+        store.close()
 
 
 def test_a_lost_connection_raises_storage_error(postgres_url: str) -> None:
@@ -316,10 +220,9 @@ def test_a_lost_connection_raises_storage_error(postgres_url: str) -> None:
     admin.dispose()
     with pytest.raises(StorageError, match="cannot use the database"), \
             storage.unit_of_work() as uow:
-        uow.get_account("acc1")
-    with storage.unit_of_work() as uow:  # the pool replaced the dead connection
-        assert uow.get_account("acc1") is None
-    storage.metadata.drop_all(storage._engine)  # type: ignore[arg-type]
+        uow.fetch(Fetch(accounts=["acc1"]))
+    assert fetch(storage, Fetch(accounts=["acc1"])).accounts == {}  # a new connection
+    storage.metadata.drop_all(storage._bind_engine())
     storage.close()
 
 
@@ -332,15 +235,13 @@ def _hold_row_lock(engine: sqlalchemy.Engine, table: Table, account_id: str) -> 
     return conn
 
 
-def test_lock_accounts_holds_row_locks_until_the_unit_of_work_ends(
+def test_a_locked_fetch_holds_row_locks_until_the_unit_of_work_ends(
         pg_storage: SQLAlchemyStorage, pg_engine: sqlalchemy.Engine) -> None:
     accounts = pg_storage.metadata.tables[f"{pg_storage.prefix}accounts"]
+    apply(pg_storage, new(account(1), account(2)))
     with pg_storage.unit_of_work() as uow:
-        uow.add_account(account(1), "parent.1")
-        uow.add_account(account(2), "parent.2")
-        uow.commit()
-    with pg_storage.unit_of_work() as uow:
-        assert set(uow.lock_accounts(["acc2", "acc1"])) == {"acc1", "acc2"}
+        assert set(uow.fetch(Fetch(accounts=["acc2", "acc1"], lock=True)).accounts) == {
+            "acc1", "acc2"}
         with pg_engine.connect() as other:
             with pytest.raises(sqlalchemy.exc.OperationalError, match="could not obtain lock"):
                 other.execute(select(accounts).where(accounts.c.id == "acc1")
@@ -351,18 +252,57 @@ def test_lock_accounts_holds_row_locks_until_the_unit_of_work_ends(
                                  .with_for_update(nowait=True)).scalar() == "acc1"
 
 
-def test_a_lock_timeout_becomes_concurrent_update(pg_engine: sqlalchemy.Engine) -> None:
+def test_a_locked_fetch_that_waited_reads_what_the_holder_committed(
+        pg_storage: SQLAlchemyStorage) -> None:
+    """A statement reads the snapshot it began with: after the wait, the store reads again.
+
+    The holder only adds a link to the account it locked; without a
+    second read, the waiter would get the links as they were before the
+    holder committed.
+    """
+    apply(pg_storage, new(account(1)))
+    holding = threading.Event()
+    seen: list[Any] = []
+
+    def holder() -> None:
+        with pg_storage.unit_of_work() as uow:
+            uow.fetch(Fetch(accounts=["acc1"], lock=True))
+            holding.set()
+            time.sleep(0.3)
+            uow.apply(ChangeSet(link=[_link("acc1", 5)]))
+            uow.commit()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holding.wait(10)
+    with pg_storage.unit_of_work() as uow:
+        seen.append(uow.fetch(Fetch(accounts=["acc1"], links=["acc1"], lock=True)).links)
+        uow.commit()
+    thread.join(10)
+    assert [[link.child.id for link in links["acc1"]] for links in seen] == [["ine-5"]]
+
+
+def _link(account_id: str, n: int) -> ChildLink:
+    return ChildLink(account_id=account_id, child=child(n), origin_account_id=account_id,
+                     origin_establishment_uai=SCHOOL.uai, via_merge=False, linked_at=T0)
+
+
+@pytest.mark.parametrize("step", ["fetch", "write"])
+def test_a_lock_timeout_becomes_concurrent_update(pg_engine: sqlalchemy.Engine,
+                                                  step: str) -> None:
+    """The timeout is set by the statement itself, in a unit of work or in autocommit."""
     storage = SQLAlchemyStorage(pg_engine, prefix=fresh_prefix(), lock_timeout=0.05)
     storage.create_schema()
-    with storage.unit_of_work() as uow:
-        uow.add_account(account(1), "parent.1")
-        uow.commit()
+    apply(storage, new(account(1)))
     holder = _hold_row_lock(pg_engine, storage.metadata.tables[f"{storage.prefix}accounts"],
                             "acc1")
     try:
-        with pytest.raises(ConcurrentUpdate, match="lock timeout"), \
-                storage.unit_of_work() as uow:
-            uow.lock_accounts(["acc1"])
+        with pytest.raises(ConcurrentUpdate, match="lock timeout"):
+            if step == "fetch":
+                with storage.unit_of_work() as uow:
+                    uow.fetch(Fetch(accounts=["acc1"], lock=True))
+            else:
+                storage.write(ChangeSet(accounts=[account(1, email="c@example.org")]))
     finally:
         holder.close()
         storage.metadata.drop_all(pg_engine)
@@ -370,19 +310,16 @@ def test_a_lock_timeout_becomes_concurrent_update(pg_engine: sqlalchemy.Engine) 
 
 def test_a_deadlock_becomes_concurrent_update(pg_storage: SQLAlchemyStorage) -> None:
     """Two units of work lock two rows in opposite orders (which the service never does)."""
-    with pg_storage.unit_of_work() as uow:
-        uow.add_account(account(1), "parent.1")
-        uow.add_account(account(2), "parent.2")
-        uow.commit()
+    apply(pg_storage, new(account(1), account(2)))
     both_hold_one = threading.Barrier(2)
     outcomes: list[str] = []
 
     def lock(first: str, second: str) -> None:
         try:
             with pg_storage.unit_of_work() as uow:
-                uow.lock_accounts([first])
+                uow.fetch(Fetch(accounts=[first], lock=True))
                 both_hold_one.wait(10)
-                uow.lock_accounts([second])
+                uow.fetch(Fetch(accounts=[second], lock=True))
                 uow.commit()
             outcomes.append("committed")
         except ConcurrentUpdate as error:
@@ -403,20 +340,17 @@ def test_a_serialization_failure_becomes_concurrent_update(
     """At REPEATABLE READ, locking a row changed since the snapshot fails with 40001."""
     repeatable = SQLAlchemyStorage(pg_engine.execution_options(isolation_level="REPEATABLE READ"),
                                    prefix=pg_storage.prefix)
-    with pg_storage.unit_of_work() as uow:
-        uow.add_account(account(1), "parent.1")
-        uow.commit()
+    apply(pg_storage, new(account(1)))
     with repeatable.unit_of_work() as stale:
-        assert stale.get_account("acc1") == account(1)  # takes the snapshot
-        with pg_storage.unit_of_work() as uow:
-            uow.update_account(account(1, status=AccountStatus.ACTIVE))
-            uow.commit()
+        assert stale.fetch(Fetch(accounts=["acc1"])).accounts["acc1"].account == account(1)
+        apply(pg_storage, ChangeSet(accounts=[account(1, status=AccountStatus.ACTIVE)]))
         with pytest.raises(ConcurrentUpdate, match="could not serialize"):
-            stale.lock_accounts(["acc1"])
+            stale.fetch(Fetch(accounts=["acc1"], lock=True))
         with pytest.raises(ConcurrentUpdate, match="roll back"):
-            stale.get_account("acc1")  # the failed transaction is not reused by mistake
+            stale.fetch(Fetch(accounts=["acc1"]))  # the failed transaction is not reused
         stale.rollback()
-        assert stale.get_account("acc1") == account(1, status=AccountStatus.ACTIVE)
+        assert stale.fetch(Fetch(accounts=["acc1"])).accounts["acc1"].account == account(
+            1, status=AccountStatus.ACTIVE)
 
 
 def test_a_counter_read_for_writing_stays_locked_until_the_unit_of_work_ends(
@@ -425,13 +359,16 @@ def test_a_counter_read_for_writing_stays_locked_until_the_unit_of_work_ends(
     storage.create_schema()
     try:
         with storage.unit_of_work() as first:
-            assert first.get_throttle("login:claire") is None
+            found = first.fetch(Fetch(throttles=["merge:claire"], lock=True)).throttles
+            assert found == {"merge:claire": ThrottleState("merge:claire")}
             with pytest.raises(ConcurrentUpdate), storage.unit_of_work() as second:
-                second.get_throttle("login:claire")
+                second.fetch(Fetch(throttles=["merge:claire"], lock=True))
+            with pytest.raises(ConcurrentUpdate), storage.unit_of_work() as counting:
+                counting.fetch(Fetch(count=["merge:claire"], at=T0))
             with storage.unit_of_work(write=False) as reader:  # readers do not wait
-                assert reader.get_throttle("login:claire") is None
+                assert reader.fetch(Fetch(throttles=["merge:claire"])).throttles == found
             with storage.unit_of_work() as other_key:
-                assert other_key.get_throttle("login:marc") is None
+                other_key.fetch(Fetch(throttles=["merge:marc"], lock=True))
     finally:
         storage.metadata.drop_all(pg_engine)
 
@@ -447,11 +384,11 @@ def test_on_sqlite_a_writing_unit_of_work_holds_the_write_lock_from_its_start(
     other = sqlite3.connect(path, timeout=0, isolation_level=None)
     try:
         with storage.unit_of_work(write=False) as reader:
-            reader.get_account("acc1")
+            reader.fetch(Fetch(accounts=["acc1"]))
             other.execute("BEGIN IMMEDIATE")  # a reader does not block writers
             other.execute("ROLLBACK")
         with storage.unit_of_work() as writer:
-            writer.get_account("acc1")  # only a read, but BEGIN IMMEDIATE was emitted
+            writer.fetch(Fetch(accounts=["acc1"]))  # only a read, but BEGIN IMMEDIATE
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 other.execute("BEGIN IMMEDIATE")
     finally:
@@ -467,7 +404,7 @@ def test_on_sqlite_a_busy_database_becomes_concurrent_update(tmp_path: Path) -> 
     other.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(ConcurrentUpdate, match="locked"), storage.unit_of_work() as uow:
-            uow.get_account("acc1")
+            uow.fetch(Fetch(accounts=["acc1"]))
     finally:
         other.execute("ROLLBACK")
         other.close()
@@ -549,18 +486,18 @@ def test_in_a_session_a_unit_of_work_rolled_back_keeps_the_hosts_work(
     storage = SQLAlchemyStorage(session=factory, prefix=host_prefix)
     factory.execute(notes.insert().values(id=1, text="written by the host"))
     with pytest.raises(RuntimeError), storage.unit_of_work() as uow:
-        uow.add_account(account(1), "parent.1")
+        uow.apply(new(account(1)))
         raise RuntimeError("the library's work fails")
     with storage.unit_of_work() as uow:
-        uow.add_account(account(2), "parent.2")
+        uow.apply(new(account(2)))
         uow.commit()
     factory.commit()
     factory.remove()
     with host_engine.connect() as conn:
         assert conn.execute(select(notes.c.text)).scalar() == "written by the host"
-    with SQLAlchemyStorage(host_engine, prefix=host_prefix).unit_of_work() as uow:
-        assert uow.get_account("acc1") is None
-        assert uow.get_account("acc2") == account(2)
+    found = fetch(SQLAlchemyStorage(host_engine, prefix=host_prefix),
+                  Fetch(accounts=["acc1", "acc2"])).accounts
+    assert [r.account for r in found.values()] == [account(2)]
 
 
 # -- inside a host's session on PostgreSQL: failures outlive the host's rollback ----------
@@ -575,9 +512,8 @@ def _merge_story(service: MergeService) -> tuple[Account, NotificationLetter]:
     return principal, letter
 
 
-def _merge_outcomes(service: MergeService, principal_id: str) -> list[str]:
-    return [r.outcome for r in service.audit_trail(principal_id)
-            if r.action is AuditAction.MERGE]
+def _outcomes(service: MergeService, action: AuditAction) -> list[str]:
+    return [r.outcome for r in service.audit_trail() if r.action is action]
 
 
 def test_in_a_session_wrong_merge_attempts_count_even_when_the_host_rolls_back(
@@ -594,8 +530,23 @@ def test_in_a_session_wrong_merge_attempts_count_even_when_the_host_rolls_back(
         with pytest.raises(TooManyAttempts):
             service.merge(principal.id, letter.login, letter.provisional_password)
         session.rollback()
-    assert _merge_outcomes(committed, principal.id) == (
+    assert _outcomes(committed, AuditAction.MERGE) == (
         ["invalid_credentials"] * committed.throttle.backoff_after + ["too_many_attempts"])
+
+
+def test_in_a_session_wrong_sign_ins_count_even_when_the_host_rolls_back(
+        pg_engine: sqlalchemy.Engine, pg_storage: SQLAlchemyStorage) -> None:
+    committed = make_service(pg_storage)
+    principal = activated(committed, "Claire Robert", [child(1)])
+    with Session(pg_engine) as session:
+        service = make_service(SQLAlchemyStorage(session=session, prefix=pg_storage.prefix))
+        for _ in range(3):
+            with pytest.raises(InvalidCredentials):
+                service.authenticate(principal.login, WRONG, client="192.0.2.1")
+            session.rollback()
+    key = signin_key(login_key(principal.login), "192.0.2.1")
+    assert fetch(pg_storage, Fetch(throttles=[key])).throttles[key].consecutive == 3
+    assert _outcomes(committed, AuditAction.AUTHENTICATE) == ["invalid_credentials"] * 3
 
 
 @pytest.mark.parametrize("host_commits", [True, False], ids=["commit", "rollback"])
@@ -616,11 +567,11 @@ def test_in_a_session_a_merge_lives_and_dies_with_the_hosts_transaction(
     if host_commits:
         assert status is AccountStatus.MERGED
         assert "accounts_merged" in events
-        assert _merge_outcomes(committed, principal.id) == ["success"]
+        assert _outcomes(committed, AuditAction.MERGE) == ["success"]
     else:
         assert status is AccountStatus.PROVISIONAL
         assert "accounts_merged" not in events
-        assert _merge_outcomes(committed, principal.id) == []
+        assert _outcomes(committed, AuditAction.MERGE) == []
         assert committed.children(principal.id) == (child(1),)
 
 
@@ -630,15 +581,16 @@ def test_in_a_session_the_hosts_connection_holds_no_lock_on_a_counter(
     committed = make_service(pg_storage)
     principal, letter = _merge_story(committed)
     other = SQLAlchemyStorage(pg_engine, prefix=pg_storage.prefix, lock_timeout=0.5)
+    key = merge_key(login_key(letter.login))
     with Session(pg_engine) as session:
         service = make_service(SQLAlchemyStorage(session=session, prefix=pg_storage.prefix))
         with pytest.raises(InvalidCredentials):
             service.merge(principal.id, letter.login, WRONG)
         assert session.in_transaction()
         with other.unit_of_work() as uow:
-            state = uow.get_throttle(f"login:{login_key(letter.login)}")
-            assert state is not None and state.consecutive == 1
-            uow.put_throttle(state)
+            state = uow.fetch(Fetch(throttles=[key], lock=True)).throttles[key]
+            assert state.consecutive == 1
+            uow.apply(ChangeSet(throttles=[state]))
             uow.commit()
         session.rollback()
 
@@ -647,239 +599,32 @@ def test_in_a_session_a_deadlock_through_the_hosts_thread_ends_in_concurrent_upd
         pg_engine: sqlalchemy.Engine, pg_storage: SQLAlchemyStorage) -> None:
     """A lock cycle the server cannot see is broken by the side connection's lock timeout.
 
-    The host's transaction holds the outbox lock (an event written, not yet
-    committed); another writer holds a counter and waits for the outbox; the
-    host's next unit of work waits for that counter on its side connection.
+    The host's transaction holds the outbox (an event written, not yet
+    committed); another writer holds a counter and waits for the outbox;
+    the host's next unit of work waits for that counter on its side
+    connection.
     """
     holding_the_counter = threading.Event()
     finished: list[str] = []
 
     def other_writer() -> None:
         with pg_storage.unit_of_work() as uow:
-            uow.get_throttle("login:claire.robert")
+            uow.fetch(Fetch(throttles=["merge:claire.robert"], lock=True))
             holding_the_counter.set()
-            uow.append_event(AccountActivated(occurred_at=T0, account_id="acc2"))
+            uow.apply(ChangeSet(events=[AccountActivated(occurred_at=T0, account_id="acc2")]))
             uow.commit()
         finished.append("committed")
 
     with Session(pg_engine) as session:
         storage = SQLAlchemyStorage(session=session, prefix=pg_storage.prefix, lock_timeout=0.2)
         with storage.unit_of_work() as uow:
-            uow.append_event(AccountActivated(occurred_at=T0, account_id="acc1"))
+            uow.apply(ChangeSet(events=[AccountActivated(occurred_at=T0, account_id="acc1")]))
             uow.commit()
         thread = threading.Thread(target=other_writer)
         thread.start()
         assert holding_the_counter.wait(60)
         with pytest.raises(ConcurrentUpdate), storage.unit_of_work() as uow:
-            uow.get_throttle("login:claire.robert")
+            uow.fetch(Fetch(throttles=["merge:claire.robert"], lock=True))
         session.rollback()
     thread.join()
     assert finished == ["committed"]
-
-
-# -- tables, prefix, schema, Alembic ----------------------------------------------------------
-
-
-def test_the_tables_carry_the_prefix() -> None:
-    assert all(name.startswith(DEFAULT_PREFIX) for name in metadata.tables)
-    custom = make_metadata("ent_")
-    assert sorted(custom.tables) == sorted(
-        f"ent_{n}" for n in ("establishments", "accounts", "credentials", "children", "links",
-                             "throttles", "receipts", "outbox", "audit"))
-    for table in custom.tables.values():
-        for index in table.indexes:
-            assert index.name is not None and index.name.startswith("ent_")
-
-
-def test_a_bad_prefix_is_refused() -> None:
-    for bad in ("drop table;", "é_", "x" * 31, "1abc"):
-        with pytest.raises(InvalidInput):
-            make_metadata(bad)
-
-
-def test_the_tables_can_join_the_hosts_metadata() -> None:
-    host = MetaData()
-    Table("users", host, Column("id", Integer, primary_key=True))
-    assert make_metadata(metadata=host) is host
-    assert {"users", f"{DEFAULT_PREFIX}accounts"} <= set(host.tables)
-
-
-def test_two_prefixes_keep_two_stores_apart_in_one_database(
-        pg_engine: sqlalchemy.Engine) -> None:
-    first, second = (SQLAlchemyStorage(pg_engine, prefix=fresh_prefix()) for _ in range(2))
-    for store in (first, second):
-        store.create_schema()
-    try:
-        with first.unit_of_work() as uow:
-            uow.add_account(account(1), "parent.1")
-            uow.commit()
-        with second.unit_of_work() as uow:
-            assert uow.get_account("acc1") is None
-            uow.add_account(account(1, display_name="Someone Else"), "parent.1")
-            uow.commit()
-    finally:
-        for store in (first, second):
-            store.metadata.drop_all(pg_engine)
-
-
-def test_the_tables_can_live_in_a_postgresql_schema(pg_engine: sqlalchemy.Engine) -> None:
-    with pg_engine.begin() as conn:
-        conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS ent")
-    storage = SQLAlchemyStorage(pg_engine, schema="ent")
-    storage.create_schema()
-    try:
-        service = make_service(storage)
-        principal = activated(service, "Claire Robert", [child(1)])
-        assert service.get_account(principal.id) == principal
-        assert f"{DEFAULT_PREFIX}accounts" in inspect(pg_engine).get_table_names(schema="ent")
-    finally:
-        with pg_engine.begin() as conn:
-            conn.exec_driver_sql("DROP SCHEMA ent CASCADE")
-
-
-def test_alembic_autogenerate_sees_every_table_and_index(pg_engine: sqlalchemy.Engine) -> None:
-    """A host adding make_metadata() to its target_metadata gets the whole schema."""
-    alembic_migration = pytest.importorskip("alembic.migration")
-    alembic_autogenerate = pytest.importorskip("alembic.autogenerate")
-    prefix = fresh_prefix()
-    md = make_metadata(prefix)
-    with pg_engine.connect() as conn:
-        context = alembic_migration.MigrationContext.configure(conn)
-        added = {diff[1].name for diff in alembic_autogenerate.compare_metadata(context, md)
-                 if diff[0] == "add_table"}
-        assert added == set(md.tables)
-        md.create_all(conn)
-        context = alembic_migration.MigrationContext.configure(conn)
-        assert alembic_autogenerate.compare_metadata(context, md) == []
-        md.drop_all(conn)
-        conn.commit()
-
-
-# -- races on PostgreSQL: threads ------------------------------------------------------------
-
-
-def test_fifty_concurrent_wrong_merge_attempts_at_one_login_are_counted_exactly(
-        pg_storage: SQLAlchemyStorage) -> None:
-    """No more argon2 verifications run than the throttle allows, whatever the race."""
-    verifier = CountingVerifier()
-    service = make_service(pg_storage, verifier)
-    target = service.issue_account(SCHOOL, "Claire Robert", [child(1)])
-    principals = [activated(service, f"Parent {i}", [child(10 + i)]) for i in range(5)]
-    verifier.reset()
-    barrier = threading.Barrier(50)
-    codes: list[str] = []
-    lock = threading.Lock()
-
-    def attempt(i: int) -> None:
-        barrier.wait(30)
-        try:
-            service.merge(principals[i % 5].id, target.login, "WRONG1234")
-        except AccountMergeError as error:
-            with lock:
-                codes.append(error.code)
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(50)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    allowance = service.throttle.backoff_after
-    assert verifier.verifications == allowance
-    assert sorted(codes) == sorted(["invalid_credentials"] * allowance
-                                   + ["too_many_attempts"] * (50 - allowance))
-    with pg_storage.unit_of_work(write=False) as uow:
-        login_state = uow.get_throttle(f"login:{target.login}")
-        principal_states = [uow.get_throttle(f"principal:{p.id}") for p in principals]
-    assert login_state is not None and login_state.consecutive == allowance
-    assert sum(len(s.recent) for s in principal_states if s is not None) == allowance
-    assert service.get_account(target.account_id).status is AccountStatus.PROVISIONAL
-
-
-# -- races on PostgreSQL: processes --------------------------------------------------------------
-
-
-def _run_processes(url: str, prefix: str, jobs: list[list[tuple[str, str, str]]], *,
-                   throttle: ThrottlePolicy = GENEROUS) -> list[tuple[list[str], int]]:
-    """Run one worker process per list of jobs; their rounds start together.
-
-    Each returns its outcomes (the principal id of a receipt, or an error
-    code) and the number of verifications it ran.
-    """
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(len(jobs))
-    results = context.Queue()
-    workers = [context.Process(target=merge_worker, args=(url, prefix, barrier, job, results),
-                               kwargs={"throttle": throttle, "start": T0})
-               for job in jobs]
-    for worker in workers:
-        worker.start()
-    try:
-        out = [results.get(timeout=180) for _ in workers]
-    finally:
-        for worker in workers:
-            worker.join(30)
-            if worker.is_alive():  # pragma: no cover - a hung worker
-                worker.kill()
-    assert all(worker.exitcode == 0 for worker in workers)
-    return out
-
-
-def _all_children(service: MergeService, ids: list[str]) -> set[str]:
-    held: set[str] = set()
-    for account_id in ids:
-        live = service.resolve(account_id)
-        held.update(c.id for c in service.children(live.id))
-    return held
-
-
-def test_processes_racing_to_merge_one_account_have_one_winner_and_lose_no_child(
-        pg_storage: SQLAlchemyStorage, postgres_url: str) -> None:
-    service = make_service(pg_storage, throttle=GENEROUS)
-    rounds, racers = 3, 4
-    letters = [service.issue_account(SCHOOL, "Claire Robert", [child(100 + r)])
-               for r in range(rounds)]
-    principals = [[activated(service, f"Parent {r} {i}", [child(200 + 10 * r + i)])
-                   for i in range(racers)] for r in range(rounds)]
-    jobs = [[(principals[r][i].id, letters[r].login, letters[r].provisional_password.reveal())
-             for r in range(rounds)] for i in range(racers)]
-    results = _run_processes(postgres_url, pg_storage.prefix, jobs)
-    for r in range(rounds):
-        outcomes = [outcomes[r] for outcomes, _ in results]
-        winners = [o for o in outcomes if o.isalnum() and len(o) == 32]
-        assert len(winners) == 1, outcomes
-        assert set(outcomes) - set(winners) <= {"invalid_credentials", "concurrent_update"}
-        assert service.resolve(letters[r].account_id).id == winners[0]
-        ids = [p.id for p in principals[r]] + [letters[r].account_id]
-        assert _all_children(service, ids) == {f"ine-{100 + r}"} | {
-            f"ine-{200 + 10 * r + i}" for i in range(racers)}
-
-
-def test_processes_merging_two_accounts_into_each_other_never_deactivate_both(
-        pg_storage: SQLAlchemyStorage, postgres_url: str) -> None:
-    service = make_service(pg_storage, throttle=GENEROUS)
-    pairs = [(activated(service, "Claire Robert", [child(300 + r)]),
-              activated(service, "Marc Robert", [child(400 + r)])) for r in range(6)]
-    jobs = [[(a.id, b.login, STRONG) for a, b in pairs],
-            [(b.id, a.login, STRONG) for a, b in pairs]]
-    results = _run_processes(postgres_url, pg_storage.prefix, jobs)
-    for r, (a, b) in enumerate(pairs):
-        outcomes = [outcomes[r] for outcomes, _ in results]
-        assert sum(o in (a.id, b.id) for o in outcomes) == 1, outcomes
-        statuses = [service.get_account(x.id).status for x in (a, b)]
-        assert AccountStatus.ACTIVE in statuses, statuses
-        assert _all_children(service, [a.id, b.id]) == {f"ine-{300 + r}", f"ine-{400 + r}"}
-
-
-def test_processes_making_wrong_attempts_run_no_more_verifications_than_allowed(
-        pg_storage: SQLAlchemyStorage, postgres_url: str) -> None:
-    service = make_service(pg_storage)
-    target = service.issue_account(SCHOOL, "Claire Robert", [child(1)])
-    principals = [activated(service, f"Parent {i}", [child(10 + i)]) for i in range(3)]
-    jobs = [[(p.id, target.login, "WRONG1234")] * 4 for p in principals]
-    results = _run_processes(postgres_url, pg_storage.prefix, jobs, throttle=ThrottlePolicy())
-    verifications = sum(count for _, count in results)
-    codes = [code for outcomes, _ in results for code in outcomes]
-    allowance = ThrottlePolicy().backoff_after
-    assert verifications == allowance
-    assert codes.count("invalid_credentials") == allowance
-    assert codes.count("too_many_attempts") == len(codes) - allowance

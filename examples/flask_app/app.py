@@ -61,8 +61,9 @@ def create_app(config: Mapping[str, Any] | None = None, *,
         app.config["ACCOUNT_MERGE_DATABASE_URL"] = f"sqlite:///{path}"
 
     state = init_app(app, **account_merge_options)
-    # No migrations in this example: the tables are created if missing.
-    state.create_schema()
+    # No migrations in this example: the tables are created if missing, and
+    # those an earlier release made are brought up to date.
+    state.upgrade_schema()
 
     csrf.init_app(app)
     app.register_blueprint(parent.blueprint)

@@ -1,9 +1,11 @@
-"""The establishment's page: casser un regroupement, and print the new letter.
+"""The establishment's page: casser un regroupement, and print the new letters.
 
 Only the establishment can split (rule S1): its staff sign in with the
 establishment's access code (``ESTABLISHMENT_ACCESS_CODE``, printed by the
 ``seed`` command), then give the login of the responsable account holding
-the merged children.  The new account's letter is shown once, to print.
+the merged children.  A split makes one new account per letter the
+children first came with (``SplitReceipt.letters``); each new letter is
+shown once, to print.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def deconnexion() -> ResponseReturnValue:
 
 @blueprint.route("/", methods=["GET", "POST"])
 def regroupements() -> ResponseReturnValue:
-    """Casser un regroupement: a new account and letter for the children moved."""
+    """Casser un regroupement: new accounts and letters for the children moved."""
     establishment = _establishment()
     if session.get(_SESSION_KEY) != establishment.uai:
         return redirect(url_for("etablissement.connexion"))

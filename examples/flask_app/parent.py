@@ -33,6 +33,7 @@ from account_merge.contrib.flask import get_service
 from account_merge.exceptions import (
     AccountMergeError,
     AccountNotFound,
+    ActivationRequired,
     InvalidInput,
 )
 
@@ -120,6 +121,15 @@ def _form(name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _client() -> str | None:
+    """Who is typing, for the throttling of sign-ins: the address the request came from.
+
+    Behind a reverse proxy, set Werkzeug's ``ProxyFix`` up so that this is
+    the parent's address, not the proxy's.
+    """
+    return request.remote_addr or None
+
+
 # -- signing in ---------------------------------------------------------------------
 
 
@@ -132,7 +142,8 @@ def accueil() -> ResponseReturnValue:
 @blueprint.route("/connexion", methods=["GET", "POST"])
 def connexion() -> ResponseReturnValue:
     """Scolarité Services' sign-in page."""
-    error = cause = None
+    error: str | None = None
+    cause: AccountMergeError | None = None
     login = _form("identifiant").strip()
     if request.method == "POST":
         password = _form("mot_de_passe")
@@ -140,8 +151,15 @@ def connexion() -> ResponseReturnValue:
             error = MISSING_FIELDS
         else:
             try:
-                account = get_service().authenticate(login, password)
+                account = get_service().authenticate(login, password, client=_client())
+            except ActivationRequired as exc:
+                # The letter's provisional password, proven: the activation form.
+                flash(french(exc))
+                return redirect(url_for("parent.activation", identifiant=login))
             except AccountMergeError as exc:
+                # account_merged (an absorbed account's last password, proven) says
+                # where the account went and what to do: sign in with the principal,
+                # or ask the school.
                 error, cause = french(exc), exc
             else:
                 _sign_in(account)
@@ -153,7 +171,7 @@ def connexion() -> ResponseReturnValue:
 def activation() -> ResponseReturnValue:
     """First sign-in with a letter: the provisional password is replaced."""
     error = cause = None
-    login = _form("identifiant").strip()
+    login = (_form("identifiant") or request.args.get("identifiant", "")).strip()
     email = _form("adresse_mail").strip()
     if request.method == "POST":
         provisional = _form("mot_de_passe_provisoire")
@@ -165,7 +183,8 @@ def activation() -> ResponseReturnValue:
             error = "Les deux saisies du nouveau mot de passe diffèrent."
         else:
             try:
-                account = get_service().activate(login, provisional, new, email=email or None)
+                account = get_service().activate(login, provisional, new, email=email or None,
+                                                 client=_client())
             except InvalidInput as exc:
                 error = ("Adresse mail invalide." if exc.field == "email" else french(exc))
             except AccountMergeError as exc:
@@ -197,7 +216,7 @@ def confirmer_identite() -> ResponseReturnValue:
             error = "Saisissez votre mot de passe."
         else:
             try:
-                checked = get_service().authenticate(account.login, password)
+                checked = get_service().authenticate(account.login, password, client=_client())
             except AccountMergeError as exc:
                 error, cause = french(exc), exc
             else:
@@ -250,7 +269,7 @@ def mot_de_passe() -> ResponseReturnValue:
         return _compte_page(password_error="Les deux saisies du nouveau mot de passe diffèrent."
                             ), 400
     try:
-        get_service().change_password(account.id, current, new)
+        get_service().change_password(account.id, current, new, client=_client())
     except AccountMergeError as exc:
         return _compte_page(password_error=french(exc)), 400
     flash("Mot de passe modifié.")

@@ -129,10 +129,37 @@ class TooManyAttempts(AccountMergeError):
 
 
 class PasswordPolicyError(AccountMergeError, ValueError):
-    """The new password does not satisfy the password policy."""
+    """The new password does not satisfy the password policy.
+
+    ``rule`` says which rule refused it, one of :attr:`RULES` (stable across
+    releases; a host's own policy may leave it None or use its own names);
+    ``limit`` is the length at stake for ``too_short`` and ``too_long``.
+    """
 
     code = "password_policy"
     default_message = "the password does not satisfy the password policy"
+
+    #: The rules of the default policy,
+    #: :class:`~account_merge.domain.passwords.CnilPasswordPolicy`, and the
+    #: service's own ``unchanged`` (the new password is the current one).
+    RULES: ClassVar[tuple[str, ...]] = (
+        "too_short",
+        "too_long",
+        "control_characters",
+        "contains_login",
+        "contains_context",
+        "common_password",
+        "repetitive",
+        "sequential",
+        "character_classes",
+        "unchanged",
+    )
+
+    def __init__(self, message: str | None = None, *, rule: str | None = None,
+                 limit: int | None = None) -> None:
+        self.rule = rule
+        self.limit = limit
+        super().__init__(message)
 
 
 class AccountNotFound(AccountMergeError, LookupError):

@@ -54,6 +54,7 @@ __all__ = [
     "LANGUAGES",
     "catalogue",
     "describe_wait",
+    "error_key",
     "error_message",
     "get_language",
     "has_message",
@@ -258,23 +259,41 @@ def has_message(key: str) -> bool:
     return key in catalogue(DEFAULT_LANGUAGE)
 
 
+def error_key(code: str, rule: object = None) -> str:
+    """The key of the message for error *code*, refused by *rule* if it says one.
+
+    ``password_policy`` has a message per rule of the default policy
+    (``password_policy.common_password``...); a rule without a message of
+    its own (a host's policy may name its own) gives the code's message.
+
+    >>> error_key("password_policy", "sequential"), error_key("password_policy", "no_horse")
+    ('password_policy.sequential', 'password_policy')
+    """
+    if isinstance(rule, str) and rule and has_message(f"{code}.{rule}"):
+        return f"{code}.{rule}"
+    return code
+
+
 def error_message(error: AccountMergeError, language: str | None = None) -> str:
     """What to show for *error*: the message of its code, filled from its attributes.
 
-    >>> from account_merge.exceptions import TooManyAttempts
+    >>> from account_merge.exceptions import PasswordPolicyError, TooManyAttempts
     >>> print(error_message(TooManyAttempts(retry_after=119), "en"))
     too many attempts; try again in 2 minutes.
     Check the login and password, or use “forgot password?”
+    >>> error_message(PasswordPolicyError(rule="sequential"), "en")
+    'the password must not be a sequence of characters (abcd, 1234, qwerty)'
 
     The message of ``too_many_attempts`` has one more field, ``{wait}``:
-    ``retry_after`` as :func:`describe_wait` says it.  A code without
-    message (an error of a newer release, say) gives the generic message
-    of :data:`FALLBACK`.
+    ``retry_after`` as :func:`describe_wait` says it.  A password refused
+    by the password policy gets the message of the rule that refused it
+    (:func:`error_key`).  A code without message (an error of a newer
+    release, say) gives the generic message of :data:`FALLBACK`.
     """
     fields = {k: v for k, v in vars(error).items() if k != "message"}
     if isinstance(error, TooManyAttempts):
         fields["wait"] = describe_wait(error.retry_after, language)
-    return message(error.code, language, **fields)
+    return message(error_key(error.code, getattr(error, "rule", None)), language, **fields)
 
 
 #: Waits of up to this many seconds are "a few seconds".

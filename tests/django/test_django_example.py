@@ -135,3 +135,33 @@ def test_the_forms_are_protected_against_cross_site_requests(
         "login": first.login, "provisional_password": first.provisional_password.reveal(),
         "new_password": STRONG, "new_password_again": STRONG})
     assert response.status_code == 403
+
+
+def test_signing_in_with_a_letter_s_password_leads_to_the_activation_form(
+        client: Client, letters: tuple[NotificationLetter, NotificationLetter]) -> None:
+    """``activation_required``, once the provisional password is proven: the activation form."""
+    first, _ = letters
+    response = client.post(reverse("ent:connexion"), {
+        "login": first.login, "password": first.provisional_password.reveal()})
+    page = text(response)
+    assert response.status_code == 200 and "Activer mon compte" in page
+    assert "activez-le avec le mot de passe provisoire" in page
+    assert f'value="{first.login}"' in response.content.decode()
+    # A wrong password says nothing of the kind.
+    page = text(client.post(reverse("ent:connexion"), {"login": first.login,
+                                                      "password": "WRONG123"}))
+    assert "identifiant ou mot de passe incorrect" in page and "Activer mon compte" not in page
+
+
+def test_signing_in_to_a_merged_account_says_where_it_went(
+        client: Client, letters: tuple[NotificationLetter, NotificationLetter]) -> None:
+    """``account_merged``: sign in with the principal; the school can split if it was not you."""
+    first, second = letters
+    other_browser = Client()
+    activate(other_browser, second)  # the second letter's account, with its own password
+    activate(client, first)
+    merge(client, second.login, STRONG)
+    page = text(Client().post(reverse("ent:connexion"), {"login": second.login,
+                                                         "password": STRONG}))
+    assert "regroupé avec un autre compte" in page
+    assert "regroupé avec un autre compte" in page and "l'établissement" in page

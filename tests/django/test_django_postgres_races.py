@@ -10,14 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 from django_stores import empty_store
 from fast_verifier import fast_django_verifier
 
 from account_merge import Child, MergeService
 from account_merge.contrib.django import models as m
+from account_merge.contrib.django.storage import close_side_connections
 from account_merge.exceptions import AccountMergeError
-from account_merge.testing import FakeClock, make_establishment
+from account_merge.testing import CountingVerifier, FakeClock, make_establishment
 from account_merge.testing import race as race_threads
 
 COLLEGE = make_establishment(860001, "Collège Jean Moulin")
@@ -72,6 +73,36 @@ def test_a_split_racing_a_merge_loses_no_child(service: MergeService) -> None:
     split, merged = race(2, act)
     assert not isinstance(split, AccountMergeError), split
     assert not isinstance(merged, AccountMergeError), merged
-    held = [c.id for holder in (principal.id, split.letter.account_id)
+    # A split makes one account per letter the moved children came with.
+    held = [c.id for holder in (principal.id, *split.new_account_ids)
             for c in service.children(holder)]
     assert sorted(held) == ["ine-1", "ine-2", "ine-3"]
+
+
+def test_wrong_guesses_from_requests_at_once_are_counted_despite_their_rollbacks() -> None:
+    """Ten requests (host transactions that roll back) guess one letter's password at once.
+
+    Their counts meet on the side connections: only the attempts before the
+    back-off run a verification, and every failure is on record.
+    """
+    verifier = CountingVerifier()
+    service = MergeService(empty_store("postgres"), verifier, FakeClock())
+    letter = service.issue_account(COLLEGE, "Claire Robert", [child(1)])
+    principals = [service.activate(
+        (mine := service.issue_account(COLLEGE, f"Parent {i}", [child(10 + i)])).login,
+        mine.provisional_password, STRONG) for i in range(10)]
+    verifier.reset()
+
+    def guess(i: int) -> Any:
+        try:
+            with transaction.atomic(using="postgres"):
+                return service.merge(principals[i].id, letter.login, "WRONG123")
+        finally:
+            close_side_connections()
+
+    codes = sorted(r.code for r in race(10, guess))
+    backoff = service.throttle.backoff_after
+    assert verifier.verifications == backoff
+    assert codes == ["invalid_credentials"] * backoff + ["too_many_attempts"] * (10 - backoff)
+    failures = [r for r in service.audit_trail(None, limit=100) if r.action.value == "merge"]
+    assert len(failures) == 10

@@ -3,8 +3,11 @@
 The parent signs in with an account of the library (not a Django user):
 the session keeps the account's id.  Every error of the library is shown
 as its French message (:func:`account_merge.messages.error_message`).
-Views do not run in a request transaction, so the failed-attempt counters
-of the merge form are committed even when the merge fails.
+Sign-in and activation name the client (its address), so that one
+client's failures never slow another's.  The views run in a request
+transaction when the project sets ``ATOMIC_REQUESTS``: the library's
+failed-attempt counters and failure records outlive its rollback (on
+PostgreSQL; see docs/integrations/django.md).
 """
 
 from __future__ import annotations
@@ -19,14 +22,41 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from account_merge import Account, AccountStatus
 from account_merge.contrib.django import get_service
-from account_merge.exceptions import AccountMergeError, AccountNotFound
-from account_merge.messages import error_message
+from account_merge.exceptions import (
+    AccountMerged,
+    AccountMergeError,
+    AccountNotFound,
+    ActivationRequired,
+)
+from account_merge.messages import error_message, has_message
 from ent_example.forms import ActivationForm, LoginForm, MergeForm
 
 SESSION_ACCOUNT = "ent_account_id"
 SESSION_CONFIRMATION = "ent_merge_confirmation"
 
+#: What to say until the library's catalogues have these codes.
+FALLBACK_MESSAGES = {
+    ActivationRequired.code: ("Ce compte n'est pas encore activé : activez-le avec le mot de "
+                              "passe provisoire de votre courrier."),
+    AccountMerged.code: ("Ce compte a été regroupé avec un autre compte : connectez-vous avec "
+                         "votre compte principal. Si ce regroupement n'est pas de votre fait, "
+                         "contactez l'établissement, qui peut le casser."),
+}
+
 View = Callable[..., HttpResponse]
+
+
+def _message(error: AccountMergeError) -> str:
+    """The library's message for *error*, or this page's own for a code it lacks."""
+    if not has_message(error.code) and error.code in FALLBACK_MESSAGES:
+        return FALLBACK_MESSAGES[error.code]
+    return error_message(error)
+
+
+def _client(request: HttpRequest) -> str | None:
+    """The client the throttle counts sign-in failures for: its address."""
+    address = request.META.get("REMOTE_ADDR")
+    return address if isinstance(address, str) and address else None
 
 
 def _signed_in(request: HttpRequest, account: Account) -> None:
@@ -71,11 +101,20 @@ def home(request: HttpRequest) -> HttpResponse:
 def connexion(request: HttpRequest) -> HttpResponse:
     form = LoginForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        login = form.cleaned_data["login"]
         try:
-            account = get_service().authenticate(form.cleaned_data["login"],
-                                                 form.cleaned_data["password"])
+            account = get_service().authenticate(login, form.cleaned_data["password"],
+                                                 client=_client(request))
+        except ActivationRequired as error:
+            # The letter's provisional password: the activation form, login filled in.
+            return render(request, "ent_example/activation.html", {
+                "form": ActivationForm(initial={"login": login}), "notice": _message(error)})
+        except AccountMerged as error:
+            # The right password of an absorbed account: sign in with the principal.
+            return render(request, "ent_example/connexion.html",
+                          {"form": LoginForm(), "notice": _message(error)})
         except AccountMergeError as error:
-            form.add_error(None, error_message(error))
+            form.add_error(None, _message(error))
         else:
             _signed_in(request, account)
             return redirect("ent:mon_compte")
@@ -89,9 +128,10 @@ def activation(request: HttpRequest) -> HttpResponse:
         data = form.cleaned_data
         try:
             account = get_service().activate(data["login"], data["provisional_password"],
-                                             data["new_password"], email=data["email"] or None)
+                                             data["new_password"], email=data["email"] or None,
+                                             client=_client(request))
         except AccountMergeError as error:
-            form.add_error(None, error_message(error))
+            form.add_error(None, _message(error))
         else:
             _signed_in(request, account)
             return redirect("ent:mon_compte")
@@ -126,7 +166,7 @@ def regrouper(request: HttpRequest, account: Account) -> HttpResponse:
             receipt = get_service().merge(account.id, data["login"], data["password"],
                                           idempotency_key=data["request_id"])
         except AccountMergeError as error:
-            form.add_error(None, error_message(error))
+            form.add_error(None, _message(error))
         else:
             request.session[SESSION_CONFIRMATION] = receipt.message
             return redirect("ent:confirmation")

@@ -50,23 +50,18 @@ commits it on a side connection of its own before the service raises; on
 SQLite (one writer at a time) it rides on the host's transaction, so there
 the host commits after a call that raised, too.
 
-The other configuration keys (every key starting ``ACCOUNT_MERGE_`` must be
-one of :data:`CONFIG_KEYS`, so that a misspelt throttling limit is an
-error, not a silent default):
-
-- ``ACCOUNT_MERGE_TABLE_PREFIX``, ``ACCOUNT_MERGE_SCHEMA``,
-  ``ACCOUNT_MERGE_LOCK_TIMEOUT`` (seconds): SQLAlchemy stores;
-- ``ACCOUNT_MERGE_ARGON2_PROFILE`` (a name of :mod:`argon2.profiles`,
-  default ``RFC_9106_LOW_MEMORY``), ``ACCOUNT_MERGE_ARGON2_TIME_COST``,
-  ``..._MEMORY_COST`` (KiB), ``..._PARALLELISM``, ``..._HASH_LEN``,
-  ``..._SALT_LEN``, ``..._MAX_CONCURRENT``, ``..._WARN_IF_WEAK``;
-- ``ACCOUNT_MERGE_THROTTLE_BACKOFF_AFTER``, ``..._BACKOFF_BASE``,
-  ``..._BACKOFF_MAX``, ``..._LOCK_AFTER``, ``..._LOCK_FOR``,
-  ``..._PRINCIPAL_PER_HOUR``, ``..._PRINCIPAL_PER_DAY``: the fields of
-  :class:`~account_merge.ThrottlePolicy` (durations in seconds or as
-  ``timedelta``);
-- ``ACCOUNT_MERGE_PROVISIONAL_VALIDITY`` (seconds or ``timedelta``) and
-  ``ACCOUNT_MERGE_PROVISIONAL_LENGTH``.
+The other configuration keys: every key starting ``ACCOUNT_MERGE_`` must
+be one of :data:`CONFIG_KEYS`, so that a misspelt throttling limit is an
+error, not a silent default.  Besides the store's
+(``ACCOUNT_MERGE_TABLE_PREFIX``, ``ACCOUNT_MERGE_SCHEMA``,
+``ACCOUNT_MERGE_LOCK_TIMEOUT`` in seconds, for SQLAlchemy stores), they are
+the settings of :mod:`account_merge.service.bootstrap`, the one vocabulary
+of every integration, with the prefix: ``ACCOUNT_MERGE_THROTTLE_LOCK_AFTER``
+is the setting ``THROTTLE_LOCK_AFTER`` (the ``THROTTLE_*`` fields of
+:class:`~account_merge.ThrottlePolicy`, ``PROVISIONAL_VALIDITY``,
+``PROVISIONAL_LENGTH``, ``IDENTITY_RULE``, ``PASSWORD_POLICY``, ``CLOCK``,
+``VERIFIER``, ``ARGON2_*``), read by
+:func:`~account_merge.service.bootstrap.read_settings`.
 
 Values may be strings (as read from the environment): ``"5"``,
 ``"true"``.  Objects given to :func:`init_app` (``verifier=``,
@@ -75,24 +70,22 @@ Values may be strings (as read from the environment): ``"5"``,
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-import argon2
 import attrs
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from account_merge.credentials import Argon2Verifier
 from account_merge.domain.passwords import PasswordPolicy
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidInput
 from account_merge.ports import Clock, CredentialVerifier, Storage
 from account_merge.service import IdentityRule, MergeService
+from account_merge.service.bootstrap import SETTINGS, read_settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -100,6 +93,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_KEYS",
     "EXTENSION_KEY",
+    "STORE_KEYS",
     "AccountMerge",
     "AccountMergeState",
     "get_service",
@@ -111,25 +105,19 @@ __all__ = [
 EXTENSION_KEY: Final = "account_merge"
 
 _PREFIX: Final = "ACCOUNT_MERGE_"
-_ARGON2_INTS: Final = ("time_cost", "memory_cost", "parallelism", "hash_len", "salt_len")
-_ARGON2_PROFILES: Final = ("RFC_9106_LOW_MEMORY", "RFC_9106_HIGH_MEMORY", "CHEAPEST", "PRE_21_2")
 _FLASK_SQLALCHEMY_MODES: Final = ("session", "engine", "off")
-_THROTTLE_FIELDS: Final = tuple(f.name for f in attrs.fields(ThrottlePolicy))
 
-#: Every configuration key this extension reads.
-CONFIG_KEYS: Final[frozenset[str]] = frozenset({
+#: The keys that choose and configure the store (the rest are the service's settings).
+STORE_KEYS: Final[frozenset[str]] = frozenset({
     f"{_PREFIX}{name}" for name in (
         "DATABASE_URL", "ENGINE_OPTIONS", "SQLITE_PATH", "FLASK_SQLALCHEMY",
         "TABLE_PREFIX", "SCHEMA", "LOCK_TIMEOUT",
-        "ARGON2_PROFILE", *(f"ARGON2_{n.upper()}" for n in _ARGON2_INTS),
-        "ARGON2_MAX_CONCURRENT", "ARGON2_WARN_IF_WEAK",
-        *(f"THROTTLE_{n.upper()}" for n in _THROTTLE_FIELDS),
-        "PROVISIONAL_VALIDITY", "PROVISIONAL_LENGTH",
     )
 })
 
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
+#: Every configuration key this extension reads: the store's, and
+#: :data:`account_merge.service.bootstrap.SETTINGS` with the prefix.
+CONFIG_KEYS: Final[frozenset[str]] = STORE_KEYS | {f"{_PREFIX}{name}" for name in SETTINGS}
 
 
 @attrs.frozen
@@ -164,6 +152,21 @@ class AccountMergeState:
         if callable(create):
             create()
 
+    def upgrade_schema(self) -> list[str]:
+        """Create the store's missing tables and upgrade those of an earlier release.
+
+        What it did, in words (idempotent; ``flask account-merge
+        upgrade-schema``).  For applications without migrations; with
+        Alembic, see the revision in ``docs/storage.md``.  Stores without
+        tables of their own need nothing.
+        """
+        upgrade = getattr(self.storage, "upgrade_schema", None)
+        if not callable(upgrade):
+            self.create_schema()
+            return []
+        done: list[str] = upgrade()
+        return done
+
     def close(self) -> None:
         """Close the store if this extension made it (from the configuration)."""
         if self.owns_storage:
@@ -197,24 +200,24 @@ def init_app(
     if unknown:
         raise InvalidInput(unknown[0], "unknown configuration key; the known keys are "
                                        + ", ".join(sorted(CONFIG_KEYS)))
-    policy = throttle if throttle is not None else _throttle(config)
-    provisional = _provisional(config)
+    settings = read_settings(
+        {key[len(_PREFIX):]: value for key, value in config.items()
+         if key.startswith(_PREFIX) and key not in STORE_KEYS},
+        name=lambda key: f"{_PREFIX}{key}")
     store, kind, owned = _storage(app, config, storage, db)
     try:
         service = MergeService(
             store,
-            verifier if verifier is not None else _verifier(config),
-            clock,
+            verifier if verifier is not None else settings.verifier,
+            clock if clock is not None else settings.clock,
+            policies=settings.policies,
             password_policy=password_policy,
-            throttle=policy,
+            throttle=throttle,
             identity_rule=identity_rule,
-            **provisional,
         )
-    except BaseException as error:
+    except BaseException:
         if owned:
             store.close()
-        if isinstance(error, InvalidInput) and error.field.startswith("provisional_"):
-            raise _renamed(error, f"{_PREFIX}{error.field.upper()}") from None
         raise
     state = AccountMergeState(service=service, storage=store, storage_kind=kind,
                               owns_storage=owned)
@@ -281,6 +284,14 @@ def _create_schema_command() -> None:
     click.echo("account_merge: schema ready")
 
 
+@_cli.command("upgrade-schema")
+def _upgrade_schema_command() -> None:
+    """Create missing tables, upgrade those of an earlier release (apps without migrations)."""
+    for step in get_state().upgrade_schema():
+        click.echo(f"account_merge: {step}")
+    click.echo("account_merge: schema up to date")
+
+
 # -- building the store and the service ----------------------------------------------
 
 
@@ -338,71 +349,11 @@ def _sqlalchemy_options(config: Mapping[str, Any]) -> dict[str, Any]:
         options["schema"] = _text(f"{_PREFIX}SCHEMA", schema)
     timeout = config.get(f"{_PREFIX}LOCK_TIMEOUT")
     if timeout is not None:
-        options["lock_timeout"] = _seconds(f"{_PREFIX}LOCK_TIMEOUT", timeout).total_seconds()
+        options["lock_timeout"] = _seconds(f"{_PREFIX}LOCK_TIMEOUT", timeout)
     return options
 
 
-def _verifier(config: Mapping[str, Any]) -> CredentialVerifier:
-    def value(name: str) -> Any:
-        return config.get(f"{_PREFIX}ARGON2_{name}")
-
-    if all(v is None for k, v in config.items() if k.startswith(f"{_PREFIX}ARGON2_")):
-        return Argon2Verifier()  # argon2-cffi's defaults
-    profile = _choice(config, "ARGON2_PROFILE", _ARGON2_PROFILES, "RFC_9106_LOW_MEMORY",
-                      upper=True)
-    parameters: argon2.Parameters = getattr(argon2.profiles, profile)
-    changes: dict[str, Any] = {
-        name: _int(f"{_PREFIX}ARGON2_{name.upper()}", value(name.upper()))
-        for name in _ARGON2_INTS if value(name.upper()) is not None
-    }
-    parameters = dataclasses.replace(parameters, **changes)
-    concurrent = value("MAX_CONCURRENT")
-    max_concurrent = (None if concurrent is None
-                      else _int(f"{_PREFIX}ARGON2_MAX_CONCURRENT", concurrent))
-    warn = value("WARN_IF_WEAK")
-    warn_if_weak = True if warn is None else _bool(f"{_PREFIX}ARGON2_WARN_IF_WEAK", warn)
-    try:
-        # The verifier hashes once at construction: parameters argon2 refuses fail here.
-        return Argon2Verifier(argon2.PasswordHasher.from_parameters(parameters),
-                              max_concurrent=max_concurrent, warn_if_weak=warn_if_weak)
-    except (ValueError, argon2.exceptions.Argon2Error) as error:
-        key = f"ARGON2_{next(iter(changes)).upper()}" if changes else "ARGON2_PROFILE"
-        raise InvalidInput(f"{_PREFIX}{key}",
-                           f"argon2 refuses these parameters: {error}") from None
-
-
-def _throttle(config: Mapping[str, Any]) -> ThrottlePolicy:
-    values: dict[str, Any] = {}
-    for field in attrs.fields(ThrottlePolicy):
-        key = f"{_PREFIX}THROTTLE_{field.name.upper()}"
-        value = config.get(key)
-        if value is None:
-            continue
-        values[field.name] = (_seconds(key, value) if field.type in (timedelta, "timedelta")
-                              else _int(key, value))
-    try:
-        return ThrottlePolicy(**values)
-    except InvalidInput as error:
-        raise _renamed(error, f"{_PREFIX}THROTTLE_{error.field.upper()}") from None
-
-
-def _provisional(config: Mapping[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    validity = config.get(f"{_PREFIX}PROVISIONAL_VALIDITY")
-    if validity is not None:
-        options["provisional_validity"] = _seconds(f"{_PREFIX}PROVISIONAL_VALIDITY", validity)
-    length = config.get(f"{_PREFIX}PROVISIONAL_LENGTH")
-    if length is not None:
-        options["provisional_length"] = _int(f"{_PREFIX}PROVISIONAL_LENGTH", length)
-    return options
-
-
-# -- reading values (from Python or from the environment) ------------------------------
-
-
-def _renamed(error: InvalidInput, key: str) -> InvalidInput:
-    """The same error, naming the configuration key instead of the argument."""
-    return InvalidInput(key, error.message.split(": ", 1)[-1])
+# -- reading the store's keys (from Python or from the environment) ------------------------
 
 
 def _text(key: str, value: Any) -> str:
@@ -411,41 +362,22 @@ def _text(key: str, value: Any) -> str:
     return value
 
 
-def _int(key: str, value: Any) -> int:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(key, "must be a whole number")
-    return value
-
-
-def _seconds(key: str, value: Any) -> timedelta:
+def _seconds(key: str, value: Any) -> float:
     if isinstance(value, timedelta):
-        return value
-    if isinstance(value, str):
+        return value.total_seconds()
+    if not isinstance(value, bool) and isinstance(value, str | int | float):
         try:
-            return timedelta(seconds=float(value))
+            return float(value)
         except ValueError:
             pass
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
     raise InvalidInput(key, "must be a number of seconds or a timedelta")
 
 
-def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise InvalidInput(key, "must be true or false")
-
-
-def _choice(config: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str,
-            *, upper: bool = False) -> str:
+def _choice(config: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
     key = f"{_PREFIX}{name}"
     value = config.get(key, default)
     if isinstance(value, str):
-        value = value.strip().upper() if upper else value.strip().lower()
+        value = value.strip().lower()
     if value not in choices:
         raise InvalidInput(key, f"must be one of {', '.join(choices)}")
     assert isinstance(value, str)

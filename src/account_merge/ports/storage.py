@@ -27,7 +27,9 @@ The rules, in one place:
    exception or not) rolls back everything written in it.  After
    ``commit()`` the unit of work stays usable; what follows is a new
    transaction.  After :meth:`UnitOfWork.apply` raised, the unit of work
-   must be rolled back (the service always leaves the block).
+   must be rolled back (the service always leaves the block).  Counting
+   (``Fetch.count``) and ``apply`` happen only in a writing unit of work
+   (``write=True``); a read-only one may refuse them.
 2. **Isolation.**  Reads inside a unit of work see committed data and
    their own writes.  ``Fetch(lock=True)`` in a writing unit of work
    protects the accounts it names by id and the counters it names from
@@ -61,10 +63,14 @@ The rules, in one place:
 6. **Attempts outlive the host's transaction.**  A store that runs inside
    a transaction of its host (a Django request, a Flask-SQLAlchemy
    session) must make the failed-attempt counters (``Fetch.count``,
-   ``ChangeSet.throttles``) and the audit records of failures (outcome
-   other than ``"success"``) durable even if the host rolls back (a side
-   connection, or a side file on SQLite), so that a host rolling back
-   after the service raised cannot erase a failed attempt.
+   ``ChangeSet.throttles``, the clearing of a counter after a success
+   included) and the audit records of failures (outcome other than
+   ``"success"``) durable even if the host rolls back (a side connection,
+   or a side file on SQLite), so that a host rolling back after the
+   service raised cannot erase a failed attempt.  Such a store reads and
+   locks the counters where it writes them; the audit records it wrote
+   there are visible to the host's transaction once the unit of work has
+   committed.
 """
 
 from __future__ import annotations
@@ -163,8 +169,12 @@ class Fetch:
     def __attrs_post_init__(self) -> None:
         if self.count and self.at is None:
             raise ValueError("Fetch.count needs Fetch.at, the time of the attempt")
+        if len(set(self.count)) != len(self.count):
+            raise ValueError("a key is counted once per fetch")
         if set(self.count) & set(self.throttles):
             raise ValueError("a key is either counted or read, not both")
+        if self.keep < 1:
+            raise ValueError("Fetch.keep must be at least 1")
 
 
 #: A fetch that reads nothing: the default where a step reads nothing more.

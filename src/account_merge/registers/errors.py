@@ -35,9 +35,12 @@ def error_text(code: str, fields: Mapping[str, object], language: str | None = N
     """The message of an error code as a clause: no capital, no final period.
 
     The command line's own wording of a code (``cli.error.<code>``) wins
-    over the library's; a code without message gets the generic one.
+    over the library's, and a password policy's rule has its own
+    (:func:`account_merge.messages.error_key`); a code without message
+    gets the generic one.
     """
-    key = f"cli.error.{code}" if messages.has_message(f"cli.error.{code}") else code
+    key = (f"cli.error.{code}" if messages.has_message(f"cli.error.{code}")
+           else messages.error_key(code, fields.get("rule")))
     text = messages.message(key, language, **fields).removesuffix(".")
     return text[:1].lower() + text[1:]
 

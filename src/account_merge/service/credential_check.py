@@ -174,8 +174,9 @@ class CredentialCheck:
         """
         ctx = self._ctx
         throttle = ctx.policies.throttle
+        # The counters it writes are locked with the rows, before them (rule 2's order).
         request = attrs.evolve(fetch, accounts=(proof.account_id, *fetch.accounts),
-                               throttles=(*fetch.throttles, *release), lock=True)
+                               throttles=(*fetch.throttles, *release, *clear), lock=True)
 
         def write() -> R:
             with ctx.writing() as uow:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.establishment import Establishment, validate_uai
+from account_merge.domain.validation import check_text
 from account_merge.ports.storage import ChangeSet, Fetch
 from account_merge.service.arguments import establishment_arg
 from account_merge.service.context import Context
@@ -21,6 +22,8 @@ def register_establishment(ctx: Context, establishment: Establishment,
                            actor: str | None) -> Establishment:
     """Record *establishment* (or its new name), audited with *actor*."""
     establishment_arg(establishment)
+    if actor is not None:
+        check_text("actor", actor)
     now = ctx.now()
     ctx.storage.write(ChangeSet(
         establishments=(establishment,),

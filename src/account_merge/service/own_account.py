@@ -20,7 +20,6 @@ from account_merge.domain.account import (
 from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.events import AccountActivated, EmailChanged, PasswordChanged
 from account_merge.domain.logins import login_key
-from account_merge.domain.passwords import MAX_PASSWORD_LENGTH
 from account_merge.domain.proofs import Purpose
 from account_merge.domain.secret import Secret
 from account_merge.domain.throttle import check_client, signin_key
@@ -45,11 +44,13 @@ __all__ = ["activate", "authenticate", "change_email", "change_password",
 
 def check_new_password(ctx: Context, password: str, login: str, *, old: str | None,
                        context: tuple[str, ...] = ()) -> None:
-    """The password policy, plus: at most 1024 characters, not the current password."""
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise PasswordPolicyError(f"the password must be at most {MAX_PASSWORD_LENGTH} characters")
+    """The password policy, and a new password that is not the current one.
+
+    (Its length was bounded already: ``password_arg`` refuses longer input.)
+    """
     if old is not None and password == old:
-        raise PasswordPolicyError("the new password must differ from the current one")
+        raise PasswordPolicyError("the new password must differ from the current one",
+                                  rule="unchanged")
     ctx.policies.password_policy.check(password, login=login, context=context)
 
 

@@ -42,7 +42,8 @@ def same_display_name(principal: Account, absorbed: Account) -> bool:
 
 def _password_policy(_: Any, __: Any, value: Any) -> None:
     if not callable(getattr(value, "check", None)):
-        raise InvalidInput("password_policy", "must have a check(password, *, login) method")
+        raise InvalidInput("password_policy",
+                           "must have a check(password, *, login, context) method")
 
 
 def _identity_rule(_: Any, __: Any, value: Any) -> None:

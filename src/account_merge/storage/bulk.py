@@ -5,11 +5,12 @@ account would cost an argon2 hash, one by one.  :func:`insert_accounts`
 stores accounts whose hash was computed beforehand (many accounts may
 share one), as the rows :meth:`~account_merge.MergeService.issue_account`
 would have written for them, but without events or audit records.  A
-store that has a faster way to do it offers ``bulk_insert(rows)``
+store that has a faster way to do it offers the ``bulk_load`` tier,
+:class:`~account_merge.ports.tiers.BulkLoad`
 (:class:`~account_merge.storage.sqlite.SQLiteStorage` does: one
-``executemany`` per table and chunk); any other store is filled through
-the ordinary :class:`~account_merge.ports.UnitOfWork` methods, many
-accounts per unit of work.
+``executemany`` per table and chunk); any other store is filled with one
+:class:`~account_merge.ports.ChangeSet` per chunk, applied in a unit of
+work of its own.
 
 Nothing here is for production data: it trusts its rows, which are not
 validated as the service validates what it stores.
@@ -24,7 +25,8 @@ from typing import NamedTuple
 
 from account_merge.domain.account import Account, AccountStatus, Credential, CredentialKind, Role
 from account_merge.domain.child import Child, ChildLink
-from account_merge.ports import Storage
+from account_merge.ports.storage import ChangeSet, NewAccount, Storage
+from account_merge.ports.tiers import BulkLoad
 
 __all__ = ["DEFAULT_CHUNK", "BulkAccount", "chunks", "insert_accounts"]
 
@@ -83,42 +85,44 @@ def insert_accounts(
 ) -> int:
     """Store *rows*, *chunk* accounts per transaction; return how many.
 
-    Uses the store's ``bulk_insert`` when it has one, the
-    :class:`~account_merge.ports.UnitOfWork` methods otherwise.  A login
-    or id already in use raises as the store does (``LoginTaken`` on the
-    ordinary path); the chunks before it stay stored.  *progress*, if
-    given, is called with the number stored so far after each chunk.
+    Uses the store's ``bulk_insert`` when it has the ``bulk_load`` tier, one
+    change set per chunk otherwise.  A login or id already in use raises
+    ``LoginTaken``; the chunks before it stay stored, none of its own
+    chunk does.  *progress*, if given, is called with the number stored so
+    far after each chunk.
     """
-    fast: Callable[[list[BulkAccount]], None] | None = getattr(storage, "bulk_insert", None)
+    fast = storage.bulk_insert if isinstance(storage, BulkLoad) else None
     done = 0
     for part in chunks(rows, chunk):
         if fast is not None:
             fast(part)
         else:
-            _insert_one_by_one(storage, part)
+            _insert_as_change_set(storage, part)
         done += len(part)
         if progress is not None:
             progress(done)
     return done
 
 
-def _insert_one_by_one(storage: Storage, rows: list[BulkAccount]) -> None:
+def _insert_as_change_set(storage: Storage, rows: list[BulkAccount]) -> None:
+    accounts, credentials, links = [], [], []
+    for row in rows:
+        accounts.append(NewAccount(Account(
+            id=row.account_id, login=row.login, role=Role.RESPONSABLE, status=row.status,
+            display_name=row.display_name, establishment_uai=row.establishment_uai,
+            created_at=row.created_at,
+        ), row.login_key))
+        credentials.append(Credential(
+            account_id=row.account_id, password_hash=row.password_hash,
+            kind=row.credential_kind, expires_at=row.credential_expires_at,
+        ))
+        child = Child(row.child_id, row.child_first_name, row.child_last_name,
+                      row.establishment_uai)
+        links.append(ChildLink(
+            account_id=row.account_id, child=child, origin_account_id=row.account_id,
+            origin_establishment_uai=row.establishment_uai, via_merge=False,
+            linked_at=row.created_at,
+        ))
     with storage.unit_of_work(write=True) as uow:
-        for row in rows:
-            uow.add_account(Account(
-                id=row.account_id, login=row.login, role=Role.RESPONSABLE, status=row.status,
-                display_name=row.display_name, establishment_uai=row.establishment_uai,
-                created_at=row.created_at,
-            ), row.login_key)
-            uow.put_credential(Credential(
-                account_id=row.account_id, password_hash=row.password_hash,
-                kind=row.credential_kind, expires_at=row.credential_expires_at,
-            ))
-            child = Child(row.child_id, row.child_first_name, row.child_last_name,
-                          row.establishment_uai)
-            uow.add_links([ChildLink(
-                account_id=row.account_id, child=child, origin_account_id=row.account_id,
-                origin_establishment_uai=row.establishment_uai, via_merge=False,
-                linked_at=row.created_at,
-            )])
+        uow.apply(ChangeSet(new_accounts=accounts, credentials=credentials, link=links))
         uow.commit()

@@ -7,27 +7,40 @@ processes can open the same file.  A writing unit of work starts with
 ``BEGIN IMMEDIATE``: it takes the file's single write lock at once, so
 concurrent writers wait for each other (up to the busy timeout) instead of
 failing half-way, and the rows a use case reads cannot change before it
-writes.  A read-only unit of work starts with a deferred ``BEGIN`` and
-reads a consistent snapshot without blocking writers.
+writes.  That lock is what ``Fetch(lock=True)`` and ``Fetch.count`` need
+(rule 2 of :mod:`account_merge.ports.storage`): nothing more is taken.  A
+read-only unit of work starts with a deferred ``BEGIN`` and reads a
+consistent snapshot without blocking writers.
+
+A :class:`~account_merge.ports.Fetch` is served by one ``SELECT`` per kind
+of thing it names (accounts by login and by id together, with their
+credentials), a :class:`~account_merge.ports.ChangeSet` by one
+``executemany`` per part, in the change set's order; the SQL text of each
+statement is built once, so that :mod:`sqlite3` reuses its prepared
+statement.
 
 The schema's version is kept in ``PRAGMA user_version`` and the file is
 marked as an account_merge store by ``PRAGMA application_id``; forward
 migrations (:data:`MIGRATIONS`) run when a connection first opens an
-older file.  Rows are translated to domain objects explicitly; datetimes
-are stored as ISO-8601 text with their UTC offset.  Driver errors never
-leave this module: a lock held past the busy timeout becomes
+older file.  A new file is created readable and writable by its owner
+only (``0600``; SQLite gives its ``-wal`` and ``-shm`` files the
+database file's mode); an existing file keeps its mode.  Rows are
+translated to domain objects explicitly; datetimes are stored as ISO-8601
+text with their UTC offset.  Driver errors never leave this module: a lock
+held past the busy timeout becomes
 :class:`~account_merge.exceptions.ConcurrentUpdate`, anything else
 :class:`~account_merge.exceptions.StorageError` naming the file.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from types import TracebackType
@@ -39,16 +52,24 @@ from account_merge.domain.account import Account, AccountStatus, Credential, Cre
 from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.child import Child, ChildLink
 from account_merge.domain.establishment import Establishment
-from account_merge.domain.events import Event, OutboxEntry, event_from_payload
+from account_merge.domain.events import OutboxEntry, event_from_payload
 from account_merge.domain.receipts import MergeReceipt
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import (
     AccountMergeError,
     ConcurrentUpdate,
+    ExpectationFailed,
     InvalidInput,
+    LoginTaken,
     StorageError,
 )
-from account_merge.ports import LoginTaken, StoredReceipt
+from account_merge.ports.storage import (
+    AccountRecord,
+    ChangeSet,
+    Fetch,
+    Fetched,
+    StoredReceipt,
+)
 from account_merge.storage.bulk import BulkAccount
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage", "migrate"]
@@ -142,13 +163,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX audit_by_actor ON audit (actor, id) WHERE actor IS NOT NULL",
     ),
     # 1 -> 2: remember the order in which accounts were absorbed into each
-    # account, so that ``accounts_merged_into`` lists them in that order.
+    # account, so that they are listed in that order.
     (
         "ALTER TABLE accounts ADD COLUMN merged_seq INTEGER",
         "UPDATE accounts SET merged_seq = rowid WHERE merged_into IS NOT NULL",
         "DROP INDEX accounts_by_merged_into",
         """CREATE INDEX accounts_by_merged_into ON accounts (merged_into, merged_seq)
             WHERE merged_into IS NOT NULL""",
+    ),
+    # 2 -> 3: the time of each account's last successful sign-in (NULL: none
+    # yet, which is what every account of an older file reads as).
+    (
+        "ALTER TABLE accounts ADD COLUMN last_signed_in_at TEXT",
     ),
 )
 
@@ -157,6 +183,9 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _CONCURRENCY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+#: What a row the domain refuses raises while it is decoded.
+_DECODING_ERRORS = (AccountMergeError, ValueError, KeyError, TypeError, IndexError)
 
 
 # -- driver errors ---------------------------------------------------------------
@@ -246,16 +275,22 @@ def migrate(connection: sqlite3.Connection, *, path: str = "", to: int = SCHEMA_
 
 
 # -- rows <-> domain --------------------------------------------------------------
-def _time(value: datetime) -> str:
-    return value.isoformat()
+# Building a domain object validates every field (a row the domain refuses
+# is a StorageError), which costs more than reading the row.  The readers
+# below keep the objects of the last rows they decoded, keyed by the row
+# itself: the same row (a step reads under lock the accounts it proved a
+# moment before) gives the same frozen object without decoding it again; a
+# changed row is another key.  A few megabytes at most.
+_DECODED_ROWS: Final = 1024
+_ROLES: Final = {role.value: role for role in Role}
+_STATUSES: Final = {status.value: status for status in AccountStatus}
+_KINDS: Final = {kind.value: kind for kind in CredentialKind}
+_ACTIONS: Final = {action.value: action for action in AuditAction}
+_MERGED: Final = AccountStatus.MERGED.value
 
 
 def _optional_time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def _parse_optional_time(text: str | None) -> datetime | None:
@@ -263,69 +298,75 @@ def _parse_optional_time(text: str | None) -> datetime | None:
 
 
 _ACCOUNT_COLUMNS = ("id, login, role, status, display_name, establishment_uai, created_at, "
-                    "email, merged_into")
+                    "email, merged_into, last_signed_in_at")
 
 
 def _account_from_row(row: Sequence[Any]) -> Account:
     return Account(
-        id=row[0], login=row[1], role=Role(row[2]), status=AccountStatus(row[3]),
-        display_name=row[4], establishment_uai=row[5], created_at=_parse_time(row[6]),
-        email=row[7], merged_into=row[8],
+        id=row[0], login=row[1], role=_ROLES[row[2]], status=_STATUSES[row[3]],
+        display_name=row[4], establishment_uai=row[5],
+        created_at=datetime.fromisoformat(row[6]), email=row[7], merged_into=row[8],
+        last_signed_in_at=_parse_optional_time(row[9]),
     )
 
 
-def _account_to_row(account: Account) -> dict[str, Any]:
-    return {
-        "id": account.id, "login": account.login, "role": account.role.value,
-        "status": account.status.value, "display_name": account.display_name,
-        "establishment_uai": account.establishment_uai,
-        "created_at": _time(account.created_at), "email": account.email,
-        "merged_into": account.merged_into,
-    }
+def _account_values(account: Account) -> tuple[Any, ...]:
+    """The account's columns, in the order of :data:`_ACCOUNT_COLUMNS`."""
+    return (account.id, account.login, account.role.value, account.status.value,
+            account.display_name, account.establishment_uai, account.created_at.isoformat(),
+            account.email, account.merged_into, _optional_time(account.last_signed_in_at))
 
 
-def _credential_from_row(row: Sequence[Any]) -> Credential:
-    return Credential(account_id=row[0], password_hash=row[1], kind=CredentialKind(row[2]),
-                      expires_at=_parse_optional_time(row[3]))
+def _credential_values(credential: Credential) -> tuple[Any, ...]:
+    return (credential.account_id, credential.password_hash, credential.kind.value,
+            _optional_time(credential.expires_at))
 
 
-def _credential_to_row(credential: Credential) -> dict[str, Any]:
-    return {"account_id": credential.account_id, "password_hash": credential.password_hash,
-            "kind": credential.kind.value, "expires_at": _optional_time(credential.expires_at)}
+#: An account and its credential (NULLs when it has none), and its login key last.
+_RECORD_COLUMNS = ("a.id, a.login, a.role, a.status, a.display_name, a.establishment_uai,"
+                   " a.created_at, a.email, a.merged_into, a.last_signed_in_at,"
+                   " c.password_hash, c.kind, c.expires_at, a.login_key")
+
+
+@functools.lru_cache(maxsize=_DECODED_ROWS)
+def _record_from_row(row: tuple[Any, ...]) -> AccountRecord:
+    account = _account_from_row(row)
+    if row[10] is None:
+        return AccountRecord(account, None)
+    return AccountRecord(account, Credential(
+        account_id=account.id, password_hash=row[10], kind=_KINDS[row[11]],
+        expires_at=_parse_optional_time(row[12])))
 
 
 _LINK_COLUMNS = ("account_id, child_id, first_name, last_name, establishment_uai, "
                  "origin_account_id, origin_establishment_uai, via_merge, linked_at")
 
 
-def _link_from_row(row: Sequence[Any]) -> ChildLink:
+@functools.lru_cache(maxsize=_DECODED_ROWS)
+def _link_from_row(row: tuple[Any, ...]) -> ChildLink:
     child = Child(id=row[1], first_name=row[2], last_name=row[3], establishment_uai=row[4])
     return ChildLink(account_id=row[0], child=child, origin_account_id=row[5],
                      origin_establishment_uai=row[6], via_merge=bool(row[7]),
-                     linked_at=_parse_time(row[8]))
+                     linked_at=datetime.fromisoformat(row[8]))
 
 
-def _link_to_row(link: ChildLink) -> dict[str, Any]:
-    return {
-        "account_id": link.account_id, "child_id": link.child.id,
-        "first_name": link.child.first_name, "last_name": link.child.last_name,
-        "establishment_uai": link.child.establishment_uai,
-        "origin_account_id": link.origin_account_id,
-        "origin_establishment_uai": link.origin_establishment_uai,
-        "via_merge": int(link.via_merge), "linked_at": _time(link.linked_at),
-    }
+def _link_values(link: ChildLink) -> tuple[Any, ...]:
+    child = link.child
+    return (link.account_id, child.id, child.first_name, child.last_name,
+            child.establishment_uai, link.origin_account_id, link.origin_establishment_uai,
+            int(link.via_merge), link.linked_at.isoformat())
 
 
-def _throttle_from_row(row: Sequence[Any]) -> ThrottleState:
+@functools.lru_cache(maxsize=_DECODED_ROWS)
+def _throttle_from_row(row: tuple[Any, ...]) -> ThrottleState:
     return ThrottleState(key=row[0], consecutive=row[1],
                          last_failure_at=_parse_optional_time(row[2]),
-                         recent=tuple(_parse_time(t) for t in json.loads(row[3])))
+                         recent=tuple(datetime.fromisoformat(t) for t in json.loads(row[3])))
 
 
-def _throttle_to_row(state: ThrottleState) -> dict[str, Any]:
-    return {"key": state.key, "consecutive": state.consecutive,
-            "last_failure_at": _optional_time(state.last_failure_at),
-            "recent": json.dumps([_time(t) for t in state.recent])}
+def _throttle_values(state: ThrottleState) -> tuple[Any, ...]:
+    return (state.key, state.consecutive, _optional_time(state.last_failure_at),
+            json.dumps([t.isoformat() for t in state.recent]))
 
 
 def _receipt_from_row(row: Sequence[Any]) -> StoredReceipt:
@@ -333,10 +374,9 @@ def _receipt_from_row(row: Sequence[Any]) -> StoredReceipt:
                          receipt=MergeReceipt.from_dict(json.loads(row[3])))
 
 
-def _receipt_to_row(stored: StoredReceipt) -> dict[str, Any]:
-    return {"principal_id": stored.principal_id, "key": stored.key,
-            "login_key": stored.login_key,
-            "receipt": json.dumps(stored.receipt.to_dict(), ensure_ascii=False)}
+def _receipt_values(stored: StoredReceipt) -> tuple[Any, ...]:
+    return (stored.principal_id, stored.key, stored.login_key,
+            json.dumps(stored.receipt.to_dict(), ensure_ascii=False))
 
 
 def _outbox_entry_from_row(row: Sequence[Any]) -> OutboxEntry:
@@ -344,22 +384,137 @@ def _outbox_entry_from_row(row: Sequence[Any]) -> OutboxEntry:
                        published=bool(row[3]))
 
 
-def _event_to_row(event: Event) -> dict[str, Any]:
-    return {"name": event.name, "payload": json.dumps(event.to_payload(), ensure_ascii=False)}
-
-
 _AUDIT_COLUMNS = "id, at, action, outcome, actor, account_id, login, detail"
 
 
 def _audit_from_row(row: Sequence[Any]) -> AuditRecord:
-    return AuditRecord(at=_parse_time(row[1]), action=AuditAction(row[2]), outcome=row[3],
-                       actor=row[4], account_id=row[5], login=row[6], detail=row[7])
+    return AuditRecord(at=datetime.fromisoformat(row[1]), action=_ACTIONS[row[2]],
+                       outcome=row[3], actor=row[4], account_id=row[5], login=row[6],
+                       detail=row[7])
 
 
-def _audit_to_row(record: AuditRecord) -> dict[str, Any]:
-    return {"at": _time(record.at), "action": record.action.value, "outcome": record.outcome,
-            "actor": record.actor, "account_id": record.account_id, "login": record.login,
-            "detail": record.detail}
+def _audit_values(record: AuditRecord) -> tuple[Any, ...]:
+    return (record.at.isoformat(), record.action.value, record.outcome, record.actor,
+            record.account_id, record.login, record.detail)
+
+
+# -- statements ---------------------------------------------------------------------
+# Each text is built once (per number of keys, for the reads), so that the
+# connection's statement cache serves it prepared.
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+@functools.cache
+def _select_records(logins: int, ids: int) -> str:
+    """Accounts with their credentials, by *logins* login keys then *ids* ids."""
+    where = []
+    if logins:
+        where.append(f"a.login_key IN ({_marks(logins)})")
+    if ids:
+        where.append(f"a.id IN ({_marks(ids)})")
+    return (f"SELECT {_RECORD_COLUMNS} FROM accounts AS a"
+            " LEFT JOIN credentials AS c ON c.account_id = a.id"
+            f" WHERE {' OR '.join(where)}")
+
+
+@functools.cache
+def _select_links(ids: int) -> str:
+    return (f"SELECT {_LINK_COLUMNS} FROM links WHERE account_id IN ({_marks(ids)})"
+            " ORDER BY account_id, seq")
+
+
+@functools.cache
+def _select_absorbed(ids: int) -> str:
+    return (f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"
+            f" WHERE merged_into IN ({_marks(ids)}) AND status = '{_MERGED}'"
+            " ORDER BY merged_into, merged_seq")
+
+
+@functools.cache
+def _select_throttles(keys: int) -> str:
+    return ("SELECT key, consecutive, last_failure_at, recent FROM throttles"
+            f" WHERE key IN ({_marks(keys)})")
+
+
+@functools.cache
+def _select_receipts(count: int) -> str:
+    either = " OR ".join(["(principal_id = ? AND key = ?)"] * count)
+    return f"SELECT principal_id, key, login_key, receipt FROM receipts WHERE {either}"
+
+
+@functools.cache
+def _select_establishments(count: int) -> str:
+    return f"SELECT uai, name FROM establishments WHERE uai IN ({_marks(count)})"
+
+
+_EXPECT = ("SELECT a.status, c.password_hash FROM accounts AS a"
+           " LEFT JOIN credentials AS c ON c.account_id = a.id WHERE a.id = ?")
+_PUT_ESTABLISHMENT = ("INSERT INTO establishments (uai, name) VALUES (?, ?)"
+                      " ON CONFLICT (uai) DO UPDATE SET name = excluded.name")
+# ?1-?10: the account's columns, ?11 its login key.  An account inserted
+# already absorbed goes last among those absorbed into the same account.
+_INSERT_ACCOUNT = (
+    f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}, login_key, merged_seq)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
+    " CASE WHEN ?9 IS NULL THEN NULL ELSE (SELECT coalesce(max(merged_seq), 0) + 1"
+    "  FROM accounts WHERE merged_into = ?9) END)"
+)
+# An account absorbed into a new holder goes last among the holder's
+# absorbed accounts; one whose holder does not change keeps its place.
+_UPDATE_ACCOUNT = (
+    "UPDATE accounts SET login = ?2, role = ?3, status = ?4, display_name = ?5,"
+    " establishment_uai = ?6, created_at = ?7, email = ?8, last_signed_in_at = ?10,"
+    " merged_seq = CASE"
+    "  WHEN ?9 IS NULL THEN NULL"
+    "  WHEN merged_into IS ?9 THEN merged_seq"
+    "  ELSE (SELECT coalesce(max(h.merged_seq), 0) + 1 FROM accounts AS h"
+    "        WHERE h.merged_into = ?9) END,"
+    " merged_into = ?9"
+    " WHERE id = ?1"
+)
+_SIGN_IN = "UPDATE accounts SET last_signed_in_at = ? WHERE id = ?"
+_PUT_CREDENTIAL = (
+    "INSERT INTO credentials (account_id, password_hash, kind, expires_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (account_id) DO UPDATE SET password_hash = excluded.password_hash,"
+    " kind = excluded.kind, expires_at = excluded.expires_at"
+)
+_DROP_CREDENTIAL = "DELETE FROM credentials WHERE account_id = ?"
+_UNLINK = "DELETE FROM links WHERE account_id = ? AND child_id = ?"
+_PUT_CHILD = ("INSERT INTO children (id, first_name, last_name, establishment_uai)"
+              " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+# A child linked again to the same account keeps its place (its seq).
+_LINK = (
+    f"INSERT INTO links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (account_id, child_id) DO UPDATE SET"
+    " first_name = excluded.first_name, last_name = excluded.last_name,"
+    " establishment_uai = excluded.establishment_uai,"
+    " origin_account_id = excluded.origin_account_id,"
+    " origin_establishment_uai = excluded.origin_establishment_uai,"
+    " via_merge = excluded.via_merge, linked_at = excluded.linked_at"
+)
+_PUT_THROTTLE = (
+    "INSERT INTO throttles (key, consecutive, last_failure_at, recent) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET consecutive = excluded.consecutive,"
+    " last_failure_at = excluded.last_failure_at, recent = excluded.recent"
+)
+_PUT_RECEIPT = (
+    "INSERT INTO receipts (principal_id, key, login_key, receipt) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (principal_id, key) DO UPDATE SET login_key = excluded.login_key,"
+    " receipt = excluded.receipt"
+)
+# ``position`` is the rowid: a new row gets the largest one plus one, so
+# positions increase in commit order (writers are serialised) and a
+# rolled-back event leaves no gap.
+_APPEND_EVENT = "INSERT INTO outbox (name, payload) VALUES (?, ?)"
+_MARK_PUBLISHED = "UPDATE outbox SET published = 1 WHERE position = ? AND published = 0"
+_APPEND_AUDIT = ("INSERT INTO audit (at, action, outcome, actor, account_id, login, detail)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+def _is_login_clash(error: sqlite3.IntegrityError) -> bool:
+    text = str(error)
+    return "UNIQUE" in text and ("accounts.login_key" in text or "accounts.id" in text)
 
 
 # -- the store ----------------------------------------------------------------------
@@ -379,7 +534,8 @@ class SQLiteStorage:
     *busy_timeout* is how long, in seconds, a unit of work waits for
     another writer's lock before giving up with ``concurrent_update``.
     Nothing is opened until the first unit of work; the file is created if
-    it does not exist (its directory must).
+    it does not exist (its directory must), readable and writable by its
+    owner only.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
@@ -408,10 +564,22 @@ class SQLiteStorage:
         """
         return _SQLiteUnitOfWork(self, write=write)
 
+    def write(self, changes: ChangeSet) -> None:
+        """Apply *changes* in one ``BEGIN IMMEDIATE`` transaction of their own, and commit.
+
+        An empty change set opens no transaction.
+        """
+        if not changes:
+            return
+        with self.unit_of_work(write=True) as uow:
+            uow.apply(changes)
+            uow.commit()
+
     def bulk_insert(self, rows: Sequence[BulkAccount]) -> None:
         """Store *rows* in one transaction, one ``executemany`` per table.
 
-        The fast path of :func:`account_merge.storage.bulk.insert_accounts`,
+        Tier ``bulk_load`` (:class:`~account_merge.ports.tiers.BulkLoad`),
+        the fast path of :func:`account_merge.storage.bulk.insert_accounts`,
         for tests and benchmarks that need a large store: the accounts and
         their hashes are taken as they are, without events or audit
         records.  A login or id already in use raises ``LoginTaken`` and
@@ -423,7 +591,7 @@ class SQLiteStorage:
         def text(at: datetime | None) -> str | None:
             # Bulk rows share a few instants: format each once.
             if at not in times:
-                times[at] = _time(at)  # type: ignore[arg-type]
+                times[at] = _optional_time(at)
             return times[at]
 
         with self.unit_of_work(write=True) as uow:
@@ -437,17 +605,15 @@ class SQLiteStorage:
                           r.display_name, r.establishment_uai, text(r.created_at))
                          for r in rows])
                 except sqlite3.IntegrityError as error:
-                    if "UNIQUE" in str(error):
-                        raise LoginTaken("a login or id of the bulk") from None
+                    if _is_login_clash(error):
+                        raise LoginTaken("a login or id of the bulk is in use") from None
                     raise
                 connection.executemany(
-                    "INSERT INTO credentials (account_id, password_hash, kind, expires_at)"
-                    " VALUES (?, ?, ?, ?)",
+                    _PUT_CREDENTIAL,
                     [(r.account_id, r.password_hash, r.credential_kind.value,
                       text(r.credential_expires_at)) for r in rows])
                 connection.executemany(
-                    "INSERT INTO children (id, first_name, last_name, establishment_uai)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    _PUT_CHILD,
                     [(r.child_id, r.child_first_name, r.child_last_name, r.establishment_uai)
                      for r in rows])
                 connection.executemany(
@@ -478,6 +644,9 @@ class SQLiteStorage:
     # connections ------------------------------------------------------------------
     def _translating(self) -> AbstractContextManager[None]:
         return _translating(self.path, self.busy_timeout)
+
+    def _error(self, error: sqlite3.Error) -> AccountMergeError:
+        return _translate(error, self.path, self.busy_timeout)
 
     def _forget_inherited(self) -> None:
         """In a forked child: drop the parent's connections without touching them."""
@@ -517,7 +686,23 @@ class SQLiteStorage:
             with self._translating():
                 slot.connection.close()
 
+    def _create_private(self) -> None:
+        """Create the file, empty and ``0600``, if it does not exist yet.
+
+        Made here rather than by SQLite, which would create it with the
+        process's default mode; an existing file (also one another opener
+        has just created) is left as it is.
+        """
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as error:
+            raise StorageError(self.path, f"cannot be opened ({error.strerror})") from None
+        os.close(descriptor)
+
     def _connect(self) -> sqlite3.Connection:
+        self._create_private()
         connection: sqlite3.Connection | None = None
         try:
             with self._translating():
@@ -625,255 +810,208 @@ class _SQLiteUnitOfWork:
             with self._storage._translating():
                 self._slot.connection.execute("ROLLBACK")
 
-    # statements -------------------------------------------------------------------
-    def _execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
-        connection = self._connection()
-        with self._storage._translating():
-            return connection.execute(sql, params)
+    def _unreadable(self, what: str, error: Exception) -> StorageError:
+        """A row the domain refuses: a StorageError naming the file."""
+        return StorageError(self._storage.path, f"holds {what} that cannot be read ({error!r})")
 
-    def _all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+    # reading ----------------------------------------------------------------------
+    def fetch(self, request: Fetch) -> Fetched:
         connection = self._connection()
-        with self._storage._translating():
-            return connection.execute(sql, params).fetchall()
-
-    def _one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        connection = self._connection()
-        with self._storage._translating():
-            return connection.execute(sql, params).fetchone()
-
-    @contextmanager
-    def _decoding(self, what: str) -> Iterator[None]:
-        """Turn a row the domain refuses into a StorageError naming the file."""
         try:
-            yield
-        except (AccountMergeError, ValueError, KeyError, TypeError) as error:
-            if isinstance(error, StorageError):
-                raise
-            raise StorageError(self._storage.path,
-                               f"holds {what} that cannot be read ({error!r})") from error
+            return self._fetch(connection, request)
+        except sqlite3.Error as error:
+            raise self._storage._error(error) from error
 
-    # establishments -------------------------------------------------------------
-    def get_establishment(self, uai: str) -> Establishment | None:
-        row = self._one("SELECT uai, name FROM establishments WHERE uai = ?", (uai,))
-        if row is None:
-            return None
-        with self._decoding("an establishment"):
-            return Establishment(uai=row[0], name=row[1])
+    def _fetch(self, connection: sqlite3.Connection, request: Fetch) -> Fetched:
+        found: dict[str, Any] = {}
+        what = "an account"
+        try:
+            logins, ids = request.logins, request.accounts
+            if logins or ids:
+                by_login: dict[str, AccountRecord] = {}
+                accounts: dict[str, AccountRecord] = {}
+                wanted_logins, wanted_ids = set(logins), set(ids)
+                for row in connection.execute(_select_records(len(logins), len(ids)),
+                                              (*logins, *ids)):
+                    record = _record_from_row(row)
+                    if row[13] in wanted_logins:
+                        by_login[row[13]] = record
+                    if row[0] in wanted_ids:
+                        accounts[row[0]] = record
+                found["by_login"], found["accounts"] = by_login, accounts
+            if request.links:
+                what = "a child link"
+                links: dict[str, list[ChildLink]] = {i: [] for i in request.links}
+                for row in connection.execute(_select_links(len(request.links)),
+                                              request.links):
+                    links[row[0]].append(_link_from_row(row))
+                found["links"] = {i: tuple(v) for i, v in links.items()}
+            if request.absorbed:
+                what = "an account"
+                absorbed: dict[str, list[Account]] = {i: [] for i in request.absorbed}
+                for row in connection.execute(_select_absorbed(len(request.absorbed)),
+                                              request.absorbed):
+                    absorbed[row[8]].append(_account_from_row(row))
+                found["absorbed"] = {i: tuple(v) for i, v in absorbed.items()}
+            if request.throttles or request.count:
+                what = "a throttle state"
+                found["throttles"] = self._throttles(connection, request)
+            if request.receipts:
+                what = "a receipt"
+                pairs = [part for pair in request.receipts for part in pair]
+                receipts = {}
+                for row in connection.execute(_select_receipts(len(request.receipts)), pairs):
+                    stored = _receipt_from_row(row)
+                    receipts[stored.principal_id, stored.key] = stored
+                found["receipts"] = receipts
+            if request.establishments:
+                what = "an establishment"
+                found["establishments"] = {
+                    row[0]: Establishment(uai=row[0], name=row[1])
+                    for row in connection.execute(
+                        _select_establishments(len(request.establishments)),
+                        request.establishments)}
+        except _DECODING_ERRORS as error:
+            raise self._unreadable(what, error) from error
+        return Fetched(**found)
 
-    def put_establishment(self, establishment: Establishment) -> None:
-        self._execute(
-            "INSERT INTO establishments (uai, name) VALUES (?, ?) "
-            "ON CONFLICT (uai) DO UPDATE SET name = excluded.name",
-            (establishment.uai, establishment.name),
-        )
-
-    # accounts -------------------------------------------------------------------
-    def get_account(self, account_id: str) -> Account | None:
-        row = self._one(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,))
-        if row is None:
-            return None
-        with self._decoding("an account"):
-            return _account_from_row(row)
-
-    def get_account_id_by_login(self, login_key: str) -> str | None:
-        row = self._one("SELECT id FROM accounts WHERE login_key = ?", (login_key,))
-        return None if row is None else str(row[0])
-
-    def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
-        # A writing unit of work holds the file's write lock since BEGIN
-        # IMMEDIATE, so reading the rows is enough to keep them.
-        ids = sorted(set(account_ids))
-        if not ids:
-            return {}
-        marks = ", ".join("?" for _ in ids)
-        rows = self._all(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id IN ({marks}) ORDER BY id", ids)
-        with self._decoding("an account"):
-            return {row[0]: _account_from_row(row) for row in rows}
-
-    def add_account(self, account: Account, login_key: str) -> None:
-        connection = self._connection()
-        row = {**_account_to_row(account), "login_key": login_key}
-        with self._storage._translating():
-            try:
-                # A failed statement undoes only itself (ON CONFLICT ABORT):
-                # the transaction stays open and usable.
-                connection.execute(
-                    "INSERT INTO accounts (id, login, login_key, role, status, display_name,"
-                    " establishment_uai, created_at, email, merged_into, merged_seq)"
-                    " VALUES (:id, :login, :login_key, :role, :status, :display_name,"
-                    " :establishment_uai, :created_at, :email, :merged_into,"
-                    " CASE WHEN :merged_into IS NULL THEN NULL ELSE"
-                    " (SELECT coalesce(max(merged_seq), 0) + 1 FROM accounts"
-                    "  WHERE merged_into = :merged_into) END)",
-                    row,
-                )
-            except sqlite3.IntegrityError as error:
-                text = str(error)
-                if "UNIQUE" in text and ("accounts.login_key" in text or "accounts.id" in text):
-                    raise LoginTaken(login_key) from None
-                raise
-
-    def update_account(self, account: Account) -> None:
-        row = _account_to_row(account)
-        cursor = self._execute(
-            "UPDATE accounts SET login = :login, role = :role, status = :status,"
-            " display_name = :display_name, establishment_uai = :establishment_uai,"
-            " created_at = :created_at, email = :email,"
-            " merged_seq = CASE"
-            "  WHEN :merged_into IS NULL THEN NULL"
-            "  WHEN merged_into IS :merged_into THEN merged_seq"
-            "  ELSE (SELECT coalesce(max(a.merged_seq), 0) + 1 FROM accounts AS a"
-            "        WHERE a.merged_into = :merged_into) END,"
-            " merged_into = :merged_into"
-            " WHERE id = :id",
-            row,
-        )
-        if cursor.rowcount == 0:
-            raise KeyError(account.id)
-
-    def accounts_merged_into(self, account_id: str) -> list[Account]:
-        rows = self._all(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE merged_into = ? AND status = ?"
-            " ORDER BY merged_seq",
-            (account_id, AccountStatus.MERGED.value),
-        )
-        with self._decoding("an account"):
-            return [_account_from_row(row) for row in rows]
-
-    # credentials ----------------------------------------------------------------
-    def get_credential(self, account_id: str) -> Credential | None:
-        row = self._one("SELECT account_id, password_hash, kind, expires_at FROM credentials"
-                        " WHERE account_id = ?", (account_id,))
-        if row is None:
-            return None
-        with self._decoding("a credential"):
-            return _credential_from_row(row)
-
-    def put_credential(self, credential: Credential) -> None:
-        self._execute(
-            "INSERT INTO credentials (account_id, password_hash, kind, expires_at)"
-            " VALUES (:account_id, :password_hash, :kind, :expires_at)"
-            " ON CONFLICT (account_id) DO UPDATE SET password_hash = excluded.password_hash,"
-            " kind = excluded.kind, expires_at = excluded.expires_at",
-            _credential_to_row(credential),
-        )
-
-    def delete_credential(self, account_id: str) -> None:
-        self._execute("DELETE FROM credentials WHERE account_id = ?", (account_id,))
-
-    # children -------------------------------------------------------------------
-    def links(self, account_id: str) -> list[ChildLink]:
-        rows = self._all(f"SELECT {_LINK_COLUMNS} FROM links WHERE account_id = ? ORDER BY seq",
-                         (account_id,))
-        with self._decoding("a child link"):
-            return [_link_from_row(row) for row in rows]
-
-    def add_links(self, links: Sequence[ChildLink]) -> None:
-        for link in links:
-            child = link.child
-            self._execute(
-                "INSERT INTO children (id, first_name, last_name, establishment_uai)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (child.id, child.first_name, child.last_name, child.establishment_uai),
-            )
-            # A child linked again to the same account keeps its place in the list.
-            self._execute(
-                f"INSERT INTO links ({_LINK_COLUMNS}) VALUES (:account_id, :child_id,"
-                " :first_name, :last_name, :establishment_uai, :origin_account_id,"
-                " :origin_establishment_uai, :via_merge, :linked_at)"
-                " ON CONFLICT (account_id, child_id) DO UPDATE SET"
-                " first_name = excluded.first_name, last_name = excluded.last_name,"
-                " establishment_uai = excluded.establishment_uai,"
-                " origin_account_id = excluded.origin_account_id,"
-                " origin_establishment_uai = excluded.origin_establishment_uai,"
-                " via_merge = excluded.via_merge, linked_at = excluded.linked_at",
-                _link_to_row(link),
-            )
-
-    def remove_links(self, links: Sequence[ChildLink]) -> None:
-        for link in links:
-            self._execute("DELETE FROM links WHERE account_id = ? AND child_id = ?",
-                          (link.account_id, link.child.id))
-
-    # throttling -----------------------------------------------------------------
-    def get_throttle(self, key: str) -> ThrottleState | None:
-        row = self._one("SELECT key, consecutive, last_failure_at, recent FROM throttles"
-                        " WHERE key = ?", (key,))
-        if row is None:
-            return None
-        with self._decoding("a throttle state"):
-            return _throttle_from_row(row)
-
-    def put_throttle(self, state: ThrottleState) -> None:
-        self._execute(
-            "INSERT INTO throttles (key, consecutive, last_failure_at, recent)"
-            " VALUES (:key, :consecutive, :last_failure_at, :recent)"
-            " ON CONFLICT (key) DO UPDATE SET consecutive = excluded.consecutive,"
-            " last_failure_at = excluded.last_failure_at, recent = excluded.recent",
-            _throttle_to_row(state),
-        )
-
-    # idempotency ----------------------------------------------------------------
-    def get_receipt(self, principal_id: str, key: str) -> StoredReceipt | None:
-        row = self._one("SELECT principal_id, key, login_key, receipt FROM receipts"
-                        " WHERE principal_id = ? AND key = ?", (principal_id, key))
-        if row is None:
-            return None
-        with self._decoding("a receipt"):
-            return _receipt_from_row(row)
-
-    def put_receipt(self, stored: StoredReceipt) -> None:
-        self._execute(
-            "INSERT INTO receipts (principal_id, key, login_key, receipt)"
-            " VALUES (:principal_id, :key, :login_key, :receipt)"
-            " ON CONFLICT (principal_id, key) DO UPDATE SET login_key = excluded.login_key,"
-            " receipt = excluded.receipt",
-            _receipt_to_row(stored),
-        )
-
-    # outbox -----------------------------------------------------------------------
-    def append_event(self, event: Event) -> None:
-        # Writers are serialised, so max + 1 leaves no gap, even after a rollback.
-        self._execute(
-            "INSERT INTO outbox (position, name, payload, published) VALUES"
-            " ((SELECT coalesce(max(position), 0) + 1 FROM outbox), :name, :payload, 0)",
-            _event_to_row(event),
-        )
+    def _throttles(self, connection: sqlite3.Connection,
+                   request: Fetch) -> dict[str, ThrottleState]:
+        """The counters *request* reads, and those it counts as they were before."""
+        keys = list(dict.fromkeys((*request.throttles, *request.count)))
+        rows: dict[str, tuple[Any, ...]] = {
+            row[0]: row for row in connection.execute(_select_throttles(len(keys)), keys)}
+        out = {key: _throttle_from_row(row) if (row := rows.get(key)) else ThrottleState(key)
+               for key in request.throttles}
+        if request.count:
+            # Counted on the stored text: the times already there are not
+            # parsed and formatted again.
+            assert request.at is not None  # Fetch checks it
+            at, keep = request.at.isoformat(), request.keep
+            counted: dict[str, tuple[Any, ...]] = {}
+            for key in request.count:
+                row = rows.get(key)
+                if row is None:
+                    out[key], consecutive, recent = ThrottleState(key), 0, []
+                else:
+                    consecutive, recent = row[1], json.loads(row[3])
+                    out[key] = ThrottleState(
+                        key=key, consecutive=consecutive,
+                        last_failure_at=_parse_optional_time(row[2]),
+                        recent=tuple(datetime.fromisoformat(t) for t in recent))
+                recent.append(at)
+                rows[key] = counted[key] = (key, consecutive + 1, at,
+                                            json.dumps(recent[-keep:] if keep > 0 else []))
+            connection.executemany(_PUT_THROTTLE, counted.values())
+        return out
 
     def unpublished(self, limit: int) -> list[OutboxEntry]:
-        rows = self._all("SELECT position, name, payload, published FROM outbox"
-                         " WHERE published = 0 ORDER BY position LIMIT ?", (max(0, limit),))
-        with self._decoding("an outbox event"):
+        connection = self._connection()
+        try:
+            rows = connection.execute("SELECT position, name, payload, published FROM outbox"
+                                      " WHERE published = 0 ORDER BY position LIMIT ?",
+                                      (max(0, limit),)).fetchall()
+        except sqlite3.Error as error:
+            raise self._storage._error(error) from error
+        try:
             return [_outbox_entry_from_row(row) for row in rows]
-
-    def mark_published(self, positions: Sequence[int]) -> None:
-        for position in positions:
-            self._execute("UPDATE outbox SET published = 1 WHERE position = ? AND published = 0",
-                          (position,))
-
-    # audit -----------------------------------------------------------------------
-    def append_audit(self, record: AuditRecord) -> None:
-        self._execute(
-            "INSERT INTO audit (at, action, outcome, actor, account_id, login, detail)"
-            " VALUES (:at, :action, :outcome, :actor, :account_id, :login, :detail)",
-            _audit_to_row(record),
-        )
+        except _DECODING_ERRORS as error:
+            raise self._unreadable("an outbox event", error) from error
 
     def audit_records(self, account_id: str | None, limit: int) -> list[AuditRecord]:
+        connection = self._connection()
         limit = max(0, limit)
-        if account_id is None:
-            rows = self._all(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?",
-                             (limit,))
-        else:
-            # Each half walks its own index backwards and stops at *limit*.
-            rows = self._all(
-                f"SELECT * FROM (SELECT {_AUDIT_COLUMNS} FROM audit WHERE account_id = :id"
-                " ORDER BY id DESC LIMIT :limit)"
-                f" UNION SELECT * FROM (SELECT {_AUDIT_COLUMNS} FROM audit WHERE actor = :id"
-                " ORDER BY id DESC LIMIT :limit)"
-                " ORDER BY id DESC LIMIT :limit",
-                {"id": account_id, "limit": limit},
-            )
-        with self._decoding("an audit record"):
+        try:
+            if account_id is None:
+                rows = connection.execute(
+                    f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?",
+                    (limit,)).fetchall()
+            else:
+                # Each half walks its own index backwards and stops at *limit*.
+                rows = connection.execute(
+                    f"SELECT * FROM (SELECT {_AUDIT_COLUMNS} FROM audit WHERE account_id = ?1"
+                    " ORDER BY id DESC LIMIT ?2)"
+                    f" UNION SELECT * FROM (SELECT {_AUDIT_COLUMNS} FROM audit WHERE actor = ?1"
+                    " ORDER BY id DESC LIMIT ?2)"
+                    " ORDER BY id DESC LIMIT ?2",
+                    (account_id, limit)).fetchall()
+        except sqlite3.Error as error:
+            raise self._storage._error(error) from error
+        try:
             return [_audit_from_row(row) for row in reversed(rows)]
+        except _DECODING_ERRORS as error:
+            raise self._unreadable("an audit record", error) from error
+
+    # writing ----------------------------------------------------------------------
+    def apply(self, changes: ChangeSet) -> None:
+        connection = self._connection()
+        try:
+            self._apply(connection, changes)
+        except sqlite3.Error as error:
+            raise self._storage._error(error) from error
+
+    def _apply(self, connection: sqlite3.Connection, changes: ChangeSet) -> None:
+        # Each part in the order ChangeSet gives; an empty part costs nothing.
+        for expected in changes.expect:
+            row = connection.execute(_EXPECT, (expected.account_id,)).fetchone()
+            if (row is None or row[0] != expected.status.value
+                    or row[1] != expected.password_hash):
+                raise ExpectationFailed()
+        if changes.establishments:
+            connection.executemany(_PUT_ESTABLISHMENT, [(e.uai, e.name)
+                                                        for e in changes.establishments])
+        for new in changes.new_accounts:
+            # One at a time, to name the login that clashes.
+            try:
+                connection.execute(_INSERT_ACCOUNT,
+                                   (*_account_values(new.account), new.login_key))
+            except sqlite3.IntegrityError as error:
+                if _is_login_clash(error):
+                    raise LoginTaken(new.login_key) from None
+                raise
+        if changes.accounts:
+            cursor = connection.executemany(_UPDATE_ACCOUNT, [_account_values(a)
+                                                              for a in changes.accounts])
+            if cursor.rowcount != len(changes.accounts):  # one row per id, if stored
+                self._missing(connection, [a.id for a in changes.accounts], "to replace")
+        if changes.sign_ins:
+            cursor = connection.executemany(_SIGN_IN, [(s.at.isoformat(), s.account_id)
+                                                       for s in changes.sign_ins])
+            if cursor.rowcount != len(changes.sign_ins):
+                self._missing(connection, [s.account_id for s in changes.sign_ins],
+                              "to sign in")
+        if changes.credentials:
+            connection.executemany(_PUT_CREDENTIAL, [_credential_values(c)
+                                                     for c in changes.credentials])
+        if changes.drop_credentials:
+            connection.executemany(_DROP_CREDENTIAL, [(i,) for i in changes.drop_credentials])
+        if changes.unlink:
+            connection.executemany(_UNLINK, [(link.account_id, link.child.id)
+                                             for link in changes.unlink])
+        if changes.link:
+            connection.executemany(_PUT_CHILD, [
+                (c.id, c.first_name, c.last_name, c.establishment_uai)
+                for c in (link.child for link in changes.link)])
+            connection.executemany(_LINK, [_link_values(link) for link in changes.link])
+        if changes.throttles:
+            connection.executemany(_PUT_THROTTLE, [_throttle_values(s)
+                                                   for s in changes.throttles])
+        if changes.receipts:
+            connection.executemany(_PUT_RECEIPT, [_receipt_values(r) for r in changes.receipts])
+        if changes.events:
+            connection.executemany(_APPEND_EVENT, [
+                (e.name, json.dumps(e.to_payload(), ensure_ascii=False))
+                for e in changes.events])
+        if changes.published:
+            connection.executemany(_MARK_PUBLISHED, [(p,) for p in changes.published])
+        if changes.audit:
+            connection.executemany(_APPEND_AUDIT, [_audit_values(r) for r in changes.audit])
+
+    def _missing(self, connection: sqlite3.Connection, ids: Iterable[str], what: str) -> None:
+        """Raise ExpectationFailed naming the first of *ids* that is not stored, if any."""
+        wanted = list(dict.fromkeys(ids))
+        stored = {row[0] for row in connection.execute(
+            f"SELECT id FROM accounts WHERE id IN ({_marks(len(wanted))})", wanted)}
+        absent = next((i for i in wanted if i not in stored), None)
+        if absent is not None:
+            raise ExpectationFailed(f"no account {absent!r} {what}")

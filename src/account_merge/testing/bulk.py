@@ -10,7 +10,7 @@
 >>> service.authenticate(loaded.login(7), "2BUYJ9C8")
 Traceback (most recent call last):
 ...
-account_merge.exceptions.InvalidCredentials: ...
+account_merge.exceptions.ActivationRequired: ...
 >>> service.activate(loaded.login(7), "2BUYJ9C8", "Un-Mot-De-Passe-42!").id == loaded.account_id(7)
 True
 """
@@ -25,7 +25,7 @@ import attrs
 
 from account_merge.domain.account import AccountStatus
 from account_merge.domain.establishment import Establishment
-from account_merge.ports import Storage
+from account_merge.ports import ChangeSet, Fetch, Storage
 from account_merge.storage.bulk import DEFAULT_CHUNK, BulkAccount, insert_accounts
 
 __all__ = ["BulkAccounts", "bulk_load"]
@@ -102,8 +102,9 @@ def bulk_load(
     at = created_at if created_at is not None else datetime.now(UTC)
     expires = at + validity
     with storage.unit_of_work(write=True) as uow:
-        if uow.get_establishment(establishment.uai) is None:
-            uow.put_establishment(establishment)
+        if establishment.uai not in uow.fetch(
+                Fetch(establishments=(establishment.uai,))).establishments:
+            uow.apply(ChangeSet(establishments=(establishment,)))
         uow.commit()
 
     def rows() -> Iterator[BulkAccount]:

@@ -346,6 +346,14 @@ class OrderContract(StorageHarness):
         assert self.fetch(storage, Fetch(links=["acc1"])).links["acc1"] == (
             again, links[2], links[0])
 
+    def test_a_link_unlinked_and_linked_again_in_one_change_set_moves_to_the_end(
+            self, storage: Storage) -> None:
+        links = [_link("acc1", 1), _link("acc1", 2)]
+        self.apply(storage, _new(1) + ChangeSet(link=links))
+        again = attrs.evolve(links[0], via_merge=True, linked_at=T0 + timedelta(3))
+        self.apply(storage, ChangeSet(unlink=[links[0]], link=[again]))
+        assert self.fetch(storage, Fetch(links=["acc1"])).links["acc1"] == (links[1], again)
+
     def test_absorbed_accounts_come_in_the_order_they_were_absorbed_not_by_id(
             self, storage: Storage) -> None:
         self.apply(storage, _new(1, 2, 3, 4, 9))
@@ -456,9 +464,13 @@ class CountingContract(StorageHarness):
         assert self.fetch(storage, Fetch(throttles=["signin:y:-", "principal:p"])).throttles == {
             "signin:y:-": ThrottleState("signin:y:-"), "principal:p": ThrottleState("principal:p")}
 
-    def test_a_count_needs_the_time_of_the_attempt(self) -> None:
+    def test_a_count_needs_the_time_of_the_attempt_and_names_each_key_once(self) -> None:
         with pytest.raises(ValueError):
             Fetch(count=["merge:x"])
+        with pytest.raises(ValueError):
+            Fetch(count=["merge:x", "merge:x"], at=T0)
+        with pytest.raises(ValueError):
+            Fetch(count=["merge:x"], at=T0, keep=0)
 
     def test_concurrent_counts_are_all_counted_and_each_sees_its_own_before(
             self, storage: Storage) -> None:
@@ -583,6 +595,46 @@ class IsolationContract(StorageHarness):
         for t in threads:
             t.join(30)
         assert seen == [_account(1, status=AccountStatus.ACTIVE)]
+
+    def test_a_locked_fetch_sees_everything_the_lock_holder_committed(
+            self, storage: Storage) -> None:
+        """Not only the locked row: the links, absorbed accounts and receipts written with it.
+
+        A store that reads them in the snapshot taken before it waited for
+        the lock would hand a merge a stale list of children.
+        """
+        self.apply(storage, _new(1, 2) + ChangeSet(link=[_link("acc1", 1)]))
+        first_locked = threading.Event()
+        seen: list[Any] = []
+        receipt = StoredReceipt("acc1", "k", "parent.2", MergeReceipt("acc1", "acc2", (), ()))
+
+        def first() -> None:
+            with storage.unit_of_work() as uow:
+                uow.fetch(Fetch(accounts=["acc1"], lock=True))
+                first_locked.set()
+                time.sleep(0.2)
+                uow.apply(ChangeSet(
+                    accounts=[_account(2, status=AccountStatus.MERGED, merged_into="acc1")],
+                    link=[_link("acc1", 2)], receipts=[receipt]))
+                uow.commit()
+
+        def second() -> None:
+            first_locked.wait(5)
+            with storage.unit_of_work() as uow:
+                seen.append(uow.fetch(Fetch(accounts=["acc1"], links=["acc1"],
+                                            absorbed=["acc1"], receipts=[("acc1", "k")],
+                                            lock=True)))
+                uow.commit()
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        [fetched] = seen
+        assert fetched.links["acc1"] == (_link("acc1", 1), _link("acc1", 2))
+        assert [a.id for a in fetched.absorbed["acc1"]] == ["acc2"]
+        assert fetched.receipts == {("acc1", "k"): receipt}
 
     def test_a_locked_counter_loses_no_update(self, storage: Storage) -> None:
         policy = ThrottlePolicy()

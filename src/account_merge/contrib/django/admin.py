@@ -7,8 +7,9 @@ with the staff allowed to split for them.  The split is an action on the
 accounts, offered to users with the ``account_merge.split_account``
 permission and carried out only for the establishments the project's
 rule allows them (``ACCOUNT_MERGE["SPLIT_AUTHORIZATION"]``); its result
-page prints the new letters, whose provisional passwords are shown this
-once and never stored.
+page prints the new letters (a split makes one new account per letter
+the moved children came with), whose provisional passwords are shown
+this once and never stored.
 """
 
 from __future__ import annotations
@@ -115,8 +116,10 @@ class AccountAdmin(ReadOnlyAdmin):
             **self.admin_site.each_context(request),
             "title": gettext("Nouveaux courriers de notification"),
             "opts": self.model._meta,
-            "letters": [{"receipt": receipt, "text": receipt.letter.render()}
-                        for receipt in done],
+            # A split makes one account, so one letter, per letter the children came with.
+            "letters": [{"login": letter.login, "children": letter.children,
+                         "text": letter.render()}
+                        for receipt in done for letter in receipt.letters],
         })
         add_never_cache_headers(response)
         return response

@@ -18,11 +18,17 @@ class AccountMergeConfig(AppConfig):
 
     def ready(self) -> None:
         from django.core import checks
-        from django.core.signals import setting_changed
+        from django.core.signals import request_finished, request_started, setting_changed
 
         from account_merge.contrib.django import service
-        from account_merge.contrib.django.conf import check_settings
+        from account_merge.contrib.django.conf import check_databases, check_settings
+        from account_merge.contrib.django.storage import close_obsolete_side_connections
 
         checks.register(check_settings)
+        checks.register(check_databases)
         setting_changed.connect(service.forget_on_setting_changed,
                                 dispatch_uid="account_merge.forget_service")
+        # The side connections live as long as Django's own (CONN_MAX_AGE).
+        for signal in (request_started, request_finished):
+            signal.connect(close_obsolete_side_connections,
+                           dispatch_uid="account_merge.close_side_connections")

@@ -1,108 +1,103 @@
 """The app's settings: one ``ACCOUNT_MERGE`` dict in the project's settings.
 
-Every key is optional; unknown keys are refused (``manage.py check``
-reports them as ``account_merge.E001``)::
+The keys are the library's one vocabulary of settings, the same as
+Flask's ``ACCOUNT_MERGE_*`` keys, read by
+:func:`account_merge.service.bootstrap.read_settings` (its docstring lists
+them all), plus three that only a Django project has.  Every key is
+optional; unknown keys are refused (``manage.py check`` reports them as
+``account_merge.E001``)::
 
     ACCOUNT_MERGE = {
+        # The library's settings (see read_settings), for example:
+        "THROTTLE_BACKOFF_AFTER": 5,      # failures before each attempt waits
+        "THROTTLE_LOCK_AFTER": 10,        # merge-form failures before the lock
+        "THROTTLE_LOCK_FOR": 24 * 3600,   # seconds, or a timedelta
+        "PROVISIONAL_VALIDITY": 90 * 24 * 3600,
+        "ARGON2_TIME_COST": 3,            # and ARGON2_MEMORY_COST, _PARALLELISM...
+        "IDENTITY_RULE": "account_merge.service.same_display_name",
+        # Django's own:
         # The database alias of the store; None asks the project's database
         # routers (db_for_write / db_for_read of the app's models).
         "DATABASE": None,
-        # argon2id parameters of new hashes (argon2-cffi's PasswordHasher
-        # arguments, in capitals); the defaults are argon2-cffi's (RFC 9106
-        # low-memory profile: 64 MiB, 3 passes, 4 lanes).
-        "ARGON2": {"TIME_COST": 3, "MEMORY_COST": 65536, "PARALLELISM": 4},
-        # Dotted path of a zero-argument callable returning the verifier
-        # (a CredentialVerifier); None: DjangoPasswordVerifier with ARGON2.
-        "VERIFIER": None,
-        # Dotted path of the identity rule (rule M6), a callable
-        # (principal, absorbed) -> bool, for example
-        # "account_merge.service.same_display_name"; None: no extra rule.
-        "IDENTITY_RULE": None,
-        # Throttling of failed attempts: ThrottlePolicy's fields in capitals;
-        # durations in seconds or as timedelta.
-        "THROTTLE": {"BACKOFF_AFTER": 5, "BACKOFF_BASE": 1, "BACKOFF_MAX": 3600,
-                     "LOCK_AFTER": 10, "LOCK_FOR": 86400,
-                     "PRINCIPAL_PER_HOUR": 10, "PRINCIPAL_PER_DAY": 30},
-        # How long a letter's provisional password opens its account.
-        "PROVISIONAL_VALIDITY_DAYS": 90,
-        # Characters of a provisional password (A-Z0-9).
-        "PROVISIONAL_LENGTH": 8,
-        # Dotted path of the clock, a zero-argument callable returning an
-        # aware datetime; None: the real time.
-        "CLOCK": None,
         # Dotted path of a callable (user, uai) -> bool saying whether a
         # staff user may split merges for the establishment *uai*.
         "SPLIT_AUTHORIZATION": "account_merge.contrib.django.permissions.may_split",
+        # The Django hash formats (hasher algorithms) the default verifier
+        # accepts as credentials; None: the format of the first of the
+        # project's PASSWORD_HASHERS; [] for none.
+        "DJANGO_HASHERS": [],
     }
 
-Settings are read when the service is first built (:func:`load`), never
-at import time.
+Without ``VERIFIER``, the service verifies with
+:class:`~account_merge.contrib.django.hashers.DjangoPasswordVerifier`,
+argon2id with the ``ARGON2_*`` parameters for new hashes.  Settings are
+read when the service is first built (:func:`load`), never at import time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from typing import Any, Final
 
-import argon2
 import attrs
+import django
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext
 
-from account_merge.domain.throttle import ThrottlePolicy
+from account_merge.credentials import Argon2Verifier
+from account_merge.exceptions import InvalidInput
+from account_merge.ports.verifier import CredentialVerifier
+from account_merge.service.bootstrap import Settings, read_settings
 
-__all__ = ["DEFAULTS", "SETTING", "AppSettings", "check_settings", "load"]
+__all__ = ["DEFAULT_SPLIT_AUTHORIZATION", "DJANGO_ONLY", "SETTING", "AppSettings",
+           "check_databases", "check_settings", "load", "split_authorization"]
 
 #: The name of the settings dict.
 SETTING: Final = "ACCOUNT_MERGE"
 
-#: The default of every key.
-DEFAULTS: Final[Mapping[str, Any]] = {
-    "DATABASE": None,
-    "ARGON2": {},
-    "VERIFIER": None,
-    "IDENTITY_RULE": None,
-    "THROTTLE": {},
-    "PROVISIONAL_VALIDITY_DAYS": 90,
-    "PROVISIONAL_LENGTH": 8,
-    "CLOCK": None,
-    "SPLIT_AUTHORIZATION": "account_merge.contrib.django.permissions.may_split",
+#: The default rule of who may split for an establishment.
+DEFAULT_SPLIT_AUTHORIZATION: Final = "account_merge.contrib.django.permissions.may_split"
+
+#: The keys only a Django project has (the others are :func:`read_settings`'s).
+DJANGO_ONLY: Final = frozenset({"DATABASE", "SPLIT_AUTHORIZATION", "DJANGO_HASHERS"})
+
+#: Keys of earlier development versions, and what replaced them.
+_RENAMED: Final[Mapping[str, str]] = {
+    "THROTTLE": "THROTTLE_BACKOFF_AFTER, THROTTLE_LOCK_AFTER... (one key per limit)",
+    "ARGON2": "ARGON2_TIME_COST, ARGON2_MEMORY_COST... (one key per parameter)",
+    "PROVISIONAL_VALIDITY_DAYS": "PROVISIONAL_VALIDITY, in seconds or as a timedelta",
 }
 
-_ARGON2_KEYS: Final = frozenset({"TIME_COST", "MEMORY_COST", "PARALLELISM", "HASH_LEN",
-                                 "SALT_LEN"})
-_DURATIONS: Final = frozenset({"backoff_base", "backoff_max", "lock_for"})
+
+def _name(key: str) -> str:
+    return f"{SETTING}[{key!r}]"
 
 
 @attrs.frozen
 class AppSettings:
-    """``ACCOUNT_MERGE``, checked, with the defaults filled in."""
+    """``ACCOUNT_MERGE``, checked: the service's settings and the app's own."""
 
     database: str | None
-    argon2_parameters: Mapping[str, int]
-    verifier: str | None
-    identity_rule: str | None
-    throttle: ThrottlePolicy
-    provisional_validity: timedelta
-    provisional_length: int
-    clock: str | None
     split_authorization: str
+    django_hashers: tuple[str, ...] | None
+    service: Settings
+    #: True if ``VERIFIER`` names the project's own verifier.
+    own_verifier: bool = False
 
-    def password_hasher(self) -> argon2.PasswordHasher:
-        """The argon2-cffi hasher for new hashes."""
-        given = {k.lower(): v for k, v in self.argon2_parameters.items()}
-        default = argon2.PasswordHasher()
-        return argon2.PasswordHasher(
-            time_cost=given.get("time_cost", default.time_cost),
-            memory_cost=given.get("memory_cost", default.memory_cost),
-            parallelism=given.get("parallelism", default.parallelism),
-            hash_len=given.get("hash_len", default.hash_len),
-            salt_len=given.get("salt_len", default.salt_len),
-        )
+    def verifier(self) -> CredentialVerifier:
+        """The verifier the service uses: ``VERIFIER``, else a ``DjangoPasswordVerifier``."""
+        from account_merge.contrib.django.hashers import DjangoPasswordVerifier
+
+        made = self.service.verifier
+        if made is not None and self.own_verifier:
+            return made
+        if not isinstance(made, Argon2Verifier):
+            return DjangoPasswordVerifier(legacy=self.django_hashers)
+        # ARGON2_* settings: the same argon2 side, and Django's formats too.
+        return DjangoPasswordVerifier.from_argon2(made, legacy=self.django_hashers)
 
     def import_optional(self, dotted: str | None) -> Callable[..., Any] | None:
         """The callable at *dotted*, or None."""
@@ -121,76 +116,60 @@ def _import(dotted: str) -> Callable[..., Any]:
 
 def _optional_text(key: str, value: Any) -> str | None:
     if value is not None and not (isinstance(value, str) and value):
-        raise ImproperlyConfigured(f"{SETTING}[{key!r}] must be a non-empty string or None")
+        raise ImproperlyConfigured(f"{_name(key)} must be a non-empty string or None")
     return value
 
 
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ImproperlyConfigured(f"{SETTING}[{key!r}] must be a positive integer")
+def _hashers(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return ()  # by default, the library's own argon2id only: no extra cost
+    if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+        raise ImproperlyConfigured(f"{_name('DJANGO_HASHERS')} must be a list of hasher "
+                                   "algorithms (\"pbkdf2_sha256\"...) or None")
+    return tuple(value)
+
+
+def _given() -> dict[str, Any]:
+    given = getattr(settings, SETTING, {})
+    if not isinstance(given, Mapping):
+        raise ImproperlyConfigured(f"{SETTING} must be a dict")
+    return {str(key).upper(): value for key, value in given.items()}
+
+
+def _split_path(value: Any) -> str:
+    if value is None:
+        return DEFAULT_SPLIT_AUTHORIZATION
+    if not isinstance(value, str) or not value:
+        raise ImproperlyConfigured(f"{_name('SPLIT_AUTHORIZATION')} must be a dotted path")
     return value
 
 
-def _throttle(value: Any) -> ThrottlePolicy:
-    if not isinstance(value, Mapping):
-        raise ImproperlyConfigured(f"{SETTING}['THROTTLE'] must be a dict")
-    fields = {field.name for field in attrs.fields(ThrottlePolicy)}
-    arguments: dict[str, Any] = {}
-    for key, given in value.items():
-        name = str(key).lower()
-        item = given
-        if name not in fields:
-            raise ImproperlyConfigured(
-                f"{SETTING}['THROTTLE'] has an unknown key {key!r} "
-                f"(known: {', '.join(sorted(f.upper() for f in fields))})")
-        if name in _DURATIONS and not isinstance(item, timedelta):
-            if isinstance(item, bool) or not isinstance(item, (int, float)):
-                raise ImproperlyConfigured(
-                    f"{SETTING}['THROTTLE'][{key!r}] must be seconds or a timedelta")
-            item = timedelta(seconds=item)
-        arguments[name] = item
-    try:
-        return ThrottlePolicy(**arguments)
-    except (ValueError, TypeError) as error:
-        raise ImproperlyConfigured(f"{SETTING}['THROTTLE']: {error}") from error
+def split_authorization() -> Callable[..., Any]:
+    """The project's rule of who may split for an establishment, ``(user, uai) -> bool``.
 
-
-def _argon2(value: Any) -> dict[str, int]:
-    if not isinstance(value, Mapping):
-        raise ImproperlyConfigured(f"{SETTING}['ARGON2'] must be a dict")
-    unknown = set(value) - _ARGON2_KEYS
-    if unknown:
-        raise ImproperlyConfigured(
-            f"{SETTING}['ARGON2'] has unknown keys {sorted(map(str, unknown))} "
-            f"(known: {', '.join(sorted(_ARGON2_KEYS))})")
-    return {key: _positive_int(f"ARGON2.{key}", item) for key, item in value.items()}
+    Reads only ``SPLIT_AUTHORIZATION`` (the rest is read when the service is built).
+    """
+    return _import(_split_path(_given().get("SPLIT_AUTHORIZATION")))
 
 
 def load() -> AppSettings:
     """Read and check ``settings.ACCOUNT_MERGE``; raise ImproperlyConfigured if it is wrong."""
-    given = getattr(settings, SETTING, {})
-    if not isinstance(given, Mapping):
-        raise ImproperlyConfigured(f"{SETTING} must be a dict")
-    unknown = set(given) - set(DEFAULTS)
-    if unknown:
-        raise ImproperlyConfigured(
-            f"{SETTING} has unknown keys {sorted(map(str, unknown))} "
-            f"(known: {', '.join(sorted(DEFAULTS))})")
-    values = {**DEFAULTS, **given}
-    split = values["SPLIT_AUTHORIZATION"]
-    if not isinstance(split, str) or not split:
-        raise ImproperlyConfigured(f"{SETTING}['SPLIT_AUTHORIZATION'] must be a dotted path")
+    upper = _given()
+    for old, new in _RENAMED.items():
+        if old in upper:
+            raise ImproperlyConfigured(f"{_name(old)} is no longer read: use {new}")
+    own = {key: upper.pop(key) for key in DJANGO_ONLY if key in upper}
+    try:
+        service = read_settings(upper, name=_name)
+    except InvalidInput as error:
+        raise ImproperlyConfigured(f"{error.field}: {error.message.split(': ', 1)[-1]}") \
+            from None
     return AppSettings(
-        database=_optional_text("DATABASE", values["DATABASE"]),
-        argon2_parameters=_argon2(values["ARGON2"]),
-        verifier=_optional_text("VERIFIER", values["VERIFIER"]),
-        identity_rule=_optional_text("IDENTITY_RULE", values["IDENTITY_RULE"]),
-        throttle=_throttle(values["THROTTLE"]),
-        provisional_validity=timedelta(
-            days=_positive_int("PROVISIONAL_VALIDITY_DAYS", values["PROVISIONAL_VALIDITY_DAYS"])),
-        provisional_length=_positive_int("PROVISIONAL_LENGTH", values["PROVISIONAL_LENGTH"]),
-        clock=_optional_text("CLOCK", values["CLOCK"]),
-        split_authorization=split,
+        database=_optional_text("DATABASE", own.get("DATABASE")),
+        split_authorization=_split_path(own.get("SPLIT_AUTHORIZATION")),
+        django_hashers=_hashers(own.get("DJANGO_HASHERS")),
+        service=service,
+        own_verifier=upper.get("VERIFIER") is not None,
     )
 
 
@@ -198,10 +177,74 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     """``manage.py check``: ``account_merge.E001`` when ``ACCOUNT_MERGE`` is wrong."""
     try:
         loaded = load()
-        for dotted in (loaded.verifier, loaded.identity_rule, loaded.clock,
-                       loaded.split_authorization):
-            loaded.import_optional(dotted)
+        loaded.import_optional(loaded.split_authorization)
+        if loaded.django_hashers is not None:
+            from account_merge.contrib.django.hashers import check_hashers
+
+            check_hashers(loaded.django_hashers)
     except ImproperlyConfigured as error:
         return [checks.Error(str(error), hint=gettext("Voir docs/integrations/django.md."),
                              id="account_merge.E001")]
     return []
+
+
+#: SQLite transaction modes that take the write lock when a transaction begins.
+_LOCKING_MODES: Final = frozenset({"IMMEDIATE", "EXCLUSIVE"})
+
+
+def _store_aliases() -> list[str]:
+    """The database aliases the store uses (``DATABASE``, or the routers' answers)."""
+    from account_merge.contrib.django.storage import DjangoStorage
+
+    database = _optional_text("DATABASE", _given().get("DATABASE"))
+    storage = DjangoStorage(using=database)
+    return sorted({storage.alias(write=True), storage.alias(write=False)})
+
+
+def check_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``manage.py check``: ``account_merge.E002`` for SQLite under ``ATOMIC_REQUESTS``.
+
+    A request transaction on SQLite begins without the write lock (DEFERRED);
+    once the request has read (its session, say) it cannot take the lock if
+    another request wrote in between, and the library's writes fail with
+    ``concurrent_update`` whatever the timeout.  Beginning every transaction
+    with the lock (Django 5.1's ``transaction_mode``) serialises requests
+    instead.
+    """
+    try:
+        aliases = _store_aliases()
+    except ImproperlyConfigured:
+        return []  # account_merge.E001 says what is wrong
+    errors: list[checks.CheckMessage] = []
+    for alias in aliases:
+        try:
+            database: Mapping[str, Any] = settings.DATABASES[alias]
+        except KeyError:
+            errors.append(checks.Error(
+                gettext("La base %(alias)s du regroupement de comptes n'est pas dans "
+                        "DATABASES.") % {"alias": alias},
+                hint=gettext("Voir docs/integrations/django.md."), id="account_merge.E001"))
+            continue
+        if "sqlite" not in str(database.get("ENGINE", "")) or not database.get("ATOMIC_REQUESTS"):
+            continue
+        options: Mapping[str, Any] = database.get("OPTIONS") or {}
+        mode = str(options.get("transaction_mode") or "").upper()
+        if mode in _LOCKING_MODES:
+            continue
+        if django.VERSION >= (5, 1):
+            hint = gettext('Ajoutez "transaction_mode": "IMMEDIATE" aux OPTIONS de '
+                           'DATABASES["%(alias)s"] : chaque requête prend alors le verrou '
+                           "d'écriture dès son début.") % {"alias": alias}
+        else:
+            hint = gettext('Passez à Django 5.1 ou plus et ajoutez "transaction_mode": '
+                           '"IMMEDIATE" aux OPTIONS de DATABASES["%(alias)s"] ; sinon, '
+                           "retirez ATOMIC_REQUESTS de cette base, ou placez le regroupement "
+                           'de comptes sur une base sans ATOMIC_REQUESTS '
+                           '(ACCOUNT_MERGE["DATABASE"]).') % {"alias": alias}
+        errors.append(checks.Error(
+            gettext("La base SQLite %(alias)s a ATOMIC_REQUESTS sans le mode de transaction "
+                    "IMMEDIATE : une requête qui a déjà lu (sa session) ne peut plus écrire "
+                    "quand une autre a écrit entre-temps, et les regroupements échouent "
+                    "(concurrent_update).") % {"alias": alias},
+            hint=hint, id="account_merge.E002"))
+    return errors

@@ -58,7 +58,7 @@ ROLE_CHOICES = _choices(Role, {"responsable": _("responsable"), "eleve": _("él�
 KIND_CHOICES = _choices(CredentialKind, {"provisional": _("mot de passe provisoire"),
                                          "password": _("mot de passe")})
 ACTION_CHOICES = _choices(AuditAction, {
-    "issue": _("émission"), "activate": _("activation"), "authenticate": _("connexion"),
+    "register_establishment": _("enregistrement d'établissement"), "issue": _("émission"), "activate": _("activation"), "authenticate": _("connexion"),
     "change_password": _("changement de mot de passe"),
     "change_email": _("changement d'e-mail"), "merge": _("regroupement"),
     "split": _("séparation")})
@@ -72,6 +72,7 @@ class Establishment(models.Model):
 
     class Meta:
         verbose_name = _("établissement")
+        verbose_name_plural = _("établissements")
 
     def __str__(self) -> str:
         return f"{self.uai} {self.name}"
@@ -114,11 +115,14 @@ class Account(models.Model):
     merged_into = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True,
                                     related_name="absorbed", db_index=False,
                                     verbose_name=_("regroupé dans"))
-    #: The order in which accounts were absorbed into ``merged_into``.
+    #: The order in which accounts were absorbed into ``merged_into`` (rule 4 of
+    #: the storage contract): 1, 2, 3... per ``merged_into``, given by the store.
     merged_seq = models.BigIntegerField(null=True, blank=True, editable=False)
+    last_signed_in_at = models.DateTimeField(_("dernière connexion"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("compte")
+        verbose_name_plural = _("comptes")
         indexes = [
             models.Index(fields=["merged_into", "merged_seq"],
                          name="account_merge_acc_merged",
@@ -148,7 +152,12 @@ class Letter(Account):
 
 
 class Credential(models.Model):
-    """The hash that proves an account; MERGED accounts have none."""
+    """The hash that proves an account.
+
+    An absorbed (MERGED) account keeps the credential it had, so that its
+    owner signing in with it is told where the account went
+    (``account_merged``); it opens nothing any more.
+    """
 
     account = models.OneToOneField(Account, on_delete=models.CASCADE, primary_key=True,
                                    related_name="credential")
@@ -158,6 +167,7 @@ class Credential(models.Model):
 
     class Meta:
         verbose_name = _("preuve d'identité")
+        verbose_name_plural = _("preuves d'identité")
 
     def __str__(self) -> str:
         return gettext("%(kind)s du compte %(account)s") % {
@@ -165,7 +175,12 @@ class Credential(models.Model):
 
 
 class Child(models.Model):
-    """A pupil, as first named by a letter."""
+    """A pupil, as first named by a letter.
+
+    Each link keeps the child as *its* letter named it (rule 5 of the
+    storage contract): the names and establishment the store reads back
+    are the link's, never these.
+    """
 
     id = models.CharField(max_length=MAX_ID_LENGTH, primary_key=True)
     first_name = models.CharField(_("prénom"), max_length=MAX_NAME_LENGTH)
@@ -174,13 +189,18 @@ class Child(models.Model):
 
     class Meta:
         verbose_name = _("enfant")
+        verbose_name_plural = _("enfants")
 
     def __str__(self) -> str:
         return f"{self.first_name} {self.last_name}"
 
 
 class ChildLink(models.Model):
-    """A child attached to an account; ``id`` orders an account's children."""
+    """A child attached to an account, named as the letter that carried it named it.
+
+    ``id`` orders an account's children (the order they were first linked);
+    a child linked again to the same account keeps its row, so its place.
+    """
 
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="links",
                                 verbose_name=_("compte"))
@@ -209,7 +229,7 @@ class ChildLink(models.Model):
 
 
 class Throttle(models.Model):
-    """Failed attempts counted under one key (``login:…`` or ``principal:…``)."""
+    """Failed attempts counted under one key (``signin:…``, ``merge:…`` or ``principal:…``)."""
 
     # Text: the key holds a normalised login as typed, which may be long.
     key = models.TextField(primary_key=True)
@@ -220,6 +240,7 @@ class Throttle(models.Model):
 
     class Meta:
         verbose_name = _("compteur d'échecs")
+        verbose_name_plural = _("compteurs d'échecs")
 
     def __str__(self) -> str:
         return self.key
@@ -235,6 +256,7 @@ class Receipt(models.Model):
 
     class Meta:
         verbose_name = _("reçu de regroupement")
+        verbose_name_plural = _("reçus de regroupement")
         constraints = [
             models.UniqueConstraint(fields=["principal_id", "key"],
                                     name="account_merge_receipt_unique"),
@@ -254,6 +276,7 @@ class OutboxEvent(models.Model):
 
     class Meta:
         verbose_name = _("événement")
+        verbose_name_plural = _("événements")
         ordering = ["position"]
         indexes = [
             models.Index(fields=["position"], name="account_merge_outbox_todo",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from account_merge.contrib.django.conf import load
+from account_merge.contrib.django.conf import split_authorization
 
 __all__ = ["SPLIT_PERMISSION", "is_allowed_to_split", "may_split"]
 
@@ -36,7 +36,4 @@ def may_split(user: Any, uai: str) -> bool:
 
 def is_allowed_to_split(user: Any, uai: str) -> bool:
     """The project's rule (``ACCOUNT_MERGE["SPLIT_AUTHORIZATION"]``) applied to *user*."""
-    settings = load()
-    rule = settings.import_optional(settings.split_authorization)
-    assert rule is not None
-    return bool(rule(user, uai))
+    return bool(split_authorization()(user, uai))

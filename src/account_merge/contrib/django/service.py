@@ -1,9 +1,12 @@
 """get_service(): the project's MergeService, built once per process from the settings.
 
 Views call :func:`get_service` on each request; the service is built on
-the first call (not at import time) from ``settings.ACCOUNT_MERGE`` and
-kept until those settings change (``override_settings`` in tests).  It is
-stateless between calls and safe to share between threads.
+the first call (not at import time) from ``settings.ACCOUNT_MERGE``, read
+by the library's composition root
+(:func:`account_merge.service.bootstrap.read_settings`, see
+:mod:`account_merge.contrib.django.conf`), and kept until those settings
+change (``override_settings`` in tests).  It is stateless between calls
+and safe to share between threads.
 """
 
 from __future__ import annotations
@@ -12,9 +15,7 @@ import threading
 from typing import Any
 
 from account_merge.contrib.django.conf import AppSettings, load
-from account_merge.contrib.django.hashers import DjangoPasswordVerifier
 from account_merge.contrib.django.storage import DjangoStorage
-from account_merge.ports import CredentialVerifier
 from account_merge.service import MergeService
 
 __all__ = ["build_service", "forget", "forget_on_setting_changed", "get_service", "get_storage"]
@@ -35,16 +36,8 @@ def get_storage(app_settings: AppSettings | None = None) -> DjangoStorage:
 def build_service(app_settings: AppSettings | None = None) -> MergeService:
     """A new MergeService from *app_settings* (default: the project's settings)."""
     s = app_settings or load()
-    factory = s.import_optional(s.verifier)
-    verifier: CredentialVerifier = (factory() if factory is not None
-                                    else DjangoPasswordVerifier(s.password_hasher()))
-    return MergeService(
-        get_storage(s), verifier, s.import_optional(s.clock),
-        throttle=s.throttle,
-        identity_rule=s.import_optional(s.identity_rule),
-        provisional_validity=s.provisional_validity,
-        provisional_length=s.provisional_length,
-    )
+    return MergeService(get_storage(s), s.verifier(), s.service.clock,
+                        policies=s.service.policies)
 
 
 def get_service() -> MergeService:

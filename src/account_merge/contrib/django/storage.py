@@ -1,5 +1,9 @@
 """DjangoStorage: the store in the project's database, through Django's ORM.
 
+It meets the storage contract of :mod:`account_merge.ports.storage`
+(rules 1 to 6 there) on PostgreSQL and SQLite; what it decides is written
+here.
+
 Units of work.  Each unit of work is a :func:`django.db.transaction.atomic`
 block on one database alias: ``commit()`` leaves the block normally (a
 COMMIT, or the release of a savepoint when the unit of work runs inside a
@@ -11,74 +15,120 @@ routers decide (``db_for_write`` for a writing unit of work,
 ``db_for_read`` for a reading one, asked about the app's models).
 
 Inside a transaction of the host (``ATOMIC_REQUESTS``, a view wrapped in
-``atomic``, Django's ``TestCase``), the library's writes are only durable
-when the host commits.  That includes the failed-attempt counters of the
-throttle: a view that lets ``AccountMergeError`` propagate out of an
-atomic request rolls them back.  Views that call the service should
-catch the library's errors (and show :func:`account_merge.messages.error_message`),
-or not run in a request transaction.
+``atomic``), the library's writes are only durable when the host commits,
+except what rule 6 of the contract keeps, on PostgreSQL: the failed-attempt
+counters (counted by :class:`~account_merge.ports.Fetch`, read, locked and
+written by :class:`~account_merge.ports.ChangeSet`) and the audit records
+of failures go through a *side connection*, a second connection of this
+thread to the same database, in a transaction of the unit of work's own
+that ``commit()`` commits first (then releases the savepoint) and a
+rollback rolls back.  So a view that lets the library's error escape its
+atomic request cannot erase a failed attempt, nor lift the throttling
+with it.  Events and the audit records of successes stay in the host's
+transaction: they commit or roll back with the change they describe.  The
+side connection is made when first needed, kept for the thread like
+Django's own (closed at the end of a request unless ``CONN_MAX_AGE`` keeps
+it, or by :meth:`DjangoStorage.close`), and waits at most
+``side_lock_timeout`` seconds for a lock, so that the two connections of
+one thread, which the server cannot see waiting on each other, never
+wait forever.  On SQLite there is no side connection: the host's
+transaction may hold the write lock, so a second connection could only
+wait for it; the failures commit or roll back with the host's transaction.
 
-Concurrency.  On PostgreSQL (READ COMMITTED): ``lock_accounts`` is a
-``SELECT ... FOR UPDATE`` ordered by id; in a writing unit of work,
-``get_throttle`` and ``get_receipt`` first take a transaction-level
-advisory lock on their key (so that a counter that does not exist yet is
-protected too), then read with ``FOR UPDATE``; ``append_event`` takes one
+Concurrency.  On PostgreSQL (READ COMMITTED): ``Fetch(lock=True)`` locks
+the counters it names, then the accounts by id: a counter with a
+transaction-level advisory lock on its key (so that a counter not stored
+yet is protected too) and ``SELECT ... FOR UPDATE``, the accounts with
+``SELECT ... FOR UPDATE`` ordered by id; a counted key (``Fetch.count``)
+is always locked so, then read and written back in the same transaction,
+before the unit of work reads anything else.  A change set's ``expect``
+locks the accounts it checks, in id order.  Appending events takes one
 advisory lock for the outbox, so positions are gap-free and become
-visible in order.  Locks are taken in one order (receipt, accounts by id,
-counters, outbox).  On SQLite, a writing unit of work takes the
+visible in order.  On SQLite, a writing unit of work takes the
 database's write lock with its first statement (as ``BEGIN IMMEDIATE``
 would; with Django 5.1's ``"transaction_mode": "IMMEDIATE"`` option,
 Django already does), so writers wait for each other up to the
-connection's ``timeout`` instead of failing half-way.  Serialization
-failures, deadlocks, lock timeouts and "database is locked" become
+connection's ``timeout`` instead of failing half-way, and every
+read-modify-write runs under that lock.  Serialization failures,
+deadlocks, lock timeouts and "database is locked" become
 :class:`~account_merge.exceptions.ConcurrentUpdate`, which the service
 retries; any other database error becomes
 :class:`~account_merge.exceptions.StorageError` naming the alias and the
 database (never its password).
 
 Rows are translated to domain objects explicitly; a row the domain
-refuses is a ``StorageError`` too.
+refuses is a ``StorageError`` too.  Each :meth:`fetch` costs one query
+per kind of thing it reads (and, to count attempts, one more to lock the
+counters on PostgreSQL and one to write them); :meth:`apply` writes each
+part of a change set with one bulk statement.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import copy
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Concatenate, Final, ParamSpec, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Max, Q, QuerySet
+from django.db.models import Max, Q
+from django.utils.connection import ConnectionDoesNotExist
 
 from account_merge.contrib.django import models as m
 from account_merge.domain.account import Account, AccountStatus, Credential, CredentialKind, Role
 from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.child import Child, ChildLink
 from account_merge.domain.establishment import Establishment
-from account_merge.domain.events import Event, OutboxEntry, event_from_payload
+from account_merge.domain.events import OutboxEntry, event_from_payload
 from account_merge.domain.receipts import MergeReceipt
 from account_merge.domain.throttle import ThrottleState
-from account_merge.exceptions import AccountMergeError, ConcurrentUpdate, StorageError
-from account_merge.ports import LoginTaken, StoredReceipt
+from account_merge.exceptions import (
+    AccountMergeError,
+    ConcurrentUpdate,
+    ExpectationFailed,
+    LoginTaken,
+    StorageError,
+)
+from account_merge.ports.storage import (
+    AccountRecord,
+    ChangeSet,
+    Fetch,
+    Fetched,
+    StoredReceipt,
+)
 
-__all__ = ["DjangoStorage"]
+__all__ = ["DEFAULT_SIDE_LOCK_TIMEOUT", "DjangoStorage", "close_obsolete_side_connections",
+           "close_side_connections"]
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 #: SQLSTATEs of a lost race on PostgreSQL: serialization failure,
-#: deadlock, lock not available.
+#: deadlock, lock not available (a lock timeout).
 _CONCURRENT_SQLSTATES: Final = frozenset({"40001", "40P01", "55P03"})
+_UNIQUE_VIOLATION: Final = "23505"
 _LOCKED_TEXTS: Final = ("database is locked", "database table is locked")
+_SUCCESS: Final = "success"
+_MERGED: Final = AccountStatus.MERGED.value
+
+#: Seconds a side connection waits for a lock before ``concurrent_update``.
+DEFAULT_SIDE_LOCK_TIMEOUT: Final = 5.0
+#: The suffix of a side connection's alias (registered for its thread only).
+_SIDE_SUFFIX: Final = "~account_merge_side"
+
+_ACCOUNT_FIELDS: Final = ("login", "role", "status", "display_name", "establishment_uai",
+                          "created_at", "email", "merged_into", "merged_seq",
+                          "last_signed_in_at")
+_LINK_FIELDS: Final = ("first_name", "last_name", "establishment_uai", "origin_account_id",
+                       "origin_establishment_uai", "via_merge", "linked_at")
 
 
-# -- times -----------------------------------------------------------------------------
+# -- times -------------------------------------------------------------------------------
 def _to_db(value: datetime) -> datetime:
     utc = value.astimezone(UTC)
     return utc if settings.USE_TZ else utc.replace(tzinfo=None)
@@ -89,7 +139,7 @@ def _optional_to_db(value: datetime | None) -> datetime | None:
 
 
 def _from_db(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _optional_from_db(value: datetime | None) -> datetime | None:
@@ -102,16 +152,22 @@ def _account_from_row(row: m.Account) -> Account:
         id=row.id, login=row.login, role=Role(row.role), status=AccountStatus(row.status),
         display_name=row.display_name, establishment_uai=row.establishment_uai,
         created_at=_from_db(row.created_at), email=row.email, merged_into=row.merged_into_id,
+        last_signed_in_at=_optional_from_db(row.last_signed_in_at),
     )
 
 
-def _account_fields(account: Account) -> dict[str, Any]:
-    return {
-        "login": account.login, "role": account.role.value, "status": account.status.value,
-        "display_name": account.display_name, "establishment_uai": account.establishment_uai,
-        "created_at": _to_db(account.created_at), "email": account.email,
-        "merged_into_id": account.merged_into,
-    }
+def _account_row(account: Account, *, login_key: str | None = None,
+                 merged_seq: int | None = None) -> m.Account:
+    row = m.Account(
+        id=account.id, login=account.login, role=account.role.value,
+        status=account.status.value, display_name=account.display_name,
+        establishment_uai=account.establishment_uai, created_at=_to_db(account.created_at),
+        email=account.email, merged_into_id=account.merged_into, merged_seq=merged_seq,
+        last_signed_in_at=_optional_to_db(account.last_signed_in_at),
+    )
+    if login_key is not None:
+        row.login_key = login_key
+    return row
 
 
 def _credential_from_row(row: m.Credential) -> Credential:
@@ -120,7 +176,21 @@ def _credential_from_row(row: m.Credential) -> Credential:
                       expires_at=_optional_from_db(row.expires_at))
 
 
+def _credential_row(credential: Credential) -> m.Credential:
+    return m.Credential(account_id=credential.account_id,
+                        password_hash=credential.password_hash, kind=credential.kind.value,
+                        expires_at=_optional_to_db(credential.expires_at))
+
+
+def _record_from_row(row: m.Account) -> AccountRecord:
+    # select_related("credential") cached the credential, or its absence.
+    credential: m.Credential | None = getattr(row, "credential", None)
+    return AccountRecord(_account_from_row(row),
+                         None if credential is None else _credential_from_row(credential))
+
+
 def _link_from_row(row: m.ChildLink) -> ChildLink:
+    # The child as the letter that carried it named it (rule 5): the link's columns.
     child = Child(id=row.child_id, first_name=row.first_name, last_name=row.last_name,
                   establishment_uai=row.establishment_uai)
     return ChildLink(account_id=row.account_id, child=child,
@@ -129,10 +199,26 @@ def _link_from_row(row: m.ChildLink) -> ChildLink:
                      via_merge=row.via_merge, linked_at=_from_db(row.linked_at))
 
 
+def _link_row(link: ChildLink) -> m.ChildLink:
+    child = link.child
+    return m.ChildLink(account_id=link.account_id, child_id=child.id,
+                       first_name=child.first_name, last_name=child.last_name,
+                       establishment_uai=child.establishment_uai,
+                       origin_account_id=link.origin_account_id,
+                       origin_establishment_uai=link.origin_establishment_uai,
+                       via_merge=link.via_merge, linked_at=_to_db(link.linked_at))
+
+
 def _throttle_from_row(row: m.Throttle) -> ThrottleState:
     return ThrottleState(key=row.key, consecutive=row.consecutive,
                          last_failure_at=_optional_from_db(row.last_failure_at),
-                         recent=tuple(datetime.fromisoformat(t) for t in row.recent))
+                         recent=tuple(_from_db(datetime.fromisoformat(t)) for t in row.recent))
+
+
+def _throttle_row(state: ThrottleState) -> m.Throttle:
+    return m.Throttle(key=state.key, consecutive=state.consecutive,
+                      last_failure_at=_optional_to_db(state.last_failure_at),
+                      recent=[t.astimezone(UTC).isoformat() for t in state.recent])
 
 
 def _receipt_from_row(row: m.Receipt) -> StoredReceipt:
@@ -151,10 +237,19 @@ def _audit_from_row(row: m.AuditEntry) -> AuditRecord:
                        detail=row.detail)
 
 
-def _first(rows: QuerySet[Any, T]) -> T | None:
-    """The first row of an unordered query (no ORDER BY, unlike ``first()``)."""
-    found = list(rows[:1])
-    return found[0] if found else None
+def _audit_row(record: AuditRecord) -> m.AuditEntry:
+    return m.AuditEntry(at=_to_db(record.at), action=record.action.value,
+                        outcome=record.outcome, actor=record.actor,
+                        account_id=record.account_id, login=record.login,
+                        detail=record.detail)
+
+
+def _last_by(items: Iterable[T], key: Any) -> list[T]:
+    """*items* without repeats of a key: each key's last item, at its first place."""
+    kept: dict[Any, T] = {}
+    for item in items:
+        kept[key(item)] = item
+    return list(kept.values())
 
 
 def _lock_number(namespace: str, key: str) -> int:
@@ -163,17 +258,118 @@ def _lock_number(namespace: str, key: str) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
-# -- the store -----------------------------------------------------------------------------
+# -- errors ------------------------------------------------------------------------------
+def _describe(connection: BaseDatabaseWrapper) -> str:
+    """The store's name in errors: alias, engine and database, never a password."""
+    name = connection.settings_dict.get("NAME") or ""
+    return f"django:{connection.alias} ({connection.vendor} {name})".replace(" )", ")")
+
+
+def _sqlstate(error: DatabaseError) -> str | None:
+    cause = error.__cause__
+    state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return None if state is None else str(state)
+
+
+def _is_lost_race(error: DatabaseError) -> bool:
+    if _sqlstate(error) in _CONCURRENT_SQLSTATES:
+        return True
+    text = str(error).lower()
+    return any(locked in text for locked in _LOCKED_TEXTS)
+
+
+def _is_account_clash(error: IntegrityError) -> bool:
+    """A unique constraint of the account table (its id or its login key) refused a row."""
+    table = m.Account._meta.db_table
+    if _sqlstate(error) == _UNIQUE_VIOLATION:
+        diag = getattr(error.__cause__, "diag", None)
+        return getattr(diag, "table_name", None) == table
+    return f"unique constraint failed: {table}." in str(error).lower()
+
+
+def _translate(error: DatabaseError, connection: BaseDatabaseWrapper) -> AccountMergeError:
+    store = _describe(connection)
+    if _is_lost_race(error):
+        return ConcurrentUpdate(f"{store}: the rows were locked or changed by a concurrent "
+                                f"writer ({type(error).__name__}); try again")
+    return StorageError(store, f"{type(error).__name__}: {error}")
+
+
+# -- side connections --------------------------------------------------------------------
+class _ThreadSides(threading.local):
+    def __init__(self) -> None:
+        self.aliases: set[str] = set()
+
+
+_thread_sides = _ThreadSides()
+
+
+def _side_alias(main: BaseDatabaseWrapper) -> str:
+    """The alias of this thread's side connection to *main*'s database, made if needed.
+
+    The side connection is registered in ``django.db.connections`` for this
+    thread only (Django keeps connections per thread), so that the ORM and
+    ``transaction.atomic`` can use it; it is not in ``DATABASES``, so
+    Django's own connection management leaves it alone.
+    """
+    alias = f"{main.alias}{_SIDE_SUFFIX}"
+    try:
+        connections[alias]
+    except ConnectionDoesNotExist:
+        settings_dict = copy.deepcopy(main.settings_dict)
+        options = settings_dict.setdefault("OPTIONS", {})
+        options.pop("pool", None)  # a connection of its own, not one of the host's pool
+        connections[alias] = type(main)(settings_dict, alias)
+        _thread_sides.aliases.add(alias)
+    return alias
+
+
+def close_side_connections(*, only_obsolete: bool = False, **_: Any) -> None:
+    """Close this thread's side connections (see the module docstring).
+
+    With *only_obsolete*, close only those Django would close at the end of
+    a request (unusable, or older than ``CONN_MAX_AGE``).  The app connects
+    it to ``request_started`` and ``request_finished`` that way.
+    """
+    for alias in sorted(_thread_sides.aliases):
+        try:
+            side = connections[alias]
+        except ConnectionDoesNotExist:
+            _thread_sides.aliases.discard(alias)
+            continue
+        if only_obsolete:
+            side.close_if_unusable_or_obsolete()
+            continue
+        with suppress(DatabaseError):
+            side.close()
+        del connections[alias]
+        _thread_sides.aliases.discard(alias)
+
+
+def close_obsolete_side_connections(**_: Any) -> None:
+    """Receiver of ``request_started`` / ``request_finished``: as Django does for its own."""
+    close_side_connections(only_obsolete=True)
+
+
+# -- the store ---------------------------------------------------------------------------
 class DjangoStorage:
     """The store in a database of the Django project (see the module docstring).
 
     *using* is a database alias; None lets the project's routers choose.
-    Nothing connects before the first unit of work, and connections are
-    Django's own: one per thread, opened and closed as Django does.
+    *side_lock_timeout* bounds, in seconds, the lock waits of the side
+    connection (PostgreSQL, inside a host's transaction).  Nothing
+    connects before the first unit of work, and connections are Django's
+    own: one per thread, opened and closed as Django does.
     """
 
-    def __init__(self, using: str | None = None) -> None:
+    def __init__(self, using: str | None = None, *,
+                 side_lock_timeout: float = DEFAULT_SIDE_LOCK_TIMEOUT) -> None:
+        if isinstance(side_lock_timeout, bool) or not isinstance(side_lock_timeout,
+                                                                 int | float) \
+                or side_lock_timeout <= 0:
+            raise ValueError("side_lock_timeout must be a positive number of seconds")
         self.using = using
+        self.side_lock_timeout = float(side_lock_timeout)
 
     def __repr__(self) -> str:
         return f"DjangoStorage(using={self.using!r})"
@@ -182,8 +378,20 @@ class DjangoStorage:
         """A new unit of work on this thread's connection; use it in a ``with`` block."""
         return _DjangoUnitOfWork(self, write=write)
 
+    def write(self, changes: ChangeSet) -> None:
+        """Apply *changes* in a unit of work of their own, and commit.
+
+        Inside a host's transaction on PostgreSQL, a change set of failed
+        attempts only (``changes.only_attempts``) is one transaction of the
+        side connection, and nothing reaches the host's.
+        """
+        with self.unit_of_work(write=True) as uow:
+            uow.apply(changes)
+            uow.commit()
+
     def close(self) -> None:
-        """Nothing to release: Django owns the connections."""
+        """Close this thread's side connections; Django owns the others."""
+        close_side_connections()
 
     def alias(self, *, write: bool) -> str:
         """The database alias a unit of work uses."""
@@ -192,53 +400,34 @@ class DjangoStorage:
         chosen = router.db_for_write(m.Account) if write else router.db_for_read(m.Account)
         return str(chosen)
 
+    def bulk_insert(self, rows: Sequence[Any]) -> None:
+        """Tier ``bulk_load``: store many accounts in one transaction, all or none.
 
-def _describe(connection: BaseDatabaseWrapper) -> str:
-    """The store's name in errors: alias, engine and database, never a password."""
-    name = connection.settings_dict.get("NAME") or ""
-    return f"django:{connection.alias} ({connection.vendor} {name})".replace(" )", ")")
-
-
-def _is_lost_race(error: DatabaseError) -> bool:
-    cause = error.__cause__
-    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    if sqlstate in _CONCURRENT_SQLSTATES:
-        return True
-    text = str(error).lower()
-    return any(locked in text for locked in _LOCKED_TEXTS)
-
-
-def _translate(error: DatabaseError, connection: BaseDatabaseWrapper) -> AccountMergeError:
-    store = _describe(connection)
-    if _is_lost_race(error):
-        return ConcurrentUpdate(f"{store}: the rows were locked or changed by a concurrent "
-                                f"writer ({error}); try again")
-    return StorageError(store, f"{type(error).__name__}: {error}")
-
-
-def _in_unit_of_work(
-    method: Callable[Concatenate[_DjangoUnitOfWork, P], T],
-) -> Callable[Concatenate[_DjangoUnitOfWork, P], T]:
-    """Run *method* inside the open transaction, with database errors translated."""
-
-    @functools.wraps(method)
-    def wrapper(self: _DjangoUnitOfWork, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        self._ensure_transaction()
-        with self._translating():
-            return method(self, *args, **kwargs)
-
-    return wrapper
+        *rows* are :class:`~account_merge.storage.bulk.BulkAccount` rows; a
+        login or id in use raises ``LoginTaken`` and stores none of them.
+        """
+        with self.unit_of_work(write=True) as uow:
+            uow.insert_bulk(rows)
+            uow.commit()
 
 
 class _DjangoUnitOfWork:
+    """One transaction (or savepoint), and its side transaction when it needs one."""
+
     def __init__(self, storage: DjangoStorage, *, write: bool) -> None:
         self._storage = storage
         self._write = write
         self._alias: str | None = None
         self._connection: BaseDatabaseWrapper | None = None
         self._atomic: transaction.Atomic | None = None
+        self._side: str | None = None
+        self._side_atomic: transaction.Atomic | None = None
+        self._hosted: bool | None = None  # decided when a transaction begins
+        # (merged_into, merged_seq) of the accounts this transaction locked, and of
+        # those they absorbed: replacing them needs no read of them again.
+        self._locked: dict[str, tuple[str | None, int | None]] = {}
 
-    # transaction ------------------------------------------------------------------
+    # transaction ---------------------------------------------------------------------
     def __enter__(self) -> Self:
         if self._alias is not None:
             raise RuntimeError("this unit of work is already open")
@@ -246,7 +435,8 @@ class _DjangoUnitOfWork:
         self._alias = alias
         try:
             self._connection = connections[alias]
-            self._begin()
+            if self._write and self._connection.vendor == "sqlite":
+                self._main()  # the write lock, at once
         except BaseException:
             self._alias = self._connection = None
             raise
@@ -275,20 +465,62 @@ class _DjangoUnitOfWork:
     def rollback(self) -> None:
         self._end(commit=False)
 
-    def _begin(self) -> None:
-        assert self._alias is not None and self._connection is not None
-        atomic = transaction.atomic(using=self._alias)
-        with self._translating():
-            atomic.__enter__()
-        self._atomic = atomic
-        if self._write and self._connection.vendor == "sqlite":
-            try:
-                with self._translating():
-                    self._take_sqlite_write_lock()
-            except BaseException:
-                with contextlib.suppress(AccountMergeError):
-                    self._end(commit=False)
-                raise
+    @property
+    def _conn(self) -> BaseDatabaseWrapper:
+        if self._alias is None or self._connection is None:
+            raise RuntimeError("use the unit of work in a 'with' block")
+        return self._connection
+
+    @property
+    def _postgres(self) -> bool:
+        return self._conn.vendor == "postgresql"
+
+    def _is_hosted(self) -> bool:
+        """True if this transaction runs inside one the host opened (decided as it begins)."""
+        if self._hosted is None:
+            conn = self._conn
+            self._hosted = bool(conn.in_atomic_block) or (
+                conn.connection is not None and not conn.get_autocommit())
+        return self._hosted
+
+    def _uses_side(self) -> bool:
+        return self._postgres and self._is_hosted()
+
+    def _main(self) -> str:
+        """The alias of the main connection, in this unit of work's transaction."""
+        conn = self._conn
+        if self._atomic is None:
+            self._is_hosted()
+            atomic = transaction.atomic(using=self._alias)
+            with self._translating():
+                atomic.__enter__()
+            self._atomic = atomic
+            if self._write and conn.vendor == "sqlite":
+                try:
+                    with self._translating():
+                        self._take_sqlite_write_lock()
+                except BaseException:
+                    with suppress(AccountMergeError):
+                        self._end(commit=False)
+                    raise
+        assert self._alias is not None
+        return self._alias
+
+    def _counters(self) -> str:
+        """The alias counters and audit records of failures go through (rule 6)."""
+        if not self._uses_side():
+            return self._main()
+        if self._side_atomic is None:
+            with self._translating():
+                side = _side_alias(self._conn)
+                atomic = transaction.atomic(using=side)
+                atomic.__enter__()
+                self._side, self._side_atomic = side, atomic
+                millis = max(1, round(self._storage.side_lock_timeout * 1000))
+                with connections[side].cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = {millis}")
+        assert self._side is not None
+        return self._side
 
     def _take_sqlite_write_lock(self) -> None:
         """Take the write lock now, as ``BEGIN IMMEDIATE`` would.
@@ -297,37 +529,45 @@ class _DjangoUnitOfWork:
         lock (up to the connection's timeout) before reading anything, so
         no snapshot can go stale before this unit of work writes.
         """
-        assert self._connection is not None
-        if getattr(self._connection, "transaction_mode", None) in {"IMMEDIATE", "EXCLUSIVE"}:
+        conn = self._conn
+        if getattr(conn, "transaction_mode", None) in {"IMMEDIATE", "EXCLUSIVE"}:
             return
-        table = self._connection.ops.quote_name(m.Establishment._meta.db_table)
-        with self._connection.cursor() as cursor:
+        table = conn.ops.quote_name(m.Establishment._meta.db_table)
+        with conn.cursor() as cursor:
             cursor.execute(f"UPDATE {table} SET name = name WHERE 0 = 1")
 
     def _end(self, *, commit: bool) -> None:
+        """Commit (the side transaction first) or roll back both; the next statement begins anew."""
+        side, side_atomic, self._side, self._side_atomic = (self._side, self._side_atomic,
+                                                             None, None)
         atomic, self._atomic = self._atomic, None
-        if atomic is None:
-            return
-        with self._translating():
-            if commit:
+        self._hosted = None
+        self._locked = {}
+        try:
+            if side_atomic is not None:
+                with self._translating():
+                    if not commit:
+                        transaction.set_rollback(True, using=side)
+                    side_atomic.__exit__(None, None, None)
+        except BaseException:
+            # The side transaction could not commit: nothing reaches the host's either.
+            if atomic is not None:
+                with suppress(DatabaseError):
+                    transaction.set_rollback(True, using=self._alias)
+                    atomic.__exit__(None, None, None)
+            raise
+        if atomic is not None:
+            with self._translating():
+                if not commit:
+                    transaction.set_rollback(True, using=self._alias)
                 atomic.__exit__(None, None, None)
-            else:
-                transaction.set_rollback(True, using=self._alias)
-                atomic.__exit__(None, None, None)
-
-    def _ensure_transaction(self) -> None:
-        if self._alias is None:
-            raise RuntimeError("use the unit of work in a 'with' block")
-        if self._atomic is None:
-            self._begin()
 
     @contextmanager
     def _translating(self) -> Iterator[None]:
         try:
             yield
         except DatabaseError as error:
-            assert self._connection is not None
-            raise _translate(error, self._connection) from error
+            raise _translate(error, self._conn) from error
 
     @contextmanager
     def _decoding(self, what: str) -> Iterator[None]:
@@ -337,246 +577,358 @@ class _DjangoUnitOfWork:
         except (AccountMergeError, ValueError, KeyError, TypeError) as error:
             if isinstance(error, StorageError):
                 raise
-            assert self._connection is not None
-            raise StorageError(_describe(self._connection),
-                               f"holds {what} that cannot be read ({error!r})") from error
+            raise StorageError(_describe(self._conn),
+                               f"holds {what} that cannot be read ({type(error).__name__}: "
+                               f"{error})") from error
 
-    @property
-    def _db(self) -> str:
-        assert self._alias is not None
-        return self._alias
-
-    @property
-    def _postgres_writer(self) -> bool:
-        assert self._connection is not None
-        return self._write and self._connection.vendor == "postgresql"
-
-    def _advisory_lock(self, namespace: str, key: str) -> None:
-        """On PostgreSQL, in a writing unit of work: lock *key* until the transaction ends."""
-        if not self._postgres_writer:
+    def _advisory_locks(self, db: str, namespace: str, keys: Sequence[str]) -> None:
+        """On PostgreSQL: lock *keys*, in this order, until the transaction ends."""
+        if not keys:
             return
-        assert self._connection is not None
-        with self._connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_number(namespace, key)])
+        numbers = [_lock_number(namespace, key) for key in keys]
+        with connections[db].cursor() as cursor:
+            # unnest() yields the array in order: the locks are taken in key order.
+            cursor.execute("SELECT pg_advisory_xact_lock(n) FROM unnest(%s::bigint[]) AS n",
+                           [numbers])
 
-    # establishments -------------------------------------------------------------------
-    @_in_unit_of_work
-    def get_establishment(self, uai: str) -> Establishment | None:
-        row = _first(m.Establishment.objects.using(self._db).filter(uai=uai))
-        if row is None:
-            return None
-        with self._decoding("an establishment"):
-            return Establishment(uai=row.uai, name=row.name)
+    # reading -------------------------------------------------------------------------
+    def fetch(self, request: Fetch) -> Fetched:
+        self._conn  # noqa: B018 - refuses a unit of work used outside its block
+        with self._translating():
+            # Counters first, then accounts by id: the contract's lock order.
+            throttles = self._fetch_throttles(request)
+            db = self._main()
+            by_login, accounts = self._fetch_accounts(db, request)
+            links = self._fetch_links(db, request.links)
+            absorbed = self._fetch_absorbed(db, request.absorbed,
+                                            locked=request.lock and self._write)
+            receipts = self._fetch_receipts(db, request.receipts)
+            establishments = self._fetch_establishments(db, request.establishments)
+        return Fetched(by_login=by_login, accounts=accounts, links=links, absorbed=absorbed,
+                       throttles=throttles, receipts=receipts, establishments=establishments)
 
-    @_in_unit_of_work
-    def put_establishment(self, establishment: Establishment) -> None:
-        m.Establishment.objects.using(self._db).bulk_create(
-            [m.Establishment(uai=establishment.uai, name=establishment.name)],
-            update_conflicts=True, unique_fields=["uai"], update_fields=["name"])
-
-    # accounts -------------------------------------------------------------------------
-    @_in_unit_of_work
-    def get_account(self, account_id: str) -> Account | None:
-        row = _first(m.Account.objects.using(self._db).filter(id=account_id))
-        if row is None:
-            return None
-        with self._decoding("an account"):
-            return _account_from_row(row)
-
-    @_in_unit_of_work
-    def get_account_id_by_login(self, login_key: str) -> str | None:
-        found = _first(m.Account.objects.using(self._db).filter(login_key=login_key)
-                       .values_list("id", flat=True))
-        return None if found is None else str(found)
-
-    @_in_unit_of_work
-    def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
-        ids = sorted(set(account_ids))
-        if not ids:
+    def _fetch_throttles(self, request: Fetch) -> dict[str, ThrottleState]:
+        locking = request.lock and self._write
+        guarded = sorted({*request.count, *(request.throttles if locking else ())})
+        plain = () if locking else request.throttles
+        if not guarded and not plain:
             return {}
-        rows = m.Account.objects.using(self._db).filter(id__in=ids).order_by("id")
-        if self._postgres_writer:
-            rows = rows.select_for_update()
-        with self._decoding("an account"):
-            return {row.id: _account_from_row(row) for row in rows}
-
-    @_in_unit_of_work
-    def add_account(self, account: Account, login_key: str) -> None:
-        fields = _account_fields(account)
-        fields["merged_seq"] = self._next_merged_seq(account.merged_into)
-        try:
-            # A savepoint: a refused insert leaves the unit of work usable.
-            with transaction.atomic(using=self._db):
-                m.Account.objects.using(self._db).create(id=account.id, login_key=login_key,
-                                                         **fields)
-        except IntegrityError:
-            taken = m.Account.objects.using(self._db).filter(
-                Q(id=account.id) | Q(login_key=login_key)).exists()
-            if taken:
-                raise LoginTaken(login_key) from None
-            raise
-
-    def _next_merged_seq(self, merged_into: str | None) -> int | None:
-        if merged_into is None:
-            return None
-        last = (m.Account.objects.using(self._db).filter(merged_into_id=merged_into)
-                .aggregate(last=Max("merged_seq"))["last"])
-        return int(last or 0) + 1
-
-    @_in_unit_of_work
-    def update_account(self, account: Account) -> None:
-        rows = m.Account.objects.using(self._db).filter(id=account.id)
-        before = _first(rows.values_list("merged_into_id", "merged_seq"))
-        if before is None:
-            raise KeyError(account.id)
-        fields = _account_fields(account)
-        if before[0] == account.merged_into:
-            fields["merged_seq"] = before[1]
-        else:
-            fields["merged_seq"] = self._next_merged_seq(account.merged_into)
-        rows.update(**fields)
-
-    @_in_unit_of_work
-    def accounts_merged_into(self, account_id: str) -> list[Account]:
-        rows = m.Account.objects.using(self._db).filter(
-            merged_into_id=account_id, status=AccountStatus.MERGED.value).order_by("merged_seq")
-        with self._decoding("an account"):
-            return [_account_from_row(row) for row in rows]
-
-    # credentials ----------------------------------------------------------------------
-    @_in_unit_of_work
-    def get_credential(self, account_id: str) -> Credential | None:
-        row = _first(m.Credential.objects.using(self._db).filter(account_id=account_id))
-        if row is None:
-            return None
-        with self._decoding("a credential"):
-            return _credential_from_row(row)
-
-    @_in_unit_of_work
-    def put_credential(self, credential: Credential) -> None:
-        m.Credential.objects.using(self._db).bulk_create(
-            [m.Credential(account_id=credential.account_id,
-                          password_hash=credential.password_hash, kind=credential.kind.value,
-                          expires_at=_optional_to_db(credential.expires_at))],
-            update_conflicts=True, unique_fields=["account"],
-            update_fields=["password_hash", "kind", "expires_at"])
-
-    @_in_unit_of_work
-    def delete_credential(self, account_id: str) -> None:
-        m.Credential.objects.using(self._db).filter(account_id=account_id).delete()
-
-    # children -------------------------------------------------------------------------
-    @_in_unit_of_work
-    def links(self, account_id: str) -> list[ChildLink]:
-        rows = m.ChildLink.objects.using(self._db).filter(account_id=account_id).order_by("id")
-        with self._decoding("a child link"):
-            return [_link_from_row(row) for row in rows]
-
-    @_in_unit_of_work
-    def add_links(self, links: Sequence[ChildLink]) -> None:
-        children = m.Child.objects.using(self._db)
-        rows = m.ChildLink.objects.using(self._db)
-        for link in links:
-            child = link.child
-            children.bulk_create(
-                [m.Child(id=child.id, first_name=child.first_name, last_name=child.last_name,
-                         establishment_uai=child.establishment_uai)],
-                ignore_conflicts=True)
-            # A child linked again to the same account keeps its place in the list.
-            rows.bulk_create(
-                [m.ChildLink(account_id=link.account_id, child_id=child.id,
-                             first_name=child.first_name, last_name=child.last_name,
-                             establishment_uai=child.establishment_uai,
-                             origin_account_id=link.origin_account_id,
-                             origin_establishment_uai=link.origin_establishment_uai,
-                             via_merge=link.via_merge, linked_at=_to_db(link.linked_at))],
-                update_conflicts=True, unique_fields=["account", "child"],
-                update_fields=["first_name", "last_name", "establishment_uai",
-                               "origin_account_id", "origin_establishment_uai", "via_merge",
-                               "linked_at"])
-
-    @_in_unit_of_work
-    def remove_links(self, links: Sequence[ChildLink]) -> None:
-        rows = m.ChildLink.objects.using(self._db)
-        for link in links:
-            rows.filter(account_id=link.account_id, child_id=link.child.id).delete()
-
-    # throttling -----------------------------------------------------------------------
-    @_in_unit_of_work
-    def get_throttle(self, key: str) -> ThrottleState | None:
-        self._advisory_lock("throttle", key)
-        rows = m.Throttle.objects.using(self._db).filter(key=key)
-        if self._postgres_writer:
-            rows = rows.select_for_update()
-        row = _first(rows)
-        if row is None:
-            return None
+        db = self._counters()
+        rows = m.Throttle.objects.using(db)
+        found: dict[str, m.Throttle] = {}
+        if guarded:
+            query = rows.filter(key__in=guarded)
+            if self._postgres:
+                self._advisory_locks(db, "throttle", guarded)
+                query = query.select_for_update()
+            found.update((row.key, row) for row in query)
+        if plain:
+            found.update((row.key, row) for row in rows.filter(key__in=sorted(set(plain))))
         with self._decoding("a throttle state"):
-            return _throttle_from_row(row)
+            states = {key: _throttle_from_row(row) for key, row in found.items()}
+        out = {key: states.get(key, ThrottleState(key)) for key in request.throttles}
+        if request.count:
+            assert request.at is not None
+            at, keep = request.at, request.keep
+            counted = []
+            for key in request.count:
+                before = out[key] = states.get(key, ThrottleState(key))
+                counted.append(ThrottleState(key=key, consecutive=before.consecutive + 1,
+                                             last_failure_at=at,
+                                             recent=(*before.recent, at)[-keep:]))
+            self._put_throttles(db, counted)
+        return out
 
-    @_in_unit_of_work
-    def put_throttle(self, state: ThrottleState) -> None:
-        m.Throttle.objects.using(self._db).bulk_create(
-            [m.Throttle(key=state.key, consecutive=state.consecutive,
-                        last_failure_at=_optional_to_db(state.last_failure_at),
-                        recent=[t.isoformat() for t in state.recent])],
-            update_conflicts=True, unique_fields=["key"],
-            update_fields=["consecutive", "last_failure_at", "recent"])
+    def _fetch_accounts(self, db: str, request: Fetch,
+                        ) -> tuple[dict[str, AccountRecord], dict[str, AccountRecord]]:
+        ids, keys = sorted(set(request.accounts)), sorted(set(request.logins))
+        rows = m.Account.objects.using(db).select_related("credential")
+        found: list[m.Account] = []
+        if ids and request.lock and self._write and self._postgres:
+            # Locked in id order; the logins (never locked) are read apart.
+            found.extend(rows.filter(id__in=ids).order_by("id")
+                         .select_for_update(of=("self",)))
+            if keys:
+                found.extend(rows.filter(login_key__in=keys))
+        elif ids or keys:
+            found.extend(rows.filter(Q(id__in=ids) | Q(login_key__in=keys)))
+        wanted_ids, wanted_keys = set(ids), set(keys)
+        by_login: dict[str, AccountRecord] = {}
+        accounts: dict[str, AccountRecord] = {}
+        if request.lock and self._write:
+            self._locked.update((row.id, (row.merged_into_id, row.merged_seq))
+                                for row in found if row.id in wanted_ids)
+        with self._decoding("an account"):
+            for row in found:
+                record = _record_from_row(row)
+                if row.id in wanted_ids:
+                    accounts[row.id] = record
+                if row.login_key in wanted_keys:
+                    by_login[row.login_key] = record
+        return by_login, accounts
 
-    # idempotency ----------------------------------------------------------------------
-    @_in_unit_of_work
-    def get_receipt(self, principal_id: str, key: str) -> StoredReceipt | None:
-        self._advisory_lock("receipt", f"{principal_id}\x00{key}")
-        row = _first(m.Receipt.objects.using(self._db).filter(principal_id=principal_id,
-                                                       key=key))
-        if row is None:
-            return None
+    def _fetch_links(self, db: str, account_ids: Sequence[str]) -> dict[str, tuple[ChildLink, ...]]:
+        if not account_ids:
+            return {}
+        out: dict[str, list[ChildLink]] = {i: [] for i in account_ids}
+        rows = (m.ChildLink.objects.using(db).filter(account_id__in=sorted(set(account_ids)))
+                .order_by("account_id", "id"))
+        with self._decoding("a child link"):
+            for row in rows:
+                out[row.account_id].append(_link_from_row(row))
+        return {i: tuple(links) for i, links in out.items()}
+
+    def _fetch_absorbed(self, db: str, account_ids: Sequence[str], *, locked: bool,
+                        ) -> dict[str, tuple[Account, ...]]:
+        if not account_ids:
+            return {}
+        out: dict[str, list[Account]] = {i: [] for i in account_ids}
+        rows = (m.Account.objects.using(db)
+                .filter(merged_into_id__in=sorted(set(account_ids)), status=_MERGED)
+                .order_by("merged_into_id", "merged_seq", "id"))
+        with self._decoding("an account"):
+            for row in rows:
+                out[str(row.merged_into_id)].append(_account_from_row(row))
+                if locked and row.merged_into_id in self._locked:
+                    # Protected by its holder's lock (rule 2).
+                    self._locked[row.id] = (row.merged_into_id, row.merged_seq)
+        return {i: tuple(accounts) for i, accounts in out.items()}
+
+    def _fetch_receipts(self, db: str, keys: Sequence[tuple[str, str]],
+                        ) -> dict[tuple[str, str], StoredReceipt]:
+        if not keys:
+            return {}
+        wanted = Q()
+        for principal_id, key in set(keys):
+            wanted |= Q(principal_id=principal_id, key=key)
         with self._decoding("a receipt"):
-            return _receipt_from_row(row)
+            return {(row.principal_id, row.key): _receipt_from_row(row)
+                    for row in m.Receipt.objects.using(db).filter(wanted)}
 
-    @_in_unit_of_work
-    def put_receipt(self, stored: StoredReceipt) -> None:
-        m.Receipt.objects.using(self._db).bulk_create(
-            [m.Receipt(principal_id=stored.principal_id, key=stored.key,
-                       login_key=stored.login_key, receipt=stored.receipt.to_dict())],
-            update_conflicts=True, unique_fields=["principal_id", "key"],
-            update_fields=["login_key", "receipt"])
+    def _fetch_establishments(self, db: str, uais: Sequence[str]) -> dict[str, Establishment]:
+        if not uais:
+            return {}
+        rows = m.Establishment.objects.using(db).filter(uai__in=sorted(set(uais)))
+        with self._decoding("an establishment"):
+            return {row.uai: Establishment(uai=row.uai, name=row.name) for row in rows}
 
-    # outbox ---------------------------------------------------------------------------
-    @_in_unit_of_work
-    def append_event(self, event: Event) -> None:
-        # One writer at a time appends (the advisory lock on PostgreSQL, the
-        # write lock on SQLite), so max + 1 leaves no gap, even after a rollback.
-        self._advisory_lock("outbox", "")
-        rows = m.OutboxEvent.objects.using(self._db)
-        last = rows.aggregate(last=Max("position"))["last"]
-        rows.create(position=int(last or 0) + 1, name=event.name, payload=event.to_payload())
-
-    @_in_unit_of_work
     def unpublished(self, limit: int) -> list[OutboxEntry]:
-        rows = (m.OutboxEvent.objects.using(self._db).filter(published=False)
-                .order_by("position")[:max(0, limit)])
+        with self._translating():
+            rows = list(m.OutboxEvent.objects.using(self._main()).filter(published=False)
+                        .order_by("position")[:max(0, limit)])
         with self._decoding("an outbox event"):
             return [_outbox_entry_from_row(row) for row in rows]
 
-    @_in_unit_of_work
-    def mark_published(self, positions: Sequence[int]) -> None:
-        m.OutboxEvent.objects.using(self._db).filter(
-            position__in=list(positions), published=False).update(published=True)
-
-    # audit ----------------------------------------------------------------------------
-    @_in_unit_of_work
-    def append_audit(self, record: AuditRecord) -> None:
-        m.AuditEntry.objects.using(self._db).create(
-            at=_to_db(record.at), action=record.action.value, outcome=record.outcome,
-            actor=record.actor, account_id=record.account_id, login=record.login,
-            detail=record.detail)
-
-    @_in_unit_of_work
     def audit_records(self, account_id: str | None, limit: int) -> list[AuditRecord]:
-        rows = m.AuditEntry.objects.using(self._db).all()
-        if account_id is not None:
-            rows = rows.filter(Q(account_id=account_id) | Q(actor=account_id))
-        newest = list(rows.order_by("-id")[:max(0, limit)])
+        with self._translating():
+            rows = m.AuditEntry.objects.using(self._main()).all()
+            if account_id is not None:
+                rows = rows.filter(Q(account_id=account_id) | Q(actor=account_id))
+            newest = list(rows.order_by("-id")[:max(0, limit)])
         with self._decoding("an audit record"):
             return [_audit_from_row(row) for row in reversed(newest)]
+
+    # writing -------------------------------------------------------------------------
+    def apply(self, changes: ChangeSet) -> None:
+        self._conn  # noqa: B018 - refuses a unit of work used outside its block
+        side_audit = [r for r in changes.audit if r.outcome != _SUCCESS] \
+            if self._uses_side() else []
+        main_audit = [r for r in changes.audit if r not in side_audit] \
+            if side_audit else list(changes.audit)
+        with self._translating():
+            on_main = bool(changes) and not (changes.only_attempts and self._uses_side())
+            db = self._main() if on_main else ""
+            if changes.expect:
+                self._check_expectations(db, changes)
+            if changes.establishments:
+                m.Establishment.objects.using(db).bulk_create(
+                    [m.Establishment(uai=e.uai, name=e.name)
+                     for e in _last_by(changes.establishments, lambda e: e.uai)],
+                    update_conflicts=True, unique_fields=["uai"], update_fields=["name"])
+            if changes.new_accounts:
+                self._insert_accounts(db, changes)
+            if changes.accounts:
+                self._replace_accounts(db, changes.accounts)
+            for sign_in in changes.sign_ins:
+                if not m.Account.objects.using(db).filter(id=sign_in.account_id).update(
+                        last_signed_in_at=_to_db(sign_in.at)):
+                    raise ExpectationFailed(f"no account {sign_in.account_id!r}")
+            if changes.credentials:
+                m.Credential.objects.using(db).bulk_create(
+                    [_credential_row(c)
+                     for c in _last_by(changes.credentials, lambda c: c.account_id)],
+                    update_conflicts=True, unique_fields=["account"],
+                    update_fields=["password_hash", "kind", "expires_at"])
+            if changes.drop_credentials:
+                m.Credential.objects.using(db).filter(
+                    account_id__in=sorted(set(changes.drop_credentials))).delete()
+            if changes.unlink:
+                gone = Q()
+                for link in changes.unlink:
+                    gone |= Q(account_id=link.account_id, child_id=link.child.id)
+                m.ChildLink.objects.using(db).filter(gone).delete()
+            if changes.link:
+                self._link(db, changes.link)
+            if changes.throttles:
+                self._put_throttles(self._counters(), changes.throttles)
+            if changes.receipts:
+                m.Receipt.objects.using(db).bulk_create(
+                    [m.Receipt(principal_id=s.principal_id, key=s.key, login_key=s.login_key,
+                               receipt=s.receipt.to_dict())
+                     for s in _last_by(changes.receipts, lambda s: (s.principal_id, s.key))],
+                    update_conflicts=True, unique_fields=["principal_id", "key"],
+                    update_fields=["login_key", "receipt"])
+            if changes.events:
+                self._append_events(db, changes)
+            if changes.published:
+                m.OutboxEvent.objects.using(db).filter(
+                    position__in=sorted(set(changes.published)), published=False,
+                ).update(published=True)
+            if main_audit:
+                m.AuditEntry.objects.using(db).bulk_create([_audit_row(r) for r in main_audit])
+            if side_audit:
+                m.AuditEntry.objects.using(self._counters()).bulk_create(
+                    [_audit_row(r) for r in side_audit])
+
+    def _check_expectations(self, db: str, changes: ChangeSet) -> None:
+        ids = sorted({e.account_id for e in changes.expect})
+        rows = m.Account.objects.using(db).filter(id__in=ids).select_related("credential")
+        if self._postgres and self._write:
+            rows = rows.order_by("id").select_for_update(of=("self",))
+        current: dict[str, tuple[str, str | None]] = {}
+        for row in rows:
+            credential: m.Credential | None = getattr(row, "credential", None)
+            current[row.id] = (row.status,
+                               None if credential is None else credential.password_hash)
+        for expected in changes.expect:
+            if current.get(expected.account_id) != (expected.status.value,
+                                                     expected.password_hash):
+                raise ExpectationFailed()
+
+    def _insert_accounts(self, db: str, changes: ChangeSet) -> None:
+        new = changes.new_accounts
+        seqs = self._next_seqs(db, {n.account.merged_into for n in new} - {None})
+        rows = []
+        for item in new:
+            target = item.account.merged_into
+            seq = None
+            if target is not None:
+                seq = seqs[target]
+                seqs[target] += 1
+            rows.append(_account_row(item.account, login_key=item.login_key, merged_seq=seq))
+        if len({r.id for r in rows}) != len(rows) or len({r.login_key for r in rows}) != len(rows):
+            raise LoginTaken(new[0].login_key)
+        try:
+            m.Account.objects.using(db).bulk_create(rows)
+        except IntegrityError as error:
+            if _is_account_clash(error):
+                raise LoginTaken(", ".join(n.login_key for n in new)) from None
+            raise
+
+    def _next_seqs(self, db: str, targets: set[str | None]) -> dict[str, int]:
+        """The next ``merged_seq`` of each account in *targets*."""
+        wanted = sorted(t for t in targets if t is not None)
+        if not wanted:
+            return {}
+        last = dict(m.Account.objects.using(db).filter(merged_into_id__in=wanted)
+                    .values("merged_into_id").annotate(last=Max("merged_seq"))
+                    .values_list("merged_into_id", "last"))
+        return {t: int(last.get(t) or 0) + 1 for t in wanted}
+
+    def _replace_accounts(self, db: str, accounts: Sequence[Account]) -> None:
+        latest = _last_by(accounts, lambda a: a.id)
+        before = {a.id: self._locked[a.id] for a in latest if a.id in self._locked}
+        unread = [a.id for a in latest if a.id not in before]
+        if unread:
+            before.update((row[0], (row[1], row[2])) for row in m.Account.objects.using(db)
+                          .filter(id__in=unread).values_list("id", "merged_into_id",
+                                                             "merged_seq"))
+        missing = [a.id for a in latest if a.id not in before]
+        if missing:
+            raise ExpectationFailed(f"no account {missing[0]!r} to replace")
+        moved = {a.merged_into for a in latest if a.merged_into != before[a.id][0]}
+        seqs = self._next_seqs(db, moved)
+        rows = []
+        # Absorbed in the order the change set names them (rule 4).
+        for account in latest:
+            old_target, old_seq = before[account.id]
+            seq = old_seq
+            if account.merged_into != old_target:
+                seq = None
+                if account.merged_into is not None:
+                    seq = seqs[account.merged_into]
+                    seqs[account.merged_into] += 1
+            rows.append(_account_row(account, merged_seq=seq))
+        m.Account.objects.using(db).bulk_update(rows, list(_ACCOUNT_FIELDS))
+        self._locked.update((row.id, (row.merged_into_id, row.merged_seq)) for row in rows
+                            if row.id in self._locked)
+
+    def _link(self, db: str, links: Sequence[ChildLink]) -> None:
+        # The child as first named (the links keep each letter's naming).
+        children: dict[str, Child] = {}
+        for link in links:
+            children.setdefault(link.child.id, link.child)
+        m.Child.objects.using(db).bulk_create(
+            [m.Child(id=c.id, first_name=c.first_name, last_name=c.last_name,
+                     establishment_uai=c.establishment_uai) for c in children.values()],
+            ignore_conflicts=True)
+        # A child linked again to the same account keeps its row, so its place.
+        m.ChildLink.objects.using(db).bulk_create(
+            [_link_row(link)
+             for link in _last_by(links, lambda link: (link.account_id, link.child.id))],
+            update_conflicts=True, unique_fields=["account", "child"],
+            update_fields=list(_LINK_FIELDS))
+
+    def _put_throttles(self, db: str, states: Sequence[ThrottleState]) -> None:
+        m.Throttle.objects.using(db).bulk_create(
+            [_throttle_row(s) for s in _last_by(states, lambda s: s.key)],
+            update_conflicts=True, unique_fields=["key"],
+            update_fields=["consecutive", "last_failure_at", "recent"])
+
+    def _append_events(self, db: str, changes: ChangeSet) -> None:
+        # One writer at a time appends (the advisory lock on PostgreSQL, the
+        # write lock on SQLite), so max + 1 leaves no gap, even after a rollback.
+        if self._postgres:
+            self._advisory_locks(db, "outbox", [""])
+        rows = m.OutboxEvent.objects.using(db)
+        last = int(rows.aggregate(last=Max("position"))["last"] or 0)
+        rows.bulk_create([m.OutboxEvent(position=last + n, name=event.name,
+                                        payload=event.to_payload())
+                          for n, event in enumerate(changes.events, 1)])
+
+    # tier bulk_load ------------------------------------------------------------------
+    def insert_bulk(self, rows: Sequence[Any]) -> None:
+        """Store :class:`~account_merge.storage.bulk.BulkAccount` rows (see ``bulk_insert``)."""
+        if not rows:
+            return
+        db = self._main()
+        responsable = Role.RESPONSABLE.value
+        with self._translating():
+            accounts = [m.Account(id=r.account_id, login=r.login, login_key=r.login_key,
+                                  role=responsable, status=r.status.value,
+                                  display_name=r.display_name,
+                                  establishment_uai=r.establishment_uai,
+                                  created_at=_to_db(r.created_at)) for r in rows]
+            try:
+                m.Account.objects.using(db).bulk_create(accounts)
+            except IntegrityError as error:
+                if _is_account_clash(error):
+                    raise LoginTaken("a login or id of the bulk") from None
+                raise
+            m.Credential.objects.using(db).bulk_create([
+                m.Credential(account_id=r.account_id, password_hash=r.password_hash,
+                             kind=r.credential_kind.value,
+                             expires_at=_optional_to_db(r.credential_expires_at))
+                for r in rows])
+            m.Child.objects.using(db).bulk_create(
+                [m.Child(id=r.child_id, first_name=r.child_first_name,
+                         last_name=r.child_last_name, establishment_uai=r.establishment_uai)
+                 for r in rows], ignore_conflicts=True)
+            m.ChildLink.objects.using(db).bulk_create([
+                m.ChildLink(account_id=r.account_id, child_id=r.child_id,
+                            first_name=r.child_first_name, last_name=r.child_last_name,
+                            establishment_uai=r.establishment_uai,
+                            origin_account_id=r.account_id,
+                            origin_establishment_uai=r.establishment_uai, via_merge=False,
+                            linked_at=_to_db(r.created_at))
+                for r in rows])

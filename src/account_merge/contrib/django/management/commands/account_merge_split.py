@@ -1,9 +1,10 @@
 """manage.py account_merge_split UAI COMPTE: the establishment breaks a merge.
 
 The children of establishment *UAI* that joined the account (its login or
-id) through a merge move to a new account, whose letter is printed on
-standard output, or written to ``--out FICHIER`` (created, readable by its
-owner only): its provisional password is shown this once.
+id) through a merge move to new accounts, one per letter they came with,
+whose letters are printed on standard output, or written to ``--out
+FICHIER`` (created, readable by its owner only), separated by a form
+feed: their provisional passwords are shown this once.
 """
 
 from __future__ import annotations
@@ -75,11 +76,12 @@ class Command(BaseCommand):
                 os.unlink(out)
             raise CommandError(
                 f"{error_message(error, get_language())} ({error.code})") from None
-        moved = ", ".join(f"{c.first_name} {c.last_name}" for c in receipt.moved)
-        self.stderr.write(gettext(
-            "Regroupement cassé par %(uai)s : %(children)s rattaché(s) au nouveau compte "
-            "%(login)s.") % {"uai": uai, "children": moved, "login": receipt.letter.login})
-        text = receipt.letter.render()
+        for letter in receipt.letters:
+            moved = ", ".join(f"{c.first_name} {c.last_name}" for c in letter.children)
+            self.stderr.write(gettext(
+                "Regroupement cassé par %(uai)s : %(children)s rattaché(s) au nouveau compte "
+                "%(login)s.") % {"uai": uai, "children": moved, "login": letter.login})
+        text = "\f\n".join(letter.render() for letter in receipt.letters)
         if fd is None:
             self.stdout.write(text, ending="")
             return

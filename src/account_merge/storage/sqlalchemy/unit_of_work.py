@@ -1,0 +1,397 @@
+"""The unit of work of SQLAlchemyStorage: one transaction, or one savepoint of the host's.
+
+What runs on a connection comes from
+:mod:`~account_merge.storage.sqlalchemy.postgres` (one statement per step
+on PostgreSQL) or :mod:`~account_merge.storage.sqlalchemy.portable`
+(SQLAlchemy Core on SQLite); the unit of work decides *where* it runs:
+
+- **engine mode**: a connection checked out of the pool, one transaction
+  on it, begun by the first statement;
+- **session mode**: a SAVEPOINT of the host's session; on PostgreSQL the
+  record of failed attempts (rule 6 of :mod:`account_merge.ports.storage`:
+  counters read, counted or written, and the audit records of failures)
+  goes through a *side connection* of the unit of work, committed by its
+  ``commit()`` before the savepoint is released, so a host rolling back
+  cannot erase it.  On SQLite everything rides on the host's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import attrs
+from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Transaction
+from sqlalchemy.orm import Session, SessionTransaction
+
+from account_merge.domain.audit import AuditRecord
+from account_merge.domain.events import OutboxEntry
+from account_merge.exceptions import (
+    AccountMergeError,
+    ConcurrentUpdate,
+    ExpectationFailed,
+    InvalidInput,
+    LoginTaken,
+    StorageError,
+)
+from account_merge.ports.storage import ChangeSet, Fetch, Fetched
+from account_merge.storage.bulk import BulkAccount
+from account_merge.storage.sqlalchemy.connections import (
+    BEGIN_IMMEDIATE,
+    SIDE_LOCK_TIMEOUT,
+    milliseconds,
+)
+from account_merge.storage.sqlalchemy.errors import store_name
+from account_merge.storage.sqlalchemy.postgres import ApplyOutcome, PostgresStatements
+
+if TYPE_CHECKING:
+    from account_merge.storage.sqlalchemy.store import SQLAlchemyStorage
+
+__all__ = ["SQLAlchemyUnitOfWork", "check_outcome"]
+
+#: The audit outcome that rides on the host's transaction in session mode.
+_SUCCESS = "success"
+
+
+def check_outcome(outcome: ApplyOutcome) -> None:
+    """Raise ``ExpectationFailed`` if the preconditions of a change set did not hold."""
+    if not outcome.expected:
+        raise ExpectationFailed()
+    if not outcome.present:
+        raise ExpectationFailed("an account to replace is not stored")
+
+
+class SQLAlchemyUnitOfWork:
+    """One transaction (engine mode) or one savepoint (session mode) at a time.
+
+    After ``commit()`` or ``rollback()`` the unit of work stays usable: the
+    next statement begins a new transaction (or savepoint).  After a
+    driver error the transaction is rolled back and every further call
+    fails until ``rollback()`` or the end of the ``with`` block, so that
+    nothing written before the error can be committed by mistake.
+    """
+
+    def __init__(self, storage: SQLAlchemyStorage, *, write: bool) -> None:
+        self._s = storage
+        self._write = write
+        self._open = False
+        self._engine: Engine | None = None
+        self._conn: Connection | None = None
+        self._session: Session | None = None
+        self._tx: Transaction | SessionTransaction | None = None
+        self._side: Connection | None = None
+        self._side_tx: Transaction | None = None
+        self._uses_side = False
+        self._pg: PostgresStatements | None = None
+        self._failed: AccountMergeError | None = None
+        self._url: URL | None = None
+        self._wrote = False
+
+    # transaction -----------------------------------------------------------
+    def __enter__(self) -> Self:
+        if self._open:
+            raise RuntimeError("this unit of work is already open")
+        storage = self._s
+        engine = storage._bind_engine()
+        self._engine = engine
+        self._url = engine.url
+        dialect = engine.dialect.name
+        self._pg = storage._statements(engine.dialect) if dialect == "postgresql" else None
+        self._uses_side = storage._engine is None and self._pg is not None
+        self._failed = None
+        self._tx = None
+        self._side_tx = None
+        with self._translating():
+            if storage._engine is not None:
+                conn = engine.connect()
+                if self._write and dialect == "sqlite":
+                    conn.execution_options(**{BEGIN_IMMEDIATE: True})
+                self._conn = conn
+            else:
+                self._session = storage._current_session()
+                if (self._write and dialect == "sqlite"
+                        and not self._session.in_transaction()):
+                    # The session's own transaction will begin IMMEDIATE.
+                    self._session.connection(execution_options={BEGIN_IMMEDIATE: True})
+        self._open = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._pg is not None and not self._wrote and self._failed is None:
+                # Nothing written: end it with COMMIT, which keeps what psycopg
+                # prepared on the connection (a ROLLBACK makes it drop them all).
+                self.commit()
+            else:
+                self.rollback()
+        except AccountMergeError:
+            if exc is None:
+                raise
+        finally:
+            self._open = False
+            conn, self._conn = self._conn, None
+            side, self._side = self._side, None
+            if conn is not None and self._session is None:
+                conn.close()  # back to the pool; a session's connection is the host's
+            if side is not None:
+                side.close()
+            self._session = None
+
+    def commit(self) -> None:
+        self._check_usable()
+        with self._translating():
+            # The side transaction first: if it cannot commit, the savepoint
+            # is rolled back too, and nothing reaches the host's transaction.
+            if self._side_tx is not None:
+                self._side_tx.commit()
+                self._side_tx = None
+            if self._tx is not None:
+                self._tx.commit()
+                self._tx = None
+        self._wrote = False
+
+    def rollback(self) -> None:
+        side_tx, self._side_tx = self._side_tx, None
+        tx, self._tx = self._tx, None
+        self._failed = None
+        self._wrote = False
+        with self._translating():
+            try:
+                if side_tx is not None and side_tx.is_active:
+                    side_tx.rollback()
+            finally:
+                if tx is not None and tx.is_active:
+                    tx.rollback()
+
+    def _check_usable(self) -> None:
+        if not self._open:
+            raise RuntimeError("use the unit of work in a 'with' block")
+        if self._failed is not None:
+            message = f"an earlier statement failed ({self._failed.message}); roll back"
+            if isinstance(self._failed, StorageError):
+                raise StorageError(self._failed.store, message)
+            raise ConcurrentUpdate(message)
+
+    def _c(self) -> Connection:
+        """The connection, in a transaction (or savepoint) begun if needed."""
+        self._check_usable()
+        if self._tx is None:
+            with self._translating():
+                if self._session is not None:
+                    self._tx = self._session.begin_nested()
+                    self._conn = self._session.connection()
+                else:
+                    assert self._conn is not None
+                    self._tx = self._conn.begin()
+        assert self._conn is not None
+        return self._conn
+
+    def _side_c(self) -> Connection:
+        """The side connection (session mode on PostgreSQL), in a transaction begun if needed."""
+        self._check_usable()
+        if self._side_tx is None:
+            with self._translating():
+                if self._side is None:
+                    assert self._engine is not None
+                    self._side = self._engine.connect()
+                self._side_tx = self._side.begin()
+        assert self._side is not None
+        return self._side
+
+    def _timeout(self, *, side: bool = False) -> str | None:
+        """The lock_timeout a statement of this unit of work sets, if any."""
+        if not self._write:
+            return None
+        seconds = self._s._lock_timeout
+        if side:
+            # Bounded even without a lock_timeout: the side connection and the
+            # session's are two backends to the server, which cannot see a
+            # deadlock running through this thread.
+            seconds = seconds or SIDE_LOCK_TIMEOUT
+        return milliseconds(seconds) if seconds else None
+
+    @contextmanager
+    def _translating(self, *, inserting: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except sa_exc.DBAPIError as error:
+            translated = self._s._translate(error, self._url, inserting=inserting)
+            self._fail(translated)
+            raise translated from error.orig
+        except sa_exc.TimeoutError as error:
+            translated = StorageError(store_name(self._url), f"no connection available: {error}")
+            self._fail(translated)
+            raise translated from None
+
+    def _fail(self, error: AccountMergeError) -> None:
+        """Roll back now (releasing locks early) and refuse further work."""
+        self._failed = error
+        for tx in (self._side_tx, self._tx):
+            if tx is not None and tx.is_active:
+                with suppress(sa_exc.SQLAlchemyError):  # the connection may be gone
+                    tx.rollback()
+        self._tx = self._side_tx = None
+
+    def _run(self, conn: Connection, statement: tuple[str, dict[str, Any]], *,
+             inserting: bool = False) -> Any:
+        with self._translating(inserting=inserting):
+            return conn.exec_driver_sql(*statement).first()
+
+    # reading ---------------------------------------------------------------
+    def fetch(self, request: Fetch) -> Fetched:
+        if self._pg is None:
+            conn = self._c()
+            with self._translating(), self._decoding():
+                return self._s._core.fetch(conn, request)
+        if not self._uses_side or not (request.throttles or request.count):
+            return self._pg_fetch(self._c, request, side=False)
+        # Session mode: counters on the side connection, first (counters, then accounts).
+        counters = Fetch(throttles=request.throttles, count=request.count, at=request.at,
+                         keep=request.keep, lock=request.lock)
+        found = self._pg_fetch(self._side_c, counters, side=True)
+        rest = attrs.evolve(request, throttles=(), count=())
+        if not (rest.logins or rest.accounts or rest.links or rest.absorbed or rest.receipts
+                or rest.establishments):
+            return found
+        fetched = self._pg_fetch(self._c, rest, side=False)
+        return attrs.evolve(fetched, throttles=found.throttles)
+
+    def _pg_fetch(self, connection: Callable[[], Connection], request: Fetch, *,
+                  side: bool) -> Fetched:
+        assert self._pg is not None
+        lock = self._write and request.lock
+        self._wrote = self._wrote or bool(request.count) or (lock and bool(request.throttles))
+        statement = self._pg.fetch(request, lock=lock, timeout=self._timeout(side=side))
+        fetched, stale = self._read(connection(), statement, request)
+        if stale:
+            # A lock was waited for: read again, in a new snapshot, under the locks
+            # now held; the counts are not made twice, and keep what they found.
+            again = attrs.evolve(request, count=())
+            fetched_again, _ = self._read(
+                connection(), self._pg.fetch(again, lock=lock, timeout=None), again)
+            fetched = attrs.evolve(fetched_again, throttles={
+                **fetched_again.throttles, **{k: fetched.throttles[k] for k in request.count}})
+        return fetched
+
+    def _read(self, conn: Connection, statement: tuple[str, dict[str, Any]],
+              request: Fetch) -> tuple[Fetched, bool]:
+        assert self._pg is not None
+        row = self._run(conn, statement)
+        with self._decoding():
+            return self._pg.read_fetched(row, request)
+
+    @contextmanager
+    def _decoding(self) -> Iterator[None]:
+        """A row the domain refuses is a ``StorageError`` (rule 3)."""
+        try:
+            yield
+        except (InvalidInput, ValueError, TypeError) as error:
+            raise StorageError(store_name(self._url),
+                               f"a stored row cannot be read: {error}") from None
+
+    def unpublished(self, limit: int) -> list[OutboxEntry]:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._core.unpublished(conn, limit)
+
+    def audit_records(self, account_id: str | None, limit: int) -> list[AuditRecord]:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._core.audit_records(conn, account_id, limit)
+
+    # writing ---------------------------------------------------------------
+    def apply(self, changes: ChangeSet) -> None:
+        self._wrote = True
+        if self._pg is None:
+            conn = self._c()
+            with self._translating(inserting=True):
+                self._s._core.apply(conn, changes, self._url)
+            return
+        if not self._uses_side:
+            self._pg_apply(self._c, changes, side=False)
+            return
+        # Session mode: what records failed attempts goes through the side connection.
+        failures = tuple(r for r in changes.audit if r.outcome != _SUCCESS)
+        attempts = ChangeSet(throttles=changes.throttles, audit=failures)
+        rest = attrs.evolve(changes, throttles=(),
+                            audit=tuple(r for r in changes.audit if r.outcome == _SUCCESS))
+        if rest:
+            self._pg_apply(self._c, rest, side=False)
+        if attempts:
+            self._pg_apply(self._side_c, attempts, side=True)
+
+    def _pg_apply(self, connection: Callable[[], Connection], changes: ChangeSet, *,
+                  side: bool) -> None:
+        assert self._pg is not None
+        statement = self._pg.apply(changes, timeout=self._timeout(side=side))
+        conn = connection()
+        if statement is not None:
+            check_outcome(PostgresStatements.outcome(self._run(conn, statement,
+                                                                inserting=True)))
+
+    def insert_bulk(self, bulk: Sequence[BulkAccount]) -> None:
+        """Insert bulk rows: ``COPY`` on PostgreSQL with psycopg, executemany otherwise."""
+        if not bulk:
+            return
+        self._wrote = True
+        conn = self._c()
+        if self._pg is not None and conn.dialect.driver == "psycopg":
+            self._copy_bulk(conn, bulk)
+            return
+        try:
+            with self._translating(inserting=True):
+                self._s._core.insert_bulk(conn, bulk, self._url)
+        except LoginTaken as error:
+            self._fail(error)
+            raise
+
+    def _copy_bulk(self, conn: Connection, bulk: Sequence[BulkAccount]) -> None:
+        """``COPY ... FROM STDIN`` into the accounts, credentials and links."""
+        import psycopg  # noqa: PLC0415 - only with the psycopg driver
+
+        t = self._s._tables
+        quote = conn.dialect.identifier_preparer
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        parts: list[tuple[Any, tuple[str, ...], list[tuple[Any, ...]]]] = [
+            (t.accounts, ("id", "login", "login_key", "role", "status", "display_name",
+                          "establishment_uai", "created_at"),
+             [(r.account_id, r.login, r.login_key, "responsable", r.status.value,
+               r.display_name, r.establishment_uai, r.created_at) for r in bulk]),
+            (t.credentials, ("account_id", "password_hash", "kind", "expires_at"),
+             [(r.account_id, r.password_hash, r.credential_kind.value,
+               r.credential_expires_at) for r in bulk]),
+            (t.links, ("account_id", "child_id", "first_name", "last_name",
+                       "establishment_uai", "origin_account_id", "origin_establishment_uai",
+                       "via_merge", "linked_at"),
+             [(r.account_id, r.child_id, r.child_first_name, r.child_last_name,
+               r.establishment_uai, r.account_id, r.establishment_uai, False, r.created_at)
+              for r in bulk]),
+        ]
+        try:
+            with raw.cursor() as cursor:
+                for table, columns, values in parts:
+                    names = ", ".join(quote.quote(c) for c in columns)
+                    with cursor.copy(f"COPY {quote.format_table(table)} ({names}) "
+                                     "FROM STDIN") as stream:
+                        for row in values:
+                            stream.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            self._fail(ConcurrentUpdate("a login or id of the bulk is taken"))
+            raise LoginTaken("a login or id of the bulk") from None
+        except psycopg.Error as error:
+            wrapped = sa_exc.DBAPIError.instance("COPY", None, error, psycopg.Error)
+            translated = (self._s._translate(wrapped, self._url)
+                          if isinstance(wrapped, sa_exc.DBAPIError)
+                          else StorageError(store_name(self._url), str(error)))
+            self._fail(translated)
+            raise translated from error
