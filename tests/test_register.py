@@ -170,6 +170,37 @@ def test_a_split_moves_the_register_entry_to_the_new_account(service: MergeServi
     assert service.children(split.new_account_id) == (FLORIAN, LEA)
 
 
+def test_a_split_leaves_a_child_that_another_letter_of_the_account_lists(
+        service: MergeService) -> None:
+    """Claire and Marc both list Dylan; Marc's letter merged into Claire's account.
+
+    The school splits: Marc's new account gets Dylan and Florian, and
+    Claire's account keeps Dylan, whom her own letter lists.
+    """
+    first = sync(service, COLLEGE, entry("R1", "Claire Robert", DYLAN), MARC)
+    claire, marc = first.letters
+    principal = service.activate(claire.login, claire.provisional_password, STRONG)
+    service.merge(principal.id, marc.login, marc.provisional_password)
+    assert ids(service.children(principal.id)) == ["ine-dylan", "ine-florian"]
+    held = {a.child.id: a.origin_account_id for a in service.attached_children(principal.id)}
+    assert held == {DYLAN.id: claire.account_id, FLORIAN.id: marc.account_id}
+    sync(service, COLLEGE, entry("R1", "Claire Robert", DYLAN), MARC)
+    # Dylan came with Claire's letter: a split moves only Florian, as without a register.
+    split = service.split(COLLEGE, principal.id)
+    assert ids(split.moved) == ["ine-florian"]
+
+    # Now Dylan credited to Marc's letter: Claire's own letter stops listing him, then lists
+    # him again (a correction); the merged letter still listed him all along.
+    sync(service, COLLEGE, entry("R1", "Claire Robert", LEA), entry("R2", "Marc Robert", DYLAN,
+                                                                      FLORIAN))
+    service.merge(principal.id, split.letter.login, split.letter.provisional_password)
+    sync(service, COLLEGE, entry("R1", "Claire Robert", DYLAN, LEA),
+         entry("R2", "Marc Robert", DYLAN, FLORIAN))
+    again = service.split(COLLEGE, principal.id)
+    assert DYLAN in service.children(principal.id)
+    assert DYLAN in service.children(again.new_account_id)
+
+
 # -- leavers and closed accounts ---------------------------------------------------------
 
 

@@ -18,9 +18,9 @@ from hypothesis.stateful import run_state_machine_as_test
 from account_merge import InMemoryStorage
 from account_merge.domain import proofs
 from account_merge.domain.account import AccountStatus
-from account_merge.domain.register import HolderPlan, plan_holder
+from account_merge.domain.register import HolderPlan, plan_holder, reopened_status
 from account_merge.exceptions import AccountMergeError
-from account_merge.service import credential_check, merging, register
+from account_merge.service import credential_check, merging, register, splitting
 from account_merge.testing.state_machine import build_state_machine
 
 SETTINGS = settings(max_examples=2000, stateful_step_count=40, deadline=None,
@@ -79,9 +79,16 @@ def test_it_catches_a_closed_account_that_still_signs_in(
     def closed_opens(account: Any, credential: Any, now: Any,
                      purpose: proofs.Purpose) -> str | None:
         if account is not None and account.status is AccountStatus.CLOSED:
-            account = attrs.evolve(account, status=AccountStatus.ACTIVE)
+            account = attrs.evolve(account, status=reopened_status(credential.kind))
         return original(account, credential, now, purpose)
 
     monkeypatch.setattr(credential_check, "openable_hash", closed_opens)
     monkeypatch.setattr(merging, "openable_hash", closed_opens)
+    assert_machine_fails()
+
+
+def test_it_catches_a_split_that_forgets_the_register(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split that ignores who else the register lists for the children it moves."""
+    monkeypatch.setattr(splitting, "_register_view",
+                        lambda *args: splitting._RegisterView())
     assert_machine_fails()

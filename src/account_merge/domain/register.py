@@ -64,6 +64,7 @@ __all__ = [
     "SyncMode",
     "SyncReport",
     "choose_adoption",
+    "keep_listed",
     "name_key",
     "plan_holder",
     "reopened_status",
@@ -451,3 +452,34 @@ def plan_holder(
         account = attrs.evolve(holder, status=reopened_status(credential_kind))
     return HolderPlan(holder=holder, account=account, unlink=tuple(unlink), link=tuple(link),
                       attached=tuple(attached), renamed=tuple(renamed))
+
+
+def keep_listed(holder_id: str, leaving: Sequence[ChildLink],
+                held: Sequence[RegisterRecord]) -> tuple[ChildLink, ...]:
+    """Of the links a split takes from an account, those another letter it holds keeps.
+
+    A split gives the children of a merged letter to a new account for
+    that letter's responsable.  A child that another letter the account
+    holds (its own, or one merged into it) lists in the register, as the
+    records *held* say, stays on the account too, credited to that letter
+    (the account's own first, as :func:`plan_holder` chooses): both
+    responsables keep it.  Returns the links that replace those of
+    *leaving* that stay.
+    """
+    kept: list[ChildLink] = []
+    for link in leaving:
+        candidates = sorted(
+            (r for r in held if r.account_id != link.origin_account_id
+             and any(c.id == link.child.id for c in r.children)),
+            key=lambda r: (r.account_id != holder_id,
+                           r.establishment_uai != link.origin_establishment_uai))
+        if not candidates:
+            continue
+        record = candidates[0]
+        child = next(c for c in record.children if c.id == link.child.id)
+        kept.append(ChildLink(account_id=holder_id, child=child,
+                              origin_account_id=record.account_id,
+                              origin_establishment_uai=record.establishment_uai,
+                              via_merge=record.account_id != holder_id,
+                              linked_at=link.linked_at))
+    return tuple(kept)

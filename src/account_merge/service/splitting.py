@@ -4,6 +4,9 @@ A split takes, from a live responsable account, the children whose merged
 letter the establishment issued, and gives them to new PROVISIONAL
 accounts, one per letter they first came with (each for the responsable
 that letter named), each with a new letter.  The account keeps the rest.
+On a store with the school's register, a child both responsables are
+listed for stays with both: the account keeps the children another letter
+it holds lists, and each new account gets every child its letter lists.
 Nothing a parent can call splits.
 """
 
@@ -15,11 +18,13 @@ import attrs
 
 from account_merge.domain.account import Role
 from account_merge.domain.audit import AuditAction, AuditRecord
+from account_merge.domain.child import Child, ChildLink
 from account_merge.domain.establishment import Establishment
 from account_merge.domain.events import MergeSplit
 from account_merge.domain.letter import NotificationLetter
 from account_merge.domain.passwords import generate_provisional_password
 from account_merge.domain.receipts import SplitReceipt
+from account_merge.domain.register import keep_listed
 from account_merge.domain.rules import SplitPlan, plan_split
 from account_merge.domain.validation import check_identifier
 from account_merge.exceptions import (
@@ -43,7 +48,7 @@ class _Replan(Exception):
 
 
 def _plan(uow: UnitOfWork, establishment: Establishment, account_id: str, *,
-          lock: bool) -> tuple[AccountRecord, SplitPlan]:
+          lock: bool) -> tuple[AccountRecord, tuple[ChildLink, ...], SplitPlan]:
     """The live account holding *account_id* and what the split would move from it."""
     fetched = uow.fetch(Fetch(accounts=(account_id,), establishments=(establishment.uai,)))
     if establishment.uai not in fetched.establishments:
@@ -56,7 +61,8 @@ def _plan(uow: UnitOfWork, establishment: Establishment, account_id: str, *,
     live = held.accounts.get(live_id)
     if live is None:
         raise AccountNotFound(live_id)
-    return live, plan_split(establishment, live.account, held.links[live_id])
+    links = held.links[live_id]
+    return live, links, plan_split(establishment, live.account, links)
 
 
 def _write(ctx: Context, establishment: Establishment, account_id: str,
@@ -64,30 +70,34 @@ def _write(ctx: Context, establishment: Establishment, account_id: str,
     now = ctx.now()
     actor = f"establishment:{establishment.uai}"
     with ctx.writing() as uow:
-        live, plan = _plan(uow, establishment, account_id, lock=True)
+        live, links, plan = _plan(uow, establishment, account_id, lock=True)
         if len(plan.groups) != len(hashes):
             raise _Replan()
         origins = uow.fetch(Fetch(accounts=tuple(g.origin_account_id for g in plan.groups)))
-        changes = ChangeSet(unlink=plan.removed)
+        view = _register_view(uow, establishment, live.account.id, links, plan)
+        staying = {link.child.id for link in view.kept}
+        changes = ChangeSet(unlink=tuple(link for link in plan.removed
+                                         if link.child.id not in staying), link=view.kept)
         moved_to: dict[str, str] = {}
         letters: list[NotificationLetter] = []
         claimed: set[str] = set()
         for group, password, password_hash in zip(plan.groups, passwords, hashes, strict=True):
             origin = origins.accounts.get(group.origin_account_id)
             name = (origin or live).account.display_name
+            children = group.children + view.extra.get(group.origin_account_id, ())
             new, _ = new_account(ctx, uow, establishment=establishment, display_name=name,
-                                 role=Role.RESPONSABLE, children=group.children,
+                                 role=Role.RESPONSABLE, children=children,
                                  password_hash=password_hash, now=now, exclude=claimed)
             claimed.update(n.login_key for n in new.changes.new_accounts)
             changes += new.changes + ChangeSet(
                 events=(MergeSplit(occurred_at=now, principal_id=live.account.id,
                                    new_account_id=new.account.id,
                                    establishment_uai=establishment.uai,
-                                   moved_child_ids=tuple(c.id for c in group.children)),),
+                                   moved_child_ids=tuple(c.id for c in children)),),
                 audit=(AuditRecord(at=now, action=AuditAction.SPLIT, outcome="success",
                                    actor=actor, account_id=live.account.id,
                                    detail=f"new account {new.account.id}"),))
-            letters.append(new.letter(establishment, password, group.children))
+            letters.append(new.letter(establishment, password, children))
             moved_to[group.origin_account_id] = new.account.id
         uow.apply(changes)
         _follow_in_register(uow, establishment, moved_to)
@@ -95,6 +105,42 @@ def _write(ctx: Context, establishment: Establishment, account_id: str,
     logger.info("split %d children of %s from %s into %d new accounts",
                 len(plan.moved), establishment.uai, live.account.id, len(letters))
     return SplitReceipt(principal_id=live.account.id, moved=plan.moved, letters=tuple(letters))
+
+
+@attrs.frozen
+class _RegisterView:
+    """What the school's register changes in a split (nothing on a store without it).
+
+    ``kept``: links that stay on the account, credited to another letter it
+    holds that lists their child; ``extra``: per letter split off, the
+    children its register entry lists that the account holds through
+    another letter: the new account gets them too, so that it holds every
+    child the letter lists.
+    """
+
+    kept: tuple[ChildLink, ...] = ()
+    extra: dict[str, tuple[Child, ...]] = attrs.Factory(dict)
+
+
+def _register_view(uow: UnitOfWork, establishment: Establishment, holder_id: str,
+                   links: tuple[ChildLink, ...], plan: SplitPlan) -> _RegisterView:
+    if not supports(uow, Register):
+        return _RegisterView()
+    tier: Register = require_tier(uow, Register)
+    absorbed = uow.fetch(Fetch(absorbed=(holder_id,))).absorbed.get(holder_id, ())
+    letters = (holder_id, *(a.id for a in absorbed))
+    found = tier.register_fetch(RegisterFetch(accounts=letters)).by_account
+    held = [r for account in letters for r in found.get(account, ())]
+    kept = keep_listed(holder_id, plan.removed, held)
+    on_account = {link.child.id for link in links}
+    extra: dict[str, tuple[Child, ...]] = {}
+    for group in plan.groups:
+        moving = {c.id for c in group.children}
+        extra[group.origin_account_id] = tuple(
+            c for r in found.get(group.origin_account_id, ())
+            if r.establishment_uai == establishment.uai
+            for c in r.children if c.id in on_account and c.id not in moving)
+    return _RegisterView(kept, extra)
 
 
 def _follow_in_register(uow: UnitOfWork, establishment: Establishment,
@@ -124,7 +170,7 @@ def split(ctx: Context, establishment: Establishment, account_id: str) -> SplitR
         for _ in range(WRITE_RETRIES):
             # How many letters the split makes, to hash their passwords outside any lock.
             with ctx.reading() as uow:
-                _, preview = _plan(uow, establishment, account_id, lock=False)
+                _, _, preview = _plan(uow, establishment, account_id, lock=False)
             passwords = [generate_provisional_password(ctx.policies.provisional_length)
                          for _ in preview.groups]
             hashes = [ctx.verifier.hash(p) for p in passwords]

@@ -371,8 +371,29 @@ def build_state_machine(
             assert [c.id for c in receipt.moved] == moved
             # I3: only the establishment's own children move.
             assert all(c.establishment_uai == school.uai for c in receipt.moved)
+            letters = {live.id, *(m.id for m in self.model.values() if m.merged_into == live.id)}
+            held = self.service.attached_children(live.id)
+            # A letter split off takes every child its register entry lists that the account
+            # holds (some through another letter): the new account holds all its children.
+            extra = {origin: sorted(
+                c for (uai, ext), account in self.entry_account.items()
+                if account == origin and uai == school.uai
+                for c in self.register.get(uai, {}).get(ext, set())
+                if c in live.children and c not in kids) for origin, kids in origins.items()}
             for child_id in moved:
-                del live.children[child_id]
+                # Another letter the account holds lists the child in a register: it stays,
+                # credited to that letter; otherwise it leaves.
+                listing = {account for (uai, ext), account in self.entry_account.items()
+                           if account in letters
+                           and account != live.children[child_id][1]
+                           and child_id in self.register.get(uai, {}).get(ext, set())}
+                if listing:
+                    now = next((a for a in held if a.child.id == child_id), None)
+                    assert now is not None and now.origin_account_id in listing, (
+                        child_id, listing)
+                    live.children[child_id] = (now.via_merge, now.origin_account_id)
+                else:
+                    del live.children[child_id]
             # One new account per origin letter, named after its responsable, in link
             # order: no new account holds children of two origins.
             assert len(receipt.letters) == len(origins)
@@ -381,7 +402,7 @@ def build_state_machine(
                 for key, account_id in list(self.entry_account.items()):
                     if account_id == origin and key[0] == school.uai:
                         self.entry_account[key] = letter.account_id
-                assert [c.id for c in letter.children] == kids
+                assert [c.id for c in letter.children] == kids + extra[origin]
                 assert letter.display_name == self.model[origin].display_name
                 new = self.service.get_account(letter.account_id)
                 assert new.status is AccountStatus.PROVISIONAL
@@ -430,6 +451,9 @@ def build_state_machine(
                 touched |= state[e.external_id]
             for external_id, account_id in report.adopted:
                 self.entry_account[(uai, external_id)] = account_id
+                # an adopted letter is the entry's now: its children are the entry's to keep
+                touched |= {child for _, held in before.values()
+                            for child, (_, origin) in held.items() if origin == account_id}
             new_ids = []
             for issued in report.issued:
                 assert issued.letter is not None
@@ -441,6 +465,7 @@ def build_state_machine(
                 account = self.service.get_account(account_id)
                 assert account.merged_into == m.merged_into  # a sync never merges
                 m.status = account.status
+                m.display_name = account.display_name  # as the register names them
                 m.children = {a.child.id: (a.via_merge, a.origin_account_id)
                               for a in self.service.attached_children(account_id)}
             # Every child an entry lists is on the live account holding its letter.
@@ -468,6 +493,14 @@ def build_state_machine(
                 assert {c: v for c, v in m.children.items() if c in kept} == kept
                 if m.status is AccountStatus.CLOSED:
                     assert not m.children
+            # A closed account opens nothing, with the right password too (I7: same work).
+            for closed in report.closed:
+                target = self.model[closed.account_id]
+                password = self.password_for(target, "right")
+                self.expect_failure(
+                    "invalid_credentials",
+                    lambda t=target, pw=password: self.service.authenticate(t.login, pw),
+                    credential_failure=True)
             # The same register again changes nothing.
             again = self.service.sync_register(school, entries, partial=partial,
                                                dry_run=True)
@@ -476,6 +509,33 @@ def build_state_machine(
                 set(m.children) for m in self.model.values()
                 if m.status is not AccountStatus.MERGED))
             return multiple(*new_ids)
+
+        @precondition(lambda self: self.has_register)
+        @rule(target=principals, school=st.sampled_from(_ESTABLISHMENTS),
+              shared=st.lists(st.integers(0, 2), min_size=1, max_size=2, unique=True),
+              own=st.integers(0, 2), others=st.integers(0, 2))
+        def parents_merge_their_letters(self, school: Establishment, shared: list[int],
+                                        own: int, others: int) -> Any:
+            """Two parents listed for the same children; one merges the other's letter.
+
+            The case where a child is on the account through one letter and
+            listed by another (which splits and syncs must both respect),
+            which random steps alone reach seldom.
+            """
+            listing = {0: (0, sorted({*shared, own})), 1: (0, sorted({*shared, others}))}
+            self.sync_the_register(school=school, listing=listing, partial=True)
+            claire = self.live(self.entry_account[(school.uai, "R0")])
+            marc = self.model[self.entry_account[(school.uai, "R1")]]
+            if claire.status is AccountStatus.PROVISIONAL and self.usable(claire,
+                                                                           claire.provisional):
+                password = self.new_password()
+                self.service.activate(claire.login, claire.provisional, password)
+                claire.status, claire.password = AccountStatus.ACTIVE, password
+            if (claire.status is not AccountStatus.ACTIVE or marc.merged_into is not None
+                    or marc.id == claire.id):
+                return multiple()
+            self.merge(claire.id, marc.id, "right")
+            return claire.id
 
         @rule(days=st.sampled_from([1, 7, 30, 89, 91]))
         def time_passes(self, days: int) -> None:
@@ -506,6 +566,15 @@ def build_state_machine(
                     assert holder.status in (AccountStatus.ACTIVE, AccountStatus.CLOSED)
                     assert holder.role is Role.RESPONSABLE
                     assert self.service.resolve(m.id).id == holder.id
+
+        @invariant()
+        def every_listed_child_is_on_the_account_holding_its_letter(self) -> None:
+            """Through merges and splits too: a split leaves a child another letter lists."""
+            for uai, entries in self.register.items():
+                for external_id, kids in entries.items():
+                    if kids:
+                        holder = self.live(self.entry_account[(uai, external_id)])
+                        assert kids <= set(holder.children), (external_id, kids, holder)
 
         @invariant()
         def a_child_is_on_one_live_account_per_letter(self) -> None:
