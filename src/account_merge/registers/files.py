@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from account_merge.domain.register import RegisterEntry, RegisterProblem
-from account_merge.exceptions import InvalidRegister
+from account_merge.exceptions import InvalidInput, InvalidRegister
 
-__all__ = ["RegisterFile", "detect_encoding"]
+__all__ = ["RegisterFile", "bad_value", "detect_encoding"]
 
 #: Bytes read at a time when checking an encoding.
 _BLOCK = 1 << 16
@@ -32,6 +32,14 @@ def detect_encoding(path: str | os.PathLike[str]) -> str:
         except UnicodeDecodeError:
             return "cp1252"
     return "utf-8-sig"
+
+
+def bad_value(line: int | None, external_id: str | None, column: str,
+              error: InvalidInput) -> RegisterProblem:
+    """A problem ``bad_value`` for a value of *column* the domain refused with *error*."""
+    detail = error.message.removeprefix(f"{error.field}: ")
+    return RegisterProblem(line, external_id, "bad_value", f"{column}: {detail}",
+                           (("column", column), ("detail", detail)))
 
 
 class RegisterFile:

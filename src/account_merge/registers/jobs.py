@@ -238,9 +238,8 @@ def problem_lines(error: InvalidRegister, shown: int | None = None) -> list[str]
         fields = dict(problem.fields)
         key = f"register.problem.{problem.kind}"
         text = _(key, **fields) if messages.has_message(key) else problem.message
-        if problem.kind == "bad_value" and "column" in fields:
-            text = f"{text} : {problem.message}" if messages.get_language() == "fr" else \
-                f"{text}: {problem.message}"
+        if problem.kind == "bad_value" and "detail" in fields:
+            text = _("register.problem.detail", message=text, detail=fields["detail"])
         if problem.line is not None:
             return _("register.problem.at_line", line=problem.line,
                      id=problem.external_id or "-", message=text)

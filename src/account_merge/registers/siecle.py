@@ -40,7 +40,7 @@ from account_merge.domain.child import Child
 from account_merge.domain.establishment import validate_uai
 from account_merge.domain.register import RegisterEntry, RegisterProblem
 from account_merge.exceptions import InvalidInput, InvalidRegister
-from account_merge.registers.files import RegisterFile
+from account_merge.registers.files import RegisterFile, bad_value
 
 __all__ = ["LEGAL_RESPONSABLES", "PUPIL_FILES", "read_siecle_responsables"]
 
@@ -50,6 +50,10 @@ LEGAL_RESPONSABLES = (1, 2)
 PUPIL_FILES = ("ElevesSansAdresses.xml", "ElevesAvecAdresses.xml")
 
 _CHUNK = 2000
+#: The element of each field the domain names in ``invalid_input``.
+_COLUMNS = {"external_id": "PERSONNE_ID", "display_name": "NOM/PRENOM", "email": "MEL",
+            "child id": "ELEVE_ID", "child first_name": "ELEVE/PRENOM",
+            "child last_name": "ELEVE/NOM"}
 _SCHEMA = """
 CREATE TABLE pupils (id TEXT PRIMARY KEY, last TEXT, first TEXT, ine TEXT, left_on TEXT);
 CREATE TABLE persons (id TEXT PRIMARY KEY, last TEXT, first TEXT, mel TEXT);
@@ -264,15 +268,15 @@ class _Staging:
                 register.skipped += 1
                 continue
             if known_person is None:
+                detail = f"no PERSONNE has the PERSONNE_ID {person!r}"
                 yield RegisterProblem(None, person or None, "bad_value",
-                                      f"RESPONSABLE_ELEVE names PERSONNE_ID {person!r}, "
-                                      "which no PERSONNE has", (("column", "PERSONNE_ID"),))
+                                      f"PERSONNE_ID: {detail}",
+                                      (("column", "PERSONNE_ID"), ("detail", detail)))
                 continue
             child_id = ine if child_ids == "ine" else pupil
             try:
                 child = Child(child_id or "", pupil_first, pupil_last, uai)
                 yield RegisterEntry(person, f"{first} {last}".strip(), (child,), mel)
             except InvalidInput as error:
-                yield RegisterProblem(None, person or None, "bad_value",
-                                      f"{error.field}: {error.message}",
-                                      (("column", error.field),))
+                yield bad_value(None, person or None, _COLUMNS.get(error.field, error.field),
+                                error)

@@ -24,7 +24,7 @@ from account_merge.domain.register import RegisterEntry, RegisterProblem
 from account_merge.domain.validation import check_text
 from account_merge.exceptions import InvalidInput, InvalidRegister
 from account_merge.registers.errors import error_text
-from account_merge.registers.files import RegisterFile, detect_encoding
+from account_merge.registers.files import RegisterFile, bad_value, detect_encoding
 
 __all__ = [
     "REGISTER_COLUMNS",
@@ -131,8 +131,8 @@ def _register_row(row: dict[str | None, Any], line: int, uai: str | None,
                   columns: list[str]) -> RegisterEntry | RegisterProblem:
     external_id = _cell(row, "responsable_id") or None
     if None in row or any(row.get(c) is None for c in columns):
-        return RegisterProblem(line, external_id, "bad_value", "wrong number of columns",
-                               (("column", "*"),))
+        return RegisterProblem(line, external_id, "bad_value", "*: wrong number of columns",
+                               (("column", "*"), ("detail", "wrong number of columns")))
     try:
         school = validate_uai(_cell(row, "uai")) if "uai" in columns else uai
         assert school is not None
@@ -141,9 +141,7 @@ def _register_row(row: dict[str | None, Any], line: int, uai: str | None,
         return RegisterEntry(_cell(row, "responsable_id"), _cell(row, "responsable_nom"),
                              (child,), _cell(row, "responsable_email") or None, line=line)
     except InvalidInput as error:
-        column = _FIELDS.get(error.field, error.field)
-        return RegisterProblem(line, external_id, "bad_value", f"{column}: {error.message}",
-                               (("column", column),))
+        return bad_value(line, external_id, _FIELDS.get(error.field, error.field), error)
 
 
 # -- the school CSV of issue-batch -------------------------------------------------------------
