@@ -21,7 +21,9 @@ What changed since the first release of these tables, and what
   statement that counts an attempt on PostgreSQL gives back;
 - ``outbox_head``: the last outbox position given, one row whose lock
   orders the writers of events on PostgreSQL (filled from the outbox
-  there; unused on SQLite, which has one writer at a time).
+  there; unused on SQLite, which has one writer at a time);
+- ``register`` and ``closures`` (tier ``register``, the school's
+  register), and the index ``links_origin_idx`` on the links: created.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from account_merge.exceptions import InvalidInput
 
 __all__ = [
     "ADDED_COLUMNS",
+    "ADDED_INDEXES",
     "DEFAULT_PREFIX",
     "Tables",
     "make_metadata",
@@ -254,7 +257,33 @@ def make_metadata(
         Index(f"{p}audit_account_id_idx", "account_id"),
         Index(f"{p}audit_actor_idx", "actor"),
     )
+    # Tier ``register`` (storage/sqlalchemy/register.py): the school's register.
+    table(
+        "register",
+        Column("establishment_uai", String(16), nullable=False),
+        Column("external_id", _id(), nullable=False),
+        Column("account_id", _id(), nullable=False),
+        Column("display_name", Text, nullable=False),
+        Column("email", Text),
+        # [[id, first name, last name, UAI], ...], sorted by id
+        Column("children", _json(), nullable=False),
+        PrimaryKeyConstraint("establishment_uai", "external_id", name=f"{p}register_pkey"),
+        Index(f"{p}register_account_id_idx", "account_id"),
+    )
+    table(
+        "closures",
+        Column("account_id", _id(), nullable=False),
+        Column("establishment_uai", String(16), nullable=False),
+        Column("closed_at", UtcDateTime(), nullable=False),
+        PrimaryKeyConstraint("account_id", name=f"{p}closures_pkey"),
+    )
+    Index(f"{p}links_origin_idx", md.tables[_key(schema, f"{p}links")].c.origin_establishment_uai,
+          md.tables[_key(schema, f"{p}links")].c.child_id)
     return md
+
+
+def _key(schema: str | None, name: str) -> str:
+    return f"{schema}.{name}" if schema else name
 
 
 #: The tables with the default prefix, for a host's Alembic ``target_metadata``.
@@ -277,6 +306,8 @@ class Tables:
     outbox: Table
     outbox_head: Table
     audit: Table
+    register: Table
+    closures: Table
 
     @classmethod
     def build(cls, prefix: str, schema: str | None) -> Tables:
@@ -287,7 +318,7 @@ class Tables:
 
         return cls(md, prefix, schema, t("establishments"), t("accounts"), t("credentials"),
                    t("links"), t("throttles"), t("receipts"), t("outbox"), t("outbox_head"),
-                   t("audit"))
+                   t("audit"), t("register"), t("closures"))
 
     def old_children(self) -> Table:
         """The ``children`` table of the first release, which links no longer use."""
@@ -336,11 +367,32 @@ def upgrade(conn: Connection, tables: Tables) -> list[str]:
                    f"{quote.quote(name)} {column.type.compile(dialect=dialect)}")
             conn.exec_driver_sql(ddl)
             done.append(f"added {table.name}.{name}")
+    done += _add_indexes(conn, tables, created)
     done += _fill_links(conn, tables, inspector)
     done += _fill_merged_seq(conn, tables)
     if dialect.name == "postgresql":  # where outbox_head gives the positions
         done += _seed_outbox_head(conn, tables)
         done += _links_not_null(conn, tables)
+    return done
+
+
+#: The indexes added since the first release, by table name (without prefix).
+ADDED_INDEXES: dict[str, tuple[str, ...]] = {"links": ("links_origin_idx",)}
+
+
+def _add_indexes(conn: Connection, tables: Tables, created: set[str]) -> list[str]:
+    """The indexes a table of an earlier release lacks."""
+    done = []
+    for short, names in ADDED_INDEXES.items():
+        table: Table = getattr(tables, short)
+        if table.name in created:
+            continue
+        present = {i["name"] for i in inspect(conn).get_indexes(table.name,
+                                                                 schema=tables.schema)}
+        for index in table.indexes:
+            if index.name in {f"{tables.prefix}{n}" for n in names} - present:
+                index.create(conn)
+                done.append(f"created index {index.name}")
     return done
 
 
