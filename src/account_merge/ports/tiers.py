@@ -13,8 +13,7 @@ changes anything.
 tier               where its methods are           what needs it
 =================  ==============================  =================================
 ``bulk_load``      the store: :class:`BulkLoad`    :func:`account_merge.testing.bulk_load`
-``register``       the unit of work:               ``sync_register``
-                   :class:`~account_merge.ports.register.Register`
+``register``       the unit of work: ``Register``  ``sync_register``, ``split``
 =================  ==============================  =================================
 """
 
