@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
 import attrs
 
@@ -137,6 +138,7 @@ class _Sync:
         self.adopted: dict[tuple[str, str], RegisterRecord] = {}
         self.to_issue: list[str] = []
         self.done: set[str] = set()  # live accounts settled already
+        self.parts: dict[str, list[object]] = {name: [] for name in SyncReport.CHANGES}
         self.report = SyncReport(self.uai, mode, dry_run, entries=staged.responsables)
 
     def tell(self, stage: str, done: int, total: int | None = None) -> None:
@@ -144,8 +146,8 @@ class _Sync:
             self.progress(stage, done, total)
 
     def add(self, **parts: Sequence[object]) -> None:
-        self.report = attrs.evolve(self.report, **{
-            name: getattr(self.report, name) + tuple(items) for name, items in parts.items()})
+        for name, items in parts.items():
+            self.parts[name].extend(items)
 
     # -- the steps ------------------------------------------------------------------
     def run(self, workers: int | None,
@@ -156,7 +158,8 @@ class _Sync:
         self.adopt()
         self.settle_accounts()
         self.issue(workers, on_letter)
-        self.report = attrs.evolve(self.report, unchanged=self.found.unchanged)
+        parts: dict[str, Any] = {name: tuple(items) for name, items in self.parts.items()}
+        self.report = attrs.evolve(self.report, unchanged=self.found.unchanged, **parts)
         if not self.dry_run:
             self.record_sync()
         logger.info("register of %s synced (%s%s): %s", self.uai, self.mode.value,
