@@ -61,7 +61,7 @@ def make_store(kind: str, folder: Path) -> Storage:
         return InMemoryStorage()
     if kind == "sqlite":
         from account_merge import SQLiteStorage  # noqa: PLC0415
-        return SQLiteStorage(folder / "store.sqlite3")  # type: ignore[return-value]
+        return SQLiteStorage(folder / "store.sqlite3")
     raise SystemExit(f"unknown store {kind!r}")
 
 

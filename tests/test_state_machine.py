@@ -11,7 +11,8 @@ from account_merge.ports import Storage
 from account_merge.testing.state_machine import _ESTABLISHMENTS, build_state_machine
 
 #: Examples per store: a step costs microseconds in memory and milliseconds on a
-#: server, where the conformance suite runs the machine again (tests/test_conformance_sqlalchemy.py).
+#: server, where the conformance suite runs the machine again
+#: (tests/test_conformance_sqlalchemy.py).
 EXAMPLES = {"memory": 60, "sqlite": 40, "postgresql": 10}
 
 

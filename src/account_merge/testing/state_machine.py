@@ -29,6 +29,7 @@ Run it with ``run_state_machine_as_test(Machine)`` or expose
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -496,11 +497,9 @@ def build_state_machine(
             # A closed account opens nothing, with the right password too (I7: same work).
             for closed in report.closed:
                 target = self.model[closed.account_id]
-                password = self.password_for(target, "right")
-                self.expect_failure(
-                    "invalid_credentials",
-                    lambda t=target, pw=password: self.service.authenticate(t.login, pw),
-                    credential_failure=True)
+                self.expect_failure("invalid_credentials", functools.partial(
+                    self.service.authenticate, target.login,
+                    self.password_for(target, "right")), credential_failure=True)
             # The same register again changes nothing.
             again = self.service.sync_register(school, entries, partial=partial,
                                                dry_run=True)
