@@ -18,6 +18,7 @@ CODES = {
     "AccountNotFound": "account_not_found",
     "ConcurrentUpdate": "concurrent_update",
     "InvalidInput": "invalid_input",
+    "InvalidRegister": "invalid_input",
     "StorageError": "storage_error",
     "LoginTaken": "concurrent_update",
     "ExpectationFailed": "concurrent_update",
@@ -66,6 +67,7 @@ def test_str_and_repr_name_the_code(name: str) -> None:
         "ActivationRequired": lambda: cls("acc1"),  # type: ignore[call-arg]
         "AccountMerged": lambda: cls("acc1"),  # type: ignore[call-arg]
         "NotSupported": lambda: cls("tokens"),  # type: ignore[call-arg]
+        "InvalidRegister": lambda: cls(()),  # type: ignore[call-arg]
     }.get(name, cls)()
     assert cls.code in str(error)
     assert cls.code in repr(error)

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from account_merge import Child, InMemoryStorage, MergeService, Role, Secret
+from account_merge.domain.register import RegisterEntry
 from account_merge.exceptions import AccountMergeError
 from account_merge.ports import Storage
 from account_merge.testing import (
@@ -86,6 +87,10 @@ class World:
         self.identifiers = st.one_of(self.logins, self.emails)
         self.tokens = st.one_of(JUNK, st.just("MXIKMTc4.XDnvnw9n"))
         self.mailers = st.one_of(JUNK, st.builds(CapturingMailer))
+        entries = st.builds(RegisterEntry, st.sampled_from(["R1", "R2"]),
+                            st.just("Claire Robert"), st.just([Child("ine-0", "Enfant", "Robert",
+                                                                      SCHOOL.uai)]))
+        self.registers = st.one_of(JUNK, st.lists(st.one_of(entries, JUNK), max_size=3))
 
     def signatures(self) -> dict[str, list[st.SearchStrategy[Any]]]:
         """For each public method, a strategy per positional argument."""
@@ -106,6 +111,7 @@ class World:
             "unpublished_events": [self.numbers],
             "mark_published": [st.one_of(JUNK, st.lists(st.integers(), max_size=3))],
             "audit_trail": [self.ids, self.numbers],
+            "sync_register": [self.schools, self.registers],
             "register_establishment": [self.schools],
             "find_establishment": [st.one_of(JUNK, st.just(SCHOOL.uai))],
             # the way back
@@ -123,6 +129,9 @@ class World:
         keywords: dict[str, dict[str, st.SearchStrategy[Any]]] = {
             "issue_account": {"email": self.emails},
             "issue_accounts": {"workers": st.one_of(JUNK, st.just(1))},
+            "sync_register": {"dry_run": st.one_of(JUNK, st.booleans()),
+                              "partial": st.one_of(JUNK, st.booleans()),
+                              "workers": st.one_of(JUNK, st.just(1))},
             "register_establishment": {"actor": st.one_of(JUNK, st.just("cli"))},
             "request_password_reset": {"client": st.one_of(JUNK, st.just("203.0.113.7"))},
             "reset_password": {"client": st.one_of(JUNK, st.just("203.0.113.7"))},

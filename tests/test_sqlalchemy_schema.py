@@ -68,7 +68,8 @@ def test_the_tables_carry_the_prefix() -> None:
     assert sorted(custom.tables) == sorted(
         f"ent_{n}" for n in ("establishments", "accounts", "credentials", "links", "throttles",
                              "receipts", "outbox", "outbox_head", "audit",
-                             "email_index", "notices", "notice_cursor"))
+                             "email_index", "notices", "notice_cursor", "register",
+                             "closures"))
     for table in custom.tables.values():
         for index in table.indexes:
             assert index.name is not None and index.name.startswith("ent_")

@@ -144,7 +144,7 @@ def test_the_file_is_in_wal_mode_marked_as_ours_at_the_current_schema_version(
     storage.write(new(1))
     connection = raw(path)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert connection.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     connection.close()
 
@@ -625,7 +625,10 @@ def test_a_file_of_every_older_version_is_migrated_on_open_and_reads_back(
             assert found.accounts == {}
             uow.apply(new(1, 2, 3, 4, status=AccountStatus.ACTIVE))
             uow.apply(ChangeSet(accounts=merged))
-        # What the new schema adds works on the old rows.
+        # What the new schema adds works on the old rows: the register finds their links.
+        assert uow.linked_children_page(SCHOOL.uai, None, 10).items == (
+            ("ine-1", "ine-2") if version else ())
+        assert uow.register_page(SCHOOL.uai, None, 10).items == ()
         later = account(4, status=AccountStatus.MERGED, merged_into="acc1")
         uow.apply(ChangeSet(accounts=[later], sign_ins=[SignIn("acc1", T0 + timedelta(1))]))
         uow.commit()

@@ -17,7 +17,6 @@ live in :mod:`account_merge.messages`.
 from __future__ import annotations
 
 import argparse
-import csv
 import getpass
 import json
 import os
@@ -26,7 +25,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, TextIO
+from typing import Any, NoReturn, TextIO
 
 import argon2
 
@@ -38,7 +37,6 @@ from account_merge import (
     Child,
     Establishment,
     MergeService,
-    NotificationLetter,
     Role,
     Secret,
     exceptions,
@@ -46,12 +44,22 @@ from account_merge import (
 )
 from account_merge.demo import play
 from account_merge.domain.establishment import validate_uai
-from account_merge.domain.validation import check_text
 from account_merge.exceptions import AccountNotFound, InvalidInput
 from account_merge.hashpool import default_workers
 from account_merge.ports import Storage
+from account_merge.registers import (
+    SCHOOL_CSV_COLUMNS,
+    JobError,
+    ask,
+    describe,
+    error_text,
+    issue_batch,
+    open_register,
+    sync_file,
+)
 
-__all__ = ["MESSAGES", "CliError", "describe", "error_text", "issue_batch", "main", "open_storage"]
+__all__ = ["MESSAGES", "CliError", "describe", "error_text", "issue_batch", "main", "open_register",
+           "open_storage"]
 
 PROG = "account-merge"
 DEFAULT_DB = "account-merge.sqlite3"
@@ -73,7 +81,7 @@ ENV_LANG = "ACCOUNT_MERGE_LANG"
 CLI_CODES = (
     "usage", "unknown_establishment", "database_missing", "database_exists",
     "folder_not_empty", "password_missing", "password_mismatch", "invalid_csv",
-    "bad_rows", "file_error", "interrupted",
+    "bad_rows", "file_error", "interrupted", "letters_folder", "other_establishment",
 )
 
 _OS_ERRORS: dict[type[OSError], str] = {
@@ -132,34 +140,9 @@ class _Messages(Mapping[str, str]):
 MESSAGES: Mapping[str, str] = _Messages()
 
 
-class CliError(Exception):
-    """An error of the command line itself: a code, its fields, an exit status."""
-
-    def __init__(self, code: str, status: int = EXIT_ERROR, **fields: object) -> None:
-        self.code = code
-        self.status = status
-        self.fields = fields
-        super().__init__(code)
-
-
-def error_text(code: str, fields: Mapping[str, object], language: str | None = None) -> str:
-    """The message of an error code as a clause: no capital, no final period.
-
-    The command line's own wording of a code (``cli.error.<code>``) wins
-    over the library's, and a password policy's rule has its own
-    (:func:`account_merge.messages.error_key`); a code without message
-    gets the generic one.
-    """
-    key = (f"cli.error.{code}" if messages.has_message(f"cli.error.{code}")
-           else messages.error_key(code, fields.get("rule")))
-    text = messages.message(key, language, **fields).removesuffix(".")
-    return text[:1].lower() + text[1:]
-
-
-def describe(code: str, fields: Mapping[str, object], language: str | None = None) -> str:
-    """The line for an error: ``Erreur : <message> (<code>)`` in French."""
-    text = error_text(code, fields, language)
-    return messages.message("cli.error_line", language, message=text, code=code)
+#: An error of the command line itself (a code, its fields, an exit status);
+#: the jobs on files raise it too (:mod:`account_merge.registers`).
+CliError = JobError
 
 
 def _library_fields(error: AccountMergeError) -> dict[str, object]:
@@ -476,249 +459,31 @@ def cmd_events(session: _Session) -> int:
     return 0
 
 
-# -- issue-batch -----------------------------------------------------------------------
+# -- issue-batch and sync ---------------------------------------------------------------
 
-CSV_COLUMNS = ("uai", "eleve_id", "eleve_prenom", "eleve_nom", "responsable_id", "responsable_nom")
-
-#: The CSV column of each field the library names in ``invalid_input``.
-_CSV_FIELDS = {
-    "uai": "uai",
-    "child id": "eleve_id",
-    "child first_name": "eleve_prenom",
-    "child last_name": "eleve_nom",
-    "responsable_nom": "responsable_nom",
-}
-
-
-class _Family:
-    """The rows of one letter: a responsable of one establishment and their children."""
-
-    def __init__(self, uai: str, responsable_id: str, name: str, line: int) -> None:
-        self.uai = uai
-        self.responsable_id = responsable_id
-        self.name = name
-        self.first_line = line
-        self.children: list[Child] = []
-        self.child_lines: dict[str, int] = {}
-        self.bad_lines: list[int] = []
-
-
-class _Batch:
-    """A school's CSV, checked row by row before anything is issued."""
-
-    def __init__(self) -> None:
-        self.families: dict[tuple[str, str], _Family] = {}
-        self.errors: list[tuple[int, str]] = []
-        self.pupils: dict[str, tuple[Child, int]] = {}
-
-    def bad(self, line: int, message: str, family: _Family | None) -> None:
-        self.errors.append((line, message))
-        if family is not None:
-            family.bad_lines.append(line)
-
-    @property
-    def good(self) -> list[_Family]:
-        return [f for f in self.families.values() if not f.bad_lines]
-
-    @property
-    def refused(self) -> list[_Family]:
-        return [f for f in self.families.values() if f.bad_lines]
-
-
-def _cell(row: dict[str | None, Any], column: str) -> str:
-    value = row.get(column)
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _check_row(service: MergeService, batch: _Batch, row: dict[str | None, Any], line: int,
-               known: dict[str, Establishment | None], hint: str | None) -> None:
-    """Check one row; a bad row is reported with its line and spoils its family."""
-    responsable_id = _cell(row, "responsable_id")
-    name = _cell(row, "responsable_nom")
-    key = (_cell(row, "uai").upper(), responsable_id)
-    family = batch.families.get(key)
-    if family is None and responsable_id:
-        family = batch.families[key] = _Family(key[0], responsable_id, name, line)
-    if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
-        batch.bad(line, _("cli.batch.bad_columns"), family)
-        return
-    if family is None:
-        batch.bad(line, _("cli.batch.no_family"), None)
-        return
-    try:
-        uai = validate_uai(key[0])
-        if uai not in known:
-            known[uai] = service.find_establishment(uai)
-        if known[uai] is None:
-            raise CliError("unknown_establishment", uai=uai,
-                           hint=hint if hint is not None else _("cli.add_establishment"))
-        check_text("responsable_nom", name)
-        child = Child(_cell(row, "eleve_id"), _cell(row, "eleve_prenom"),
-                      _cell(row, "eleve_nom"), uai)
-    except InvalidInput as error:
-        column = _CSV_FIELDS.get(error.field, error.field)
-        batch.bad(line, f"{error_text(error.code, {'field': column})} ({error.code})", family)
-        return
-    except CliError as error:
-        batch.bad(line, f"{error_text(error.code, error.fields)} ({error.code})", family)
-        return
-    if name != family.name:
-        batch.bad(line, _("cli.batch.other_name", line=family.first_line), family)
-        return
-    if child.id in family.child_lines:
-        batch.bad(line, _("cli.batch.pupil_twice", id=child.id,
-                          line=family.child_lines[child.id]), family)
-        return
-    seen = batch.pupils.get(child.id)
-    if seen is not None and seen[0] != child:
-        batch.bad(line, _("cli.batch.pupil_differs", id=child.id, line=seen[1]), family)
-        return
-    batch.pupils.setdefault(child.id, (child, line))
-    family.children.append(child)
-    family.child_lines[child.id] = line
-
-
-def _read_batch(service: MergeService, path: Path, encoding: str, hint: str | None) -> _Batch:
-    with path.open(encoding=encoding, newline="") as handle:
-        header = handle.readline()
-        delimiter = ";" if header.count(";") > header.count(",") else ","
-        handle.seek(0)
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        columns = [c.strip() for c in reader.fieldnames or ()]
-        missing = [c for c in CSV_COLUMNS if c not in columns]
-        if missing:
-            raise CliError("invalid_csv", detail=_("cli.batch.missing_columns",
-                                                   missing=", ".join(missing),
-                                                   expected=",".join(CSV_COLUMNS)))
-        reader.fieldnames = columns
-        batch = _Batch()
-        known: dict[str, Establishment | None] = {}
-        try:
-            for row in reader:
-                _check_row(service, batch, row, reader.line_num, known, hint)
-        except (csv.Error, UnicodeDecodeError) as error:
-            raise CliError("invalid_csv",
-                           detail=_("cli.batch.line", line=reader.line_num + 1,
-                                    message=error)) from None
-    return batch
-
-
-class Output(Protocol):
-    """Where a command writes: a text stream (a file, ``sys.stdout``, a Django command's)."""
-
-    def write(self, text: str, /) -> Any: ...
-
-    def flush(self) -> Any: ...
-
-    def isatty(self) -> bool: ...
-
-
-class _Progress:
-    """A progress bar on standard error (a line every tenth when it is not a terminal)."""
-
-    def __init__(self, total: int, stream: Output) -> None:
-        self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._shown = -1
-
-    def after(self, before: int) -> Callable[[int], None]:
-        """A progress callback for a batch that follows *before* letters already issued."""
-        return lambda done: self.update(before + done)
-
-    def update(self, done: int) -> None:
-        step = done * (100 if self.tty else 10) // max(1, self.total)
-        if step == self._shown and done != self.total:
-            return
-        self._shown = step
-        width = 30
-        filled = width * done // max(1, self.total)
-        bar = "█" * filled + "·" * (width - filled)
-        text = f"{_('cli.batch.progress')} [{bar}] {done}/{self.total}"
-        if self.tty:
-            end = "\n" if done == self.total else ""
-            print(f"\r{text}", end=end, file=self.stream, flush=True)
-        else:
-            print(text, file=self.stream, flush=True)
-
-
-def _write_letter(folder: Path, letter: NotificationLetter) -> Path:
-    path = folder / f"{letter.login}.txt"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(messages.render_letter(letter))
-    return path
+#: The columns of ``issue-batch`` (kept here for compatibility).
+CSV_COLUMNS = SCHOOL_CSV_COLUMNS
 
 
 def cmd_issue_batch(session: _Session) -> int:
     args = session.args
     session.require_db()
     return issue_batch(session.service, Path(args.csv), Path(args.out), encoding=args.encoding,
-                       workers=args.workers, out=session.out, err=session.err)
+                       workers=args.workers, out=session.out, err=session.err,
+                       add_establishment=ADD_ESTABLISHMENT)
 
 
-def issue_batch(
-    service: MergeService,
-    csv_path: Path,
-    folder: Path,
-    *,
-    encoding: str = "utf-8-sig",
-    workers: int | None = None,
-    out: Output | None = None,
-    err: Output | None = None,
-    add_establishment: str | None = ADD_ESTABLISHMENT,
-) -> int:
-    """Issue the letters of a school's CSV into *folder*, as ``issue-batch`` does.
-
-    The establishments named in the CSV must be in the service's store.
-    Every row is checked first; the families without a bad row are issued
-    (hashing on *workers* processes), each letter written to
-    ``folder/<login>.txt`` with an index ``folder/courriers.csv``.  Returns
-    0, or raises :class:`CliError` (``folder_not_empty``, ``invalid_csv``,
-    ``bad_rows`` after issuing the good families).  *add_establishment*
-    tells how to add an establishment the CSV names but the store lacks.
-    Texts and letters are in the language of :func:`account_merge.messages.get_language`.
-    """
-    out = out if out is not None else sys.stdout
-    err = err if err is not None else sys.stderr
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise CliError("folder_not_empty", EXIT_USAGE, path=str(folder))
-    batch = _read_batch(service, csv_path, encoding, add_establishment)
-    for line, problem in sorted(batch.errors):
-        print(_("cli.batch.line", line=line, message=problem), file=err)
-    for family in batch.refused:
-        lines = ", ".join(str(n) for n in sorted({family.first_line, *family.bad_lines,
-                                                   *family.child_lines.values()}))
-        print(_("cli.batch.family_refused", id=family.responsable_id, uai=family.uai,
-                lines=lines), file=err)
-    good = batch.good
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    progress = _Progress(len(good), err)
-    progress.update(0)
-    issued = 0
-    with (folder / "courriers.csv").open("x", encoding="utf-8", newline="") as index_file:
-        index = csv.writer(index_file)
-        index.writerow(["uai", "responsable_id", "responsable_nom", "identifiant",
-                        "compte_id", "fichier"])
-        by_uai: dict[str, list[_Family]] = {}
-        for family in good:
-            by_uai.setdefault(family.uai, []).append(family)
-        for uai, families in by_uai.items():
-            establishment = _stored_establishment(service, uai, add_establishment)
-            letters: Iterator[NotificationLetter] = service.issue_accounts(
-                establishment, ((f.name, f.children) for f in families), workers=workers,
-                progress=progress.after(issued))
-            for family, letter in zip(families, letters, strict=True):
-                path = _write_letter(folder, letter)
-                index.writerow([uai, family.responsable_id, family.name, letter.login,
-                                letter.account_id, path.name])
-                index_file.flush()
-                issued += 1
-    print(_("cli.batch.done", count=issued, folder=folder, index=folder / "courriers.csv"),
-          file=out)
-    if batch.errors:
-        raise CliError("bad_rows", rows=len({line for line, _problem in batch.errors}),
-                       refused=len(batch.refused), issued=issued)
+def cmd_sync(session: _Session) -> int:
+    args = session.args
+    session.require_db()
+    establishment = session.establishment(args.uai)
+    register = open_register(Path(args.file), establishment.uai, kind=args.format,
+                             eleves=args.eleves, everyone=args.all_responsables)
+    sync_file(session.service, establishment, register,
+              folder=Path(args.out) if args.out else None, partial=args.partial, yes=args.yes,
+              dry_run=args.dry_run, workers=args.workers,
+              confirm=lambda: ask(_("sync.confirm"), out=session.out),
+              out=session.out, err=session.err)
     return 0
 
 
@@ -847,6 +612,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help=_("cli.batch.workers"))
     batch.add_argument("--encoding", default="utf-8-sig", metavar=_("cli.metavar.encoding"),
                        help=_("cli.batch.encoding"))
+
+    sync = command("sync", cmd_sync,
+                   "account-merge sync 0869999B ResponsablesAvecAdresses.xml --out courriers/")
+    sync.add_argument("uai", metavar="UAI", help=_("cli.sync.uai"))
+    sync.add_argument("file", metavar=_("cli.metavar.file"), help=_("cli.sync.file"))
+    sync.add_argument("--format", choices=("csv", "siecle"), help=_("cli.sync.format"))
+    sync.add_argument("--eleves", metavar=_("cli.metavar.file"), help=_("cli.sync.eleves"))
+    sync.add_argument("--all-responsables", action="store_true",
+                      help=_("cli.sync.all_responsables"))
+    sync.add_argument("--partial", action="store_true", help=_("cli.sync.partial"))
+    sync.add_argument("--dry-run", action="store_true", help=_("cli.sync.dry_run"))
+    sync.add_argument("--yes", action="store_true", help=_("cli.sync.yes"))
+    sync.add_argument("--out", metavar=_("cli.metavar.folder"), help=_("cli.sync.out"))
+    sync.add_argument("--workers", type=_positive, default=default_workers(), metavar="N",
+                      help=_("cli.batch.workers"))
 
     activate = command("activate", cmd_activate, "account-merge activate claire.robert")
     activate.add_argument("login", metavar=_("cli.metavar.login"))

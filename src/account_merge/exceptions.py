@@ -10,7 +10,11 @@ The table of codes is pinned by a test and listed in ``docs/errors.md``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from account_merge.domain.register import RegisterProblem
 
 __all__ = [
     "AccountMergeError",
@@ -22,6 +26,7 @@ __all__ = [
     "IdentityRuleRefused",
     "InvalidCredentials",
     "InvalidInput",
+    "InvalidRegister",
     "InvalidToken",
     "LoginTaken",
     "NotAuthorized",
@@ -263,6 +268,28 @@ class InvalidInput(AccountMergeError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class InvalidRegister(InvalidInput):
+    """A school's register refused whole: ``problems`` names every bad line.
+
+    Raised by :meth:`~account_merge.MergeService.sync_register` (and the
+    readers of :mod:`account_merge.registers`) before anything is written.
+    Each problem is a :class:`~account_merge.domain.register.RegisterProblem`
+    (the line, the responsable's external id, a stable ``kind`` and an
+    English text).
+    """
+
+    #: How many problems the message spells out (all of them are in ``problems``).
+    SHOWN = 20
+
+    def __init__(self, problems: Sequence[RegisterProblem]) -> None:
+        self.problems: tuple[RegisterProblem, ...] = tuple(problems)
+        shown = "; ".join(str(p) for p in self.problems[:self.SHOWN])
+        more = len(self.problems) - self.SHOWN
+        if more > 0:
+            shown += f"; and {more} more"
+        super().__init__("register", f"{len(self.problems)} problem(s): {shown}")
 
 
 class StorageError(AccountMergeError):

@@ -13,6 +13,7 @@ from account_merge.contrib.django.storage import DjangoStorage
 #: The app's tables, children before parents (so that deleting in order is allowed).
 TABLES = [model._meta.db_table for model in (
     models.Notice, models.NoticeCursor, models.EmailIndexEntry,  # the way back's tiers
+    models.RegisterEntry, models.RegisterClosure,
     models.ChildLink, models.Credential, models.Child, models.Receipt, models.Throttle,
     models.OutboxEvent, models.AuditEntry, models.EstablishmentStaff, models.Establishment,
     models.Account,

@@ -33,11 +33,19 @@ class Role(enum.Enum):
 
 
 class AccountStatus(enum.Enum):
-    """The life of an account: PROVISIONAL -> ACTIVE, either -> MERGED."""
+    """The life of an account: PROVISIONAL -> ACTIVE, either -> MERGED.
+
+    CLOSED is set by the school's register only (see
+    :mod:`account_merge.domain.register`): an account left with no child
+    opens nothing and merges with nothing; it keeps its credential, so
+    that the register can open it again, as it was, if its responsable
+    comes back with a child.
+    """
 
     PROVISIONAL = "provisional"
     ACTIVE = "active"
     MERGED = "merged"
+    CLOSED = "closed"
 
 
 class CredentialKind(enum.Enum):
@@ -94,8 +102,8 @@ class Account:
 
     @property
     def is_live(self) -> bool:
-        """True unless the account was absorbed by a merge."""
-        return self.status is not AccountStatus.MERGED
+        """True for an account in use: PROVISIONAL or ACTIVE (not absorbed, not closed)."""
+        return self.status in (AccountStatus.PROVISIONAL, AccountStatus.ACTIVE)
 
 
 @attrs.frozen

@@ -29,6 +29,7 @@ class AuditAction(enum.Enum):
     CONFIRM_EMAIL = "confirm_email"
     REISSUE_LETTER = "reissue_letter"
     NOTICE = "notice"
+    SYNC_REGISTER = "sync_register"
 
 
 @attrs.frozen

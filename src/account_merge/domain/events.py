@@ -13,8 +13,12 @@ import attrs
 
 __all__ = [
     "AccountActivated",
+    "AccountClosed",
     "AccountIssued",
+    "AccountReopened",
     "AccountsMerged",
+    "ChildAttached",
+    "ChildDetached",
     "EmailChanged",
     "EmailVerificationRequested",
     "Event",
@@ -25,6 +29,7 @@ __all__ = [
     "PasswordChanged",
     "PasswordReset",
     "PasswordResetRequested",
+    "RegisterSynced",
     "event_from_payload",
 ]
 
@@ -175,11 +180,66 @@ class LetterReissued(Event):
     email: str | None = None
 
 
+# -- the school's register ---------------------------------------------------------
+
+
+@attrs.frozen
+class ChildAttached(Event):
+    """A register sync attached a newly listed child to a live account (no letter)."""
+
+    name: ClassVar[str] = "child_attached"
+    account_id: str
+    child_id: str
+    establishment_uai: str
+
+
+@attrs.frozen
+class ChildDetached(Event):
+    """A register sync removed a child the establishment's register no longer lists."""
+
+    name: ClassVar[str] = "child_detached"
+    account_id: str
+    child_id: str
+    establishment_uai: str
+
+
+@attrs.frozen
+class AccountClosed(Event):
+    """A register sync left the account with no child: it opens nothing any more."""
+
+    name: ClassVar[str] = "account_closed"
+    account_id: str
+    establishment_uai: str
+
+
+@attrs.frozen
+class AccountReopened(Event):
+    """A register sync listed a child again for a closed account: it opens again."""
+
+    name: ClassVar[str] = "account_reopened"
+    account_id: str
+    establishment_uai: str
+
+
+@attrs.frozen
+class RegisterSynced(Event):
+    """An establishment's register was synced (``mode``: ``full`` or ``partial``)."""
+
+    name: ClassVar[str] = "register_synced"
+    establishment_uai: str
+    mode: str
+    issued: int
+    attached: int
+    detached: int
+    closed: int
+
+
 _EVENTS: dict[str, type[Event]] = {
     cls.name: cls
     for cls in (AccountIssued, AccountActivated, AccountsMerged, MergeSplit,
                 PasswordChanged, EmailChanged, PasswordResetRequested, PasswordReset,
-                LoginReminderRequested, EmailVerificationRequested, LetterReissued)
+                LoginReminderRequested, EmailVerificationRequested, LetterReissued,
+                ChildAttached, ChildDetached, AccountClosed, AccountReopened, RegisterSynced)
 }
 
 

@@ -3,7 +3,8 @@
 The service verifies exactly one hash per attempt (rule I7): the one this
 module names, or none (then the verifier works against a dummy hash).  A
 credential opens an account only for the purposes below; anything else is
-the same ``invalid_credentials`` after the same work.
+the same ``invalid_credentials`` after the same work.  An account the
+school's register closed opens nothing, whatever the purpose.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def _usable(account: Account, credential: Credential, now: datetime) -> bool:
         return provisional
     if account.status is AccountStatus.ACTIVE:
         return not provisional
-    return True  # MERGED: the credential it had when it was absorbed
+    # MERGED: the credential it had when it was absorbed; CLOSED (by the
+    # register): nothing, for any purpose.
+    return account.status is AccountStatus.MERGED
 
 
 def openable_hash(account: Account | None, credential: Credential | None, now: datetime,

@@ -18,6 +18,7 @@ tier               where its methods are           what needs it
                                                    ``confirm_email``
 ``notices``        the unit of work:               ``deliver_notices``
                    :class:`Notices`
+``register``       the unit of work: ``Register``  ``sync_register``, ``split``
 =================  ==============================  =================================
 """
 
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from account_merge.exceptions import NotSupported
+from account_merge.ports.register import Register
 
 if TYPE_CHECKING:
     from account_merge.domain.events import OutboxEntry
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from account_merge.ports.storage import AccountRecord
     from account_merge.storage.bulk import BulkAccount
 
-__all__ = ["BulkLoad", "EmailIndex", "Notices", "require_tier", "supports"]
+__all__ = ["BulkLoad", "EmailIndex", "Notices", "Register", "require_tier", "supports"]
 
 
 @runtime_checkable
@@ -115,6 +117,9 @@ class Notices(Protocol):
 #: The tier names, by protocol.
 TIER_NAMES: dict[type, str] = {BulkLoad: "bulk_load"}
 TIER_NAMES.update({EmailIndex: "email_index", Notices: "notices"})
+
+# Tier ``register`` (the school's register); its types are in ports/register.py.
+TIER_NAMES[Register] = "register"
 
 
 def supports(obj: object, tier: type) -> bool:

@@ -43,6 +43,8 @@ The settings (:data:`SETTINGS`), all optional:
 ``RESET_VALIDITY`` (s)                how long a password-reset link works
 ``EMAIL_CONFIRMATION_VALIDITY`` (s)   how long an e-mail confirmation link works
 ``NOTICE_ATTEMPTS``                   failed sends before a notice is given up
+``REGISTER_PAGE``                     register records a sync reads per unit of work
+``REGISTER_BATCH``                    accounts a register sync settles per unit of work
 ====================================  ===============================================
 """
 
@@ -87,6 +89,7 @@ SETTINGS: Final[frozenset[str]] = frozenset({
     "ARGON2_MAX_CONCURRENT", "ARGON2_WARN_IF_WEAK",
     # the way back
     "SECRET_KEY", "LINKS", "RESET_VALIDITY", "EMAIL_CONFIRMATION_VALIDITY", "NOTICE_ATTEMPTS",
+    "REGISTER_PAGE", "REGISTER_BATCH",
 })
 
 
@@ -174,6 +177,9 @@ def read_settings(values: Mapping[str, Any], *, name: Callable[[str], str] = str
             policy_options[key.lower()] = reader.seconds(key)
     if "NOTICE_ATTEMPTS" in given:
         policy_options["notice_attempts"] = reader.int("NOTICE_ATTEMPTS")
+    for key in ("REGISTER_PAGE", "REGISTER_BATCH"):
+        if key in given:
+            policy_options[key.lower()] = reader.int(key)
     with reader.renaming(""):
         policies = Policies(**policy_options)
     clock = reader.callable("CLOCK") if "CLOCK" in given else None

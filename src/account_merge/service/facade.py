@@ -19,6 +19,8 @@ to the module of that actor's goal:
   :mod:`~account_merge.service.letters` (an establishment re-issues a
   lost letter), :mod:`~account_merge.service.notices` (the host sends
   what parents should hear about).
+- :mod:`~account_merge.service.register`: an establishment syncs the
+  accounts with its register.
 
 The expensive step, the argon2 hash, always runs outside any transaction
 (see :mod:`~account_merge.service.credential_check`).
@@ -41,6 +43,7 @@ from account_merge.domain.events import OutboxEntry
 from account_merge.domain.letter import NotificationLetter
 from account_merge.domain.passwords import PasswordPolicy
 from account_merge.domain.receipts import MergeReceipt, SplitReceipt
+from account_merge.domain.register import RegisterEntry, RegisterLetter, SyncReport
 from account_merge.domain.secret import Secret
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidInput
@@ -58,6 +61,7 @@ from account_merge.service import (
     own_account,
     reading,
     recovery,
+    register,
     splitting,
 )
 from account_merge.service.bootstrap import build_context
@@ -194,6 +198,33 @@ class MergeService:
         account holding it.
         """
         return splitting.split(self._ctx, establishment, account_id)
+
+    def sync_register(self, establishment: Establishment, entries: Iterable[RegisterEntry], *,
+                      dry_run: bool = False, partial: bool = False,
+                      workers: int | None = None,
+                      progress: Callable[[str, int, int | None], None] | None = None,
+                      on_letter: Callable[[RegisterLetter], None] | None = None,
+                      ) -> SyncReport:
+        """Bring the establishment's accounts in line with its register (SIECLE, ONDE, a CSV).
+
+        *entries* is the whole register by default: a responsable it lists
+        for the first time gets a letter (hashed on *workers* processes), a
+        known one keeps their account, login and password; newly listed
+        children join the live account holding their responsable's letter;
+        children it no longer lists leave; an account left with no child
+        is closed.  With ``partial=True`` *entries* is a delta: only the
+        responsables it lists change, nobody leaves.  A register that does
+        not hold together is refused whole (``invalid_input``, an
+        :class:`~account_merge.exceptions.InvalidRegister` naming every bad
+        line) before anything is written.  ``dry_run=True`` writes nothing,
+        hashes nothing, and returns the same report.  *progress* is told
+        ``(stage, done, total)``; *on_letter* gets each letter as soon as it
+        is stored.  The store needs the ``register`` tier (``not_supported``
+        otherwise).  See ``docs/register.md``.
+        """
+        return register.sync_register(self._ctx, establishment, entries, dry_run=dry_run,
+                                      partial=partial, workers=workers, progress=progress,
+                                      on_letter=on_letter)
 
     # -- a parent's own account ---------------------------------------------------
     def activate(self, login: str, provisional_password: str | Secret,

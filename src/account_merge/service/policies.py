@@ -72,6 +72,9 @@ def _length(_: Any, __: Any, value: Any) -> None:
 def _attempts(_: Any, attribute: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInput(attribute.name, "must be a positive int")
+def _count(_: Any, attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+        raise InvalidInput(attribute.name, "must be an int from 1 to 100000")
 
 
 @attrs.frozen(kw_only=True)
@@ -96,6 +99,12 @@ class Policies:
       works (24 hours, NIST SP 800-63B's bound for e-mailed codes);
     - ``notice_attempts``: failed sends after which a notice is given up
       (10; one attempt per ``deliver_notices`` run).
+
+    The school's register:
+
+    - ``register_page``: records a register sync reads per unit of work
+      (1000); ``register_batch``: live accounts a sync settles per unit of
+      work, under lock (100).
     """
 
     password_policy: PasswordPolicy = attrs.field(factory=CnilPasswordPolicy,
@@ -110,3 +119,6 @@ class Policies:
     email_confirmation_validity: timedelta = attrs.field(default=timedelta(hours=24),
                                                          validator=_validity)
     notice_attempts: int = attrs.field(default=10, validator=_attempts)
+    # The school's register (service/register.py).
+    register_page: int = attrs.field(default=1000, validator=_count)
+    register_batch: int = attrs.field(default=100, validator=_count)

@@ -21,14 +21,22 @@ from typing import Any, Self
 
 import attrs
 
-from account_merge.domain.account import Account, AccountStatus, Credential
+from account_merge.domain.account import Account, AccountStatus, Credential, Role
 from account_merge.domain.audit import AuditRecord
 from account_merge.domain.child import ChildLink
 from account_merge.domain.establishment import Establishment
 from account_merge.domain.events import OutboxEntry
 from account_merge.domain.notices import NoticeState, NoticeStatus
+from account_merge.domain.register import RegisterRecord
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import ExpectationFailed, LoginTaken
+from account_merge.ports.register import (
+    Closure,
+    RegisterChanges,
+    RegisterFetch,
+    RegisterFetched,
+    RegisterPage,
+)
 from account_merge.ports.storage import (
     AccountRecord,
     ChangeSet,
@@ -63,6 +71,16 @@ class _Tables:
         # tier notices: the states by id, and the last outbox position turned into notices
         self.notices: dict[str, NoticeState] = {}
         self.notice_cursor = 0
+        # tier ``register``: records by (uai, external id), paged in insertion order
+        self.register: dict[tuple[str, str], RegisterRecord] = {}
+        self.register_order: dict[str, list[str]] = {}
+        self.register_position: dict[tuple[str, str], int] = {}
+        self.register_by_account: dict[str, dict[tuple[str, str], None]] = {}
+        self.closures: dict[str, Closure] = {}
+        # links by the establishment whose letter gave them: uai -> child id -> account ids
+        self.origin_links: dict[str, dict[str, dict[str, None]]] = {}
+        self.origin_order: dict[str, list[str]] = {}
+        self.origin_position: dict[tuple[str, str], int] = {}
 
 
 class InMemoryStorage:
@@ -243,10 +261,12 @@ class _InMemoryUnitOfWork:
         for link in changes.unlink:
             bucket = t.links.get(link.account_id, {})
             if link.child.id in bucket:
+                self._index_origin(bucket[link.child.id], None)
                 self._set(t.links, link.account_id,
                           {k: v for k, v in bucket.items() if k != link.child.id})
         for link in changes.link:
             bucket = t.links.get(link.account_id, {})
+            self._index_origin(bucket.get(link.child.id), link)
             self._set(t.links, link.account_id, {**bucket, link.child.id: link})
         for state in changes.throttles:
             self._set(t.throttles, state.key, state)
@@ -270,6 +290,105 @@ class _InMemoryUnitOfWork:
         if new.merged_into is not None:
             bucket = t.absorbed.get(new.merged_into, {})
             self._set(t.absorbed, new.merged_into, {**bucket, new.id: None})
+
+    def _index_origin(self, old: ChildLink | None, new: ChildLink | None) -> None:
+        """Keep the index of links by the establishment whose letter gave them."""
+        t = self._t
+        if old is not None:
+            holders = t.origin_links.get(old.origin_establishment_uai, {})
+            accounts = holders.get(old.child.id, {})
+            if old.account_id in accounts:
+                self._set(holders, old.child.id,
+                          {k: None for k in accounts if k != old.account_id})
+        if new is not None:
+            uai, child_id = new.origin_establishment_uai, new.child.id
+            holders = t.origin_links.setdefault(uai, {})
+            self._set(holders, child_id, {**holders.get(child_id, {}), new.account_id: None})
+            if (uai, child_id) not in t.origin_position:
+                order = t.origin_order.setdefault(uai, [])
+                self._set(t.origin_position, (uai, child_id), len(order))
+                self._append(order, child_id)
+
+    # tier ``register`` -------------------------------------------------------
+    def register_fetch(self, request: RegisterFetch) -> RegisterFetched:
+        self._check_open()
+        t = self._t
+        by_account = {
+            account_id: tuple(t.register[key] for key in t.register_by_account.get(account_id, {}))
+            for account_id in request.accounts}
+        origin: dict[str, tuple[ChildLink, ...]] = {}
+        holders = t.origin_links.get(request.establishment or "", {})
+        for child_id in request.origin_links:
+            origin[child_id] = tuple(
+                t.links[a][child_id] for a in holders.get(child_id, {})
+                if t.accounts[a].role is Role.RESPONSABLE)
+        return RegisterFetched(
+            entries={k: r for k in request.entries if (r := t.register.get(k)) is not None},
+            by_account=by_account,
+            origin_links=origin,
+            closures={a: c for a in request.closures if (c := t.closures.get(a)) is not None},
+        )
+
+    def register_apply(self, changes: RegisterChanges) -> None:
+        self._check_open()
+        t = self._t
+        for key in changes.drop:
+            old = t.register.get(key)
+            if old is not None:
+                self._delete(t.register, key)
+                self._unindex_record(old)
+        for record in changes.put:
+            key = record.key
+            old = t.register.get(key)
+            if old is not None:
+                self._unindex_record(old)
+            self._set(t.register, key, record)
+            bucket = t.register_by_account.get(record.account_id, {})
+            self._set(t.register_by_account, record.account_id, {**bucket, key: None})
+            if key not in t.register_position:
+                order = t.register_order.setdefault(record.establishment_uai, [])
+                self._set(t.register_position, key, len(order))
+                self._append(order, record.external_id)
+        for closure in changes.close:
+            self._set(t.closures, closure.account_id, closure)
+        for account_id in changes.reopen:
+            self._delete(t.closures, account_id)
+
+    def _unindex_record(self, record: RegisterRecord) -> None:
+        bucket = self._t.register_by_account.get(record.account_id, {})
+        self._set(self._t.register_by_account, record.account_id,
+                  {k: None for k in bucket if k != record.key})
+
+    def register_page(self, establishment_uai: str, cursor: str | None,
+                      limit: int) -> RegisterPage:
+        self._check_open()
+        t = self._t
+        order = t.register_order.get(establishment_uai, [])
+        start = int(cursor) if cursor else 0
+        items: list[RegisterRecord] = []
+        index = start
+        while index < len(order) and len(items) < limit:
+            record = t.register.get((establishment_uai, order[index]))
+            if record is not None:
+                items.append(record)
+            index += 1
+        return RegisterPage(tuple(items), str(index) if index < len(order) else None)
+
+    def linked_children_page(self, establishment_uai: str, cursor: str | None,
+                             limit: int) -> RegisterPage:
+        self._check_open()
+        t = self._t
+        order = t.origin_order.get(establishment_uai, [])
+        holders = t.origin_links.get(establishment_uai, {})
+        start = int(cursor) if cursor else 0
+        items: list[str] = []
+        index = start
+        while index < len(order) and len(items) < limit:
+            child_id = order[index]
+            if any(t.accounts[a].role is Role.RESPONSABLE for a in holders.get(child_id, {})):
+                items.append(child_id)
+            index += 1
+        return RegisterPage(tuple(items), str(index) if index < len(order) else None)
 
     def _mark_published(self, positions: tuple[int, ...]) -> None:
         outbox = self._t.outbox

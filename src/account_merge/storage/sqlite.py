@@ -17,7 +17,10 @@ of thing it names (accounts by login and by id together, with their
 credentials), a :class:`~account_merge.ports.ChangeSet` by one
 ``executemany`` per part, in the change set's order; the SQL text of each
 statement is built once, so that :mod:`sqlite3` reuses its prepared
-statement.
+statement.  The store has the optional tiers ``email_index`` and
+``notices`` (:mod:`account_merge.ports.tiers`, schema version 4) and
+``register`` (:mod:`account_merge.ports.register`, schema version 5),
+whose passes page by external id and by child id through indexes.
 
 The schema's version is kept in ``PRAGMA user_version`` and the file is
 marked as an account_merge store by ``PRAGMA application_id``; forward
@@ -55,6 +58,7 @@ from account_merge.domain.establishment import Establishment
 from account_merge.domain.events import OutboxEntry, event_from_payload
 from account_merge.domain.notices import NoticeState, NoticeStatus
 from account_merge.domain.receipts import MergeReceipt
+from account_merge.domain.register import RegisterRecord
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import (
     AccountMergeError,
@@ -63,6 +67,13 @@ from account_merge.exceptions import (
     InvalidInput,
     LoginTaken,
     StorageError,
+)
+from account_merge.ports.register import (
+    Closure,
+    RegisterChanges,
+    RegisterFetch,
+    RegisterFetched,
+    RegisterPage,
 )
 from account_merge.ports.storage import (
     AccountRecord,
@@ -200,6 +211,28 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             one INTEGER PRIMARY KEY CHECK (one = 1),
             position INTEGER NOT NULL
         )""",
+    ),
+    # 4 -> 5: the school's register (tier ``register``): its records (the
+    # children as JSON, [id, first name, last name, UAI], sorted by id), the
+    # accounts it closed, and the links found by the establishment whose
+    # letter gave them.
+    (
+        """CREATE TABLE register (
+            establishment_uai TEXT NOT NULL,
+            external_id TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            display_name TEXT NOT NULL,
+            email TEXT,
+            children TEXT NOT NULL,
+            PRIMARY KEY (establishment_uai, external_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX register_by_account ON register (account_id)",
+        """CREATE TABLE closures (
+            account_id TEXT PRIMARY KEY,
+            establishment_uai TEXT NOT NULL,
+            closed_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX links_by_origin ON links (origin_establishment_uai, child_id)",
     ),
 )
 
@@ -535,6 +568,68 @@ _APPEND_EVENT = "INSERT INTO outbox (name, payload) VALUES (?, ?)"
 _MARK_PUBLISHED = "UPDATE outbox SET published = 1 WHERE position = ? AND published = 0"
 _APPEND_AUDIT = ("INSERT INTO audit (at, action, outcome, actor, account_id, login, detail)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+# -- tier ``register`` ---------------------------------------------------------------
+_REGISTER_COLUMNS = "establishment_uai, external_id, account_id, display_name, email, children"
+
+
+def _register_from_row(row: Sequence[Any]) -> RegisterRecord:
+    return RegisterRecord(row[0], row[1], row[2], row[3], row[4], tuple(
+        Child(id=c[0], first_name=c[1], last_name=c[2], establishment_uai=c[3])
+        for c in json.loads(row[5])))
+
+
+def _register_values(record: RegisterRecord) -> tuple[Any, ...]:
+    return (record.establishment_uai, record.external_id, record.account_id,
+            record.display_name, record.email,
+            json.dumps([[c.id, c.first_name, c.last_name, c.establishment_uai]
+                        for c in record.children], ensure_ascii=False))
+
+
+@functools.cache
+def _select_register_keys(count: int) -> str:
+    either = " OR ".join(["(establishment_uai = ? AND external_id = ?)"] * count)
+    return f"SELECT {_REGISTER_COLUMNS} FROM register WHERE {either}"
+
+
+@functools.cache
+def _select_register_accounts(count: int) -> str:
+    return (f"SELECT {_REGISTER_COLUMNS} FROM register WHERE account_id IN ({_marks(count)})"
+            " ORDER BY account_id, establishment_uai, external_id")
+
+
+@functools.cache
+def _select_origin_links(count: int) -> str:
+    columns = ", ".join(f"l.{c.strip()}" for c in _LINK_COLUMNS.split(","))
+    return (f"SELECT {columns} FROM links AS l JOIN accounts AS a ON a.id = l.account_id"
+            f" WHERE l.origin_establishment_uai = ? AND l.child_id IN ({_marks(count)})"
+            f" AND a.role = '{Role.RESPONSABLE.value}' ORDER BY l.account_id, l.seq")
+
+
+@functools.cache
+def _select_closures(count: int) -> str:
+    return ("SELECT account_id, establishment_uai, closed_at FROM closures"
+            f" WHERE account_id IN ({_marks(count)})")
+
+
+_REGISTER_PAGE = (f"SELECT {_REGISTER_COLUMNS} FROM register"
+                  " WHERE establishment_uai = ? AND external_id > ? ORDER BY external_id LIMIT ?")
+_LINKED_CHILDREN_PAGE = (
+    "SELECT DISTINCT l.child_id FROM links AS l JOIN accounts AS a ON a.id = l.account_id"
+    " WHERE l.origin_establishment_uai = ? AND l.child_id > ?"
+    f" AND a.role = '{Role.RESPONSABLE.value}' ORDER BY l.child_id LIMIT ?")
+_PUT_REGISTER = (
+    f"INSERT INTO register ({_REGISTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (establishment_uai, external_id) DO UPDATE SET"
+    " account_id = excluded.account_id, display_name = excluded.display_name,"
+    " email = excluded.email, children = excluded.children")
+_DROP_REGISTER = "DELETE FROM register WHERE establishment_uai = ? AND external_id = ?"
+_PUT_CLOSURE = (
+    "INSERT INTO closures (account_id, establishment_uai, closed_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (account_id) DO UPDATE SET establishment_uai = excluded.establishment_uai,"
+    " closed_at = excluded.closed_at")
+_DROP_CLOSURE = "DELETE FROM closures WHERE account_id = ?"
 
 
 def _is_login_clash(error: sqlite3.IntegrityError) -> bool:
@@ -1064,6 +1159,79 @@ class _SQLiteUnitOfWork:
             connection.executemany(_MARK_PUBLISHED, [(p,) for p in changes.published])
         if changes.audit:
             connection.executemany(_APPEND_AUDIT, [_audit_values(r) for r in changes.audit])
+
+    # tier ``register`` ----------------------------------------------------------------
+    def register_fetch(self, request: RegisterFetch) -> RegisterFetched:
+        connection = self._connection()
+        try:
+            found: dict[str, Any] = {}
+            if request.entries:
+                pairs = [part for key in request.entries for part in key]
+                found["entries"] = {
+                    (r.establishment_uai, r.external_id): r
+                    for r in (_register_from_row(row) for row in connection.execute(
+                        _select_register_keys(len(request.entries)), pairs))}
+            if request.accounts:
+                by_account: dict[str, list[RegisterRecord]] = {a: [] for a in request.accounts}
+                for row in connection.execute(_select_register_accounts(len(request.accounts)),
+                                              request.accounts):
+                    by_account[row[2]].append(_register_from_row(row))
+                found["by_account"] = {a: tuple(v) for a, v in by_account.items()}
+            if request.origin_links:
+                links: dict[str, list[ChildLink]] = {c: [] for c in request.origin_links}
+                for row in connection.execute(_select_origin_links(len(request.origin_links)),
+                                              (request.establishment, *request.origin_links)):
+                    links[row[1]].append(_link_from_row(row))
+                found["origin_links"] = {c: tuple(v) for c, v in links.items()}
+            if request.closures:
+                found["closures"] = {
+                    row[0]: Closure(row[0], row[1], datetime.fromisoformat(row[2]))
+                    for row in connection.execute(_select_closures(len(request.closures)),
+                                                  request.closures)}
+        except sqlite3.Error as error:
+            raise self._storage._error(error) from error
+        except _DECODING_ERRORS as error:
+            raise self._unreadable("a register record", error) from error
+        return RegisterFetched(**found)
+
+    def register_apply(self, changes: RegisterChanges) -> None:
+        connection = self._connection()
+        try:
+            if changes.drop:
+                connection.executemany(_DROP_REGISTER, changes.drop)
+            if changes.put:
+                connection.executemany(_PUT_REGISTER, [_register_values(r) for r in changes.put])
+            if changes.close:
+                connection.executemany(_PUT_CLOSURE, [
+                    (c.account_id, c.establishment_uai, c.closed_at.isoformat())
+                    for c in changes.close])
+            if changes.reopen:
+                connection.executemany(_DROP_CLOSURE, [(a,) for a in changes.reopen])
+        except sqlite3.Error as error:
+            raise self._storage._error(error) from error
+
+    def register_page(self, establishment_uai: str, cursor: str | None,
+                      limit: int) -> RegisterPage:
+        connection = self._connection()
+        try:
+            rows = connection.execute(_REGISTER_PAGE,
+                                      (establishment_uai, cursor or "", limit)).fetchall()
+            items = tuple(_register_from_row(row) for row in rows)
+        except sqlite3.Error as error:
+            raise self._storage._error(error) from error
+        except _DECODING_ERRORS as error:
+            raise self._unreadable("a register record", error) from error
+        return RegisterPage(items, items[-1].external_id if len(items) == limit else None)
+
+    def linked_children_page(self, establishment_uai: str, cursor: str | None,
+                             limit: int) -> RegisterPage:
+        connection = self._connection()
+        try:
+            ids = tuple(row[0] for row in connection.execute(
+                _LINKED_CHILDREN_PAGE, (establishment_uai, cursor or "", limit)))
+        except sqlite3.Error as error:
+            raise self._storage._error(error) from error
+        return RegisterPage(ids, ids[-1] if len(ids) == limit else None)
 
     def _missing(self, connection: sqlite3.Connection, ids: Iterable[str], what: str) -> None:
         """Raise ExpectationFailed naming the first of *ids* that is not stored, if any."""

@@ -8,6 +8,16 @@ give each origin letter's children to a new account of their own, named
 after that letter's responsable: no new account ever holds children of
 two origins.
 
+On a store with the ``register`` tier it also syncs each establishment's
+register (whole or partial, with names corrected, children added and
+removed, responsables gone and back), and checks after each sync: every
+child an entry lists is on the live account holding that entry's letter;
+a whole register leaves no child it does not list on a responsable's
+account, and loses none it lists (a partial one changes only the children
+of the responsables it lists); the same register again changes nothing;
+other establishments' letters and pupils' own accounts are untouched.  At
+every step, a child is on at most one live account per letter.
+
 >>> from account_merge import InMemoryStorage
 >>> Machine = build_state_machine(InMemoryStorage)
 >>> Machine.__name__
@@ -19,6 +29,7 @@ Run it with ``run_state_machine_as_test(Machine)`` or expose
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -30,15 +41,19 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
     multiple,
+    precondition,
     rule,
 )
 
 from account_merge.domain.account import AccountStatus, Role
 from account_merge.domain.child import Child
 from account_merge.domain.establishment import Establishment
+from account_merge.domain.register import RegisterEntry, SyncReport
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import AccountMergeError
 from account_merge.ports import Storage
+from account_merge.ports.register import Register
+from account_merge.ports.tiers import supports
 from account_merge.service import MergeService
 from account_merge.testing import CountingVerifier, FakeClock, make_establishment
 
@@ -50,6 +65,15 @@ _CHILDREN = tuple(
     Child(f"ine-{i}", name, "Robert", _ESTABLISHMENTS[i // 3].uai)
     for i, name in enumerate(["Dylan", "Florian", "Léa", "Inès", "Tom", "Zoé"])
 )
+#: The responsables a register may list, per establishment: (external id, names it may give).
+_RESPONSABLES = (("R0", ("Claire Robert", "Claire Durand")), ("R1", ("Marc Robert",)),
+                 ("R2", ("Paul Martin",)))
+#: A register: for some responsables, (which of their names, which of the school's children).
+_REGISTERS = st.dictionaries(st.integers(0, len(_RESPONSABLES) - 1),
+                             st.tuples(st.integers(0, 1),
+                                       st.lists(st.integers(0, 2), min_size=1, max_size=3,
+                                                unique=True)),
+                             max_size=len(_RESPONSABLES))
 _NO_THROTTLE = ThrottlePolicy(backoff_after=10**6, lock_after=10**6,
                               principal_per_hour=10**6, principal_per_day=10**6)
 
@@ -97,6 +121,12 @@ def build_state_machine(
             self.known_establishments: set[str] = set()
             self.issued_children: set[str] = set()
             self.passwords = 0
+            with self.storage.unit_of_work(write=False) as uow:
+                self.has_register = supports(uow, Register)
+            # per establishment: external id -> the children its register lists now
+            self.register: dict[str, dict[str, set[str]]] = {}
+            # (establishment, external id) -> the account issued (or adopted) for the entry
+            self.entry_account: dict[tuple[str, str], str] = {}
 
         def teardown(self) -> None:
             (close or (lambda s: s.close()))(self.storage)
@@ -141,6 +171,8 @@ def build_state_machine(
         def opens(self, status: AccountStatus, target: _Model, password: str) -> bool:
             """True if *password* is the credential an account in *status* holds."""
             now = self.clock()
+            if status is AccountStatus.CLOSED:
+                return False  # closed by the register: opens nothing
             if status is AccountStatus.PROVISIONAL:
                 return password == target.provisional and now < target.expires_at
             if status is AccountStatus.ACTIVE:
@@ -340,19 +372,169 @@ def build_state_machine(
             assert [c.id for c in receipt.moved] == moved
             # I3: only the establishment's own children move.
             assert all(c.establishment_uai == school.uai for c in receipt.moved)
+            letters = {live.id, *(m.id for m in self.model.values() if m.merged_into == live.id)}
+            held = self.service.attached_children(live.id)
+            # A letter split off takes every child its register entry lists that the account
+            # holds (some through another letter): the new account holds all its children.
+            extra = {origin: sorted(
+                c for (uai, ext), account in self.entry_account.items()
+                if account == origin and uai == school.uai
+                for c in self.register.get(uai, {}).get(ext, set())
+                if c in live.children and c not in kids) for origin, kids in origins.items()}
             for child_id in moved:
-                del live.children[child_id]
+                # Another letter the account holds lists the child in a register: it stays,
+                # credited to that letter; otherwise it leaves.
+                listing = {account for (uai, ext), account in self.entry_account.items()
+                           if account in letters
+                           and account != live.children[child_id][1]
+                           and child_id in self.register.get(uai, {}).get(ext, set())}
+                if listing:
+                    now = next((a for a in held if a.child.id == child_id), None)
+                    assert now is not None and now.origin_account_id in listing, (
+                        child_id, listing)
+                    live.children[child_id] = (now.via_merge, now.origin_account_id)
+                else:
+                    del live.children[child_id]
             # One new account per origin letter, named after its responsable, in link
             # order: no new account holds children of two origins.
             assert len(receipt.letters) == len(origins)
             new_ids = []
             for letter, (origin, kids) in zip(receipt.letters, origins.items(), strict=True):
-                assert [c.id for c in letter.children] == kids
+                for key, account_id in list(self.entry_account.items()):
+                    if account_id == origin and key[0] == school.uai:
+                        self.entry_account[key] = letter.account_id
+                assert [c.id for c in letter.children] == kids + extra[origin]
                 assert letter.display_name == self.model[origin].display_name
                 new = self.service.get_account(letter.account_id)
                 assert new.status is AccountStatus.PROVISIONAL
                 new_ids.append(self.add_issued(letter, Role.RESPONSABLE, list(letter.children)))
             return multiple(*new_ids)
+
+        # -- the school's register ---------------------------------------------------
+        def held_by_responsables(self, uai: str) -> dict[str, set[str]]:
+            """Child id -> the live responsable accounts holding it, for *uai*'s children."""
+            out: dict[str, set[str]] = {}
+            for m in self.model.values():
+                if m.role is Role.RESPONSABLE and m.status is not AccountStatus.MERGED:
+                    for child_id in m.children:
+                        if _CHILDREN[int(child_id.split("-")[1])].establishment_uai == uai:
+                            out.setdefault(child_id, set()).add(m.id)
+            return out
+
+        def entries(self, school: Establishment, listing: dict[int, tuple[int, list[int]]]
+                    ) -> list[RegisterEntry]:
+            offset = 0 if school is _ESTABLISHMENTS[0] else 3
+            return [RegisterEntry(_RESPONSABLES[r][0], _RESPONSABLES[r][1][
+                        min(name, len(_RESPONSABLES[r][1]) - 1)],
+                                  [_CHILDREN[offset + i] for i in picks])
+                    for r, (name, picks) in sorted(listing.items())]
+
+        @precondition(lambda self: self.has_register)
+        @rule(target=accounts, school=st.sampled_from(_ESTABLISHMENTS), listing=_REGISTERS,
+              partial=st.sampled_from([False, False, True]))
+        def sync_the_register(self, school: Establishment,
+                              listing: dict[int, tuple[int, list[int]]], partial: bool) -> Any:
+            """The school syncs its register: the model learns the outcome, then checks it."""
+            entries = self.entries(school, listing)
+            uai = school.uai
+            before_held = self.held_by_responsables(uai)
+            before = {a: (m.status, dict(m.children)) for a, m in self.model.items()}
+            state = self.register.setdefault(uai, {})
+            touched = set()
+            for e in entries:
+                touched |= state.get(e.external_id, set())
+            report: SyncReport = self.service.sync_register(school, entries, partial=partial,
+                                                            workers=1)
+            if not partial:
+                state.clear()
+            for e in entries:
+                state[e.external_id] = {c.id for c in e.children}
+                touched |= state[e.external_id]
+            for external_id, account_id in report.adopted:
+                self.entry_account[(uai, external_id)] = account_id
+                # an adopted letter is the entry's now: its children are the entry's to keep
+                touched |= {child for _, held in before.values()
+                            for child, (_, origin) in held.items() if origin == account_id}
+            new_ids = []
+            for issued in report.issued:
+                assert issued.letter is not None
+                self.entry_account[(uai, issued.external_id)] = issued.letter.account_id
+                new_ids.append(self.add_issued(issued.letter, Role.RESPONSABLE,
+                                               list(issued.children)))
+            self.known_establishments.add(uai)
+            for account_id, m in self.model.items():  # learn what the sync did
+                account = self.service.get_account(account_id)
+                assert account.merged_into == m.merged_into  # a sync never merges
+                m.status = account.status
+                m.display_name = account.display_name  # as the register names them
+                m.children = {a.child.id: (a.via_merge, a.origin_account_id)
+                              for a in self.service.attached_children(account_id)}
+            # Every child an entry lists is on the live account holding its letter.
+            for external_id, kids in state.items():
+                if kids:
+                    holder = self.live(self.entry_account[(uai, external_id)])
+                    assert holder.status in (AccountStatus.ACTIVE, AccountStatus.PROVISIONAL)
+                    assert kids <= set(holder.children), (external_id, kids, holder.children)
+            listed = set().union(*state.values()) if state else set()
+            held = self.held_by_responsables(uai)
+            if partial:  # nobody leaves but for the responsables it lists
+                for child_id in set(before_held) | set(held):
+                    if child_id not in touched:
+                        assert bool(held.get(child_id)) == bool(before_held.get(child_id))
+            else:  # no enrolled child lost, no child it does not list kept
+                assert set(held) == listed, (held, listed)
+            for account_id, m in self.model.items():
+                old = before.get(account_id)
+                if old is None:
+                    continue
+                if m.role is Role.ELEVE:  # pupils' own accounts are not the register's
+                    assert (m.status, m.children) == old
+                kept = {c: v for c, v in old[1].items()
+                        if _CHILDREN[int(c.split("-")[1])].establishment_uai != uai}
+                assert {c: v for c, v in m.children.items() if c in kept} == kept
+                if m.status is AccountStatus.CLOSED:
+                    assert not m.children
+            # A closed account opens nothing, with the right password too (I7: same work).
+            for closed in report.closed:
+                target = self.model[closed.account_id]
+                self.expect_failure("invalid_credentials", functools.partial(
+                    self.service.authenticate, target.login,
+                    self.password_for(target, "right")), credential_failure=True)
+            # The same register again changes nothing.
+            again = self.service.sync_register(school, entries, partial=partial,
+                                               dry_run=True)
+            assert not again.changed, again
+            self.issued_children = set().union(*(
+                set(m.children) for m in self.model.values()
+                if m.status is not AccountStatus.MERGED))
+            return multiple(*new_ids)
+
+        @precondition(lambda self: self.has_register)
+        @rule(target=principals, school=st.sampled_from(_ESTABLISHMENTS),
+              shared=st.lists(st.integers(0, 2), min_size=1, max_size=2, unique=True),
+              own=st.integers(0, 2), others=st.integers(0, 2))
+        def parents_merge_their_letters(self, school: Establishment, shared: list[int],
+                                        own: int, others: int) -> Any:
+            """Two parents listed for the same children; one merges the other's letter.
+
+            The case where a child is on the account through one letter and
+            listed by another (which splits and syncs must both respect),
+            which random steps alone reach seldom.
+            """
+            listing = {0: (0, sorted({*shared, own})), 1: (0, sorted({*shared, others}))}
+            self.sync_the_register(school=school, listing=listing, partial=True)
+            claire = self.live(self.entry_account[(school.uai, "R0")])
+            marc = self.model[self.entry_account[(school.uai, "R1")]]
+            if claire.status is AccountStatus.PROVISIONAL and self.usable(claire,
+                                                                           claire.provisional):
+                password = self.new_password()
+                self.service.activate(claire.login, claire.provisional, password)
+                claire.status, claire.password = AccountStatus.ACTIVE, password
+            if (claire.status is not AccountStatus.ACTIVE or marc.merged_into is not None
+                    or marc.id == claire.id):
+                return multiple()
+            self.merge(claire.id, marc.id, "right")
+            return claire.id
 
         @rule(days=st.sampled_from([1, 7, 30, 89, 91]))
         def time_passes(self, days: int) -> None:
@@ -379,9 +561,29 @@ def build_state_machine(
                     assert m.role is Role.RESPONSABLE
                     assert m.merged_into is not None
                     holder = self.model[m.merged_into]
-                    assert holder.status is AccountStatus.ACTIVE
+                    # ACTIVE, or closed since by the register (it merged, so it was ACTIVE)
+                    assert holder.status in (AccountStatus.ACTIVE, AccountStatus.CLOSED)
                     assert holder.role is Role.RESPONSABLE
                     assert self.service.resolve(m.id).id == holder.id
+
+        @invariant()
+        def every_listed_child_is_on_the_account_holding_its_letter(self) -> None:
+            """Through merges and splits too: a split leaves a child another letter lists."""
+            for uai, entries in self.register.items():
+                for external_id, kids in entries.items():
+                    if kids:
+                        holder = self.live(self.entry_account[(uai, external_id)])
+                        assert kids <= set(holder.children), (external_id, kids, holder)
+
+        @invariant()
+        def a_child_is_on_one_live_account_per_letter(self) -> None:
+            seen: dict[tuple[str, str], str] = {}
+            for m in self.model.values():
+                if m.status is AccountStatus.MERGED:
+                    continue
+                for child_id, (_, origin) in m.children.items():
+                    other = seen.setdefault((origin, child_id), m.id)
+                    assert other == m.id, (child_id, origin, other, m.id)
 
         @invariant()
         def no_child_is_lost(self) -> None:

@@ -1,4 +1,4 @@
-"""The admin pages: accounts, letters, establishments and the audit trail.
+"""The admin pages: accounts, letters, establishments, the register and the audit trail.
 
 Accounts, letters and the audit trail are read-only: they change only
 through the service, so that every change keeps the rules, writes its
@@ -9,7 +9,9 @@ a lost letter, are actions on the accounts, offered to users with the
 rule allows them (``ACCOUNT_MERGE["SPLIT_AUTHORIZATION"]``); its result
 page prints the new letters (a split makes one new account per letter
 the moved children came with), whose provisional passwords are shown
-this once and never stored.
+this once and never stored.  The school's register (its entries, and the
+accounts it closed) is shown read-only too: it changes by a sync
+(``manage.py account_merge_sync``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from account_merge.domain.receipts import SplitReceipt
 from account_merge.exceptions import AccountMergeError
 from account_merge.messages import error_message
 
-__all__ = ["AccountAdmin", "AuditEntryAdmin", "EstablishmentAdmin", "LetterAdmin"]
+__all__ = ["AccountAdmin", "AuditEntryAdmin", "EstablishmentAdmin", "LetterAdmin",
+           "RegisterEntryAdmin"]
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -65,6 +68,34 @@ class ChildLinkInline(admin.TabularInline):  # type: ignore[type-arg]
         return False
 
 
+def _listed(children: list[list[str]]) -> str:
+    """The children a register entry lists, by name; a dash when it lists none any more."""
+    return ", ".join(f"{c[1]} {c[2]}" for c in children) or gettext(
+        "— (ne figure plus au registre)")
+
+
+class RegisterEntryInline(admin.TabularInline):  # type: ignore[type-arg]
+    """The register's entries whose letter is this account."""
+
+    model = m.RegisterEntry
+    fields = readonly_fields = ("establishment_uai", "external_id", "display_name",
+                                "listed_children")
+    extra = 0
+    can_delete = False
+    verbose_name = _("entrée du registre")
+    verbose_name_plural = _("entrées du registre")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("enfants listés"))
+    def listed_children(self, entry: m.RegisterEntry) -> str:
+        return _listed(entry.children)
+
+
 @admin.register(m.Account)
 class AccountAdmin(ReadOnlyAdmin):
     list_display = ["login", "display_name", "status", "role", "establishment_uai",
@@ -73,8 +104,15 @@ class AccountAdmin(ReadOnlyAdmin):
     search_fields = ["login", "display_name", "id", "email"]
     ordering = ["login"]
     fields = readonly_fields = ("id", "login", "display_name", "role", "status",
-                                "establishment_uai", "email", "created_at", "merged_into")
-    inlines = [ChildLinkInline]
+                                "establishment_uai", "email", "created_at", "merged_into",
+                                "closed_at")
+    inlines = [ChildLinkInline, RegisterEntryInline]
+
+    @admin.display(description=_("fermé le"))
+    def closed_at(self, account: m.Account) -> Any:
+        closure = m.RegisterClosure.objects.filter(account_id=account.id).first()
+        return closure.closed_at if closure is not None else None
+
     actions = ["split_merge", "reissue_letter"]
 
     def has_split_permission(self, request: HttpRequest) -> bool:
@@ -198,6 +236,8 @@ class LetterAdmin(ReadOnlyAdmin):
             return gettext("utilisé (compte regroupé)")
         if letter.status == "active":
             return gettext("utilisé (compte activé)")
+        if letter.status == "closed":
+            return gettext("compte fermé (plus aucun enfant)")
         expires = self.expires_at(letter)
         if expires is not None and expires <= timezone.now():
             return gettext("expiré")
@@ -242,3 +282,20 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     ordering = ["-id"]
     fields = readonly_fields = ("at", "action", "outcome", "actor", "account_id", "login",
                                 "detail")
+
+
+@admin.register(m.RegisterEntry)
+class RegisterEntryAdmin(ReadOnlyAdmin):
+    """The school's register as last synced: each responsable, their account, their children."""
+
+    list_display = ["establishment_uai", "external_id", "display_name", "account",
+                    "listed_children"]
+    list_filter = ["establishment_uai"]
+    search_fields = ["external_id", "display_name", "account__login"]
+    ordering = ["establishment_uai", "external_id"]
+    fields = readonly_fields = ("establishment_uai", "external_id", "display_name", "email",
+                                "account", "listed_children")
+
+    @admin.display(description=_("enfants listés"))
+    def listed_children(self, entry: m.RegisterEntry) -> str:
+        return _listed(entry.children)

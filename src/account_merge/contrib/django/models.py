@@ -43,6 +43,8 @@ __all__ = [
     "NoticeCursor",
     "OutboxEvent",
     "Receipt",
+    "RegisterClosure",
+    "RegisterEntry",
     "Throttle",
 ]
 
@@ -58,7 +60,7 @@ def _choices(enum: type[AccountStatus] | type[Role] | type[CredentialKind] | typ
 
 
 STATUS_CHOICES = _choices(AccountStatus, {"provisional": _("provisoire"), "active": _("actif"),
-                                          "merged": _("regroupé")})
+                                          "merged": _("regroupé"), "closed": _("fermé")})
 ROLE_CHOICES = _choices(Role, {"responsable": _("responsable"), "eleve": _("élève")})
 KIND_CHOICES = _choices(CredentialKind, {"provisional": _("mot de passe provisoire"),
                                          "password": _("mot de passe")})
@@ -74,7 +76,8 @@ ACTION_CHOICES = _choices(AuditAction, {
     "request_login_reminder": _("demande de rappel d'identifiant"),
     "request_email_change": _("demande de changement d'e-mail"),
     "confirm_email": _("confirmation d'e-mail"),
-    "reissue_letter": _("réédition du courrier"), "notice": _("message")})
+    "reissue_letter": _("réédition du courrier"), "notice": _("message"),
+    "sync_register": _("synchronisation du registre")})
 
 
 class Establishment(models.Model):
@@ -236,6 +239,11 @@ class ChildLink(models.Model):
             models.UniqueConstraint(fields=["account", "child"],
                                     name="account_merge_link_unique"),
         ]
+        indexes = [
+            # The school's register finds the links its establishment's letters gave.
+            models.Index(fields=["origin_establishment_uai", "child"],
+                         name="account_merge_link_origin"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.first_name} {self.last_name}"
@@ -384,3 +392,52 @@ class NoticeCursor(models.Model):
 
     def __str__(self) -> str:
         return str(self.position)
+# -- the school's register (tier ``register``) ------------------------------------------
+
+
+class RegisterEntry(models.Model):
+    """A responsable of an establishment's register, and the account issued from the entry.
+
+    ``children`` is what the last sync listed for them (``[id, first name,
+    last name, UAI]``, sorted by id), empty once a whole register no longer
+    lists them: the entry stays, so that a responsable who comes back finds
+    their account.
+    """
+
+    establishment_uai = models.CharField(_("établissement"), max_length=_UAI_LENGTH)
+    external_id = models.CharField(_("identifiant dans le registre"), max_length=MAX_ID_LENGTH)
+    # No constraint: the account may be deleted (retention) before the entry.
+    account = models.ForeignKey(Account, on_delete=models.DO_NOTHING, db_constraint=False,
+                                related_name="register_entries", verbose_name=_("compte"))
+    display_name = models.CharField(_("nom"), max_length=MAX_NAME_LENGTH)
+    email = models.EmailField(_("e-mail"), max_length=MAX_EMAIL_LENGTH, null=True, blank=True)
+    children = models.JSONField(_("enfants listés"), default=list)
+
+    class Meta:
+        verbose_name = _("entrée du registre")
+        verbose_name_plural = _("registre des établissements")
+        ordering = ["establishment_uai", "external_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["establishment_uai", "external_id"],
+                                    name="account_merge_register_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.establishment_uai} {self.external_id} ({self.display_name})"
+
+
+class RegisterClosure(models.Model):
+    """An account the register closed (left with no child), and when."""
+
+    account = models.OneToOneField(Account, on_delete=models.DO_NOTHING, db_constraint=False,
+                                   primary_key=True, related_name="closure",
+                                   verbose_name=_("compte"))
+    establishment_uai = models.CharField(_("établissement"), max_length=_UAI_LENGTH)
+    closed_at = models.DateTimeField(_("fermé le"))
+
+    class Meta:
+        verbose_name = _("compte fermé")
+        verbose_name_plural = _("comptes fermés")
+
+    def __str__(self) -> str:
+        return f"{self.account_id} ({self.closed_at:%Y-%m-%d})"

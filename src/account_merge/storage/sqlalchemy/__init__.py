@@ -25,7 +25,10 @@ The tables (prefixed ``account_merge_`` unless the host chooses another
 prefix) are described by :func:`make_metadata`, for the host's Alembic
 migrations; :meth:`SQLAlchemyStorage.create_schema` creates them for a new
 store and :meth:`SQLAlchemyStorage.upgrade_schema` brings the tables of an
-earlier release up to date, for apps without migrations.
+earlier release up to date, for apps without migrations.  The store has
+the optional tier ``register`` (the school's register,
+:mod:`~account_merge.storage.sqlalchemy.register`), in SQLAlchemy Core on
+both dialects.
 
 Concurrency.  On PostgreSQL, at the default READ COMMITTED isolation:
 counters are locked by key (the row of the counter, made if needed), then

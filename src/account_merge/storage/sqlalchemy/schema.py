@@ -27,6 +27,8 @@ What changed since the first release of these tables, and what
   state of notices, and the last outbox position turned into notices): new
   tables, created empty (the events of an earlier release are looked at
   once for notices, and the notices of old ones dropped when made).
+- ``register`` and ``closures`` (tier ``register``, the school's
+  register), and the index ``links_origin_idx`` on the links: created.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from account_merge.exceptions import InvalidInput
 
 __all__ = [
     "ADDED_COLUMNS",
+    "ADDED_INDEXES",
     "DEFAULT_PREFIX",
     "Tables",
     "make_metadata",
@@ -287,7 +290,33 @@ def make_metadata(
         Index(f"{p}audit_account_id_idx", "account_id"),
         Index(f"{p}audit_actor_idx", "actor"),
     )
+    # Tier ``register`` (storage/sqlalchemy/register.py): the school's register.
+    table(
+        "register",
+        Column("establishment_uai", String(16), nullable=False),
+        Column("external_id", _id(), nullable=False),
+        Column("account_id", _id(), nullable=False),
+        Column("display_name", Text, nullable=False),
+        Column("email", Text),
+        # [[id, first name, last name, UAI], ...], sorted by id
+        Column("children", _json(), nullable=False),
+        PrimaryKeyConstraint("establishment_uai", "external_id", name=f"{p}register_pkey"),
+        Index(f"{p}register_account_id_idx", "account_id"),
+    )
+    table(
+        "closures",
+        Column("account_id", _id(), nullable=False),
+        Column("establishment_uai", String(16), nullable=False),
+        Column("closed_at", UtcDateTime(), nullable=False),
+        PrimaryKeyConstraint("account_id", name=f"{p}closures_pkey"),
+    )
+    Index(f"{p}links_origin_idx", md.tables[_key(schema, f"{p}links")].c.origin_establishment_uai,
+          md.tables[_key(schema, f"{p}links")].c.child_id)
     return md
+
+
+def _key(schema: str | None, name: str) -> str:
+    return f"{schema}.{name}" if schema else name
 
 
 #: The tables with the default prefix, for a host's Alembic ``target_metadata``.
@@ -314,6 +343,8 @@ class Tables:
     email_index: Table
     notices: Table
     notice_cursor: Table
+    register: Table
+    closures: Table
 
     @classmethod
     def build(cls, prefix: str, schema: str | None) -> Tables:
@@ -324,7 +355,8 @@ class Tables:
 
         return cls(md, prefix, schema, t("establishments"), t("accounts"), t("credentials"),
                    t("links"), t("throttles"), t("receipts"), t("outbox"), t("outbox_head"),
-                   t("audit"), t("email_index"), t("notices"), t("notice_cursor"))
+                   t("audit"), t("email_index"), t("notices"), t("notice_cursor"),
+                   t("register"), t("closures"))
 
     def old_children(self) -> Table:
         """The ``children`` table of the first release, which links no longer use."""
@@ -373,11 +405,32 @@ def upgrade(conn: Connection, tables: Tables) -> list[str]:
                    f"{quote.quote(name)} {column.type.compile(dialect=dialect)}")
             conn.exec_driver_sql(ddl)
             done.append(f"added {table.name}.{name}")
+    done += _add_indexes(conn, tables, created)
     done += _fill_links(conn, tables, inspector)
     done += _fill_merged_seq(conn, tables)
     if dialect.name == "postgresql":  # where outbox_head gives the positions
         done += _seed_outbox_head(conn, tables)
         done += _links_not_null(conn, tables)
+    return done
+
+
+#: The indexes added since the first release, by table name (without prefix).
+ADDED_INDEXES: dict[str, tuple[str, ...]] = {"links": ("links_origin_idx",)}
+
+
+def _add_indexes(conn: Connection, tables: Tables, created: set[str]) -> list[str]:
+    """The indexes a table of an earlier release lacks."""
+    done = []
+    for short, names in ADDED_INDEXES.items():
+        table: Table = getattr(tables, short)
+        if table.name in created:
+            continue
+        present = {i["name"] for i in inspect(conn).get_indexes(table.name,
+                                                                 schema=tables.schema)}
+        for index in table.indexes:
+            if index.name in {f"{tables.prefix}{n}" for n in names} - present:
+                index.create(conn)
+                done.append(f"created index {index.name}")
     return done
 
 

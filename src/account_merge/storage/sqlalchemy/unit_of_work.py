@@ -45,6 +45,12 @@ from account_merge.exceptions import (
     LoginTaken,
     StorageError,
 )
+from account_merge.ports.register import (
+    RegisterChanges,
+    RegisterFetch,
+    RegisterFetched,
+    RegisterPage,
+)
 from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched
 from account_merge.storage.attempts import (
     AttemptsJournal,
@@ -426,6 +432,32 @@ class SQLAlchemyUnitOfWork:
         if statement is not None:
             check_outcome(PostgresStatements.outcome(self._run(conn, statement,
                                                                 inserting=True)))
+
+    # tier ``register`` (storage/sqlalchemy/register.py, on both dialects) ---------
+    def register_fetch(self, request: RegisterFetch) -> RegisterFetched:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._register.fetch(conn, request)
+
+    def register_apply(self, changes: RegisterChanges) -> None:
+        if not changes:
+            return
+        self._wrote = True
+        conn = self._c()
+        with self._translating(inserting=True):
+            self._s._register.apply(conn, changes)
+
+    def register_page(self, establishment_uai: str, cursor: str | None,
+                      limit: int) -> RegisterPage:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._register.page(conn, establishment_uai, cursor, limit)
+
+    def linked_children_page(self, establishment_uai: str, cursor: str | None,
+                             limit: int) -> RegisterPage:
+        conn = self._c()
+        with self._translating():
+            return self._s._register.linked_children(conn, establishment_uai, cursor, limit)
 
     def insert_bulk(self, bulk: Sequence[BulkAccount]) -> None:
         """Insert bulk rows: ``COPY`` on PostgreSQL with psycopg, executemany otherwise."""

@@ -6,6 +6,9 @@ one row per pupil and responsable; the rows of one responsable of one
 establishment make one letter.  Each letter is written to
 ``DOSSIER/<login>.txt`` with an index ``DOSSIER/courriers.csv`` (without
 passwords).  The establishments must exist (admin, « Établissements »).
+A responsable issued a letter by an earlier run gets no second one (see
+:func:`account_merge.registers.issue_batch`); ``account_merge_sync`` syncs
+a whole register.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import get_language, gettext, gettext_noop
 
-from account_merge.cli import CliError, describe, issue_batch
 from account_merge.contrib.django.service import get_service
 from account_merge.exceptions import AccountMergeError
 from account_merge.hashpool import default_workers
 from account_merge.messages import error_message, using_language
+from account_merge.registers import JobError, describe, issue_batch
 
 #: Where a Django project adds an establishment (translated when shown).
 ADD_ESTABLISHMENT = gettext_noop("ajoutez-le dans l'administration, « Établissements »")
@@ -69,7 +72,7 @@ class Command(BaseCommand):
                             encoding=options["encoding"], workers=options["workers"],
                             out=self.stdout, err=self.stderr,
                             add_establishment=gettext(ADD_ESTABLISHMENT))
-            except CliError as error:
+            except JobError as error:
                 raise CommandError(describe(error.code, error.fields)) from None
             except AccountMergeError as error:
                 raise CommandError(f"{error_message(error)} ({error.code})") from None
