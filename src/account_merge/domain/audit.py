@@ -29,6 +29,8 @@ class AuditAction(enum.Enum):
     CONFIRM_EMAIL = "confirm_email"
     REISSUE_LETTER = "reissue_letter"
     NOTICE = "notice"
+    # retention: one record per purge, with its counts
+    PURGE = "purge"
 
 
 @attrs.frozen

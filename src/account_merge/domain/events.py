@@ -14,6 +14,7 @@ import attrs
 __all__ = [
     "AccountActivated",
     "AccountIssued",
+    "AccountPurged",
     "AccountsMerged",
     "EmailChanged",
     "EmailVerificationRequested",
@@ -25,6 +26,7 @@ __all__ = [
     "PasswordChanged",
     "PasswordReset",
     "PasswordResetRequested",
+    "account_ids_of",
     "event_from_payload",
 ]
 
@@ -175,12 +177,42 @@ class LetterReissued(Event):
     email: str | None = None
 
 
+# -- retention -----------------------------------------------------------------------------
+@attrs.frozen
+class AccountPurged(Event):
+    """The retention policy deleted an account (``reason``: ``unactivated``, ``unused``,
+    ``closed`` or ``absorbed``).
+
+    The account is named by its ``pseudonym``
+    (:func:`account_merge.domain.retention.pseudonym`), never by its id:
+    nothing the library keeps names a deleted account.  A host that keeps
+    data of its own about accounts finds which by computing the pseudonym
+    of the ids it holds (or reads ``PurgeReport.account_ids`` as the purge
+    returns).
+    """
+
+    name: ClassVar[str] = "account_purged"
+    pseudonym: str
+    reason: str
+    establishment_uai: str
+
+
 _EVENTS: dict[str, type[Event]] = {
     cls.name: cls
     for cls in (AccountIssued, AccountActivated, AccountsMerged, MergeSplit,
                 PasswordChanged, EmailChanged, PasswordResetRequested, PasswordReset,
-                LoginReminderRequested, EmailVerificationRequested, LetterReissued)
+                LoginReminderRequested, EmailVerificationRequested, LetterReissued,
+                AccountPurged)
 }
+
+#: The fields of events that hold one account id, and the one that holds several.
+_ID_FIELDS = ("account_id", "principal_id", "absorbed_id", "new_account_id")
+
+
+def account_ids_of(event: Event) -> tuple[str, ...]:
+    """The ids of the accounts *event* names (in its id fields), in field order."""
+    ids = [value for name in _ID_FIELDS if isinstance(value := getattr(event, name, None), str)]
+    return (*ids, *getattr(event, "account_ids", ()))
 
 
 def event_from_payload(name: str, payload: dict[str, Any]) -> Event:
