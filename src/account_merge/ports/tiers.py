@@ -18,6 +18,8 @@ tier               where its methods are           what needs it
                                                    ``confirm_email``
 ``notices``        the unit of work:               ``deliver_notices``
                    :class:`Notices`
+``retention``      the unit of work:               ``purge``, ``export_personal_data``
+                   :class:`~account_merge.ports.retention.Retention`
 =================  ==============================  =================================
 """
 
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from account_merge.exceptions import NotSupported
+from account_merge.ports.retention import Retention
 
 if TYPE_CHECKING:
     from account_merge.domain.events import OutboxEntry
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     from account_merge.ports.storage import AccountRecord
     from account_merge.storage.bulk import BulkAccount
 
-__all__ = ["BulkLoad", "EmailIndex", "Notices", "require_tier", "supports"]
+__all__ = ["BulkLoad", "EmailIndex", "Notices", "Retention", "require_tier", "supports"]
 
 
 @runtime_checkable
@@ -115,6 +118,8 @@ class Notices(Protocol):
 #: The tier names, by protocol.
 TIER_NAMES: dict[type, str] = {BulkLoad: "bulk_load"}
 TIER_NAMES.update({EmailIndex: "email_index", Notices: "notices"})
+# Tier ``retention`` (purge, export); its types are in ports/retention.py.
+TIER_NAMES[Retention] = "retention"
 
 
 def supports(obj: object, tier: type) -> bool:
