@@ -17,6 +17,7 @@ import attrs
 from account_merge.domain.account import Account
 from account_merge.domain.logins import login_key
 from account_merge.domain.passwords import CnilPasswordPolicy, PasswordPolicy
+from account_merge.domain.retention import RetentionPolicy
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidInput
 
@@ -69,6 +70,11 @@ def _length(_: Any, __: Any, value: Any) -> None:
                            f"to {MAX_PROVISIONAL_LENGTH}")
 
 
+def _retention(_: Any, __: Any, value: Any) -> None:
+    if not isinstance(value, RetentionPolicy):
+        raise InvalidInput("retention", "must be a RetentionPolicy")
+
+
 def _attempts(_: Any, attribute: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInput(attribute.name, "must be a positive int")
@@ -96,6 +102,12 @@ class Policies:
       works (24 hours, NIST SP 800-63B's bound for e-mailed codes);
     - ``notice_attempts``: failed sends after which a notice is given up
       (10; one attempt per ``deliver_notices`` run).
+
+    Retention (``purge``):
+
+    - ``retention``: how long each kind of record is kept
+      (:class:`~account_merge.domain.retention.RetentionPolicy`, each
+      default with the rule it follows).
     """
 
     password_policy: PasswordPolicy = attrs.field(factory=CnilPasswordPolicy,
@@ -110,3 +122,5 @@ class Policies:
     email_confirmation_validity: timedelta = attrs.field(default=timedelta(hours=24),
                                                          validator=_validity)
     notice_attempts: int = attrs.field(default=10, validator=_attempts)
+    # retention
+    retention: RetentionPolicy = attrs.field(factory=RetentionPolicy, validator=_retention)
