@@ -284,6 +284,14 @@ class Forgotten:
         """True if the counter *key* is one of those forgotten."""
         return key in self.counter_keys or any(key.startswith(p) for p in self.counter_prefixes)
 
+    def mentions(self, record: AuditRecord) -> str | None:
+        """The id of an account *record* names in its detail, if it was written when that
+        account was created (see ``created``); else None."""
+        if record.detail is None:
+            return None
+        return next((account_id for at, account_id in self.created
+                     if record.at == at and account_id in record.detail), None)
+
     def names_record(self, record: AuditRecord) -> bool:
         """True if *record* is pseudonymised when these accounts are deleted."""
         ids = set(self.account_ids)

@@ -70,8 +70,10 @@ class Held:
     """What :meth:`Retention.held_about` found.
 
     ``audit``: the records :meth:`Forgotten.names_record
-    <account_merge.domain.retention.Forgotten.names_record>` matches, oldest
-    first (from every trail the store keeps); ``counters``: the counters
+    <account_merge.domain.retention.Forgotten.names_record>` or
+    :meth:`~account_merge.domain.retention.Forgotten.mentions` matches, in
+    the order they were written (from every trail the store keeps);
+    ``counters``: the counters
     it names, by key; ``receipts``: the receipts of the merges the accounts
     made as principal, as ``(principal id, idempotency key, receipt)``.
     """
@@ -101,9 +103,14 @@ class Retention(Protocol):
         ...
 
     def erase_hashes(self, expired_by: datetime, limit: int) -> int:
-        """Replace the hash of at most *limit* provisional credentials that expired at or
-        before *expired_by* by :data:`~account_merge.domain.retention.ERASED_HASH`
-        (those erased already are left alone; the expiry stays); how many."""
+        """Erase at most *limit* provisional credentials that expired at or before
+        *expired_by*; how many.
+
+        The hash is replaced by :data:`~account_merge.domain.retention.ERASED_HASH`
+        (the credential keeps its expiry, which dates the letter); the
+        credential of an absorbed (MERGED) account is deleted instead, since
+        nothing needs its date.  Credentials erased already are left alone.
+        """
         ...
 
     def forget(self, forgotten: Forgotten) -> None:

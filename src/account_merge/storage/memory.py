@@ -393,8 +393,12 @@ class _InMemoryUnitOfWork:
             if (credential.kind is CredentialKind.PROVISIONAL and credential.expires_at is not None
                     and credential.expires_at <= expired_by
                     and credential.password_hash != ERASED_HASH):
-                self._set(self._t.credentials, account_id,
-                          attrs.evolve(credential, password_hash=ERASED_HASH))
+                account = self._t.accounts.get(account_id)
+                if account is not None and account.status is AccountStatus.MERGED:
+                    self._delete(self._t.credentials, account_id)
+                else:
+                    self._set(self._t.credentials, account_id,
+                              attrs.evolve(credential, password_hash=ERASED_HASH))
                 erased += 1
         return erased
 
@@ -409,11 +413,9 @@ class _InMemoryUnitOfWork:
             if forgotten.names_record(record):
                 holder = t.accounts.get(record.account_id or "")
                 changed = pseudonymised(record, holder.establishment_uai if holder else None)
-            else:
-                for at, account_id in forgotten.created:
-                    if record.at == at and record.detail and account_id in record.detail:
-                        changed = attrs.evolve(changed, detail=(changed.detail or "").replace(
-                            account_id, DELETED_ACCOUNT))
+            elif (named := forgotten.mentions(record)) is not None:
+                changed = attrs.evolve(record, detail=(record.detail or "").replace(
+                    named, DELETED_ACCOUNT))
             if changed != record:
                 self._replace_audit(index, changed)
         for key in [k for k in t.throttles if forgotten.names_counter(k)]:
@@ -505,7 +507,8 @@ class _InMemoryUnitOfWork:
         t = self._t
         ids = set(forgotten.account_ids)
         return Held(
-            audit=tuple(r for r in t.audit if r is not None and forgotten.names_record(r)),
+            audit=tuple(r for r in t.audit if r is not None and (
+                forgotten.names_record(r) or forgotten.mentions(r))),
             counters=tuple(state for key, state in sorted(t.throttles.items())
                            if forgotten.names_counter(key)),
             receipts=tuple((p, k, stored.receipt) for (p, k), stored in t.receipts.items()
