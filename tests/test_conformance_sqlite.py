@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,18 +10,7 @@ import pytest
 from account_merge import SQLiteStorage
 from account_merge.ports import Storage
 from account_merge.testing.conformance import StorageContract
-
-
-def dump_sqlite(path: str | Path) -> str:
-    """Every row of every table of the SQLite file at *path*, as text."""
-    connection = sqlite3.connect(path)
-    try:
-        tables = [row[0] for row in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return "\n".join(f"{table}: {row!r}" for table in tables
-                         for row in connection.execute(f'SELECT * FROM "{table}"'))
-    finally:
-        connection.close()
+from store_dumps import dump_sqlite
 
 
 class TestSQLiteStorage(StorageContract):

@@ -1388,7 +1388,7 @@ class RetentionContract(StorageHarness):
                for n in range(1, 8)]
         clock.advance(days=91)
         reports = race(2, lambda _: service.purge(), catch=())
-        assert sorted(i for r in reports for i in r.account_ids) == sorted(ids)
+        assert sorted(i for r in reports for i in r.account_ids) == sorted(ids), reports
         assert service.purge().accounts == 0
 
     def test_the_parents_data_lists_everything_the_store_holds_about_the_account(
