@@ -43,6 +43,15 @@ The settings (:data:`SETTINGS`), all optional:
 ``RESET_VALIDITY`` (s)                how long a password-reset link works
 ``EMAIL_CONFIRMATION_VALIDITY`` (s)   how long an e-mail confirmation link works
 ``NOTICE_ATTEMPTS``                   failed sends before a notice is given up
+``RETENTION_UNACTIVATED`` (s)         :class:`~account_merge.domain.retention.RetentionPolicy`
+``RETENTION_UNUSED`` (s)              fields: durations in seconds or as ``timedelta``
+``RETENTION_CLOSED`` (s)              (``RETENTION_UNPUBLISHED_EVENTS`` may be
+``RETENTION_AUDIT`` (s)               ``"never"``); ``RETENTION_AUDIT_END`` is
+``RETENTION_AUDIT_END``               ``"delete"`` or ``"pseudonymise"``;
+``RETENTION_PUBLISHED_EVENTS`` (s)    ``RETENTION_BATCH`` an int
+``RETENTION_UNPUBLISHED_EVENTS`` (s)
+``RETENTION_COUNTERS`` (s)
+``RETENTION_BATCH``
 ====================================  ===============================================
 """
 
@@ -59,6 +68,7 @@ import argon2
 import attrs
 
 from account_merge.credentials import Argon2Verifier
+from account_merge.domain.retention import AuditEnd, RetentionPolicy
 from account_merge.domain.secret import Secret
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidInput
@@ -87,6 +97,8 @@ SETTINGS: Final[frozenset[str]] = frozenset({
     "ARGON2_MAX_CONCURRENT", "ARGON2_WARN_IF_WEAK",
     # the way back
     "SECRET_KEY", "LINKS", "RESET_VALIDITY", "EMAIL_CONFIRMATION_VALIDITY", "NOTICE_ATTEMPTS",
+    # retention
+    *(f"RETENTION_{f.name.upper()}" for f in attrs.fields(RetentionPolicy)),
 })
 
 
@@ -174,6 +186,9 @@ def read_settings(values: Mapping[str, Any], *, name: Callable[[str], str] = str
             policy_options[key.lower()] = reader.seconds(key)
     if "NOTICE_ATTEMPTS" in given:
         policy_options["notice_attempts"] = reader.int("NOTICE_ATTEMPTS")
+    retention = reader.retention()
+    with reader.renaming("RETENTION_"):
+        policy_options["retention"] = RetentionPolicy(**retention)
     with reader.renaming(""):
         policies = Policies(**policy_options)
     clock = reader.callable("CLOCK") if "CLOCK" in given else None
@@ -261,6 +276,29 @@ class _Reader:
                                error.message.split(": ", 1)[-1]) from None
         key = secret if secret is None or isinstance(secret, Secret) else Secret(secret)
         return key, (dict(options.links) if links is not None else None)
+
+    def retention(self) -> dict[str, Any]:
+        """The ``RETENTION_*`` settings given, as fields of a ``RetentionPolicy``."""
+        options: dict[str, Any] = {}
+        for field in attrs.fields(RetentionPolicy):
+            key = f"RETENTION_{field.name.upper()}"
+            if key not in self.given:
+                continue
+            value = self.given[key]
+            if field.name == "batch":
+                options[field.name] = self.int(key)
+            elif field.name == "audit_end":
+                text = value.value if isinstance(value, AuditEnd) else str(value).strip().lower()
+                try:
+                    options[field.name] = AuditEnd(text)
+                except ValueError:
+                    raise InvalidInput(self.name(key), "must be " + " or ".join(
+                        repr(e.value) for e in AuditEnd)) from None
+            elif field.name == "unpublished_events" and str(value).strip().lower() == "never":
+                options[field.name] = None
+            else:
+                options[field.name] = self.seconds(key)
+        return options
 
     def verifier(self) -> CredentialVerifier | None:
         if "VERIFIER" in self.given:

@@ -146,6 +146,10 @@ def _purge_accounts(run: _Run, kind: DueKind, before: datetime) -> None:
             run.ctx.retry(functools.partial(_delete_accounts, run, ids))
         if page.after is None:
             return
+        if after is not None and page.after <= after:  # a store whose pages do not advance
+            logger.error("purge: the store gave the same page of %s accounts again; "
+                         "stopping this step", kind.value)
+            return
         after = page.after
 
 

@@ -716,12 +716,17 @@ class JournalTransaction:
     def _naming(self, forgotten: Forgotten) -> list[tuple[int, AuditRecord]]:
         """The records of this namespace that name the accounts of *forgotten*."""
         ids, logins = forgotten.account_ids, [ascii_lower(t) for t in forgotten.logins]
-        if not ids and not logins:
-            return []
-        marks = ", ".join("?" * len(ids)) or "NULL"
-        login_marks = ", ".join("?" * len(logins)) or "NULL"
-        return self._records(f"account_id IN ({marks}) OR actor IN ({marks})"
-                             f" OR lower(login) IN ({login_marks})", (*ids, *ids, *logins))
+        found: dict[int, AuditRecord] = {}
+        # One query per index (an OR of them would scan the table); the indexes are
+        # partial: each query repeats its WHERE.
+        marks, login_marks = ", ".join("?" * len(ids)), ", ".join("?" * len(logins))
+        for condition, parameters in (
+                (f"account_id IS NOT NULL AND account_id IN ({marks})", ids),
+                (f"actor IS NOT NULL AND actor IN ({marks})", ids),
+                (f"login IS NOT NULL AND lower(login) IN ({login_marks})", logins)):
+            if parameters:
+                found.update(self._records(condition, parameters))
+        return sorted(found.items())
 
     def _rewrite(self, records: Sequence[tuple[int, AuditRecord | None]]) -> None:
         """Replace (or delete, for None) these records, by ``seq``."""

@@ -617,16 +617,16 @@ _MENTIONED = ("UPDATE audit SET detail = replace(detail, ?1, ?2)"
               " WHERE julianday(at) = julianday(?3) AND instr(detail, ?1) > 0")
 
 
-@functools.cache
-def _audit_naming(ids: int, logins: int) -> str:
-    """The ids of the audit records naming *ids* accounts or *logins* logins typed."""
-    parts = []
+def _audit_naming(ids: int, logins: int) -> list[tuple[str, int]]:
+    """The conditions on audit records naming *ids* accounts or *logins* logins typed, one
+    per index (a UNION of them would scan the table), with their number of parameters."""
+    conditions = []
     if ids:
-        parts += [f"SELECT id FROM audit WHERE account_id IN ({_marks(ids)})",
-                  f"SELECT id FROM audit WHERE actor IN ({_marks(ids)})"]
+        conditions += [(f"account_id IN ({_marks(ids)})", ids), (f"actor IN ({_marks(ids)})", ids)]
     if logins:
-        parts.append(f"SELECT id FROM audit WHERE lower(login) IN ({_marks(logins)})")
-    return " UNION ".join(parts)
+        # The index is partial: the query repeats its WHERE.
+        conditions.append((f"login IS NOT NULL AND lower(login) IN ({_marks(logins)})", logins))
+    return conditions
 
 
 def _prefix_end(prefix: str) -> str:
@@ -1298,13 +1298,18 @@ class _SQLiteUnitOfWork:
 
     def _pseudonymise_audit(self, connection: sqlite3.Connection,
                             forgotten: Forgotten) -> None:
-        ids, logins = forgotten.account_ids, [ascii_lower(t) for t in forgotten.logins]
-        if not ids and not logins:
-            return
-        connection.execute(
-            f"UPDATE audit SET {_PSEUDONYMISE_SET} WHERE id IN "
-            f"({_audit_naming(len(ids), len(logins))})",
-            (PSEUDONYMISED, *ids, *ids, *logins))
+        for condition, parameters in self._naming(forgotten):
+            connection.execute(f"UPDATE audit SET {_PSEUDONYMISE_SET} WHERE {condition}",
+                               (PSEUDONYMISED, *parameters))
+
+    @staticmethod
+    def _naming(forgotten: Forgotten) -> list[tuple[str, tuple[str, ...]]]:
+        """Each condition on the audit records *forgotten* names, with its parameters."""
+        ids = forgotten.account_ids
+        logins = tuple(ascii_lower(t) for t in forgotten.logins)
+        values = iter((ids, ids, logins) if ids else (logins,))
+        return [(condition, next(values))
+                for condition, _ in _audit_naming(len(ids), len(logins))]
 
     def _counter_keys(self, connection: sqlite3.Connection, forgotten: Forgotten) -> list[str]:
         keys, prefixes = forgotten.counter_keys, forgotten.counter_prefixes
@@ -1369,14 +1374,12 @@ class _SQLiteUnitOfWork:
 
     def held_about(self, forgotten: Forgotten) -> Held:
         connection = self._connection()
-        ids, logins = forgotten.account_ids, [ascii_lower(t) for t in forgotten.logins]
+        ids = forgotten.account_ids
         with self._storage._translating():
-            audit_rows: list[Any] = []
-            if ids or logins:
-                audit_rows = connection.execute(
-                    f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE id IN "
-                    f"({_audit_naming(len(ids), len(logins))}) ORDER BY id",
-                    (*ids, *ids, *logins)).fetchall()
+            audit_rows = [row for condition, parameters in self._naming(forgotten)
+                          for row in connection.execute(
+                              f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {condition}",
+                              parameters)]
             mentioned = [row for at, account_id in forgotten.created
                          for row in connection.execute(
                              f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE julianday(at) ="

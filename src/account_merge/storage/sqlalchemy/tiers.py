@@ -33,7 +33,6 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
-    union,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -257,14 +256,13 @@ class RetentionStatements:
                 "actor": case((established, au.c.actor), else_=null()),
                 "account_id": null(), "login": null()}
 
-    def _naming(self) -> Any:
-        """The seqs of the audit records naming :ids or a :logins typed (lower-cased)."""
+    def _naming(self) -> tuple[Any, ...]:
+        """The conditions on the audit records naming :ids or a :logins typed (lower-cased),
+        one per index (a UNION of them makes SQLite scan the table)."""
         au = self._t.audit
-        return union(
-            select(au.c.seq).where(au.c.account_id.in_(bindparam("ids", expanding=True))),
-            select(au.c.seq).where(au.c.actor.in_(bindparam("ids", expanding=True))),
-            select(au.c.seq).where(func.lower(au.c.login).in_(
-                bindparam("logins", expanding=True))))
+        return (au.c.account_id.in_(bindparam("ids", expanding=True)),
+                au.c.actor.in_(bindparam("ids", expanding=True)),
+                func.lower(au.c.login).in_(bindparam("logins", expanding=True)))
 
     @staticmethod
     def _named(forgotten: Forgotten) -> dict[str, Any]:
@@ -281,8 +279,9 @@ class RetentionStatements:
         t = self._t
         au = t.audit
         named = self._named(forgotten)
-        conn.execute(self._stmt(conn, "pseudonymise named", lambda _: au.update().where(
-            au.c.seq.in_(self._naming())).values(**self._pseudonymised())), named)
+        for n, condition in enumerate(self._naming()):
+            conn.execute(self._stmt(conn, f"pseudonymise named {n}", _pseudonymising(
+                au, condition, self._pseudonymised())), named)
         if forgotten.created:
             conn.execute(self._stmt(conn, "mentions", lambda _: au.update().where(
                 *self._mentions()).values(detail=func.replace(
@@ -405,10 +404,11 @@ class RetentionStatements:
         t = self._t
         au, th, r = t.audit, t.throttles, t.receipts
         columns = [*(au.c[name] for name in rows.AUDIT_COLUMNS), au.c.seq]
-        stmt = self._stmt(conn, "held audit", lambda _: select(*columns).where(
-            au.c.seq.in_(self._naming())).order_by(au.c.seq))
-        audit = {row[-1]: rows.read_audit(row) for row in conn.execute(
-            stmt, self._named(forgotten))}
+        audit: dict[int, AuditRecord] = {}
+        for n, condition in enumerate(self._naming()):
+            stmt = self._stmt(conn, f"held audit {n}", _selecting(columns, condition))
+            audit.update((row[-1], rows.read_audit(row))
+                         for row in conn.execute(stmt, self._named(forgotten)))
         for at, account_id in forgotten.created:
             stmt = self._stmt(conn, "held mentions", lambda _: select(*columns).where(
                 *self._mentions()))
@@ -433,6 +433,16 @@ class RetentionStatements:
         stmt = self._stmt(conn, "establishments of", lambda _: select(
             a.c.id, a.c.establishment_uai).where(a.c.id.in_(bindparam("ids", expanding=True))))
         return {row[0]: row[1] for row in conn.execute(stmt, {"ids": list(ids)})}
+
+
+def _pseudonymising(audit: Any, condition: Any, values: dict[str, Any]) -> Callable[[Any], Any]:
+    """A builder of the pseudonymisation of the audit records that meet *condition*."""
+    return lambda _: audit.update().where(condition).values(**values)
+
+
+def _selecting(columns: list[Any], condition: Any) -> Callable[[Any], Any]:
+    """A builder of the reading of *columns* of the rows that meet *condition*."""
+    return lambda _: select(*columns).where(condition)
 
 
 def _deleting(table: Any, column: str) -> Callable[[Any], Any]:
