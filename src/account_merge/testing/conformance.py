@@ -1244,6 +1244,9 @@ class RetentionContract(StorageHarness):
         self.apply(storage, _new(1) + ChangeSet(audit=records))
         before = T0 + 3 * _DAY
         assert _in_tier(storage, lambda t: t.end_audit(before, 1, pseudonymise=True)) == 1
+        with storage.unit_of_work(write=False) as uow:  # the oldest that names someone first
+            assert uow.audit_records(None, 10)[1:3] == [pseudonymised(records[1], SCHOOL.uai),
+                                                        records[2]]
         assert _in_tier(storage, lambda t: t.end_audit(before, 10, pseudonymise=True)) == 1
         assert _in_tier(storage, lambda t: t.end_audit(before, 10, pseudonymise=True)) == 0
         pseudonymous = [records[0], pseudonymised(records[1], SCHOOL.uai),
@@ -1251,6 +1254,8 @@ class RetentionContract(StorageHarness):
         with storage.unit_of_work(write=False) as uow:
             assert uow.audit_records(None, 10) == pseudonymous
         assert _in_tier(storage, lambda t: t.end_audit(before, 2, pseudonymise=False)) == 2
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.audit_records(None, 10) == pseudonymous[2:]
         assert _in_tier(storage, lambda t: t.end_audit(before, 10, pseudonymise=False)) == 1
         with storage.unit_of_work(write=False) as uow:
             assert uow.audit_records(None, 10) == records[3:]
