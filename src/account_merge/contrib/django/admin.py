@@ -9,11 +9,14 @@ a lost letter, are actions on the accounts, offered to users with the
 rule allows them (``ACCOUNT_MERGE["SPLIT_AUTHORIZATION"]``); its result
 page prints the new letters (a split makes one new account per letter
 the moved children came with), whose provisional passwords are shown
-this once and never stored.
+this once and never stored.  The same users may download, for a parent
+who asks the school, everything the library holds about an account
+(the export action).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -75,7 +78,7 @@ class AccountAdmin(ReadOnlyAdmin):
     fields = readonly_fields = ("id", "login", "display_name", "role", "status",
                                 "establishment_uai", "email", "created_at", "merged_into")
     inlines = [ChildLinkInline]
-    actions = ["split_merge", "reissue_letter"]
+    actions = ["split_merge", "reissue_letter", "export_personal_data"]
 
     def has_split_permission(self, request: HttpRequest) -> bool:
         """Whether the split action is offered at all (the permission)."""
@@ -166,6 +169,37 @@ class AccountAdmin(ReadOnlyAdmin):
             "letters": [{"login": letter.login, "children": letter.children,
                          "text": letter.render()} for letter in letters],
         })
+        add_never_cache_headers(response)
+        return response
+
+
+    @admin.action(permissions=["split"],
+                  description=_("Exporter les données du compte (droit d'accès)"))
+    def export_personal_data(self, request: HttpRequest,
+                             queryset: QuerySet[m.Account]) -> HttpResponse | None:
+        """Everything the library holds about one selected account, as a JSON file.
+
+        For a parent exercising the right of access (RGPD art. 15) at the
+        school: offered for an account whose letter, or a letter of one of
+        its children, one of the user's establishments issued.  Never cached.
+        """
+        accounts = list(queryset[:2])
+        if len(accounts) != 1:
+            self.message_user(request, gettext("Choisissez un seul compte à exporter."),
+                              messages.WARNING)
+            return None
+        account = accounts[0]
+        uais = {account.establishment_uai, *m.ChildLink.objects.filter(
+            account_id=account.id).values_list("origin_establishment_uai", flat=True)}
+        if not any(is_allowed_to_split(request.user, uai) for uai in sorted(uais)):
+            self.message_user(request, gettext(
+                "%(login)s : ce compte ne relève d'aucun de vos établissements.") % {
+                "login": account.login}, messages.WARNING)
+            return None
+        data = get_service().export_personal_data(account.id)
+        response = HttpResponse(json.dumps(data, ensure_ascii=False, indent=2),
+                                content_type="application/json; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{account.login}.json"'
         add_never_cache_headers(response)
         return response
 
