@@ -634,16 +634,6 @@ def _prefix_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
-@functools.cache
-def _counters_named(keys: int, prefixes: int) -> str:
-    """The keys of the counters with *keys* exact keys or *prefixes* prefixes."""
-    parts = []
-    if keys:
-        parts.append(f"SELECT key FROM throttles WHERE key IN ({_marks(keys)})")
-    parts += ["SELECT key FROM throttles WHERE key >= ? AND key < ?"] * prefixes
-    return " UNION ".join(parts)
-
-
 def _is_login_clash(error: sqlite3.IntegrityError) -> bool:
     text = str(error)
     return "UNIQUE" in text and ("accounts.login_key" in text or "accounts.id" in text)
@@ -1276,8 +1266,10 @@ class _SQLiteUnitOfWork:
             self._pseudonymise_audit(connection, forgotten)
             connection.executemany(_MENTIONED, [(account_id, DELETED_ACCOUNT, at.isoformat())
                                                 for at, account_id in forgotten.created])
-            keys = self._counter_keys(connection, forgotten)
-            connection.executemany("DELETE FROM throttles WHERE key = ?", [(k,) for k in keys])
+            connection.executemany("DELETE FROM throttles WHERE key = ?",
+                                   [(k,) for k in forgotten.counter_keys])
+            connection.executemany("DELETE FROM throttles WHERE key >= ? AND key < ?",
+                                   [(p, _prefix_end(p)) for p in forgotten.counter_prefixes])
             if not ids:
                 return
             marks = _marks(len(ids))
@@ -1312,12 +1304,14 @@ class _SQLiteUnitOfWork:
                 for condition, _ in _audit_naming(len(ids), len(logins))]
 
     def _counter_keys(self, connection: sqlite3.Connection, forgotten: Forgotten) -> list[str]:
-        keys, prefixes = forgotten.counter_keys, forgotten.counter_prefixes
-        if not keys and not prefixes:
-            return []
-        bounds = [part for p in prefixes for part in (p, _prefix_end(p))]
-        return [row[0] for row in connection.execute(
-            _counters_named(len(keys), len(prefixes)), (*keys, *bounds))]
+        """The keys of the stored counters *forgotten* names (one query per prefix: a
+        compound SELECT has at most 500 terms)."""
+        keys = list(forgotten.counter_keys)
+        for prefix in forgotten.counter_prefixes:
+            keys += [row[0] for row in connection.execute(
+                "SELECT key FROM throttles WHERE key >= ? AND key < ?",
+                (prefix, _prefix_end(prefix)))]
+        return keys
 
     def end_audit(self, before: datetime, limit: int, *, pseudonymise: bool) -> int:
         connection = self._connection()

@@ -1164,15 +1164,11 @@ def _prefix_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
-def _counters_named(forgotten: Forgotten) -> Q | None:
-    conditions = [Q(key__in=list(forgotten.counter_keys))] if forgotten.counter_keys else []
-    conditions += [Q(key__gte=p, key__lt=_prefix_end(p)) for p in forgotten.counter_prefixes]
-    if not conditions:
-        return None
-    found = conditions[0]
-    for condition in conditions[1:]:
-        found |= condition
-    return found
+def _counters_named(forgotten: Forgotten) -> list[Q]:
+    """The counters *forgotten* names: its keys, then each prefix's range (one query
+    each: an OR of hundreds of them is too deep for SQLite)."""
+    found = [Q(key__in=list(forgotten.counter_keys))] if forgotten.counter_keys else []
+    return found + [Q(key__gte=p, key__lt=_prefix_end(p)) for p in forgotten.counter_prefixes]
 
 
 class _DjangoRetention(_DjangoUnitOfWork):
@@ -1274,9 +1270,8 @@ class _DjangoRetention(_DjangoUnitOfWork):
                 row.detail = (row.detail or "").replace(account_id, DELETED_ACCOUNT)
                 changed.append(row)
             self._rewrite(db, changed)
-            counters = _counters_named(forgotten)
-            if counters is not None:
-                m.Throttle.objects.using(db).filter(counters).delete()
+            for condition in _counters_named(forgotten):
+                m.Throttle.objects.using(db).filter(condition).delete()
             if not ids:
                 return
             m.Receipt.objects.using(db).filter(principal_id__in=ids).delete()
@@ -1363,9 +1358,8 @@ class _DjangoRetention(_DjangoUnitOfWork):
         with self._translating():
             rows = {row.id: row for row in self._naming(db, forgotten)}
             rows.update((row.id, row) for row, _ in self._mentioning(db, forgotten))
-            counters = _counters_named(forgotten)
-            counter_rows = [] if counters is None else list(
-                m.Throttle.objects.using(db).filter(counters).order_by("key"))
+            counter_rows = [row for condition in _counters_named(forgotten)
+                            for row in m.Throttle.objects.using(db).filter(condition)]
             receipts = list(m.Receipt.objects.using(db).filter(
                 principal_id__in=list(forgotten.account_ids)).order_by("principal_id", "key"))
             journaled: list[Any] = []

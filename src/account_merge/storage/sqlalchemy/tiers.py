@@ -302,19 +302,35 @@ class RetentionStatements:
         conn.execute(self._stmt(conn, "forget accounts", lambda _: a.delete().where(
             a.c.id.in_(bindparam("ids", expanding=True)))), {"ids": ids})
 
-    def _counters_named(self, forgotten: Forgotten) -> Any:
-        th = self._t.throttles
-        conditions: list[Any] = [th.c.key.in_(forgotten.counter_keys)] \
-            if forgotten.counter_keys else []
-        conditions += [and_(th.c.key >= prefix, th.c.key < _prefix_end(prefix))
-                       for prefix in forgotten.counter_prefixes]
-        return or_(*conditions) if conditions else None
-
     def delete_named_counters(self, conn: Connection, forgotten: Forgotten) -> None:
-        """Delete the counters *forgotten* names (kept in the database)."""
-        named = self._counters_named(forgotten)
-        if named is not None:
-            conn.execute(self._t.throttles.delete().where(named))
+        """Delete the counters *forgotten* names (kept in the database): its keys, then
+        each prefix's range (one statement each: an OR of hundreds of them is too deep)."""
+        th = self._t.throttles
+        if forgotten.counter_keys:
+            conn.execute(self._stmt(conn, "forget counters", lambda _: th.delete().where(
+                th.c.key.in_(bindparam("keys", expanding=True)))),
+                {"keys": list(forgotten.counter_keys)})
+        if forgotten.counter_prefixes:
+            conn.execute(self._stmt(conn, "forget counter range", lambda _: th.delete().where(
+                th.c.key >= bindparam("low"), th.c.key < bindparam("high"))),
+                [{"low": p, "high": _prefix_end(p)} for p in forgotten.counter_prefixes])
+
+    def named_counters(self, conn: Connection, forgotten: Forgotten) -> list[ThrottleState]:
+        """The stored counters *forgotten* names, by key."""
+        th = self._t.throttles
+        columns = [th.c[name] for name in rows.THROTTLE_COLUMNS]
+        found: dict[str, Any] = {}
+        if forgotten.counter_keys:
+            found.update((row[0], row) for row in conn.execute(self._stmt(
+                conn, "named counters", lambda _: select(*columns).where(
+                    th.c.key.in_(bindparam("keys", expanding=True)))),
+                {"keys": list(forgotten.counter_keys)}))
+        for prefix in forgotten.counter_prefixes:
+            found.update((row[0], row) for row in conn.execute(self._stmt(
+                conn, "counter range", lambda _: select(*columns).where(
+                    th.c.key >= bindparam("low"), th.c.key < bindparam("high"))),
+                {"low": prefix, "high": _prefix_end(prefix)}))
+        return [rows.read_throttle(found[key]) for key in sorted(found)]
 
     def end_audit(self, conn: Connection, before: datetime, limit: int, *,
                   pseudonymise: bool) -> int:
@@ -402,7 +418,7 @@ class RetentionStatements:
             list[tuple[str, str, MergeReceipt]]]:
         """The audit records (with their seq), counters and receipts *forgotten* names."""
         t = self._t
-        au, th, r = t.audit, t.throttles, t.receipts
+        au, r = t.audit, t.receipts
         columns = [*(au.c[name] for name in rows.AUDIT_COLUMNS), au.c.seq]
         audit: dict[int, AuditRecord] = {}
         for n, condition in enumerate(self._naming()):
@@ -414,10 +430,7 @@ class RetentionStatements:
                 *self._mentions()))
             audit.update((row[-1], rows.read_audit(row))
                          for row in conn.execute(stmt, {"b_at": at, "b_id": account_id}))
-        named = self._counters_named(forgotten)
-        counters = [] if named is None else [rows.read_throttle(row) for row in conn.execute(
-            select(*(th.c[name] for name in rows.THROTTLE_COLUMNS)).where(named)
-            .order_by(th.c.key))]
+        counters = self.named_counters(conn, forgotten)
         receipts = [rows.read_receipt(row) for row in conn.execute(self._stmt(
             conn, "held receipts", lambda _: select(*(r.c[name] for name in rows.RECEIPT_COLUMNS))
             .where(r.c.principal_id.in_(bindparam("ids", expanding=True)))
