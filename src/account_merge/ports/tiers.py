@@ -19,7 +19,7 @@ tier               where its methods are           what needs it
 ``notices``        the unit of work:               ``deliver_notices``
                    :class:`Notices`
 ``retention``      the unit of work:               ``purge``, ``export_personal_data``
-                   :class:`~account_merge.ports.retention.Retention`
+                   :class:`.retention.Retention`
 =================  ==============================  =================================
 """
 

@@ -23,7 +23,9 @@ nothing), and two purges at once only share the work:
 
 and an audit record of the purge, with its counts, is written when it
 deleted anything.  A dry run does the same work in units of work that are
-rolled back, and reports what a purge would delete.
+rolled back, and reports what a purge would delete (steps 1 to 3 each in
+one unit of work, so that each batch sees what the ones before it did:
+on SQLite, writers wait for a dry run's step to end).
 
 :func:`export_personal_data` gathers what the store holds about one
 account, for the parent's right of access (RGPD art. 15); the fields are
@@ -32,10 +34,10 @@ described in ``docs/privacy.md``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -61,7 +63,6 @@ from account_merge.exceptions import AccountNotFound
 from account_merge.ports.retention import DueKind, Retention
 from account_merge.ports.storage import ChangeSet, Fetch, UnitOfWork
 from account_merge.ports.tiers import require_tier
-from account_merge.service.arguments import MAX_LIMIT
 from account_merge.service.context import Context, logger
 
 __all__ = ["EXPORT_FORMAT", "Progress", "export_personal_data", "purge"]
@@ -95,7 +96,7 @@ class _Run:
     gone: set[str] = attrs.Factory(set)
     handled: int = 0
 
-    @contextmanager
+    @contextlib.contextmanager
     def batch(self) -> Iterator[tuple[UnitOfWork, Retention]]:
         """A writing unit of work with its retention tier; committed unless a dry run."""
         with self.ctx.writing() as uow:
@@ -119,18 +120,24 @@ class _Run:
     def repeat(self, step: Callable[[Retention, int], int]) -> int:
         """Run *step* (which works on at most *limit* rows) until it does less than that.
 
-        A dry run runs it once, over everything due, in a unit of work that
-        is rolled back.
+        Each batch is a unit of work of its own; a dry run runs them all in
+        one unit of work, rolled back at the end (each batch sees what the
+        ones before it did).
         """
-        limit = MAX_LIMIT if self.dry_run else self.policy.batch
+        limit = self.policy.batch
         total = 0
-        while True:
-            with self.batch() as (_, tier):
-                count = step(tier, limit)
-            total += count
-            self.done(count)
-            if count < limit or self.dry_run:
-                return total
+        with contextlib.ExitStack() as stack:
+            tier = stack.enter_context(self.batch())[1] if self.dry_run else None
+            while True:
+                if tier is not None:
+                    count = step(tier, limit)
+                else:
+                    with self.batch() as (_, each):
+                        count = step(each, limit)
+                total += count
+                self.done(count)
+                if count < limit:
+                    return total
 
 
 # -- 2. accounts -------------------------------------------------------------------------------
