@@ -201,22 +201,29 @@ def _expired(run: _Run, entry: OutboxEntry) -> bool:
 
 
 def _purge_outbox(run: _Run) -> None:
-    """One pass over the outbox: events of deleted accounts, and events past their time."""
+    """One pass over the outbox: events of deleted accounts, and events past their time.
+
+    Each page is read without the write lock; a unit of work deletes what
+    it found, if anything (an account not stored when the page was read is
+    never stored again: ids are not reused).
+    """
     gone = run.gone  # a dry run has not deleted them
     position = 0
     while True:
-        with run.batch() as (uow, tier):
-            page = tier.outbox_page(position, run.policy.batch)
-            if not page:
-                return
+        with run.ctx.reading() as uow:
+            page = require_tier(uow, Retention).outbox_page(position, run.policy.batch)
             named = {i for entry in page for i in account_ids_of(entry.event)}
             stored = uow.fetch(Fetch(accounts=sorted(named))).accounts if named else {}
-            doomed = [entry.position for entry in page
-                      if _expired(run, entry) or any(
-                          i not in stored or i in gone for i in account_ids_of(entry.event))]
-            count = tier.delete_outbox(doomed) if doomed else 0
-        run.events_deleted += count
-        run.done(count)
+        if not page:
+            return
+        doomed = [entry.position for entry in page
+                  if _expired(run, entry) or any(
+                      i not in stored or i in gone for i in account_ids_of(entry.event))]
+        if doomed:
+            with run.batch() as (_, tier):
+                count = tier.delete_outbox(doomed)
+            run.events_deleted += count
+            run.done(count)
         position = page[-1].position
 
 
