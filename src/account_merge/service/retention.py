@@ -129,18 +129,21 @@ class _Run:
         with contextlib.ExitStack() as stack:
             tier = stack.enter_context(self.batch())[1] if self.dry_run else None
             while True:
-                if tier is not None:
-                    count = step(tier, limit)
-                else:
-                    with self.batch() as (_, each):
-                        count = step(each, limit)
+                count = step(tier, limit) if tier is not None else self.ctx.retry(
+                    functools.partial(self.alone, step, limit))
                 total += count
                 self.done(count)
                 if count < limit:
                     return total
 
 
-# -- 2. accounts -------------------------------------------------------------------------------
+    def alone(self, step: Callable[[Retention, int], int], limit: int) -> int:
+        """*step* in a unit of work of its own."""
+        with self.batch() as (_, tier):
+            return step(tier, limit)
+
+
+# -- 4. accounts -------------------------------------------------------------------------------
 def _purge_accounts(run: _Run, kind: DueKind, before: datetime) -> None:
     """Delete the accounts of *kind* due at *before*, page after page."""
     after: tuple[datetime, str] | None = None
@@ -190,7 +193,7 @@ def _delete_accounts(run: _Run, ids: list[str]) -> None:
     run.done(len(plan.deleted))
 
 
-# -- 3. the outbox -----------------------------------------------------------------------------
+# -- 5. the outbox -----------------------------------------------------------------------------
 def _expired(run: _Run, entry: OutboxEntry) -> bool:
     """True if *entry* is past its time: published or not."""
     age = run.now - entry.event.occurred_at
@@ -220,11 +223,15 @@ def _purge_outbox(run: _Run) -> None:
                   if _expired(run, entry) or any(
                       i not in stored or i in gone for i in account_ids_of(entry.event))]
         if doomed:
-            with run.batch() as (_, tier):
-                count = tier.delete_outbox(doomed)
+            count = run.ctx.retry(functools.partial(run.alone, _deleting(doomed), 0))
             run.events_deleted += count
             run.done(count)
         position = page[-1].position
+
+
+def _deleting(positions: list[int]) -> Callable[[Retention, int], int]:
+    """A step deleting the outbox entries at *positions*."""
+    return lambda tier, _: tier.delete_outbox(positions)
 
 
 # -- the use cases -----------------------------------------------------------------------------
