@@ -463,7 +463,7 @@ def test_deliver_notices_needs_a_destination_and_says_what_is_missing(
 SUBCOMMANDS = [
     ["demo"], ["establishment"], ["establishment", "add"], ["issue"], ["issue-batch"],
     ["activate"], ["merge"], ["children"], ["split"], ["audit"], ["events"],
-    ["reissue"], ["deliver-notices"],
+    ["reissue"], ["deliver-notices"], ["purge"], ["export"],
 ]
 
 

@@ -20,6 +20,7 @@ from account_merge.ports import Storage
 from account_merge.storage.sqlalchemy import SQLAlchemyStorage
 from account_merge.testing.conformance import StorageContract
 from sqlalchemy_kit import fresh_prefix, pg_engine, sqlite_engine
+from store_dumps import dump_sqlite, dump_tables
 
 __all__ = ["pg_engine"]
 
@@ -56,6 +57,10 @@ class TestConformanceOnPostgres(StorageContract):
         storage.metadata.drop_all(self.engine)
         storage.close()
 
+    def dump_storage(self, storage: Storage) -> str:
+        assert isinstance(storage, SQLAlchemyStorage)
+        return dump_tables(self.engine, storage.prefix)
+
     def make_broken_storage(self) -> Storage:
         no_server = self.url.split("?host=")[0] + "?host=/nonexistent-socket-dir"
         return SQLAlchemyStorage.from_url(no_server)
@@ -84,6 +89,11 @@ class TestConformanceOnSQLite(StorageContract):
 
     def close_storage(self, storage: Storage) -> None:
         self.engines.pop(id(storage)).dispose()
+
+    def dump_storage(self, storage: Storage) -> str:
+        engine = self.engines[id(storage)]
+        assert engine.url.database is not None
+        return dump_sqlite(engine.url.database)
 
     def make_broken_storage(self) -> Storage:
         garbage = self.folder / "not-a-database.sqlite3"

@@ -10,6 +10,7 @@ import pytest
 from account_merge import SQLiteStorage
 from account_merge.ports import Storage
 from account_merge.testing.conformance import StorageContract
+from store_dumps import dump_sqlite
 
 
 class TestSQLiteStorage(StorageContract):
@@ -20,6 +21,11 @@ class TestSQLiteStorage(StorageContract):
 
     def make_storage(self) -> Storage:
         return SQLiteStorage(self.directory / f"store-{next(self.numbers)}.sqlite3")
+
+    def dump_storage(self, storage: Storage) -> str:
+        """Every row of every table of the file (and its -wal content, through SQLite)."""
+        assert isinstance(storage, SQLiteStorage)
+        return dump_sqlite(storage.path)
 
     def make_broken_storage(self) -> Storage:
         garbage = self.directory / "garbage.sqlite3"

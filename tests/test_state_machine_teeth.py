@@ -6,6 +6,7 @@ then fails; the unmodified service passes it (tests/test_state_machine.py).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -16,8 +17,9 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from account_merge import InMemoryStorage
 from account_merge.domain import proofs, rules
+from account_merge.domain import retention as retention_rules
 from account_merge.exceptions import AccountMergeError
-from account_merge.service import merging, splitting
+from account_merge.service import merging, retention, splitting
 from account_merge.testing.state_machine import build_state_machine
 
 # No shrinking: finding the failure is the point, and shrinking is slow.
@@ -87,4 +89,27 @@ def test_it_catches_a_merge_that_skips_the_password_check(
         return original(account, credential, now, purpose)
 
     monkeypatch.setattr(merging, "openable_hash", lax)
+    assert_machine_fails()
+
+
+def test_it_catches_a_purge_that_leaves_the_absorbed_accounts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def without_absorbed(due: Any, absorbed: Any, children: Any, **options: Any) -> Any:
+        return retention_rules.plan_purge(due, {}, children, **options)
+
+    monkeypatch.setattr(retention, "plan_purge", without_absorbed)
+    assert_machine_fails()
+
+
+def test_it_catches_a_purge_that_deletes_accounts_used_within_the_year(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's query and the check under lock both take 300 days for a year."""
+    def hasty(policy: Any) -> Any:
+        return attrs.evolve(policy, unused=timedelta(days=300))
+
+    monkeypatch.setattr(retention, "unused_cutoff",
+                        lambda policy, now: retention_rules.unused_cutoff(hasty(policy), now))
+    monkeypatch.setattr(retention, "due_reason",
+                        lambda account, credential, policy, **options: retention_rules.due_reason(
+                            account, credential, hasty(policy), **options))
     assert_machine_fails()

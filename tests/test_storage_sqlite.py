@@ -144,7 +144,7 @@ def test_the_file_is_in_wal_mode_marked_as_ours_at_the_current_schema_version(
     storage.write(new(1))
     connection = raw(path)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     assert connection.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     connection.close()
 
@@ -642,6 +642,12 @@ def test_a_file_of_every_older_version_is_migrated_on_open_and_reads_back(
         assert [r.account.id for r in uow.accounts_by_email("claire@example.org", 5)] == ["acc1"]
         assert uow.notice_cursor() == 0
         assert [e.position for e in uow.outbox_after(0, 10)] == ([1] if version else [])
+        uow.commit()
+    # Retention (version 6): an old file's last event deleted, its position is not given again.
+    with store.unit_of_work() as uow:
+        assert uow.delete_outbox([1]) == (1 if version else 0)
+        uow.apply(ChangeSet(events=[AccountActivated(T0, "acc4")]))
+        assert [e.position for e in uow.outbox_page(0, 10)] == [2 if version else 1]
         uow.commit()
     store.close()
     connection = raw(path)

@@ -11,6 +11,7 @@ shown once, to print.
 from __future__ import annotations
 
 import hmac
+import json
 
 from flask import (
     Blueprint,
@@ -121,3 +122,39 @@ def courrier() -> ResponseReturnValue:
                 error = french(exc)
     return render_template("etablissement_courrier.html", establishment=establishment,
                            login=login, error=error, letter=letter), 200 if error is None else 400
+
+
+@blueprint.route("/donnees", methods=["GET", "POST"])
+def donnees() -> ResponseReturnValue:
+    """Données d'un compte: for a parent asking the school (RGPD art. 15), as a file.
+
+    Only for an account of the establishment: issued by it, or holding a
+    child one of its letters carried.
+    """
+    establishment = _establishment()
+    if session.get(_SESSION_KEY) != establishment.uai:
+        return redirect(url_for("etablissement.connexion"))
+    error = None
+    login = request.form.get("identifiant", "").strip()
+    if request.method == "POST":
+        service = get_service()
+        account_id = account_id_for_login(service, login) if login else None
+        if account_id is None or not _of_establishment(service, account_id, establishment):
+            error = "Aucun compte de l'établissement n'a cet identifiant."
+        else:
+            data = service.export_personal_data(account_id)
+            return current_app.response_class(
+                json.dumps(data, ensure_ascii=False, indent=2), mimetype="application/json",
+                headers={"Content-Disposition": f'attachment; filename="{login}.json"'})
+    return render_template("etablissement_donnees.html", establishment=establishment,
+                           login=login, error=error), 200 if error is None else 400
+
+
+def _of_establishment(service: MergeService, account_id: str,
+                      establishment: Establishment) -> bool:
+    account = service.get_account(account_id)
+    if account.establishment_uai == establishment.uai:
+        return True
+    live = service.resolve(account_id)
+    return any(child.origin_establishment_uai == establishment.uai
+               for child in service.attached_children(live.id))

@@ -8,6 +8,7 @@ when that check is older than ``RECENT_LOGIN_MAX_AGE`` seconds.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import time
 import uuid
@@ -283,6 +284,16 @@ def mot_de_passe() -> ResponseReturnValue:
         return _compte_page(password_error=french(exc)), 400
     flash("Mot de passe modifié.")
     return redirect(url_for("parent.compte"))
+
+
+@blueprint.get("/compte/mes-donnees")
+@login_required
+def mes_donnees() -> ResponseReturnValue:
+    """Mes données: everything the ENT keeps about the account, as a file (RGPD art. 15)."""
+    data = get_service().export_personal_data(g.account.id)
+    return current_app.response_class(
+        json.dumps(data, ensure_ascii=False, indent=2), mimetype="application/json",
+        headers={"Content-Disposition": 'attachment; filename="mes-donnees.json"'})
 
 
 @blueprint.get("/compte/enfants")

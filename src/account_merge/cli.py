@@ -50,6 +50,7 @@ from account_merge.ports import Storage
 from account_merge.registers import (
     SCHOOL_CSV_COLUMNS,
     JobError,
+    ProgressBar,
     ask,
     describe,
     error_text,
@@ -459,6 +460,45 @@ def cmd_events(session: _Session) -> int:
     return 0
 
 
+# -- retention: purge and export ---------------------------------------------------------
+
+
+def cmd_purge(session: _Session) -> int:
+    session.require_db()
+    service = session.service
+    progress = None
+    if not session.args.dry_run and session.err.isatty():
+        # The bar needs a total: what a dry run finds (it changes nothing).
+        total = sum(service.purge(dry_run=True).to_dict()[k] for k in _PURGE_COUNTS)
+        progress = ProgressBar(total, session.err, label=_("cli.purge.progress")).update
+    report = service.purge(dry_run=session.args.dry_run, progress=progress)
+    data = report.to_dict()
+    print(_("cli.purge.dry_run_title" if report.dry_run else "cli.purge.done_title"),
+          file=session.out)
+    print(_("cli.purge.report", **data["deleted"],
+            **{k: v for k, v in data.items() if k != "deleted"}), file=session.out)
+    return 0
+
+
+#: The counts of a purge report that a progress bar adds up.
+_PURGE_COUNTS = ("accounts", "erased_hashes", "audit_deleted", "audit_pseudonymised",
+                 "events_deleted", "counters_deleted")
+
+
+def cmd_export(session: _Session) -> int:
+    session.require_db()
+    account = session.account(session.args.account)
+    data = session.service.export_personal_data(account.id)
+    path = Path(session.args.out)
+    # Readable by its owner only: it holds a parent's personal data.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=2)
+        handle.write("\n")
+    print(_("cli.export.done", login=account.login, path=path), file=session.out)
+    return 0
+
+
 # -- issue-batch and sync ---------------------------------------------------------------
 
 #: The columns of ``issue-batch`` (kept here for compatibility).
@@ -678,6 +718,15 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=_positive, default=100, metavar="N",
                         help=_("cli.events.limit"))
     events.add_argument("--mark-published", action="store_true", help=_("cli.events.mark"))
+
+    purge = command("purge", cmd_purge, "account-merge purge --dry-run")
+    purge.add_argument("--dry-run", action="store_true", help=_("cli.purge.dry_run"))
+    export = command("export", cmd_export,
+                     "account-merge export claire.robert --out claire.robert.json")
+    export.add_argument("account", metavar=_("cli.metavar.account"),
+                        help=_("cli.export.account"))
+    export.add_argument("--out", required=True, metavar=_("cli.metavar.file"),
+                        help=_("cli.export.out"))
     return parser
 
 

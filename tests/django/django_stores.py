@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from django.db import connections
@@ -14,6 +15,7 @@ from account_merge.contrib.django.storage import DjangoStorage
 TABLES = [model._meta.db_table for model in (
     models.Notice, models.NoticeCursor, models.EmailIndexEntry,  # the way back's tiers
     models.RegisterEntry, models.RegisterClosure,
+    models.OutboxHead,  # tier retention
     models.ChildLink, models.Credential, models.Child, models.Receipt, models.Throttle,
     models.OutboxEvent, models.AuditEntry, models.EstablishmentStaff, models.Establishment,
     models.Account,
@@ -50,3 +52,24 @@ def forget_connection(alias: str) -> None:
         return
     connection.close()
     del connections[alias]
+
+
+def dump_database(alias: str, storage: DjangoStorage) -> str:
+    """Every row of every table of the database of *alias*, and of its attempts journal."""
+    connection = connections[alias]
+    parts = []
+    with connection.cursor() as cursor:
+        for table in sorted(connection.introspection.table_names(cursor)):
+            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")
+            parts += [f"{table}: {row!r}" for row in cursor.fetchall()]
+    if connection.vendor == "sqlite":
+        journal = storage._journal_of(connection)
+        raw = sqlite3.connect(journal.path, uri=journal.in_memory)
+        try:
+            tables = [row[0] for row in raw.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            parts += [f"journal {table}: {row!r}" for table in tables
+                      for row in raw.execute(f'SELECT * FROM "{table}"')]
+        finally:
+            raw.close()
+    return "\n".join(parts)

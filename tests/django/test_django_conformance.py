@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from django.db import connections, transaction
-from django_stores import empty_store, forget_connection, unusable_store
+from django_stores import dump_database, empty_store, forget_connection, unusable_store
 
 from account_merge.contrib.django.storage import DjangoStorage
 from account_merge.ports import Storage
@@ -55,6 +55,10 @@ class TestDjangoStorageOnSQLite(StorageContract):
     def hosted_storage(self, storage: Storage) -> AbstractContextManager[Storage]:
         return inside_a_host_transaction(storage, self.alias)
 
+    def dump_storage(self, storage: Storage) -> str:
+        assert isinstance(storage, DjangoStorage)
+        return dump_database(self.alias, storage)
+
     def make_broken_storage(self) -> Storage:
         self.garbage.write_bytes(bytes(range(256)) * 64)
         return unusable_store(BROKEN, {**connections.settings["default"],
@@ -80,6 +84,10 @@ class TestDjangoStorageOnPostgreSQL(StorageContract):
 
     def hosted_storage(self, storage: Storage) -> AbstractContextManager[Storage]:
         return inside_a_host_transaction(storage, self.alias)
+
+    def dump_storage(self, storage: Storage) -> str:
+        assert isinstance(storage, DjangoStorage)
+        return dump_database(self.alias, storage)
 
     def close_storage(self, storage: Storage) -> None:
         storage.close()

@@ -14,6 +14,7 @@ pages = ([
     path("mon-compte/enfants/", views.enfants, name="enfants"),
     path("mon-compte/regrouper/", views.regrouper, name="regrouper"),
     path("mon-compte/regrouper/confirmation/", views.confirmation, name="confirmation"),
+    path("mon-compte/mes-donnees/", views.mes_donnees, name="mes_donnees"),
     # the way back
     path("mot-de-passe-oublie/", views.mot_de_passe_oublie, name="mot_de_passe_oublie"),
     path("identifiant-oublie/", views.identifiant_oublie, name="identifiant_oublie"),

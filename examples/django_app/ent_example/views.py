@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST
 
 from account_merge import Account, AccountStatus
@@ -179,6 +181,17 @@ def mon_compte(request: HttpRequest, account: Account) -> HttpResponse:
             return redirect("ent:mon_compte")
     return render(request, "ent_example/mon_compte.html",
                   {"account": account, "form": form, "info": notice})
+
+
+@parent_required
+def mes_donnees(request: HttpRequest, account: Account) -> HttpResponse:
+    """Mes données: everything the ENT keeps about the account, as a file (RGPD art. 15)."""
+    data = get_service().export_personal_data(account.id)
+    response = HttpResponse(json.dumps(data, ensure_ascii=False, indent=2),
+                            content_type="application/json; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="mes-donnees.json"'
+    add_never_cache_headers(response)
+    return response
 
 
 @parent_required

@@ -30,6 +30,8 @@ class AuditAction(enum.Enum):
     REISSUE_LETTER = "reissue_letter"
     NOTICE = "notice"
     SYNC_REGISTER = "sync_register"
+    # retention: one record per purge, with its counts
+    PURGE = "purge"
 
 
 @attrs.frozen

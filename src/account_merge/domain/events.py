@@ -15,6 +15,7 @@ __all__ = [
     "AccountActivated",
     "AccountClosed",
     "AccountIssued",
+    "AccountPurged",
     "AccountReopened",
     "AccountsMerged",
     "ChildAttached",
@@ -30,6 +31,7 @@ __all__ = [
     "PasswordReset",
     "PasswordResetRequested",
     "RegisterSynced",
+    "account_ids_of",
     "event_from_payload",
 ]
 
@@ -234,13 +236,43 @@ class RegisterSynced(Event):
     closed: int
 
 
+# -- retention -----------------------------------------------------------------------------
+@attrs.frozen
+class AccountPurged(Event):
+    """The retention policy deleted an account (``reason``: ``unactivated``, ``unused``,
+    ``closed`` or ``absorbed``).
+
+    The account is named by its ``pseudonym``
+    (:func:`account_merge.domain.retention.pseudonym`), never by its id:
+    nothing the library keeps names a deleted account.  A host that keeps
+    data of its own about accounts finds which by computing the pseudonym
+    of the ids it holds (or reads ``PurgeReport.account_ids`` as the purge
+    returns).
+    """
+
+    name: ClassVar[str] = "account_purged"
+    pseudonym: str
+    reason: str
+    establishment_uai: str
+
+
 _EVENTS: dict[str, type[Event]] = {
     cls.name: cls
     for cls in (AccountIssued, AccountActivated, AccountsMerged, MergeSplit,
                 PasswordChanged, EmailChanged, PasswordResetRequested, PasswordReset,
                 LoginReminderRequested, EmailVerificationRequested, LetterReissued,
-                ChildAttached, ChildDetached, AccountClosed, AccountReopened, RegisterSynced)
+                ChildAttached, ChildDetached, AccountClosed, AccountReopened, RegisterSynced,
+                AccountPurged)
 }
+
+#: The fields of events that hold one account id, and the one that holds several.
+_ID_FIELDS = ("account_id", "principal_id", "absorbed_id", "new_account_id")
+
+
+def account_ids_of(event: Event) -> tuple[str, ...]:
+    """The ids of the accounts *event* names (in its id fields), in field order."""
+    ids = [value for name in _ID_FIELDS if isinstance(value := getattr(event, name, None), str)]
+    return (*ids, *getattr(event, "account_ids", ()))
 
 
 def event_from_payload(name: str, payload: dict[str, Any]) -> Event:

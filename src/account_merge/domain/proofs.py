@@ -13,6 +13,7 @@ import enum
 from datetime import datetime
 
 from account_merge.domain.account import Account, AccountStatus, Credential, CredentialKind
+from account_merge.domain.retention import ERASED_HASH
 
 __all__ = ["Purpose", "openable_hash"]
 
@@ -39,7 +40,7 @@ class Purpose(enum.Enum):
 
 def _usable(account: Account, credential: Credential, now: datetime) -> bool:
     """True if the credential is the one its account's state calls for, unexpired."""
-    if credential.expired(now):
+    if credential.expired(now) or credential.password_hash == ERASED_HASH:
         return False
     provisional = credential.kind is CredentialKind.PROVISIONAL
     if account.status is AccountStatus.PROVISIONAL:

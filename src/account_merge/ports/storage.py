@@ -55,8 +55,9 @@ The rules, in one place:
    first linked (a child linked again to the same account keeps its
    place); absorbed accounts in the order they were absorbed into that
    account; outbox entries by position, positions increasing and gap-free
-   in commit order (a rolled-back event leaves no gap); audit records in
-   the order they were written.
+   in commit order (a rolled-back event leaves no gap; entries the
+   ``retention`` tier deletes leave theirs, and a position is never given
+   twice); audit records in the order they were written.
 5. **Children.**  A link keeps the child as the letter that carried it
    named it (name, establishment): the same child id on two letters of two
    establishments is two links that each read back as written.

@@ -19,6 +19,8 @@ tier               where its methods are           what needs it
 ``notices``        the unit of work:               ``deliver_notices``
                    :class:`Notices`
 ``register``       the unit of work: ``Register``  ``sync_register``, ``split``
+``retention``      the unit of work:               ``purge``, ``export_personal_data``
+                   :class:`.retention.Retention`
 =================  ==============================  =================================
 """
 
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from account_merge.exceptions import NotSupported
 from account_merge.ports.register import Register
+from account_merge.ports.retention import Retention
 
 if TYPE_CHECKING:
     from account_merge.domain.events import OutboxEntry
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from account_merge.ports.storage import AccountRecord
     from account_merge.storage.bulk import BulkAccount
 
-__all__ = ["BulkLoad", "EmailIndex", "Notices", "Register", "require_tier", "supports"]
+__all__ = ["BulkLoad", "EmailIndex", "Notices", "Register", "Retention", "require_tier", "supports"]
 
 
 @runtime_checkable
@@ -117,6 +120,8 @@ class Notices(Protocol):
 #: The tier names, by protocol.
 TIER_NAMES: dict[type, str] = {BulkLoad: "bulk_load"}
 TIER_NAMES.update({EmailIndex: "email_index", Notices: "notices"})
+# Tier ``retention`` (purge, export); its types are in ports/retention.py.
+TIER_NAMES[Retention] = "retention"
 
 # Tier ``register`` (the school's register); its types are in ports/register.py.
 TIER_NAMES[Register] = "register"

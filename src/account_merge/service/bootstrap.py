@@ -45,6 +45,15 @@ The settings (:data:`SETTINGS`), all optional:
 ``NOTICE_ATTEMPTS``                   failed sends before a notice is given up
 ``REGISTER_PAGE``                     register records a sync reads per unit of work
 ``REGISTER_BATCH``                    accounts a register sync settles per unit of work
+``RETENTION_UNACTIVATED`` (s)         :class:`~account_merge.domain.retention.RetentionPolicy`
+``RETENTION_UNUSED`` (s)              fields: durations in seconds or as ``timedelta``
+``RETENTION_CLOSED`` (s)              (``RETENTION_UNPUBLISHED_EVENTS`` may be
+``RETENTION_AUDIT`` (s)               ``"never"``); ``RETENTION_AUDIT_END`` is
+``RETENTION_AUDIT_END``               ``"delete"`` or ``"pseudonymise"``;
+``RETENTION_PUBLISHED_EVENTS`` (s)    ``RETENTION_BATCH`` an int
+``RETENTION_UNPUBLISHED_EVENTS`` (s)
+``RETENTION_COUNTERS`` (s)
+``RETENTION_BATCH``
 ====================================  ===============================================
 """
 
@@ -61,6 +70,7 @@ import argon2
 import attrs
 
 from account_merge.credentials import Argon2Verifier
+from account_merge.domain.retention import AuditEnd, RetentionPolicy
 from account_merge.domain.secret import Secret
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidInput
@@ -90,6 +100,8 @@ SETTINGS: Final[frozenset[str]] = frozenset({
     # the way back
     "SECRET_KEY", "LINKS", "RESET_VALIDITY", "EMAIL_CONFIRMATION_VALIDITY", "NOTICE_ATTEMPTS",
     "REGISTER_PAGE", "REGISTER_BATCH",
+    # retention
+    *(f"RETENTION_{f.name.upper()}" for f in attrs.fields(RetentionPolicy)),
 })
 
 
@@ -180,6 +192,9 @@ def read_settings(values: Mapping[str, Any], *, name: Callable[[str], str] = str
     for key in ("REGISTER_PAGE", "REGISTER_BATCH"):
         if key in given:
             policy_options[key.lower()] = reader.int(key)
+    retention = reader.retention()
+    with reader.renaming("RETENTION_"):
+        policy_options["retention"] = RetentionPolicy(**retention)
     with reader.renaming(""):
         policies = Policies(**policy_options)
     clock = reader.callable("CLOCK") if "CLOCK" in given else None
@@ -267,6 +282,29 @@ class _Reader:
                                error.message.split(": ", 1)[-1]) from None
         key = secret if secret is None or isinstance(secret, Secret) else Secret(secret)
         return key, (dict(options.links) if links is not None else None)
+
+    def retention(self) -> dict[str, Any]:
+        """The ``RETENTION_*`` settings given, as fields of a ``RetentionPolicy``."""
+        options: dict[str, Any] = {}
+        for field in attrs.fields(RetentionPolicy):
+            key = f"RETENTION_{field.name.upper()}"
+            if key not in self.given:
+                continue
+            value = self.given[key]
+            if field.name == "batch":
+                options[field.name] = self.int(key)
+            elif field.name == "audit_end":
+                text = value.value if isinstance(value, AuditEnd) else str(value).strip().lower()
+                try:
+                    options[field.name] = AuditEnd(text)
+                except ValueError:
+                    raise InvalidInput(self.name(key), "must be " + " or ".join(
+                        repr(e.value) for e in AuditEnd)) from None
+            elif field.name == "unpublished_events" and str(value).strip().lower() == "never":
+                options[field.name] = None
+            else:
+                options[field.name] = self.seconds(key)
+        return options
 
     def verifier(self) -> CredentialVerifier | None:
         if "VERIFIER" in self.given:

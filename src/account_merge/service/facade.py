@@ -18,9 +18,11 @@ to the module of that actor's goal:
   address is confirmed before it is on record),
   :mod:`~account_merge.service.letters` (an establishment re-issues a
   lost letter), :mod:`~account_merge.service.notices` (the host sends
-  what parents should hear about).
+  what parents should hear about);
 - :mod:`~account_merge.service.register`: an establishment syncs the
-  accounts with its register.
+  accounts with its register;
+- :mod:`~account_merge.service.retention`: the host deletes what the
+  retention policy says, and gives a parent their own data.
 
 The expensive step, the argon2 hash, always runs outside any transaction
 (see :mod:`~account_merge.service.credential_check`).
@@ -44,6 +46,7 @@ from account_merge.domain.letter import NotificationLetter
 from account_merge.domain.passwords import PasswordPolicy
 from account_merge.domain.receipts import MergeReceipt, SplitReceipt
 from account_merge.domain.register import RegisterEntry, RegisterLetter, SyncReport
+from account_merge.domain.retention import PurgeReport, RetentionPolicy
 from account_merge.domain.secret import Secret
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidInput
@@ -62,6 +65,7 @@ from account_merge.service import (
     reading,
     recovery,
     register,
+    retention,
     splitting,
 )
 from account_merge.service.bootstrap import build_context
@@ -86,6 +90,9 @@ class MergeService:
     ``"email_verification"`` to the URL templates of the host's pages,
     with ``{token}`` where the token goes (and ``"sign_in"``, optional, to
     the sign-in page): see ``docs/recovery.md``.
+
+    *retention* (``policies.retention``) says how long each kind of record
+    is kept: see :meth:`purge` and ``docs/privacy.md``.
     """
 
     def __init__(
@@ -102,11 +109,13 @@ class MergeService:
         provisional_length: int | None = None,
         secret_key: str | bytes | Secret | None = None,
         links: Mapping[str, str] | None = None,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         changes: dict[str, Any] = {name: value for name, value in (
             ("password_policy", password_policy), ("throttle", throttle),
             ("identity_rule", identity_rule), ("provisional_validity", provisional_validity),
-            ("provisional_length", provisional_length)) if value is not None}
+            ("provisional_length", provisional_length), ("retention", retention))
+            if value is not None}
         base = policies if policies is not None else Policies()
         if not isinstance(base, Policies):
             raise InvalidInput("policies", "must be a Policies")
@@ -360,6 +369,35 @@ class MergeService:
         have left since, and changes nothing.
         """
         return merging.merge(self._ctx, principal_id, login, password, idempotency_key)
+
+    # -- retention and the parent's own data ------------------------------------
+    def purge(self, *, dry_run: bool = False,
+              progress: Callable[[int], None] | None = None) -> PurgeReport:
+        """Delete what the retention policy says is due; what was deleted.
+
+        Run it every night (the command line's ``purge``, Django's
+        ``account_merge_purge``).  It works in short batches, each in a unit
+        of work of its own, so it can be stopped and run again, and a
+        second purge at once only shares the work.  *dry_run* reports what
+        would be deleted and changes nothing.  *progress* is called after
+        each batch with the number of rows handled so far.  Needs the
+        ``retention`` storage tier.  See ``docs/privacy.md``.
+        """
+        return retention.purge(self._ctx, dry_run=bool(dry_run), progress=progress)
+
+    def export_personal_data(self, account_id: str) -> dict[str, Any]:
+        """Everything the store holds about the account and its own doings, JSON-ready.
+
+        For the right of access (RGPD art. 15): the account, its
+        credential's kind and dates (never a hash), its children and where
+        each came from, the accounts merged into it, its audit records
+        (sign-ins, failures at its login, merges, splits, notices sent),
+        its failure counters, the receipts of its merges and the events
+        that name it.  Give it to the account's owner, or to their school's
+        staff; the fields are described in ``docs/privacy.md``.  Needs the
+        ``retention`` storage tier.
+        """
+        return retention.export_personal_data(self._ctx, account_id)
 
     # -- reading -------------------------------------------------------------------
     def get_account(self, account_id: str) -> Account:

@@ -48,6 +48,7 @@ from account_merge.domain.events import (
     PasswordChanged,
     PasswordReset,
     PasswordResetRequested,
+    account_ids_of,
 )
 from account_merge.domain.notices import Notice, NoticeKind, NoticeState, NoticeStatus, notice_id
 from account_merge.domain.recovery import confirmed_email, resettable
@@ -157,10 +158,6 @@ def _join(names: Iterable[str], language: str) -> str:
     return ", ".join(items[:-1]) + messages.message("letter.list_and", language) + items[-1]
 
 
-def _account_ids(event: Event) -> list[str]:
-    ids = [getattr(event, name) for name in ("account_id", "principal_id", "absorbed_id")
-           if isinstance(getattr(event, name, None), str)]
-    return ids + list(getattr(event, "account_ids", ()))
 
 
 @attrs.frozen
@@ -341,7 +338,7 @@ def _read_pending(ctx: Context, limit: int) -> tuple[list[tuple[NoticeState, Out
         notices: Notices = require_tier(uow, Notices)
         pending = notices.pending_notices(limit)
         events = [entry.event for _, entry in pending]
-        ids = sorted({i for e in events for i in _account_ids(e)})
+        ids = sorted({i for e in events for i in account_ids_of(e)})
         principals = sorted({e.principal_id for e in events if isinstance(e, AccountsMerged)})
         found = uow.fetch(Fetch(accounts=ids, links=principals))
         schools = {link.origin_establishment_uai for p in principals

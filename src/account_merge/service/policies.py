@@ -17,6 +17,7 @@ import attrs
 from account_merge.domain.account import Account
 from account_merge.domain.logins import login_key
 from account_merge.domain.passwords import CnilPasswordPolicy, PasswordPolicy
+from account_merge.domain.retention import RetentionPolicy
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidInput
 
@@ -69,6 +70,11 @@ def _length(_: Any, __: Any, value: Any) -> None:
                            f"to {MAX_PROVISIONAL_LENGTH}")
 
 
+def _retention(_: Any, __: Any, value: Any) -> None:
+    if not isinstance(value, RetentionPolicy):
+        raise InvalidInput("retention", "must be a RetentionPolicy")
+
+
 def _attempts(_: Any, attribute: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInput(attribute.name, "must be a positive int")
@@ -105,6 +111,12 @@ class Policies:
     - ``register_page``: records a register sync reads per unit of work
       (1000); ``register_batch``: live accounts a sync settles per unit of
       work, under lock (100).
+
+    Retention (``purge``):
+
+    - ``retention``: how long each kind of record is kept
+      (:class:`~account_merge.domain.retention.RetentionPolicy`, each
+      default with the rule it follows).
     """
 
     password_policy: PasswordPolicy = attrs.field(factory=CnilPasswordPolicy,
@@ -122,3 +134,5 @@ class Policies:
     # The school's register (service/register.py).
     register_page: int = attrs.field(default=1000, validator=_count)
     register_batch: int = attrs.field(default=100, validator=_count)
+    # retention
+    retention: RetentionPolicy = attrs.field(factory=RetentionPolicy, validator=_retention)

@@ -15,19 +15,29 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
 import attrs
 
-from account_merge.domain.account import Account, AccountStatus, Credential, Role
+from account_merge.domain.account import Account, AccountStatus, Credential, CredentialKind, Role
 from account_merge.domain.audit import AuditRecord
 from account_merge.domain.child import ChildLink
 from account_merge.domain.establishment import Establishment
 from account_merge.domain.events import OutboxEntry
+from account_merge.domain.logins import login_key
 from account_merge.domain.notices import NoticeState, NoticeStatus
 from account_merge.domain.register import RegisterRecord
+from account_merge.domain.retention import (
+    DELETED_ACCOUNT,
+    ERASED_HASH,
+    Forgotten,
+    counter_at_rest,
+    names_someone,
+    pseudonymised,
+)
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import ExpectationFailed, LoginTaken
 from account_merge.ports.register import (
@@ -37,6 +47,7 @@ from account_merge.ports.register import (
     RegisterFetched,
     RegisterPage,
 )
+from account_merge.ports.retention import DueKind, DuePage, Held
 from account_merge.ports.storage import (
     AccountRecord,
     ChangeSet,
@@ -62,9 +73,12 @@ class _Tables:
         self.links: dict[str, dict[str, ChildLink]] = {}
         self.throttles: dict[str, ThrottleState] = {}
         self.receipts: dict[tuple[str, str], StoredReceipt] = {}
-        self.outbox: list[OutboxEntry] = []
+        # outbox[position - 1]; None where the retention tier deleted an entry, so
+        # that a position is never given twice
+        self.outbox: list[OutboxEntry | None] = []
         self.first_unpublished = 0
-        self.audit: list[AuditRecord] = []
+        # None where the retention tier deleted a record
+        self.audit: list[AuditRecord | None] = []
         # tier email_index: account id -> key, and key -> account ids
         self.email_of: dict[str, str] = {}
         self.emails: dict[str, frozenset[str]] = {}
@@ -208,7 +222,7 @@ class _InMemoryUnitOfWork:
     def unpublished(self, limit: int) -> list[OutboxEntry]:
         out = []
         for entry in self._t.outbox[self._t.first_unpublished:]:
-            if not entry.published:
+            if entry is not None and not entry.published:
                 out.append(entry)
                 if len(out) >= limit:
                     break
@@ -217,6 +231,8 @@ class _InMemoryUnitOfWork:
     def audit_records(self, account_id: str | None, limit: int) -> list[AuditRecord]:
         out: list[AuditRecord] = []
         for record in reversed(self._t.audit):
+            if record is None:
+                continue
             if account_id is None or account_id in (record.account_id, record.actor):
                 out.append(record)
                 if len(out) >= limit:
@@ -394,12 +410,15 @@ class _InMemoryUnitOfWork:
         outbox = self._t.outbox
         for position in positions:
             index = position - 1
-            if 0 <= index < len(outbox) and not outbox[index].published:
-                old = outbox[index]
+            old = outbox[index] if 0 <= index < len(outbox) else None
+            if old is not None and not old.published:
                 outbox[index] = attrs.evolve(old, published=True)
                 self._undo.append(partial(outbox.__setitem__, index, old))
         first = previous = self._t.first_unpublished
-        while first < len(outbox) and outbox[first].published:
+        while first < len(outbox):
+            entry = outbox[first]
+            if entry is not None and not entry.published:
+                break
             first += 1
         if first != previous:
             self._t.first_unpublished = first
@@ -413,7 +432,11 @@ class _InMemoryUnitOfWork:
         if old == key:
             return
         if old is not None:
-            self._set(t.emails, old, t.emails.get(old, frozenset()) - {account_id})
+            rest = t.emails.get(old, frozenset()) - {account_id}
+            if rest:
+                self._set(t.emails, old, rest)
+            else:  # no key of an address nobody has any more
+                self._delete(t.emails, old)
             self._delete(t.email_of, account_id)
         if key is not None:
             self._set(t.emails, key, t.emails.get(key, frozenset()) | {account_id})
@@ -431,8 +454,7 @@ class _InMemoryUnitOfWork:
 
     def outbox_after(self, position: int, limit: int) -> list[OutboxEntry]:
         self._check_open()
-        start = max(position, 0)
-        return self._t.outbox[start:start + limit]
+        return self.outbox_page(position, limit)
 
     def add_notices(self, states: Sequence[NoticeState], cursor: int) -> None:
         self._check_open()
@@ -450,10 +472,163 @@ class _InMemoryUnitOfWork:
         pending = sorted((s for s in self._t.notices.values()
                           if s.status is NoticeStatus.PENDING),
                          key=lambda s: (s.position, s.id))[:limit]
-        return [(s, self._t.outbox[s.position - 1]) for s in pending]
+        return [(s, entry) for s in pending
+                if (entry := self._t.outbox[s.position - 1]) is not None]
 
     def update_notices(self, states: Sequence[NoticeState]) -> None:
         self._check_open()
         for state in states:
             if state.id in self._t.notices:
                 self._set(self._t.notices, state.id, state)
+
+    # tier retention ---------------------------------------------------------------
+    def accounts_due(self, kind: DueKind, before: datetime, after: tuple[datetime, str] | None,
+                     limit: int) -> DuePage:
+        self._check_open()
+        t = self._t
+        found: list[tuple[tuple[datetime, str], AccountRecord]] = []
+        for account in t.accounts.values():
+            credential = t.credentials.get(account.id)
+            when: datetime | None = None
+            if kind is DueKind.UNACTIVATED and account.status is AccountStatus.PROVISIONAL:
+                if credential is not None and credential.kind is CredentialKind.PROVISIONAL:
+                    when = credential.expires_at
+            elif kind is DueKind.UNUSED and account.status is AccountStatus.ACTIVE:
+                when = account.last_signed_in_at
+            if when is None or when > before or (after is not None and (when, account.id) <= after):
+                continue
+            found.append(((when, account.id), AccountRecord(account, credential)))
+        found.sort(key=lambda item: item[0])
+        page = found[:max(0, limit)]
+        return DuePage(records=tuple(r for _, r in page),
+                       after=page[-1][0] if len(page) == limit and page else None)
+
+    def erase_hashes(self, expired_by: datetime, limit: int) -> int:
+        self._check_open()
+        erased = 0
+        for account_id, credential in list(self._t.credentials.items()):
+            if erased >= limit:
+                break
+            if (credential.kind is CredentialKind.PROVISIONAL and credential.expires_at is not None
+                    and credential.expires_at <= expired_by
+                    and credential.password_hash != ERASED_HASH):
+                account = self._t.accounts.get(account_id)
+                if account is not None and account.status is AccountStatus.MERGED:
+                    self._delete(self._t.credentials, account_id)
+                else:
+                    self._set(self._t.credentials, account_id,
+                              attrs.evolve(credential, password_hash=ERASED_HASH))
+                erased += 1
+        return erased
+
+    def forget(self, forgotten: Forgotten) -> None:
+        self._check_open()
+        t = self._t
+        ids = set(forgotten.account_ids)
+        for index, record in enumerate(t.audit):
+            if record is None:
+                continue
+            changed = record
+            if forgotten.names_record(record):
+                holder = t.accounts.get(record.account_id or "")
+                changed = pseudonymised(record, holder.establishment_uai if holder else None)
+            elif (named := forgotten.mentions(record)) is not None:
+                changed = attrs.evolve(record, detail=(record.detail or "").replace(
+                    named, DELETED_ACCOUNT))
+            if changed != record:
+                self._replace_audit(index, changed)
+        for key in [k for k in t.throttles if forgotten.names_counter(k)]:
+            self._delete(t.throttles, key)
+        for pair in [k for k in t.receipts if k[0] in ids]:
+            self._delete(t.receipts, pair)
+        for account_id in forgotten.account_ids:
+            self.index_email(account_id, None)
+            self._delete(t.links, account_id)
+            self._delete(t.credentials, account_id)
+        absorbed_first = sorted((t.accounts[i] for i in ids if i in t.accounts),
+                                key=lambda a: a.merged_into is None)
+        for account in absorbed_first:
+            if account.merged_into is not None:
+                bucket = t.absorbed.get(account.merged_into, {})
+                self._set(t.absorbed, account.merged_into,
+                          {k: None for k in bucket if k != account.id})
+            self._delete(t.absorbed, account.id)
+            key = login_key(account.login)
+            if t.logins.get(key) != account.id:  # stored under another key: look for it
+                key = next((k for k, v in t.logins.items() if v == account.id), key)
+            self._delete(t.logins, key)
+            self._delete(t.accounts, account.id)
+
+    def _replace_audit(self, index: int, record: AuditRecord | None) -> None:
+        audit = self._t.audit
+        old = audit[index]
+        audit[index] = record
+        self._undo.append(partial(audit.__setitem__, index, old))
+
+    def end_audit(self, before: datetime, limit: int, *, pseudonymise: bool) -> int:
+        self._check_open()
+        t = self._t
+        ended = 0
+        for index, record in enumerate(t.audit):
+            if ended >= limit:
+                break
+            if record is None or record.at >= before:
+                continue
+            if not pseudonymise:
+                self._replace_audit(index, None)
+            elif names_someone(record):
+                holder = t.accounts.get(record.account_id or "")
+                self._replace_audit(index, pseudonymised(
+                    record, holder.establishment_uai if holder else None))
+            else:
+                continue
+            ended += 1
+        return ended
+
+    def outbox_page(self, after: int, limit: int, *,
+                    published: bool | None = None) -> list[OutboxEntry]:
+        self._check_open()
+        out: list[OutboxEntry] = []
+        for entry in self._t.outbox[max(after, 0):]:
+            if len(out) >= limit:
+                break
+            if entry is not None and (published is None or entry.published is published):
+                out.append(entry)
+        return out
+
+    def delete_outbox(self, positions: Sequence[int]) -> int:
+        self._check_open()
+        t = self._t
+        pending = {s.position for s in t.notices.values() if s.status is NoticeStatus.PENDING}
+        deleted = 0
+        for position in sorted(set(positions)):
+            index = position - 1
+            if not 0 <= index < len(t.outbox) or t.outbox[index] is None or position in pending:
+                continue
+            old = t.outbox[index]
+            t.outbox[index] = None
+            self._undo.append(partial(t.outbox.__setitem__, index, old))
+            for notice_id in [i for i, s in t.notices.items() if s.position == position]:
+                self._delete(t.notices, notice_id)
+            deleted += 1
+        return deleted
+
+    def delete_counters(self, before: datetime, limit: int) -> int:
+        self._check_open()
+        t = self._t
+        keys = [k for k, state in t.throttles.items() if counter_at_rest(state, before)][:limit]
+        for key in keys:
+            self._delete(t.throttles, key)
+        return len(keys)
+
+    def held_about(self, forgotten: Forgotten) -> Held:
+        self._check_open()
+        t = self._t
+        ids = set(forgotten.account_ids)
+        return Held(
+            audit=tuple(r for r in t.audit if r is not None and (
+                forgotten.names_record(r) or forgotten.mentions(r))),
+            counters=tuple(state for key, state in sorted(t.throttles.items())
+                           if forgotten.names_counter(key)),
+            receipts=tuple((p, k, stored.receipt) for (p, k), stored in t.receipts.items()
+                           if p in ids))

@@ -6,7 +6,10 @@ and splits, on any storage, and after every step compares the store with
 the model and checks the design's invariants I1-I5 and I7.  A split must
 give each origin letter's children to a new account of their own, named
 after that letter's responsable: no new account ever holds children of
-two origins.
+two origins.  Time passes (up to a year at a step) and the retention
+policy's purge runs, dry or not: it must delete exactly the accounts the
+policy makes due, with the accounts they absorbed, and no live account
+may lose a child; a deleted account's login and passwords open nothing.
 
 On a store with the ``register`` tier it also syncs each establishment's
 register (whole or partial, with names corrected, children added and
@@ -29,6 +32,7 @@ Run it with ``run_state_machine_as_test(Machine)`` or expose
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from datetime import timedelta
@@ -93,6 +97,8 @@ class _Model:
     expires_at: Any = None
     #: what the account was when it was absorbed (its credential then)
     absorbed_from: AccountStatus | None = None
+    #: the last sign-in (or the activation)
+    last_sign_in: Any = None
 
 
 def build_state_machine(
@@ -127,6 +133,8 @@ def build_state_machine(
             self.register: dict[str, dict[str, set[str]]] = {}
             # (establishment, external id) -> the account issued (or adopted) for the entry
             self.entry_account: dict[tuple[str, str], str] = {}
+            #: accounts a purge deleted
+            self.purged: dict[str, _Model] = {}
 
         def teardown(self) -> None:
             (close or (lambda s: s.close()))(self.storage)
@@ -158,6 +166,10 @@ def build_state_machine(
         def new_password(self) -> str:
             self.passwords += 1
             return f"Mot-de-passe-{self.passwords}-Sûr"
+
+        def gone(self, *account_ids: str) -> bool:
+            """True if a purge deleted one of these accounts."""
+            return any(account_id in self.purged for account_id in account_ids)
 
         def live(self, account_id: str) -> _Model:
             model = self.model[account_id]
@@ -226,6 +238,7 @@ def build_state_machine(
             new = self.new_password()
             self.service.activate(target.login, target.provisional, new)
             target.status, target.password = AccountStatus.ACTIVE, new
+            target.last_sign_in = self.clock()
             return account
 
         @rule(target=principals,
@@ -268,6 +281,8 @@ def build_state_machine(
         @rule(target=principals, account=accounts,
               mode=st.sampled_from(["right", "right", "right", "wrong"]))
         def activate(self, account: str, mode: str) -> Any:
+            if self.gone(account):
+                return multiple()
             target = self.model[account]
             provisional = target.provisional if mode == "right" else "WRONGPW9"
             new = self.new_password()
@@ -276,6 +291,7 @@ def build_state_machine(
                 assert result.status is AccountStatus.ACTIVE
                 target.status = AccountStatus.ACTIVE
                 target.password = new
+                target.last_sign_in = self.clock()
                 return account
             self.expect_failure("invalid_credentials",
                                 lambda: self.service.activate(target.login, provisional, new),
@@ -284,6 +300,9 @@ def build_state_machine(
 
         @rule(account=accounts, mode=st.sampled_from(["right", "wrong", "stale"]))
         def authenticate(self, account: str, mode: str) -> None:
+            if self.gone(account):
+                self.authenticate_a_purged_account(self.purged[account], mode)
+                return
             target = self.model[account]
             password = self.password_for(target, mode)
 
@@ -294,6 +313,7 @@ def build_state_machine(
                 self.expect_failure("invalid_credentials", call, credential_failure=True)
             elif target.status is AccountStatus.ACTIVE:
                 assert self.service.authenticate(target.login, password).id == account
+                target.last_sign_in = self.clock()
             elif target.status is AccountStatus.PROVISIONAL:
                 # Proven, so telling it reveals nothing: the letter must be activated.
                 self.expect_failure("activation_required", call, credential_failure=True)
@@ -316,7 +336,19 @@ def build_state_machine(
         def merge_any(self, principal: str, absorbed: str, mode: str) -> None:
             self.merge(principal, absorbed, mode)
 
+        def authenticate_a_purged_account(self, target: _Model, mode: str) -> None:
+            """A deleted account's login and passwords open nothing (its login may be
+            another account's since)."""
+            if any(m.login == target.login for m in self.model.values()):
+                return
+            password = (target.password or target.provisional) if mode == "right" else "WRONGPW9"
+            self.expect_failure("invalid_credentials",
+                                lambda: self.service.authenticate(target.login, password),
+                                credential_failure=True)
+
         def merge(self, principal: str, absorbed: str, mode: str) -> None:
+            if self.gone(principal, absorbed):
+                return
             p, a = self.model[principal], self.model[absorbed]
             password = self.password_for(a, mode)
 
@@ -349,6 +381,8 @@ def build_state_machine(
 
         @rule(target=accounts, school=st.sampled_from(_ESTABLISHMENTS), account=principals)
         def split(self, school: Establishment, account: str) -> Any:
+            if self.gone(account):
+                return multiple()
             live = self.live(account)
 
             def call() -> Any:
@@ -536,9 +570,43 @@ def build_state_machine(
             self.merge(claire.id, marc.id, "right")
             return claire.id
 
-        @rule(days=st.sampled_from([1, 7, 30, 89, 91]))
+        @rule(days=st.sampled_from([1, 7, 30, 89, 91, 366]))
         def time_passes(self, days: int) -> None:
             self.clock.advance(timedelta(days=days))
+
+        @rule(dry_run=st.booleans())
+        def purge(self, dry_run: bool) -> None:
+            """The retention policy's purge deletes exactly the accounts it says, and no
+            live account loses a child.
+
+            Due: a letter never activated once it expired (90 days after its
+            issue: the default policy), an ACTIVE account a year after its
+            last sign-in; with each, the accounts it absorbed.
+            """
+            now = self.clock()
+            due = {m.id for m in self.model.values()
+                   if (m.status is AccountStatus.PROVISIONAL and m.expires_at <= now)
+                   or (m.status is AccountStatus.ACTIVE and m.last_sign_in is not None
+                       and m.last_sign_in <= now - timedelta(days=365))}
+            expected = due | {m.id for m in self.model.values() if m.merged_into in due}
+            before = self.snapshot()
+            report = self.service.purge(dry_run=dry_run)
+            assert set(report.account_ids) == expected, (report, expected)
+            assert len(report.account_ids) == report.accounts == len(expected)
+            if dry_run:
+                assert self.snapshot() == before
+                return
+            for account_id in expected:
+                self.purged[account_id] = self.model.pop(account_id)
+                with contextlib.suppress(AccountMergeError):
+                    self.service.get_account(account_id)
+                    raise AssertionError(f"{account_id} was purged but is still there")
+            # Only the children of deleted accounts that no live account holds are gone.
+            held = {c for m in self.model.values() if m.status is not AccountStatus.MERGED
+                    for c in m.children}
+            lost = {c for i in expected for c in self.purged[i].children} - held
+            assert self.issued_children - lost == held
+            self.issued_children -= lost
 
         # -- invariants ----------------------------------------------------------
         @invariant()

@@ -11,11 +11,14 @@ page prints the new letters (a split makes one new account per letter
 the moved children came with), whose provisional passwords are shown
 this once and never stored.  The school's register (its entries, and the
 accounts it closed) is shown read-only too: it changes by a sync
-(``manage.py account_merge_sync``).
+(``manage.py account_merge_sync``).  The same users may download, for a parent
+who asks the school, everything the library holds about an account
+(the export action).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -113,7 +116,7 @@ class AccountAdmin(ReadOnlyAdmin):
         closure = m.RegisterClosure.objects.filter(account_id=account.id).first()
         return closure.closed_at if closure is not None else None
 
-    actions = ["split_merge", "reissue_letter"]
+    actions = ["split_merge", "reissue_letter", "export_personal_data"]
 
     def has_split_permission(self, request: HttpRequest) -> bool:
         """Whether the split action is offered at all (the permission)."""
@@ -204,6 +207,37 @@ class AccountAdmin(ReadOnlyAdmin):
             "letters": [{"login": letter.login, "children": letter.children,
                          "text": letter.render()} for letter in letters],
         })
+        add_never_cache_headers(response)
+        return response
+
+
+    @admin.action(permissions=["split"],
+                  description=_("Exporter les données du compte (droit d'accès)"))
+    def export_personal_data(self, request: HttpRequest,
+                             queryset: QuerySet[m.Account]) -> HttpResponse | None:
+        """Everything the library holds about one selected account, as a JSON file.
+
+        For a parent exercising the right of access (RGPD art. 15) at the
+        school: offered for an account whose letter, or a letter of one of
+        its children, one of the user's establishments issued.  Never cached.
+        """
+        accounts = list(queryset[:2])
+        if len(accounts) != 1:
+            self.message_user(request, gettext("Choisissez un seul compte à exporter."),
+                              messages.WARNING)
+            return None
+        account = accounts[0]
+        uais = {account.establishment_uai, *m.ChildLink.objects.filter(
+            account_id=account.id).values_list("origin_establishment_uai", flat=True)}
+        if not any(is_allowed_to_split(request.user, uai) for uai in sorted(uais)):
+            self.message_user(request, gettext(
+                "%(login)s : ce compte ne relève d'aucun de vos établissements.") % {
+                "login": account.login}, messages.WARNING)
+            return None
+        data = get_service().export_personal_data(account.id)
+        response = HttpResponse(json.dumps(data, ensure_ascii=False, indent=2),
+                                content_type="application/json; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{account.login}.json"'
         add_never_cache_headers(response)
         return response
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
@@ -42,6 +43,7 @@ __all__ = [
     "Notice",
     "NoticeCursor",
     "OutboxEvent",
+    "OutboxHead",
     "Receipt",
     "RegisterClosure",
     "RegisterEntry",
@@ -77,7 +79,9 @@ ACTION_CHOICES = _choices(AuditAction, {
     "request_email_change": _("demande de changement d'e-mail"),
     "confirm_email": _("confirmation d'e-mail"),
     "reissue_letter": _("réédition du courrier"), "notice": _("message"),
-    "sync_register": _("synchronisation du registre")})
+    "sync_register": _("synchronisation du registre"),
+    # retention
+    "purge": _("purge")})
 
 
 class Establishment(models.Model):
@@ -143,6 +147,10 @@ class Account(models.Model):
             models.Index(fields=["merged_into", "merged_seq"],
                          name="account_merge_acc_merged",
                          condition=Q(merged_into__isnull=False)),
+            # retention: ACTIVE accounts by their last sign-in (the ORM binds the
+            # status as a parameter, which a partial index could not serve)
+            models.Index(fields=["status", "last_signed_in_at", "id"],
+                         name="account_merge_acc_unused"),
         ]
         permissions = [
             ("split_account", _("Peut casser un regroupement pour ses établissements")),
@@ -184,6 +192,11 @@ class Credential(models.Model):
     class Meta:
         verbose_name = _("preuve d'identité")
         verbose_name_plural = _("preuves d'identité")
+        indexes = [
+            # retention: letters by expiry
+            models.Index(fields=["kind", "expires_at", "account"],
+                         name="account_merge_cred_expiry"),
+        ]
 
     def __str__(self) -> str:
         return gettext("%(kind)s du compte %(account)s") % {
@@ -262,6 +275,7 @@ class Throttle(models.Model):
     class Meta:
         verbose_name = _("compteur d'échecs")
         verbose_name_plural = _("compteurs d'échecs")
+        indexes = [models.Index(fields=["last_failure_at"], name="account_merge_throttle_rest")]
 
     def __str__(self) -> str:
         return self.key
@@ -329,6 +343,9 @@ class AuditEntry(models.Model):
                          condition=Q(account_id__isnull=False)),
             models.Index(fields=["actor", "id"], name="account_merge_audit_actor",
                          condition=Q(actor__isnull=False)),
+            # retention: records by time, and by the login typed (ASCII case folded)
+            models.Index(fields=["at", "id"], name="account_merge_audit_at"),
+            models.Index(Lower("login"), name="account_merge_audit_login"),
         ]
 
     def __str__(self) -> str:
@@ -378,6 +395,24 @@ class Notice(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class OutboxHead(models.Model):
+    """Tier ``retention``: one row (id 1), the last outbox position given.
+
+    Once the purge deleted outbox events, positions come from here too, so
+    that a position is never given twice.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    last_position = models.BigIntegerField()
+
+    class Meta:
+        verbose_name = _("dernière position des événements")
+        verbose_name_plural = _("dernières positions des événements")
+
+    def __str__(self) -> str:
+        return str(self.last_position)
 
 
 class NoticeCursor(models.Model):

@@ -307,11 +307,14 @@ class CoreStatements:
              "recent": rows.recent_json(s)} for s in states])
 
     def _append_event(self, conn: Connection, name: str, payload: dict[str, Any]) -> None:
-        o = self._t.outbox
-        # One writer at a time: the next position is one past the last.
+        o, head = self._t.outbox, self._t.outbox_head
+        # One writer at a time: the next position is one past the last given, the
+        # last in the outbox or, once the purge deleted events, in outbox_head.
+        given = select(head.c.last_position).where(head.c.id == 1).scalar_subquery()
         stmt = self._stmt("append event", lambda: o.insert().from_select(
             ["position", "name", "payload", "published"],
-            select(func.coalesce(func.max(o.c.position), 0) + 1,
+            select(func.max(func.coalesce(func.max(o.c.position), 0),
+                            func.coalesce(given, 0)) + 1,
                    bindparam("name", type_=o.c.name.type),
                    bindparam("payload", type_=o.c.payload.type), false())))
         conn.execute(stmt, {"name": name, "payload": payload})

@@ -31,9 +31,9 @@ How one statement keeps the contract:
   every change set rewrites the row of each account whose credential,
   links, absorbed accounts or receipts it changes, and the fetch compares
   the locked version of each account (its ``ctid``) with the one of its
-  snapshot: when one differs, the store reads again, in a second
-  statement, now that it holds the locks.  Without contention, one
-  statement.
+  snapshot: when one differs (or the account was deleted meanwhile, by
+  the retention tier), the store reads again, in a second statement, now
+  that it holds the locks.  Without contention, one statement.
 - **Preconditions** (``Expect``, and the accounts to replace) are one CTE
   that every write of the statement is conditioned on: when it fails,
   nothing is written and the statement says so.  A login or id in use
@@ -239,8 +239,10 @@ class PostgresStatements:
             ("(SELECT json_agg(json_build_array(e.uai, e.name)) "
              f"FROM {self.establishments} e WHERE e.uai IN {in_list('uai', s.establishments)})"
              ) if s.establishments else None,
+            # An account the lock holder deleted is no longer locked: read again too.
             ("(SELECT coalesce(bool_or(a.seen IS DISTINCT FROM k.ctid), false) "
-             "FROM locked k LEFT JOIN acc a ON a.id = k.id)") if s.lock else None,
+             f"FROM locked k FULL JOIN (SELECT id, seen FROM acc WHERE id IN "
+             f"{in_list('id', s.ids)}) a ON a.id = k.id)") if s.lock else None,
         ]
         select = "SELECT " + ", ".join(c if c is not None else "NULL" for c in columns)
         return (f"WITH {', '.join(ctes)} {select}" if ctes else select)

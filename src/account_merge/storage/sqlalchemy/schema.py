@@ -26,9 +26,15 @@ What changed since the first release of these tables, and what
   address on record) and ``notices`` with ``notice_cursor`` (the delivery
   state of notices, and the last outbox position turned into notices): new
   tables, created empty (the events of an earlier release are looked at
-  once for notices, and the notices of old ones dropped when made).
+  once for notices, and the notices of old ones dropped when made);
 - ``register`` and ``closures`` (tier ``register``, the school's
-  register), and the index ``links_origin_idx`` on the links: created.
+  register), and the index ``links_origin_idx`` on the links: created;
+- the retention tier: indexes on the times that make rows due (a letter's
+  expiry, the last sign-in, an audit record's time, a counter's last
+  failure), on the login typed in audit records and on the notices'
+  positions, created on the existing tables.  ``outbox_head`` is also used
+  on SQLite now, once the purge deleted events, so that a position is
+  never given twice.
 """
 
 from __future__ import annotations
@@ -54,21 +60,24 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     false,
     func,
     insert,
     inspect,
+    literal_column,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 
+from account_merge.domain.account import CredentialKind
+from account_merge.domain.retention import ERASED_HASH
 from account_merge.exceptions import InvalidInput
 
 __all__ = [
     "ADDED_COLUMNS",
-    "ADDED_INDEXES",
     "DEFAULT_PREFIX",
     "Tables",
     "make_metadata",
@@ -79,6 +88,7 @@ __all__ = [
 #: The prefix of the table names unless the host chooses another.
 DEFAULT_PREFIX = "account_merge_"
 
+_PROVISIONAL = CredentialKind.PROVISIONAL.value
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,29}|", re.ASCII)
 
 
@@ -167,7 +177,7 @@ def make_metadata(
         Column("name", Text, nullable=False),
         PrimaryKeyConstraint("uai", name=f"{p}establishments_pkey"),
     )
-    table(
+    accounts = table(
         "accounts",
         Column("id", _id(), nullable=False),
         Column("login", Text, nullable=False),
@@ -186,7 +196,7 @@ def make_metadata(
         UniqueConstraint("login_key", name=f"{p}accounts_login_key_key"),
         Index(f"{p}accounts_merged_into_idx", "merged_into"),
     )
-    table(
+    credentials = table(
         "credentials",
         Column("account_id", _id(), nullable=False),
         Column("password_hash", Text, nullable=False),
@@ -194,7 +204,7 @@ def make_metadata(
         Column("expires_at", UtcDateTime()),
         PrimaryKeyConstraint("account_id", name=f"{p}credentials_pkey"),
     )
-    table(
+    links = table(
         "links",
         # ``seq`` orders an account's children in the order they were linked.
         Column("seq", _serial(), autoincrement=True, nullable=False),
@@ -211,7 +221,7 @@ def make_metadata(
         PrimaryKeyConstraint("seq", name=f"{p}links_pkey"),
         UniqueConstraint("account_id", "child_id", name=f"{p}links_account_child_key"),
     )
-    table(
+    throttles = table(
         "throttles",
         Column("key", Text, nullable=False),
         Column("consecutive", Integer, nullable=False),
@@ -276,7 +286,7 @@ def make_metadata(
         Column("position", BigInteger, nullable=False),
         PrimaryKeyConstraint("id", name=f"{p}notice_cursor_pkey"),
     )
-    table(
+    audit = table(
         "audit",
         Column("seq", _serial(), autoincrement=True, nullable=False),
         Column("at", UtcDateTime(), nullable=False),
@@ -310,13 +320,36 @@ def make_metadata(
         Column("closed_at", UtcDateTime(), nullable=False),
         PrimaryKeyConstraint("account_id", name=f"{p}closures_pkey"),
     )
-    Index(f"{p}links_origin_idx", md.tables[_key(schema, f"{p}links")].c.origin_establishment_uai,
-          md.tables[_key(schema, f"{p}links")].c.child_id)
+    Index(f"{p}links_origin_idx", links.c.origin_establishment_uai, links.c.child_id)
+    _retention_indexes(p, accounts, credentials, throttles, audit, notices)
     return md
 
 
 def _key(schema: str | None, name: str) -> str:
     return f"{schema}.{name}" if schema else name
+
+
+def _retention_indexes(p: str, accounts: Table, credentials: Table, throttles: Table,
+                       audit: Table, notices: Table) -> None:
+    """Tier retention: what is due, and what names a login, found without a scan.
+
+    Partial indexes are served only to queries that repeat their WHERE with
+    the same literals (:mod:`~account_merge.storage.sqlalchemy.tiers`).
+    """
+    provisional = credentials.c.kind == literal_column(f"'{_PROVISIONAL}'")
+    Index(f"{p}credentials_expiry_idx", credentials.c.expires_at, credentials.c.account_id,
+          postgresql_where=provisional, sqlite_where=provisional)
+    to_erase = and_(provisional,
+                    credentials.c.password_hash != literal_column(f"'{ERASED_HASH}'"))
+    Index(f"{p}credentials_to_erase_idx", credentials.c.expires_at,
+          postgresql_where=to_erase, sqlite_where=to_erase)
+    active = accounts.c.status == literal_column("'active'")
+    Index(f"{p}accounts_last_sign_in_idx", accounts.c.last_signed_in_at, accounts.c.id,
+          postgresql_where=active, sqlite_where=active)
+    Index(f"{p}audit_at_idx", audit.c.at, audit.c.seq)
+    Index(f"{p}audit_login_idx", func.lower(audit.c.login))
+    Index(f"{p}throttles_last_failure_idx", throttles.c.last_failure_at)
+    Index(f"{p}notices_position_idx", notices.c.position)
 
 
 #: The tables with the default prefix, for a host's Alembic ``target_metadata``.
@@ -405,7 +438,7 @@ def upgrade(conn: Connection, tables: Tables) -> list[str]:
                    f"{quote.quote(name)} {column.type.compile(dialect=dialect)}")
             conn.exec_driver_sql(ddl)
             done.append(f"added {table.name}.{name}")
-    done += _add_indexes(conn, tables, created)
+    done += _create_missing_indexes(conn, tables, created)
     done += _fill_links(conn, tables, inspector)
     done += _fill_merged_seq(conn, tables)
     if dialect.name == "postgresql":  # where outbox_head gives the positions
@@ -414,24 +447,28 @@ def upgrade(conn: Connection, tables: Tables) -> list[str]:
     return done
 
 
-#: The indexes added since the first release, by table name (without prefix).
-ADDED_INDEXES: dict[str, tuple[str, ...]] = {"links": ("links_origin_idx",)}
-
-
-def _add_indexes(conn: Connection, tables: Tables, created: set[str]) -> list[str]:
-    """The indexes a table of an earlier release lacks."""
+def _create_missing_indexes(conn: Connection, tables: Tables, created: set[str]) -> list[str]:
+    """The indexes of the metadata that tables made by an earlier release lack."""
     done = []
-    for short, names in ADDED_INDEXES.items():
-        table: Table = getattr(tables, short)
+    for table in tables.metadata.sorted_tables:
         if table.name in created:
             continue
-        present = {i["name"] for i in inspect(conn).get_indexes(table.name,
-                                                                 schema=tables.schema)}
-        for index in table.indexes:
-            if index.name in {f"{tables.prefix}{n}" for n in names} - present:
+        present = _index_names(conn, table, tables.schema)
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index.name not in present:
                 index.create(conn)
                 done.append(f"created index {index.name}")
     return done
+
+
+def _index_names(conn: Connection, table: Table, schema: str | None) -> set[str]:
+    """The names of *table*'s indexes (on SQLite, those on expressions too, which
+    SQLAlchemy does not reflect)."""
+    if conn.dialect.name == "sqlite":
+        return {row[0] for row in conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?",
+            (table.name,))}
+    return {str(i["name"]) for i in inspect(conn).get_indexes(table.name, schema=schema)}
 
 
 def _fill_links(conn: Connection, tables: Tables, inspector: Any) -> list[str]:

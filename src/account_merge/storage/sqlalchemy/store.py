@@ -38,7 +38,7 @@ from account_merge.storage.sqlalchemy.portable import CoreStatements
 from account_merge.storage.sqlalchemy.postgres import PostgresStatements
 from account_merge.storage.sqlalchemy.register import RegisterStatements
 from account_merge.storage.sqlalchemy.schema import DEFAULT_PREFIX, Tables
-from account_merge.storage.sqlalchemy.tiers import TierStatements
+from account_merge.storage.sqlalchemy.tiers import RetentionStatements, TierStatements
 from account_merge.storage.sqlalchemy.unit_of_work import SQLAlchemyUnitOfWork, check_outcome
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ class SQLAlchemyStorage:
         self._core = CoreStatements(self._tables)
         self._tiers = TierStatements(self._tables)
         self._register = RegisterStatements(self._tables)
+        self._retention = RetentionStatements(self._tables, self._tiers)
         self._pg: PostgresStatements | None = None
         self._prefix = prefix
         self._schema = schema

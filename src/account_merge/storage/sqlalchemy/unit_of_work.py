@@ -22,8 +22,9 @@ own beside the database, in a transaction of the unit of work's that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from account_merge.domain.audit import AuditRecord
 from account_merge.domain.events import OutboxEntry
 from account_merge.domain.notices import NoticeState
+from account_merge.domain.retention import Forgotten
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import (
     AccountMergeError,
@@ -51,6 +53,7 @@ from account_merge.ports.register import (
     RegisterFetched,
     RegisterPage,
 )
+from account_merge.ports.retention import DueKind, DuePage, Held
 from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched
 from account_merge.storage.attempts import (
     AttemptsJournal,
@@ -555,3 +558,83 @@ class SQLAlchemyUnitOfWork:
         conn = self._c()
         with self._translating():
             self._s._tiers.update_notices(conn, states)
+
+    # -- tier retention (storage/sqlalchemy/tiers.py; the journal on SQLite) ------------
+    def accounts_due(self, kind: DueKind, before: datetime, after: tuple[datetime, str] | None,
+                     limit: int) -> DuePage:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._retention.accounts_due(conn, kind, before, after, limit)
+
+    def erase_hashes(self, expired_by: datetime, limit: int) -> int:
+        self._wrote = True
+        conn = self._c()
+        with self._translating():
+            return self._s._retention.erase_hashes(conn, expired_by, limit)
+
+    def forget(self, forgotten: Forgotten) -> None:
+        self._wrote = True
+        conn = self._c()
+        retention = self._s._retention
+        if self._journal is not None:
+            with self._translating():
+                places = retention.establishments_of(conn, forgotten.account_ids)
+            with self._journaling():
+                self._journal_c().forget(forgotten, places)
+        with self._translating():
+            retention.forget(conn, forgotten)
+
+    def end_audit(self, before: datetime, limit: int, *, pseudonymise: bool) -> int:
+        self._wrote = True
+        conn = self._c()
+        retention = self._s._retention
+        with self._translating():
+            ended = retention.end_audit(conn, before, limit, pseudonymise=pseudonymise)
+        if self._journal is None or ended >= limit:
+            return ended
+
+        def places(ids: Sequence[str]) -> Mapping[str, str]:
+            with self._translating():
+                return retention.establishments_of(conn, ids)
+
+        with self._journaling():
+            return ended + self._journal_c().end_audit(before, limit - ended,
+                                                       pseudonymise=pseudonymise,
+                                                       establishments=places)
+
+    def outbox_page(self, after: int, limit: int, *,
+                    published: bool | None = None) -> list[OutboxEntry]:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            return self._s._retention.outbox_page(conn, after, limit, published)
+
+    def delete_outbox(self, positions: Sequence[int]) -> int:
+        self._wrote = True
+        conn = self._c()
+        with self._translating():
+            return self._s._retention.delete_outbox(conn, positions)
+
+    def delete_counters(self, before: datetime, limit: int) -> int:
+        self._wrote = True
+        conn = self._c()
+        with self._translating():
+            deleted = self._s._retention.delete_counters(conn, before, limit)
+        if self._journal is None or deleted >= limit:
+            return deleted
+        with self._journaling():
+            return deleted + self._journal_c().delete_counters(before, limit - deleted)
+
+    def held_about(self, forgotten: Forgotten) -> Held:
+        conn = self._c()
+        with self._translating(), self._decoding():
+            audit, counters, receipts = self._s._retention.held_about(conn, forgotten)
+        if self._journal is not None:
+            with self._journaling():
+                journaled, kept = self._journal_c().held_about(forgotten)
+            by_key = {c.key: c for c in counters}
+            by_key.update((c.key, c) for c in kept)  # the journal's are the current ones
+            counters = sorted(by_key.values(), key=lambda c: c.key)
+            trail = merge_trails(audit, journaled, len(audit) + len(journaled))
+        else:
+            trail = [record for _, record in audit]
+        return Held(audit=tuple(trail), counters=tuple(counters), receipts=tuple(receipts))
