@@ -2,7 +2,8 @@
 
 Most tests call ``main(argv)`` in this process, for speed; a few run
 ``python -m account_merge`` as a user would.  Argon2 runs with its
-cheapest parameters (``ACCOUNT_MERGE_ARGON2=cheapest``).
+cheapest parameters in this process (``make_verifier`` replaced); a process
+started by a test hashes with the defaults, as a user's does.
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ from __future__ import annotations
 import io
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+import argon2
 import attrs
 import pytest
 
+import account_merge.cli.session as cli_session
 from account_merge.cli import MESSAGES, main
 from account_merge.domain.receipts import MERGE_CONFIRMATION
+from account_merge.testing import fast_verifier
 
 UAI = "0869999B"
 NEW_PASSWORD = "Un-Mot-De-Passe-42!"
@@ -61,7 +66,7 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The file the command line uses, chosen by ACCOUNT_MERGE_DB."""
     path = tmp_path / "ent.sqlite3"
     monkeypatch.setenv("ACCOUNT_MERGE_DB", str(path))
-    monkeypatch.setenv("ACCOUNT_MERGE_ARGON2", "cheapest")
+    monkeypatch.setattr(cli_session, "make_verifier", fast_verifier)
     return path
 
 
@@ -81,7 +86,7 @@ def run(db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monkey
 
 def run_process(*argv: str, stdin: str = "", cwd: Path | None = None) -> Result:
     """Run ``python -m account_merge`` in a new process."""
-    env = {**os.environ, "ACCOUNT_MERGE_ARGON2": "cheapest", "PYTHONIOENCODING": "utf-8"}
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     done = subprocess.run([sys.executable, "-m", "account_merge", *argv], input=stdin,
                           capture_output=True, text=True, encoding="utf-8", env=env, cwd=cwd,
                           timeout=120, check=False)
@@ -499,3 +504,25 @@ def test_every_error_code_of_the_library_has_a_french_message() -> None:
              if isinstance(cls, type) and issubclass(cls, exceptions.AccountMergeError)
              and cls is not exceptions.AccountMergeError}
     assert codes <= MESSAGES.keys()
+
+
+# -- argon2: the command line has no cheap mode --------------------------------------
+
+
+def test_the_command_line_hashes_letters_at_argon2s_defaults_whatever_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A letter's hash is made at argon2-cffi's defaults: no option nor variable lowers them."""
+    db = tmp_path / "ent.sqlite3"
+    monkeypatch.setenv("ACCOUNT_MERGE_DB", str(db))
+    monkeypatch.setenv("ACCOUNT_MERGE_ARGON2", "cheapest")  # a switch of earlier versions
+    assert main(["establishment", "add", UAI, "Collège des Trois Rivières"]) == 0
+    assert main(["issue", "--uai", UAI, "--name", "Claire Robert", "--argon2", "cheapest"]) == 2
+    assert "--argon2" in capsys.readouterr().err
+    assert main(["issue", "--uai", UAI, "--name", "Claire Robert",
+                 "--child", "D1:Dylan:Robert"]) == 0
+    with sqlite3.connect(db) as connection:
+        (stored,) = connection.execute("SELECT password_hash FROM credentials").fetchone()
+    defaults = argon2.PasswordHasher()
+    assert stored.startswith(f"$argon2id$v=19$m={defaults.memory_cost},t={defaults.time_cost},"
+                             f"p={defaults.parallelism}$")

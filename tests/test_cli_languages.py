@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import account_merge.cli.session as cli_session
 from account_merge import AccountStatus, Role, messages
 from account_merge.cli import build_parser, describe, main
+from account_merge.testing import fast_verifier
 
 #: Words that only the French texts use; none may reach an English screen.
 FRENCH_WORDS = re.compile(
@@ -20,7 +22,7 @@ FRENCH_WORDS = re.compile(
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("ACCOUNT_MERGE_ARGON2", "cheapest")
+    monkeypatch.setattr(cli_session, "make_verifier", fast_verifier)
     monkeypatch.delenv("ACCOUNT_MERGE_LANG", raising=False)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     return tmp_path / "ent.sqlite3"

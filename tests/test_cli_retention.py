@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import account_merge.cli.session as cli_session
 from account_merge import Child, MergeService, SQLiteStorage
 from account_merge.cli import main
 from account_merge.testing import FakeClock, fast_verifier, make_establishment
@@ -26,7 +27,7 @@ SCHOOL = make_establishment(869999, "Collège des Trois Rivières")
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "ent.sqlite3"
     monkeypatch.setenv("ACCOUNT_MERGE_DB", str(path))
-    monkeypatch.setenv("ACCOUNT_MERGE_ARGON2", "cheapest")
+    monkeypatch.setattr(cli_session, "make_verifier", fast_verifier)
     return path
 
 

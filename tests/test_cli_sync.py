@@ -10,7 +10,9 @@ from pathlib import Path
 import attrs
 import pytest
 
+import account_merge.cli.session as cli_session
 from account_merge.cli import main
+from account_merge.testing import fast_verifier
 from account_merge.testing.registers import Family, Person, Pupil, write_siecle
 
 UAI = "0869999B"
@@ -35,7 +37,7 @@ class Result:
 @pytest.fixture
 def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ACCOUNT_MERGE_DB", str(tmp_path / "ent.sqlite3"))
-    monkeypatch.setenv("ACCOUNT_MERGE_ARGON2", "cheapest")
+    monkeypatch.setattr(cli_session, "make_verifier", fast_verifier)
 
     def run(*argv: str, stdin: str = "") -> Result:
         capsys.readouterr()

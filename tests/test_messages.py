@@ -117,8 +117,9 @@ def test_the_french_confirmation_is_the_seeds_and_the_receipts() -> None:
 def test_every_key_the_demo_and_the_command_line_name_exists() -> None:
     """Literal keys in the sources; the keys built at run time are exercised by the CLI tests."""
     used: set[str] = set()
-    for module in ("cli.py", "demo.py", "messages.py", *(
-            f"registers/{p.name}" for p in (SRC / "registers").glob("*.py"))):
+    for module in ("demo.py", "messages.py", *(
+            f"{package}/{p.name}" for package in ("cli", "registers")
+            for p in (SRC / package).glob("*.py"))):
         source = (SRC / module).read_text(encoding="utf-8")
         used |= set(re.findall(r"""\b(?:_|message)\(\s*["']([a-z_.]+)["']\s*[,)]""", source))
 
