@@ -8,6 +8,7 @@ import math
 import re
 import string
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,13 +41,16 @@ ADVICE_EN = "Check the login and password, or use “forgot password?”"
 
 
 @pytest.fixture(autouse=True)
-def _clean_messages() -> None:
-    """Each test starts in French, with no override."""
+def _clean_messages() -> Iterator[None]:
+    """Each test starts in French, with no override, following no framework's language."""
+    following = messages._language_source  # Django's, when tests/django set Django up
+    messages.follow_language(None)
     set_language("fr")
     messages.reset_overrides()
     yield
     set_language("fr")
     messages.reset_overrides()
+    messages.follow_language(following)
 
 
 def error_codes() -> set[str]:
@@ -427,3 +431,27 @@ def test_error_message_fills_the_placeholders_from_the_error() -> None:
 def test_an_unknown_code_gets_a_generic_message_and_an_unknown_language_french() -> None:
     assert message("no_such_code") == FRENCH[FALLBACK]
     assert message("invalid_credentials", "de") == FRENCH["invalid_credentials"]
+
+
+# -- a host framework's language ------------------------------------------------------------
+def test_messages_follow_the_language_a_host_framework_says_is_active() -> None:
+    active = ["en"]
+    messages.follow_language(lambda: active[0])
+
+    assert message("same_account") == "an account cannot be merged with itself"
+    active[0] = "fr-FR"
+    assert message("same_account") == FRENCH["same_account"]
+    with using_language("en"):  # a block of the library's own still wins
+        active[0] = "fr"
+        assert message("same_account") == "an account cannot be merged with itself"
+
+
+def test_a_framework_language_without_catalogue_falls_back_to_the_process_s() -> None:
+    set_language("en")
+    for said in ("de", None, ""):
+        messages.follow_language(lambda said=said: said)
+        assert messages.get_language() == "en"
+    messages.follow_language(None)
+    assert messages.get_language() == "en"
+    with pytest.raises(InvalidInput):
+        messages.follow_language("en")  # type: ignore[arg-type]

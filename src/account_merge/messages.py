@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextvars
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -56,6 +56,7 @@ __all__ = [
     "describe_wait",
     "error_key",
     "error_message",
+    "follow_language",
     "get_language",
     "has_message",
     "locale_dir",
@@ -86,6 +87,8 @@ _overrides: dict[tuple[str, str], str] = {}
 _process_language = DEFAULT_LANGUAGE
 _context_language: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "account_merge_language", default=None)
+# The host framework's active language (follow_language), asked when no block chose one.
+_language_source: Callable[[], str | None] | None = None
 
 
 def locale_dir() -> Path:
@@ -166,8 +169,40 @@ def set_language(language: str) -> None:
 
 
 def get_language() -> str:
-    """The language messages are given in when none is asked for."""
-    return _context_language.get() or _process_language
+    """The language messages are given in when none is asked for.
+
+    In order: the language of the enclosing :func:`using_language` block,
+    else the host framework's active language (:func:`follow_language`)
+    when it is one of :data:`LANGUAGES`, else the process's
+    (:func:`set_language`).
+    """
+    chosen = _context_language.get()
+    if chosen is not None:
+        return chosen
+    source = _language_source
+    if source is not None:
+        active = source()
+        code = normalize_language(active) if isinstance(active, str) else None
+        if code is not None:
+            return code
+    return _process_language
+
+
+def follow_language(source: Callable[[], str | None] | None) -> None:
+    """Give messages in the language *source* says is active, for this process.
+
+    *source* is a zero-argument callable returning a language tag or None,
+    such as Django's ``django.utils.translation.get_language``, which the
+    Django app installs when it starts: then :func:`error_message` and
+    :func:`message` follow the request's language (``LANGUAGE_CODE``,
+    ``LocaleMiddleware``, ``translation.override``).  A language without
+    catalogue, or None, falls back to :func:`set_language`'s; a
+    :func:`using_language` block still wins.  ``None`` stops following.
+    """
+    global _language_source  # noqa: PLW0603
+    if source is not None and not callable(source):
+        raise InvalidInput("source", "must be a callable returning a language, or None")
+    _language_source = source
 
 
 @contextmanager
@@ -176,7 +211,7 @@ def using_language(language: str | None) -> Iterator[str]:
 
     For a host serving both languages: wrap a request in it, with the
     language the user chose.  A language without catalogue (or None)
-    falls back to the process's language.  Yields the language in use.
+    falls back as :func:`get_language` says.  Yields the language in use.
     """
     code = normalize_language(language) if language is not None else None
     token = _context_language.set(code)

@@ -247,3 +247,26 @@ def test_django_reads_the_compiled_catalogues_of_the_app() -> None:
 
     with translation.override("en"):
         assert translation.gettext("preuve d'identité") == "credential"
+
+
+# -- the library's own messages ------------------------------------------------------------
+@pytest.mark.parametrize(("language", "expected"), [
+    ("en", "incorrect login or password"), ("fr", "identifiant ou mot de passe incorrect"),
+    ("en-gb", "incorrect login or password"),
+    ("de", "identifiant ou mot de passe incorrect"),  # no catalogue: the library's French
+])
+def test_error_message_follows_django_s_active_language(language: str, expected: str) -> None:
+    """A project's view shows ``error_message(error)`` in the language of the request."""
+    from account_merge.exceptions import InvalidCredentials
+    from account_merge.messages import error_message
+
+    with translation.override(language):
+        assert error_message(InvalidCredentials()) == expected
+
+
+def test_a_block_of_the_library_s_language_still_wins_over_django_s() -> None:
+    from account_merge.exceptions import InvalidCredentials
+    from account_merge.messages import error_message, using_language
+
+    with translation.override("en"), using_language("fr"):
+        assert error_message(InvalidCredentials()) == "identifiant ou mot de passe incorrect"
