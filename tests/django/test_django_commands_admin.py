@@ -101,7 +101,7 @@ def test_account_merge_issue_names_an_unknown_establishment_in_french(
         call_command("account_merge_issue", str(source), "--out", str(tmp_path / "c"),
                      "--workers", "1", stdout=io.StringIO(), stderr=err)
     assert ("ligne 2 : établissement inconnu : 0869999B (ajoutez-le dans l'administration, "
-            "« Établissements »)") in err.getvalue()
+            "«\N{NO-BREAK SPACE}Établissements\N{NO-BREAK SPACE}»)") in err.getvalue()
 
 
 def test_account_merge_split_prints_the_new_letter(service: MergeService) -> None:
