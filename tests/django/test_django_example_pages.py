@@ -150,6 +150,14 @@ def test_the_500_and_403_pages_are_french(rf: object) -> None:
     assert refused.status_code == 403 and "Accès refusé" in text(refused)
 
 
+def test_the_views_that_check_a_password_are_out_of_the_request_transaction() -> None:
+    """On SQLite a request transaction would hold the write lock during argon2's work."""
+    from ent_example import views
+
+    for name in views.PASSWORD_VIEWS:
+        assert getattr(views, name)._non_atomic_requests == {"default"}, name
+
+
 def test_principal_is_said_only_of_the_principal_account(client: Client) -> None:
     """A letter being activated is not the principal yet (it may be merged later)."""
     page = text(client.get(reverse("ent:activation")))

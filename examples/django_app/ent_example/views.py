@@ -12,6 +12,12 @@ rest (429 with ``Retry-After`` when the throttle says wait, 403, 404),
 and rolls back what the request wrote (``ATOMIC_REQUESTS``), while the
 library keeps the failed attempt.  The merge form asks for the password
 again when the last check is older than ``RECENT_LOGIN_MAX_AGE``.
+
+The views that check a password (:data:`PASSWORD_VIEWS`) run outside the
+request transaction (``transaction.non_atomic_requests``): on SQLite a
+request transaction holds the write lock from its start, argon2's work
+included, and parents arriving together would wait for each other past
+the database's timeout.  The library's steps are atomic on their own.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template import loader
@@ -74,6 +81,10 @@ EXPIRED = (f"Ce lien n'est plus valable (déjà utilisé, trop ancien, ou le com
            f"depuis){NBSP}: faites une nouvelle demande.")
 
 View = Callable[..., HttpResponse]
+
+#: The views that check a password, out of the request transaction.
+PASSWORD_VIEWS = ("connexion", "activation", "confirmer_identite", "mon_compte", "regrouper",
+                  "nouveau_mot_de_passe")
 
 
 # -- who is signed in ----------------------------------------------------------------------
@@ -153,6 +164,7 @@ def accueil(request: HttpRequest) -> HttpResponse:
     return render(request, "ent_example/accueil.html")
 
 
+@transaction.non_atomic_requests  # it hashes: see PASSWORD_VIEWS
 @account_merge_errors
 @require_http_methods(["GET", "POST"])
 def connexion(request: HttpRequest) -> HttpResponse:
@@ -181,6 +193,7 @@ def connexion(request: HttpRequest) -> HttpResponse:
                   {"form": form, "next": _next(request, ""), "info": notice})
 
 
+@transaction.non_atomic_requests  # it hashes: see PASSWORD_VIEWS
 @account_merge_errors
 @require_http_methods(["GET", "POST"])
 def activation(request: HttpRequest) -> HttpResponse:
@@ -213,6 +226,7 @@ def deconnexion(request: HttpRequest) -> HttpResponse:
     return redirect("ent:connexion")
 
 
+@transaction.non_atomic_requests  # it hashes: see PASSWORD_VIEWS
 @account_merge_errors
 @parent_required
 @require_http_methods(["GET", "POST"])
@@ -232,6 +246,7 @@ def confirmer_identite(request: HttpRequest, account: Account) -> HttpResponse:
 
 
 # -- Mon compte ----------------------------------------------------------------------------
+@transaction.non_atomic_requests  # it hashes: see PASSWORD_VIEWS
 @account_merge_errors
 @parent_required
 @require_http_methods(["GET", "POST"])
@@ -279,6 +294,7 @@ def enfants(request: HttpRequest, account: Account) -> HttpResponse:
     return render(request, "ent_example/enfants.html")
 
 
+@transaction.non_atomic_requests  # it hashes: see PASSWORD_VIEWS
 @account_merge_errors
 @parent_required
 @recent_sign_in_required
@@ -365,6 +381,7 @@ def lien_mot_de_passe(request: HttpRequest, token: str) -> HttpResponse:
     return _no_referrer(redirect("ent:nouveau_mot_de_passe"))
 
 
+@transaction.non_atomic_requests  # it hashes: see PASSWORD_VIEWS
 @account_merge_errors
 @require_http_methods(["GET", "POST"])
 def nouveau_mot_de_passe(request: HttpRequest) -> HttpResponse:
