@@ -3,7 +3,7 @@
 The keys are the library's one vocabulary of settings, the same as
 Flask's ``ACCOUNT_MERGE_*`` keys, read by
 :func:`account_merge.service.bootstrap.read_settings` (its docstring lists
-them all), plus four that only a Django project has.  Every key is
+them all), plus eight that only a Django project has.  Every key is
 optional; unknown keys are refused (``manage.py check`` reports them as
 ``account_merge.E001``)::
 
