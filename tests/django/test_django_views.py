@@ -16,18 +16,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from django import forms
 from django.contrib.auth.models import Group
 from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse
+from django.template import loader
 from django.test import Client, override_settings
-from django.urls import path
+from django.urls import include, path
 from django.utils import translation
+from django.views import View
 from django_stores import empty_store
+from ent_example import urls as ent_urls
 
 from account_merge import Child, MergeService
 from account_merge.contrib.django import (
     FORM_ERRORS,
+    AccountMergeErrorsMixin,
     account_merge_errors,
+    add_error,
     get_service,
 )
 from account_merge.contrib.django import views as glue
@@ -39,7 +45,9 @@ from account_merge.exceptions import (
     ConcurrentUpdate,
     IdentityRuleRefused,
     InvalidCredentials,
+    InvalidInput,
     NotAuthorized,
+    PasswordPolicyError,
     PrincipalNotActive,
     StorageError,
     TooManyAttempts,
@@ -78,7 +86,17 @@ def merge_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(receipt.message)
 
 
-urlpatterns = [path("raise/<str:name>/", raising_view), path("merge/", merge_view)]
+class RaisingView(AccountMergeErrorsMixin, View):
+    """A class-based view answered by the mixin."""
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        raise TooManyAttempts(retry_after=30)
+
+
+urlpatterns = [path("raise/<str:name>/", raising_view), path("merge/", merge_view),
+               path("class/", RaisingView.as_view()),
+               # The example's pages: its 429.html and 400.html link to them.
+               path("ent/", include(ent_urls.pages))]
 
 
 @pytest.fixture
@@ -99,12 +117,23 @@ def test_too_many_attempts_is_a_429_with_retry_after_and_the_french_message(
     assert 'href="/raise/wait/"' in page  # a way back
 
 
+def test_without_a_page_of_the_project_s_the_app_s_own_is_french_with_a_way_back() -> None:
+    page = loader.get_template("account_merge/error.html").render({
+        "status": 429, "title": "Trop de tentatives", "back": "/connexion/",
+        "message": "trop de tentatives ; réessayez dans 2 minutes."})
+
+    assert '<html lang="fr">' in page and "<h1>Trop de tentatives</h1>" in page
+    assert 'role="alert"' in page and '<a href="/connexion/">' in page
+    with translation.override("en"):
+        page = loader.get_template("account_merge/error.html").render({"back": "/"})
+    assert '<html lang="en">' in page and "Back to the page" in page
+
+
 def test_the_message_follows_django_s_active_language(client: Client) -> None:
     with translation.override("en"):
         response = client.get("/raise/wait/")
 
     assert "too many attempts; try again in 2 minutes" in response.content.decode()
-    assert 'lang="en"' in response.content.decode()
 
 
 @pytest.mark.parametrize(("name", "status"), [
@@ -117,6 +146,31 @@ def test_each_error_gets_its_status(client: Client, name: str, status: int) -> N
     assert response.status_code == status
     if status == 503:
         assert response["Retry-After"] == "1"
+
+
+def test_the_mixin_answers_a_class_based_view_the_same(client: Client) -> None:
+    response = client.get("/class/")
+
+    assert (response.status_code, response["Retry-After"]) == (429, "30")
+
+
+class AddressForm(forms.Form):
+    email = forms.CharField()
+    password = forms.CharField()
+
+
+def test_add_error_puts_the_message_on_the_field_it_concerns() -> None:
+    form = AddressForm({"email": "x", "password": "y"})
+    assert form.is_valid()
+
+    add_error(form, InvalidInput("email", "must look like name@example.org"))
+    add_error(form, InvalidCredentials())
+    add_error(form, PasswordPolicyError(rule="too_short", limit=12), "password")
+
+    assert form.errors["email"] == ["donnée invalide\N{NO-BREAK SPACE}: email"] or \
+        form.errors["email"][0].startswith("donnée invalide")
+    assert form.non_field_errors() == ["identifiant ou mot de passe incorrect"]
+    assert len(form.errors["password"]) == 1
 
 
 def test_a_storage_error_is_the_project_s_500(client: Client) -> None:
