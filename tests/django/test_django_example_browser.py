@@ -46,10 +46,10 @@ from account_merge.testing import make_establishment
 from browser_kit import PHONE, describe_violations, horizontal_overflow, resize
 
 selenium = pytest.importorskip("selenium")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 COLLEGE = make_establishment(860001, "Collège Jean Moulin")
@@ -167,10 +167,17 @@ def fill(driver: WebDriver, field_id: str, value: str) -> None:
 
 
 def following(driver: WebDriver, act: Callable[[], None]) -> None:
-    """Do *act*, then wait for the next page."""
-    old = driver.find_element(By.TAG_NAME, "html")
+    """Do *act*, then wait for the next page, fully loaded.
+
+    The page being left is marked; the next one is a new document without
+    the mark.  Asked while the browser swaps documents, it may answer an
+    error: that is waiting too.
+    """
+    driver.execute_script("document.documentElement.dataset.leaving = 'yes'")
     act()
-    WebDriverWait(driver, 10).until(staleness_of(old))
+    WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return document.readyState === 'complete'"
+                                   " && !document.documentElement.dataset.leaving"))
 
 
 def send(driver: WebDriver, label: str) -> None:
