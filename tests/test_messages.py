@@ -11,6 +11,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -375,6 +376,29 @@ def test_the_french_letter_is_exactly_the_domains_rendering() -> None:
 
     assert render_letter(letter, "fr") == letter.render()
     assert "valable jusqu'au 30/11/2026.\n" in letter.render()
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("Collège des Trois Rivières", "le Collège des Trois Rivières"),
+    ("Lycée Camille Guérin", "le Lycée Camille Guérin"),
+    ("École élémentaire Jules Ferry", "l'École élémentaire Jules Ferry"),
+    ("ECOLE PRIMAIRE PUBLIQUE", "l'ECOLE PRIMAIRE PUBLIQUE"),
+    ("Cité scolaire Jean Moulin", "la Cité scolaire Jean Moulin"),
+    ("Établissement régional adapté", "l'Établissement régional adapté"),
+    ("EREA Jean Jaurès", "l'EREA Jean Jaurès"),
+    ("Lycée-collège Saint-Paul", "le Lycée-collège Saint-Paul"),
+    ("La Providence", "La Providence"),
+    ("L'Immaculée Conception", "L'Immaculée Conception"),
+    ("Saint-Joseph", "l'établissement Saint-Joseph"),
+])
+def test_the_french_letter_names_the_establishment_with_its_article(name: str,
+                                                                    said: str) -> None:
+    """« proposés par le Collège des Trois Rivières », never « par Collège ... »."""
+    letter = attrs.evolve(a_letter(), establishment=Establishment("0869999B", name))
+
+    assert f"services proposés par {said} pour Dylan Robert" in letter.render()
+    assert render_letter(letter, "fr") == letter.render()
+    assert f"online services of {name} for" in render_letter(letter, "en")
 
 
 def test_the_english_letter_carries_the_same_login_password_and_date() -> None:
