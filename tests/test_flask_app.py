@@ -226,8 +226,8 @@ def test_the_seeds_story_page_by_page(app: Flask) -> None:
     printed = html.unescape(letter.group(1))
     assert "Collège des Trois Rivières (0869999B)" in printed
     assert "pour Florian Robert" in printed
-    new_login = re.search(r"Identifiant : (\S+)", printed)
-    new_password = re.search(r"Mot de passe \* : (\S+)", printed)
+    new_login = re.search(r"Identifiant\s: (\S+)", printed)
+    new_password = re.search(r"Mot de passe \*\s: (\S+)", printed)
     assert new_login and new_password and new_login.group(1) != first.login
 
     # The parent's Enfants list has Dylan again; the new letter activates.
@@ -339,8 +339,8 @@ def test_the_establishment_reissues_a_lost_letter(app: Flask) -> None:
     assert staff.status == 200 and "l'ancien mot de passe ne fonctionne plus" in text
     (printed,) = [html.unescape(p) for p in
                   re.findall(r'<pre class="letter">(.*?)</pre>', staff.page, re.S)]
-    assert f"Identifiant : {first.login}" in printed
-    new_password = re.search(r"Mot de passe \* : (\S+)", printed)
+    assert f"Identifiant\u00a0: {first.login}" in printed
+    new_password = re.search(r"Mot de passe \*\s: (\S+)", printed)
     assert new_password and new_password.group(1) != first.provisional_password.reveal()
     parent = Browser(app.test_client())
     text = activate(parent, first)
@@ -494,7 +494,7 @@ def test_the_seed_command_prints_the_letters_and_the_access_code(app: Flask) -> 
     assert result.exit_code == 0, result.output
     assert "Courrier de notification pour Dylan" in result.output
     assert "Courrier de notification pour Florian" in result.output
-    assert len(re.findall(r"Identifiant : \S+", result.output)) == 2
+    assert len(re.findall(r"Identifiant\s: \S+", result.output)) == 2
     assert ACCESS_CODE in result.output
 
 

@@ -348,6 +348,17 @@ def test_the_throttling_message_keeps_the_seconds_for_a_hosts_own_wording() -> N
     assert error_message(exceptions.TooManyAttempts(119)) == f"patientez 119 s (2{NBSP}minutes)"
 
 
+def test_every_french_message_keeps_french_typography() -> None:
+    """No-break spaces before : ; ? ! and inside « », in every French message.
+
+    So that no line of a screen, a letter or a notice starts with « : » or
+    « » », and « Principal » never breaks inside its guillemets.
+    """
+    broken = re.compile(r" [;:?!»]|« |«(?!\u00a0)|(?<!\u00a0)»")
+    wrong = sorted(key for key, text in catalogue("fr").items() if broken.search(text))
+    assert wrong == []
+
+
 def test_french_messages_of_waits_keep_french_typography() -> None:
     """No-break spaces before ; : ? ! and inside « », so that none starts a line alone."""
     french = catalogue("fr")

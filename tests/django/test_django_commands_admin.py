@@ -94,7 +94,8 @@ def test_account_merge_issue_names_an_unknown_establishment_in_french(
     with pytest.raises(CommandError, match=r"1 ligne\(s\) invalide"):
         call_command("account_merge_issue", str(source), "--out", str(tmp_path / "c"),
                      "--workers", "1", stdout=io.StringIO(), stderr=err)
-    assert ("ligne 2 : établissement inconnu : 0869999B (ajoutez-le dans l'administration, "
+    assert ("ligne 2\u00a0: établissement inconnu\u00a0: 0869999B (ajoutez-le dans "
+            "l'administration, "
             "« Établissements »)") in err.getvalue()
 
 

@@ -74,21 +74,24 @@ class NotificationLetter:
     expires_at: datetime
 
     def render(self) -> str:
-        """The letter's text, in French, as the parent receives it."""
+        """The letter's text, in French, as the parent receives it.
+
+        French typography: a no-break space (U+00A0) before each colon.
+        """
         names = _french_list([f"{c.first_name} {c.last_name}" for c in self.children])
         pour = f" pour {names}" if names else ""
         return (
             f"{self.establishment.name} ({self.establishment.uai})\n"
             f"À l'attention de {self.display_name}\n"
             "\n"
-            "En ce qui concerne votre compte d'accès aux services en ligne :\n"
+            "En ce qui concerne votre compte d'accès aux services en ligne\u00a0:\n"
             "\n"
             "Vous trouverez ci-dessous l'identifiant et le mot de passe de votre compte "
             "internet pour accéder aux services proposés par "
-            f"{establishment_with_article(self.establishment.name)}{pour} :\n"
+            f"{establishment_with_article(self.establishment.name)}{pour}\u00a0:\n"
             "\n"
-            f"Identifiant : {self.login}\n"
-            f"Mot de passe * : {self.provisional_password.reveal()}\n"
+            f"Identifiant\u00a0: {self.login}\n"
+            f"Mot de passe *\u00a0: {self.provisional_password.reveal()}\n"
             "\n"
             "* Mot de passe provisoire, à modifier lors de la première connexion, "
             f"valable jusqu'au {self.expires_at:%d/%m/%Y}.\n"
