@@ -499,3 +499,62 @@ def test_flask_sqlalchemy_can_be_ignored(tmp_path: Path) -> None:
     SQLAlchemy(app)
     with pytest.raises(InvalidInput, match="no store"):
         init_app(app, verifier=fast_verifier())
+
+
+# -- the host's own writes in session mode ----------------------------------------------------
+
+
+def _note_model(db: SQLAlchemy, notes: sqlalchemy.Table) -> type[Any]:
+    """An ORM class of the host's table, so that its rows wait in the session until a flush."""
+    return type("Note", (db.Model,), {"__table__": notes})
+
+
+def test_a_host_row_that_fails_to_flush_is_the_hosts_error_not_the_librarys(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """The library's first query would flush the host's pending row: the host's error, as is.
+
+    Before, the failed flush came out as the library's ``concurrent_update``
+    (with the host's constraint in its text), and the documented
+    ``except AccountMergeError: db.session.commit()`` then raised
+    ``PendingRollbackError``.
+    """
+    app, db, notes = make_host_app()
+    Note = _note_model(db, notes)
+    principal_id, login = _principal_and_letter(app, db)
+    with app.test_request_context():
+        db.session.add(Note(text=None))  # NOT NULL: fails when flushed
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            get_service().merge(principal_id, login, "WRONG-PASSWORD")
+        db.session.rollback()  # SQLAlchemy's rule after a failed flush
+        assert get_service().children(principal_id) == (DYLAN,)
+    with app.app_context():
+        trail = get_service().audit_trail()
+    assert "invalid_credentials" not in [r.outcome for r in trail]  # nothing was attempted
+
+
+def test_after_a_librarys_error_the_hosts_transaction_is_as_before_the_call(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """The documented view: flush your rows, call, commit after success or error alike."""
+    app, db, notes = make_host_app()
+    Note = _note_model(db, notes)
+    with app.app_context():
+        service = get_service()
+        first = service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        second = service.issue_account(COLLEGE, "Claire Robert", [FLORIAN])
+        principal_id = service.activate(first.login, first.provisional_password, PASSWORD).id
+        db.session.commit()
+    login = second.login
+    for attempt in ("WRONG-PASSWORD", second.provisional_password.reveal()):
+        with app.test_request_context():
+            db.session.add(Note(text=f"tentative {attempt[:5]}"))
+            db.session.flush()  # your own writes first: their errors are yours
+            try:
+                get_service().merge(principal_id, login, attempt)
+            except InvalidCredentials:
+                pass
+            db.session.commit()
+    assert _seen_by_another_connection(app, db, notes)[0] == 2
+    with app.app_context():
+        assert get_service().children(principal_id) == (DYLAN, FLORIAN)
+        outcomes = [r.outcome for r in get_service().audit_trail() if r.action.value == "merge"]
+    assert outcomes == ["invalid_credentials", "success"]
