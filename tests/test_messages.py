@@ -91,7 +91,7 @@ def test_error_message_says_which_password_rule_refused() -> None:
     assert error_message(error).startswith("ce mot de passe est trop courant")
     assert error_message(error, "en").startswith("this password is too common")
     assert error_message(exceptions.PasswordPolicyError("short", rule="too_short", limit=12)) == (
-        "le mot de passe est trop court : il faut au moins 12 caractères")
+        f"le mot de passe est trop court{NBSP}: il faut au moins 12 caractères")
 
 
 def test_a_password_error_without_a_known_rule_gets_the_policys_message() -> None:
@@ -174,8 +174,9 @@ def test_using_language_applies_to_its_block_and_thread_only() -> None:
 
 
 def test_fields_are_filled_and_a_missing_field_stays_as_written() -> None:
-    assert message("screen.responsable", name="Claire Robert") == "Responsable : Claire Robert"
-    assert message("screen.responsable") == "Responsable : {name}"
+    filled = message("screen.responsable", name="Claire Robert")
+    assert filled == f"Responsable{NBSP}: Claire Robert"
+    assert message("screen.responsable") == f"Responsable{NBSP}: {{name}}"
     assert message("too_many_attempts", wait="2 minutes").startswith(
         f"trop de tentatives{NBSP}; réessayez dans 2 minutes.\n")
 
@@ -209,8 +210,8 @@ def test_error_message_fills_the_fields_from_the_error() -> None:
     assert error_message(exceptions.TooManyAttempts(retry_after=90), "en") == (
         "too many attempts; try again in 2 minutes.\n" + ADVICE_EN)
     assert error_message(exceptions.InvalidInput("email", "must look like an address")) == (
-        "donnée invalide : email")
-    assert error_message(exceptions.AccountNotFound("acc9")) == "compte introuvable : acc9"
+        f"donnée invalide{NBSP}: email")
+    assert error_message(exceptions.AccountNotFound("acc9")) == f"compte introuvable{NBSP}: acc9"
 
 
 def test_error_message_never_shows_a_stores_name_to_a_parent() -> None:
@@ -224,7 +225,7 @@ def test_an_error_code_without_message_gives_the_generic_message() -> None:
     class FutureError(AccountMergeError):
         code = "future_error"
 
-    assert error_message(FutureError()) == "une erreur est survenue ; réessayez plus tard"
+    assert error_message(FutureError()) == f"une erreur est survenue{NBSP}; réessayez plus tard"
 
 
 def test_french_and_english_list_every_error_code_with_its_unfilled_message() -> None:
@@ -453,8 +454,8 @@ def test_every_error_code_of_the_library_has_a_french_message() -> None:
 def test_error_message_fills_the_placeholders_from_the_error() -> None:
     assert error_message(exceptions.TooManyAttempts(42)) == (
         f"trop de tentatives{NBSP}; réessayez dans 42{NBSP}secondes.\n" + ADVICE_FR)
-    assert error_message(exceptions.InvalidInput("email", "bad")) == "donnée invalide : email"
-    assert error_message(exceptions.AccountNotFound("acc9")) == "compte introuvable : acc9"
+    assert error_message(exceptions.InvalidInput("email", "bad")) == f"donnée invalide{NBSP}: email"
+    assert error_message(exceptions.AccountNotFound("acc9")) == f"compte introuvable{NBSP}: acc9"
     assert error_message(exceptions.InvalidCredentials()) == (
         "identifiant ou mot de passe incorrect")
 
