@@ -767,3 +767,28 @@ def test_the_deliver_notices_command_needs_a_mailer() -> None:
     result = _command_app().test_cli_runner().invoke(args=["account-merge", "deliver-notices"])
     assert result.exit_code == 2
     assert "--smtp HOST --from ADDRESS" in result.output
+
+
+def test_the_commands_keep_their_work_in_session_mode(
+        make_host_app: Callable[..., HostApp], tmp_path: Path) -> None:
+    """A command has no request to commit: before, everything it did in db.session was lost.
+
+    (« Établissement enregistré », then « établissement inconnu » at the
+    next command; letters printed for accounts that did not exist.)
+    """
+    app, db, notes = make_host_app()
+    assert get_state(app).in_host_transaction
+    runner = app.test_cli_runner()
+    added = runner.invoke(args=["account-merge", "establishment", "add", COLLEGE.uai,
+                                COLLEGE.name])
+    assert added.exit_code == 0, added.output
+    source = tmp_path / "eleves.csv"
+    source.write_text("uai,eleve_id,eleve_prenom,eleve_nom,responsable_id,responsable_nom\n"
+                      "0869999B,D0001,Dylan,Robert,R1,Claire Robert\n", encoding="utf-8")
+    issued = runner.invoke(args=["account-merge", "issue", str(source), "--out",
+                                 str(tmp_path / "courriers"), "--workers", "1"])
+    assert issued.exit_code == 0, issued.output
+    assert _seen_by_another_connection(app, db, notes) == (0, 1)
+    reissued = runner.invoke(args=["account-merge", "reissue", COLLEGE.uai, "claire.robert"])
+    assert reissued.exit_code == 0, reissued.output
+    assert "Identifiant\u00a0: claire.robert" in reissued.stdout

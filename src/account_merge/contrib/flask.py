@@ -161,6 +161,20 @@ class AccountMergeState:
     owns_storage: bool = attrs.field(repr=False)
     #: The mailer ``flask account-merge deliver-notices`` sends with (given to :func:`init_app`).
     mailer: Mailer | None = attrs.field(default=None, repr=False)
+    _command_service: MergeService | None = attrs.field(default=None, repr=False,
+                                                         alias="command_service")
+
+    @property
+    def command_service(self) -> MergeService:
+        """The service the ``flask account-merge`` commands use.
+
+        :attr:`service` itself, but in session mode, where a use case is
+        durable only when the host commits its session and a command has
+        no request to commit: there, a service on the same engine and
+        tables, with the same settings, whose use cases commit their own
+        transactions (each letter of ``issue`` is stored as it is written).
+        """
+        return self._command_service if self._command_service is not None else self.service
 
     @property
     def in_host_transaction(self) -> bool:
@@ -233,7 +247,7 @@ def init_app(
         {key[len(_PREFIX):]: value for key, value in config.items()
          if key.startswith(_PREFIX) and key not in STORE_KEYS},
         name=lambda key: f"{_PREFIX}{key}")
-    store, kind, owned = _storage(app, config, storage, db)
+    store, kind, owned, engine = _storage(app, config, storage, db)
     try:
         service = MergeService(
             store,
@@ -246,12 +260,21 @@ def init_app(
             secret_key=settings.secret_key,
             links=settings.links,
         )
+        command_service = None
+        if engine is not None:
+            from account_merge.storage.sqlalchemy import SQLAlchemyStorage  # noqa: PLC0415
+
+            command_service = MergeService(
+                SQLAlchemyStorage(engine, **_sqlalchemy_options(config)), service.verifier,
+                service.clock, policies=service.policies, secret_key=settings.secret_key,
+                links=settings.links)
     except BaseException:
         if owned:
             store.close()
         raise
     state = AccountMergeState(service=service, storage=store, storage_kind=kind,
-                              owns_storage=owned, mailer=mailer)
+                              owns_storage=owned, mailer=mailer,
+                              command_service=command_service)
     app.extensions[EXTENSION_KEY] = state
     if "account-merge" not in app.cli.commands:
         app.cli.add_command(_cli)
@@ -396,7 +419,8 @@ def handle_errors(scope: Flask | Blueprint, *, template: str | None = None,
 
 # -- the command line --------------------------------------------------------------
 
-_cli = AppGroup("account-merge", help="account_merge: the store of this application.")
+_cli = AppGroup("account-merge", help="account_merge: its tables, establishments, letters and "
+                                      "notices.")
 
 
 @_cli.command("create-schema")
@@ -486,8 +510,8 @@ _cli.add_command(_establishment_group)
 def _establishment_add_command(uai: str, name: str, language: str) -> None:
     """Register the establishment UAI (or rename it): issue and reissue need it."""
     with _job(language):
-        done = get_service().register_establishment(Establishment(uai, name),
-                                                    actor="flask account-merge")
+        done = get_state().command_service.register_establishment(
+            Establishment(uai, name), actor="flask account-merge")
         click.echo(messages.message("cli.establishment.added", uai=done.uai, name=done.name))
 
 
@@ -512,7 +536,8 @@ def _issue_command(csv_file: Path, folder: Path, workers: int | None, encoding: 
     from account_merge.cli import issue_batch  # noqa: PLC0415
 
     with _job(language):
-        issue_batch(get_service(), csv_file, folder, encoding=encoding, workers=workers,
+        issue_batch(get_state().command_service, csv_file, folder, encoding=encoding,
+                    workers=workers,
                     out=sys.stdout, err=sys.stderr,
                     add_establishment=messages.message("flask.add_establishment"))
 
@@ -530,7 +555,7 @@ def _reissue_command(uai: str, account: str, file: Path | None, language: str) -
     password stops working at once.  The letter is shown this once.
     """
     with _job(language):
-        service = get_service()
+        service = get_state().command_service
         establishment = _establishment(service, uai)
         account_id = _account_id(service, account)
         descriptor = None
@@ -589,7 +614,7 @@ def _deliver_notices_command(limit: int, smtp: str | None, port: int | None,
         else:
             raise click.UsageError("no mailer: give --smtp HOST --from ADDRESS, or "
                                    "init_app(app, mailer=...)")
-        sent = state.service.deliver_notices(mailer, limit, language=language)
+        sent = state.command_service.deliver_notices(mailer, limit, language=language)
         click.echo(messages.message("cli.deliver.done", count=sent))
 
 
@@ -597,9 +622,10 @@ def _deliver_notices_command(limit: int, smtp: str | None, port: int | None,
 
 
 def _storage(app: Flask, config: Mapping[str, Any], given: Storage | None,
-             db: Any) -> tuple[Storage, str, bool]:
+             db: Any) -> tuple[Storage, str, bool, Any]:
+    """The store, its kind, whether this extension owns it, and in session mode its engine."""
     if given is not None:
-        return given, "given", False
+        return given, "given", False, None
     url = config.get(f"{_PREFIX}DATABASE_URL")
     path = config.get(f"{_PREFIX}SQLITE_PATH")
     if url and path:
@@ -612,13 +638,13 @@ def _storage(app: Flask, config: Mapping[str, Any], given: Storage | None,
         if not isinstance(options, Mapping):
             raise InvalidInput(f"{_PREFIX}ENGINE_OPTIONS", "must be a mapping")
         store = SQLAlchemyStorage.from_url(url, **_sqlalchemy_options(config), **options)
-        return store, "database_url", True
+        return store, "database_url", True, None
     if path:
         from account_merge.storage.sqlite import SQLiteStorage  # noqa: PLC0415
 
         if not isinstance(path, str | os.PathLike):
             raise InvalidInput(f"{_PREFIX}SQLITE_PATH", "must be the path of a file")
-        return SQLiteStorage(path), "sqlite_path", True
+        return SQLiteStorage(path), "sqlite_path", True, None
     mode = _choice(config, "FLASK_SQLALCHEMY", _FLASK_SQLALCHEMY_MODES, "session")
     if db is None and mode != "off":
         db = app.extensions.get("sqlalchemy")
@@ -634,7 +660,7 @@ def _storage(app: Flask, config: Mapping[str, Any], given: Storage | None,
         with app.app_context():
             engine = db.engine
         return SQLAlchemyStorage(engine, **_sqlalchemy_options(config)), \
-            "flask_sqlalchemy_engine", False
+            "flask_sqlalchemy_engine", False, None
     from account_merge.storage.sqlalchemy.connections import prepare_engine  # noqa: PLC0415
 
     with app.app_context():
@@ -643,7 +669,7 @@ def _storage(app: Flask, config: Mapping[str, Any], given: Storage | None,
     prepare_engine(engine, immediate=True)
     session: Callable[[], Session] = db.session
     return SQLAlchemyStorage(session=session, **_sqlalchemy_options(config)), \
-        "flask_sqlalchemy_session", False
+        "flask_sqlalchemy_session", False, engine
 
 
 def _sqlalchemy_options(config: Mapping[str, Any]) -> dict[str, Any]:
