@@ -72,6 +72,18 @@ read by :func:`~account_merge.service.bootstrap.read_settings`.
 Values may be strings (as read from the environment): ``"5"``,
 ``"true"``.  Objects given to :func:`init_app` (``verifier=``,
 ``throttle=``...) win over the keys that would build them.
+
+**Errors as responses.**  :func:`handle_errors` answers the library's
+errors a view lets out: the status of their code (:data:`STATUS_CODES`,
+:func:`status_for`), ``Retry-After`` when throttled, and the message for
+people (:func:`account_merge.messages.error_message`), as JSON, in the
+host's template or as text (:func:`error_response`).
+
+**Commands.**  :func:`init_app` registers ``flask account-merge``:
+``create-schema``, ``upgrade-schema``, ``establishment add``, ``issue``,
+``reissue`` and ``deliver-notices`` (see ``docs/integrations/flask.md``).
+In session mode they use :attr:`AccountMergeState.command_service`, whose
+use cases commit their own transactions.
 """
 
 from __future__ import annotations
