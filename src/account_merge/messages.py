@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from account_merge import exceptions
+from account_merge.domain.letter import establishment_with_article
 from account_merge.exceptions import AccountMergeError, InvalidInput, TooManyAttempts
 
 if TYPE_CHECKING:
@@ -427,16 +428,21 @@ def _names(names: list[str], language: str | None) -> str:
 def render_letter(letter: NotificationLetter, language: str | None = None) -> str:
     """The text of *letter* in *language*, provisional password included.
 
-    In French it is exactly :meth:`NotificationLetter.render`.
+    In French it is exactly :meth:`NotificationLetter.render`, which names
+    the establishment with its article (« proposés par le Collège des Trois
+    Rivières »: :func:`~account_merge.domain.letter.establishment_with_article`).
     """
     names = _names([f"{c.first_name} {c.last_name}" for c in letter.children], language)
     school = letter.establishment
+    code = (normalize_language(language) if language is not None else None) or get_language()
+    # French says « proposés par le Collège ... »: the name with its article.
+    establishment = establishment_with_article(school.name) if code == "fr" else school.name
     for_children = message("letter.for_children", language, names=names) if names else ""
     return (
         f"{school.name} ({school.uai})\n"
         + message("letter.attention", language, name=letter.display_name) + "\n\n"
         + message("letter.intro", language) + "\n\n"
-        + message("letter.body", language, establishment=school.name,
+        + message("letter.body", language, establishment=establishment,
                   for_children=for_children) + "\n\n"
         + message("letter.login", language, login=letter.login) + "\n"
         + message("letter.password", language,

@@ -100,7 +100,8 @@ def test_account_merge_issue_names_an_unknown_establishment_in_french(
     with pytest.raises(CommandError, match=r"1 ligne\(s\) invalide"):
         call_command("account_merge_issue", str(source), "--out", str(tmp_path / "c"),
                      "--workers", "1", stdout=io.StringIO(), stderr=err)
-    assert ("ligne 2 : établissement inconnu : 0869999B (ajoutez-le dans l'administration, "
+    assert ("ligne 2\N{NO-BREAK SPACE}: établissement inconnu\N{NO-BREAK SPACE}: 0869999B "
+            "(ajoutez-le dans l'administration, "
             "«\N{NO-BREAK SPACE}Établissements\N{NO-BREAK SPACE}»)") in err.getvalue()
 
 

@@ -225,7 +225,7 @@ def test_the_commands_answer_staff_in_the_active_language(language: str, expecte
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("language", "expected"), [
-    ("fr", "donnée invalide : uai"), ("en", "invalid data: uai"),
+    ("fr", "donnée invalide\u00a0: uai"), ("en", "invalid data: uai"),
 ])
 def test_the_library_errors_in_a_command_follow_django_s_language(
         language: str, expected: str) -> None:
