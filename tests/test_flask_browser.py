@@ -14,9 +14,9 @@ it is reached (:meth:`Visit.check`):
 - the page's language is French, it has one level-one heading, and every
   field has its label.
 
-``ACCOUNT_MERGE_SCREENSHOTS=docs/_static/screens/flask`` saves the
-screenshots of the seed's screens where the docs show them
-(``docs/index.md``).
+``ACCOUNT_MERGE_SCREENSHOTS=docs/_static/screens`` saves the screenshots
+of the seed's screens as ``flask/<name>.png`` there, where the docs show
+them (``docs/index.md``).
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class Visit:
             labels = driver.execute_script("return arguments[0].labels.length", field)
             assert labels == 1, (name, field.get_attribute("name"))
         if shot:
-            self._screenshot(driver, name)
+            self._screenshot(driver, f"flask/{name}")
         for size in (PHONE, ZOOMED):
             resize(driver, size)
             overflow = horizontal_overflow(driver)
@@ -408,4 +408,4 @@ def test_the_other_pages(visit: Visit) -> None:
                  confirmation=PASSWORD)
     visit.check("28-mon-compte-erreur")
     visit.open("/compte/confirmer-identite")
-    visit.check("29-confirmer-identite")
+    visit.check("29-confirmer-identite", shot=True)

@@ -301,7 +301,7 @@ def test_the_merge_form_with_the_keyboard_only_after_the_password_again(
     with override_settings(RECENT_LOGIN_MAX_AGE=-1):
         chromium.get(f"{site}/mon-compte/regrouper/")
         assert chromium.find_element(By.TAG_NAME, "h1").text == "CONFIRMER VOTRE IDENTITÉ"
-        look("confirmer-identite")
+        look("confirmer-identite", shot=True)
     fill(chromium, "id_password", STRONG)
     send(chromium, "Valider")
     assert chromium.find_element(By.TAG_NAME, "h1").text == "REGROUPER DES COMPTES"
@@ -311,7 +311,7 @@ def test_the_merge_form_with_the_keyboard_only_after_the_password_again(
     fill(chromium, "id_password", "WRONG123")
     send(chromium, "Regrouper")
     assert chromium.switch_to.active_element.get_attribute("id") == "id_login"
-    look("regrouper-erreur")
+    look("regrouper-erreur", shot=True)
 
     # Then with the keyboard only, from the top of the page.
     chromium.find_element(By.TAG_NAME, "body").click()
@@ -393,7 +393,7 @@ def test_the_way_back_through_the_messages_a_real_smtp_server_receives(
 
     chromium.get(f"{site}/connexion/")
     link(chromium, "mot de passe oublié\xa0?")
-    look("mot-de-passe-oublie")
+    look("mot-de-passe-oublie", shot=True)
     fill(chromium, "id_login_or_email", "claire@example.org")
     send(chromium, "Valider")
     look("demande-envoyee")
@@ -401,7 +401,7 @@ def test_the_way_back_through_the_messages_a_real_smtp_server_receives(
 
     chromium.get(site + inbox.last_link("claire@example.org"))
     assert chromium.current_url.endswith("/mot-de-passe/nouveau/")
-    look("nouveau-mot-de-passe")
+    look("nouveau-mot-de-passe", shot=True)
     fill(chromium, "id_new_password", NEWER)
     fill(chromium, "id_new_password_again", "autre chose")
     send(chromium, "Valider")
