@@ -10,8 +10,9 @@ the throttle's page, the school's split in the admin with its new
 letter, and the way back through the messages the SMTP server receives.
 
 On every page: axe-core finds no violation of impact serious or critical
-(RGAA follows WCAG 2.1 AA), and at a phone's 390 px and at 200 % zoom
-(a 640 px wide window) the page is no wider than the window.  After a
+(RGAA follows WCAG 2.1 AA), the language is French, every field has a
+label, and at a phone's 390 px and at 200 % zoom (a 640 px wide window)
+the page is no wider than the window.  After a
 failed form the focus is on the first field to correct; the merge form
 is filled and sent with the keyboard only.
 
@@ -146,6 +147,7 @@ def look(chromium: WebDriver, axe: Callable[[Any], list[dict[str, Any]]],
         AXE_RESULTS[name] = len(violations)
         assert violations == [], f"{name}:\n{describe_violations(violations)}"
         assert chromium.find_elements(By.CSS_SELECTOR, "h1"), f"{name}: no heading"
+        assert chromium.execute_script(UNLABELLED) == [], f"{name}: fields without a label"
         for size in (PHONE, ZOOMED):
             resize(chromium, size)
             assert horizontal_overflow(chromium) == 0, f"{name} is wider than {size[0]} px"
@@ -158,6 +160,16 @@ def look(chromium: WebDriver, axe: Callable[[Any], list[dict[str, Any]]],
         resize(chromium, DESKTOP)
 
     return check
+
+
+#: The page's fields that nothing names: no <label>, no aria-label(ledby).
+UNLABELLED = """
+return [...document.querySelectorAll(
+    'input:not([type=hidden]):not([type=submit]):not([type=button]), select, textarea')]
+  .filter(f => f.labels.length === 0 && !f.getAttribute('aria-label')
+               && !f.getAttribute('aria-labelledby'))
+  .map(f => f.name || f.id);
+"""
 
 
 def fill(driver: WebDriver, field_id: str, value: str) -> None:
