@@ -65,6 +65,8 @@ class ExampleParser(PythonCodeBlockParser):
 
 def _enter_folder(namespace: dict[str, Any]) -> None:
     namespace["__previous_cwd__"] = os.getcwd()
+    # A page that sets Django up makes messages follow Django's language: not the next page.
+    namespace["__language_source__"] = messages._language_source
     namespace["__folder__"] = tempfile.mkdtemp(prefix="account-merge-doc-")
     os.chdir(namespace["__folder__"])
 
@@ -74,6 +76,7 @@ def _leave_folder(namespace: dict[str, Any]) -> None:
     shutil.rmtree(namespace["__folder__"], ignore_errors=True)
     messages.set_language(messages.DEFAULT_LANGUAGE)
     messages.reset_overrides()
+    messages.follow_language(namespace["__language_source__"])
 
 
 pytest_collect_file = Sybil(

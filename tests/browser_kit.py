@@ -108,10 +108,16 @@ def resize(driver: Any, size: tuple[int, int]) -> None:
 
 
 def horizontal_overflow(driver: Any) -> int:
-    """How many CSS pixels the page is wider than its viewport (0: no horizontal scroll)."""
+    """How many CSS pixels the page is wider than its viewport (0: no horizontal scroll).
+
+    The viewport's width is the layout's (``clientWidth``), without the vertical
+    scroll bar: measured against ``innerWidth``, which counts it, a page that
+    scrolls vertically would hide an overflow narrower than the bar.
+    """
     return int(driver.execute_script(
         "return Math.max(document.documentElement.scrollWidth,"
-        " document.body ? document.body.scrollWidth : 0) - window.innerWidth"))
+        " document.body ? document.body.scrollWidth : 0)"
+        " - document.documentElement.clientWidth"))
 
 
 @pytest.fixture(scope="session")
@@ -177,6 +183,7 @@ def screenshot(tmp_path: Path) -> Callable[[Any, str], Path]:
 
     def take(driver: Any, name: str) -> Path:
         path = folder / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)  # a name may hold a folder: "django/x"
         driver.save_screenshot(str(path))
         return path
 

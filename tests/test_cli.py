@@ -28,6 +28,8 @@ from account_merge.domain.receipts import MERGE_CONFIRMATION
 from account_merge.testing import fast_verifier
 
 UAI = "0869999B"
+#: French typography: the no-break space before « : » (and inside « »).
+NBSP = "\u00a0"
 NEW_PASSWORD = "Un-Mot-De-Passe-42!"
 SEED_CONFIRMATION = (
     "CONFIRMATION DE REGROUPEMENT DE COMPTES",
@@ -56,8 +58,8 @@ class Letter:
 
 def letters_in(text: str) -> list[Letter]:
     """The logins and provisional passwords of the letters printed in *text*."""
-    logins = re.findall(r"^Identifiant : (\S+)$", text, re.MULTILINE)
-    passwords = re.findall(r"^Mot de passe \* : (\S+)$", text, re.MULTILINE)
+    logins = re.findall(r"^Identifiant\s: (\S+)$", text, re.MULTILINE)
+    passwords = re.findall(r"^Mot de passe \*\s: (\S+)$", text, re.MULTILINE)
     return [Letter(login, password) for login, password in zip(logins, passwords, strict=True)]
 
 
@@ -123,7 +125,7 @@ def test_demo_plays_the_seed_story_and_leaves_the_file(tmp_path: Path) -> None:
         assert line in result.out
     assert "Enfants rattachés au compte" in result.out
     assert "Dylan" in result.out and "Florian" in result.out
-    assert "Responsable : Claire Robert" in result.out
+    assert f"Responsable{NBSP}: Claire Robert" in result.out
     assert "Mot de passe provisoire, à modifier lors de la première connexion" in result.out
     assert "Casser un regroupement" in result.out
     assert db.stat().st_size > 0
@@ -240,7 +242,8 @@ def test_an_error_prints_its_code_on_one_line_without_a_traceback(run: Run, db: 
                          stdin=f"{NEW_PASSWORD}\nNOTTHEPWD\n")
 
     assert result.code == 1
-    assert result.err == "Erreur : identifiant ou mot de passe incorrect (invalid_credentials)\n"
+    assert result.err == (f"Erreur{NBSP}: identifiant ou mot de passe incorrect "
+                          "(invalid_credentials)\n")
     assert "Traceback" not in result.err
     # Recorded against the principal who tried; never against the account it aimed at.
     assert "merge  invalid_credentials" in run("audit", "--account", first.login).out
@@ -257,9 +260,9 @@ def test_a_password_missing_from_stdin_is_a_usage_error(run: Run, school: None) 
 
 
 @pytest.mark.parametrize("weak,says", [
-    ("azerty", "Erreur : le mot de passe ne doit pas être une suite de caractères"),
-    ("Motdepasse123!", "Erreur : ce mot de passe est trop courant"),
-    ("Durand-Vacances-2026", "Erreur : le mot de passe ne doit contenir ni l'identifiant"),
+    ("azerty", f"Erreur{NBSP}: le mot de passe ne doit pas être une suite de caractères"),
+    ("Motdepasse123!", f"Erreur{NBSP}: ce mot de passe est trop courant"),
+    ("Durand-Vacances-2026", f"Erreur{NBSP}: le mot de passe ne doit contenir ni l'identifiant"),
 ])
 def test_a_weak_new_password_is_refused_in_french_saying_why(
         run: Run, school: None, weak: str, says: str) -> None:
@@ -284,7 +287,7 @@ def test_split_gives_the_establishment_a_new_letter(run: Run, school: None) -> N
     result = run("split", UAI, first.login)
 
     assert result.code == 0, result.err
-    assert "Regroupement cassé par 0869999B : Tom Durand" in result.out
+    assert f"Regroupement cassé par 0869999B{NBSP}: Tom Durand" in result.out
     [new] = letters_in(result.out)
     assert "Tom Durand" in run("children", new.login).out
     assert "Tom Durand" not in run("children", first.login).out
@@ -346,8 +349,8 @@ def test_issue_batch_issues_every_family_but_those_with_a_bad_row(
     result = run("issue-batch", str(source), "--out", str(out), "--workers", "2")
 
     assert result.code == 1
-    assert "ligne 5 : donnée invalide : eleve_id (invalid_input)" in result.err
-    assert "famille R2 (0869999B) non traitée : lignes 4, 5" in result.err
+    assert f"ligne 5{NBSP}: donnée invalide{NBSP}: eleve_id (invalid_input)" in result.err
+    assert f"famille R2 (0869999B) non traitée{NBSP}: lignes 4, 5" in result.err
     assert "Courriers [" in result.err and "2/2" in result.err
     assert result.err.strip().endswith("(bad_rows)")
     assert sorted(p.name for p in out.iterdir()) == [
@@ -396,7 +399,7 @@ def test_issue_batch_reports_missing_columns(run: Run, tmp_path: Path, school: N
     result = run("issue-batch", str(source), "--out", str(tmp_path / "out"))
 
     assert result.code == 1
-    assert "colonnes manquantes : eleve_prenom" in result.err
+    assert f"colonnes manquantes{NBSP}: eleve_prenom" in result.err
 
 
 # -- the way back -----------------------------------------------------------------------
@@ -477,7 +480,7 @@ def test_every_subcommand_has_help_with_an_example(run: Run, words: list[str]) -
     result = run(*words, "--help")
 
     assert result.code == 0
-    assert "Exemple :" in result.out
+    assert f"Exemple{NBSP}:" in result.out
     assert f"account-merge {' '.join(words)}" in result.out
 
 
@@ -485,7 +488,7 @@ def test_help_in_a_real_process() -> None:
     result = run_process("--help")
 
     assert result.code == 0
-    assert "utilisation : account-merge" in result.out
+    assert f"utilisation{NBSP}: account-merge" in result.out
     for words in SUBCOMMANDS:
         assert words[0] in result.out
 

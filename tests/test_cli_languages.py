@@ -14,9 +14,12 @@ from account_merge import AccountStatus, Role, messages
 from account_merge.cli import build_parser, describe, main
 from account_merge.testing import fast_verifier
 
+#: French typography: the no-break space before « : ».
+NBSP = "\u00a0"
+
 #: Words that only the French texts use; none may reach an English screen.
 FRENCH_WORDS = re.compile(
-    r"\b(Enfants|Responsable :|compte|courrier|Mot de passe|Identifiant|Regrouper|rattaché"
+    r"\b(Enfants|Responsable\s:|compte|courrier|Mot de passe|Identifiant|Regrouper|rattaché"
     r"|Erreur|Exemple|utilisation|établissement|démonstration|valable)\b")
 
 
@@ -65,7 +68,7 @@ def test_lang_on_the_command_line_wins_over_the_environment(
 
     _code, _out, err = run(capsys, "--db", str(db), "children", "nobody", "--lang", "fr")
 
-    assert err.startswith("Erreur : base introuvable :")
+    assert err.startswith(f"Erreur{NBSP}: base introuvable{NBSP}:")
 
 
 def test_an_unknown_language_is_a_usage_error_in_french(
@@ -73,7 +76,7 @@ def test_an_unknown_language_is_a_usage_error_in_french(
     code, _out, err = run(capsys, "--lang", "de", "demo")
 
     assert code == 2
-    assert "choix invalide : 'de'" in err
+    assert f"choix invalide{NBSP}: 'de'" in err
     assert err.rstrip().endswith("(usage)")
 
 
@@ -84,7 +87,7 @@ def test_french_is_the_default_whatever_the_locale_of_the_machine(
 
     _code, _out, err = run(capsys, "--db", str(db), "children", "nobody")
 
-    assert err.startswith("Erreur : ")
+    assert err.startswith(f"Erreur{NBSP}: ")
 
 
 @pytest.mark.parametrize("language", messages.LANGUAGES)
@@ -102,7 +105,7 @@ def test_every_text_of_the_help_exists_in_both_languages(
     with messages.using_language(language):
         text = build_parser().format_help()
 
-    assert ("Example:" if language == "en" else "Exemple :") in text
+    assert ("Example:" if language == "en" else f"Exemple{NBSP}:") in text
     assert len(asked) > 40
     assert [key for key in asked if not messages.has_message(key)] == []
 
@@ -128,7 +131,7 @@ def test_every_error_of_the_command_line_has_its_own_line_in_both_languages(
                            "account_id": "a", "rows": 1, "refused": 1, "issued": 0},
                     language)
 
-    assert line.startswith("Error: " if language == "en" else "Erreur : ")
+    assert line.startswith("Error: " if language == "en" else f"Erreur{NBSP}: ")
     assert line.endswith(f"({code})")
     assert "{" not in line
     shipped = messages.catalogue(language)

@@ -73,3 +73,21 @@ def test_the_readme_links_to_pages_that_exist() -> None:
 
     assert targets
     assert [t for t in targets if not (ROOT / t).is_file()] == []
+
+
+def test_the_getting_started_page_shows_the_screens_of_both_examples() -> None:
+    """Every picture the browser tests take of the seed's screens, Flask's and Django's."""
+    page = (DOCS / "index.md").read_text(encoding="utf-8")
+    shown = set(re.findall(r"\]\((_static/screens/[\w/.-]+\.png)\)", page))
+
+    for example in ("flask", "django"):
+        taken = {f"_static/screens/{example}/{picture.name}"
+                 for picture in (DOCS / "_static" / "screens" / example).glob("*.png")}
+        assert taken, example
+        assert sorted(taken - shown) == [], example
+    for screen in ("connexion", "activation", "accueil", "mon-compte", "enfants", "regrouper",
+                   "confirmation", "enfants-regroupes"):
+        for example in ("flask", "django"):
+            assert any(re.fullmatch(rf"_static/screens/{example}/(\d+-)?{screen}\.png", s)
+                       for s in shown), (example, screen)
+    assert sorted(s for s in shown if not (DOCS / s).is_file()) == []

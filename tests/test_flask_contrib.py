@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -14,6 +15,7 @@ flask = pytest.importorskip("flask")
 flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
+import jinja2  # noqa: E402
 from flask import Flask  # noqa: E402
 from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
@@ -24,16 +26,20 @@ from account_merge import (  # noqa: E402
     MergeService,
     SQLiteStorage,
     ThrottlePolicy,
+    exceptions,
 )
 from account_merge.contrib.flask import (  # noqa: E402
     CONFIG_KEYS,
     EXTENSION_KEY,
+    STATUS_CODES,
     STORE_KEYS,
     AccountMerge,
     AccountMergeState,
     get_service,
     get_state,
+    handle_errors,
     init_app,
+    status_for,
 )
 from account_merge.exceptions import (  # noqa: E402
     AccountNotFound,
@@ -41,15 +47,17 @@ from account_merge.exceptions import (  # noqa: E402
     InvalidInput,
     TooManyAttempts,
 )
+from account_merge.messages import error_message  # noqa: E402
 from account_merge.service import same_display_name  # noqa: E402
 from account_merge.service.bootstrap import SETTINGS  # noqa: E402
 from account_merge.storage.sqlalchemy import SQLAlchemyStorage  # noqa: E402
-from account_merge.testing import FakeClock, fast_verifier  # noqa: E402
+from account_merge.testing import CapturingMailer, FakeClock, fast_verifier  # noqa: E402
 
 COLLEGE = Establishment("0869999B", "Collège des Trois Rivières")
 DYLAN = Child("D0001", "Dylan", "Robert", COLLEGE.uai)
 FLORIAN = Child("F0002", "Florian", "Robert", COLLEGE.uai)
 PASSWORD = "Trois-Rivieres-2024!"
+NBSP = "\u00a0"
 CHEAP_ARGON2 = {"ACCOUNT_MERGE_ARGON2_PROFILE": "CHEAPEST",
                 "ACCOUNT_MERGE_ARGON2_WARN_IF_WEAK": False}
 
@@ -499,3 +507,288 @@ def test_flask_sqlalchemy_can_be_ignored(tmp_path: Path) -> None:
     SQLAlchemy(app)
     with pytest.raises(InvalidInput, match="no store"):
         init_app(app, verifier=fast_verifier())
+
+
+# -- the host's own writes in session mode ----------------------------------------------------
+
+
+def _note_model(db: SQLAlchemy, notes: sqlalchemy.Table) -> type[Any]:
+    """An ORM class of the host's table, so that its rows wait in the session until a flush."""
+    return type("Note", (db.Model,), {"__table__": notes})
+
+
+def test_a_host_row_that_fails_to_flush_is_the_hosts_error_not_the_librarys(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """The library's first query would flush the host's pending row: the host's error, as is.
+
+    Before, the failed flush came out as the library's ``concurrent_update``
+    (with the host's constraint in its text), and the documented
+    ``except AccountMergeError: db.session.commit()`` then raised
+    ``PendingRollbackError``.
+    """
+    app, db, notes = make_host_app()
+    Note = _note_model(db, notes)
+    principal_id, login = _principal_and_letter(app, db)
+    with app.test_request_context():
+        db.session.add(Note(text=None))  # NOT NULL: fails when flushed
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            get_service().merge(principal_id, login, "WRONG-PASSWORD")
+        db.session.rollback()  # SQLAlchemy's rule after a failed flush
+        assert get_service().children(principal_id) == (DYLAN,)
+    with app.app_context():
+        trail = get_service().audit_trail()
+    assert "invalid_credentials" not in [r.outcome for r in trail]  # nothing was attempted
+
+
+def test_after_a_librarys_error_the_hosts_transaction_is_as_before_the_call(
+        make_host_app: Callable[..., HostApp]) -> None:
+    """The documented view: flush your rows, call, commit after success or error alike."""
+    app, db, notes = make_host_app()
+    Note = _note_model(db, notes)
+    with app.app_context():
+        service = get_service()
+        first = service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        second = service.issue_account(COLLEGE, "Claire Robert", [FLORIAN])
+        principal_id = service.activate(first.login, first.provisional_password, PASSWORD).id
+        db.session.commit()
+    login = second.login
+    for attempt in ("WRONG-PASSWORD", second.provisional_password.reveal()):
+        with app.test_request_context():
+            db.session.add(Note(text=f"tentative {attempt[:5]}"))
+            db.session.flush()  # your own writes first: their errors are yours
+            with contextlib.suppress(InvalidCredentials):
+                get_service().merge(principal_id, login, attempt)
+            db.session.commit()
+    assert _seen_by_another_connection(app, db, notes)[0] == 2
+    with app.app_context():
+        assert get_service().children(principal_id) == (DYLAN, FLORIAN)
+        outcomes = [r.outcome for r in get_service().audit_trail() if r.action.value == "merge"]
+    assert outcomes == ["invalid_credentials", "success"]
+
+
+# -- the library's errors as HTTP responses ---------------------------------------------------
+
+
+def _merge_app(**config: Any) -> tuple[Flask, str, str]:
+    """An app whose view lets the library's errors out; a principal's id, another letter's login."""
+    app = make_app(**config)
+    state = init_app(app, InMemoryStorage(), verifier=fast_verifier(), clock=FakeClock())
+    first = state.service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+    second = state.service.issue_account(COLLEGE, "Claire Robert", [FLORIAN])
+    principal = state.service.activate(first.login, first.provisional_password, PASSWORD)
+
+    @app.post("/regrouper")
+    def regrouper() -> str:
+        receipt = get_service().merge(principal.id, flask.request.form["identifiant"],
+                                      flask.request.form["mot_de_passe"])
+        return receipt.message
+
+    return app, principal.id, second.login
+
+
+def test_every_error_code_has_an_http_status() -> None:
+    codes = {cls.code for cls in vars(exceptions).values()
+             if isinstance(cls, type) and issubclass(cls, exceptions.AccountMergeError)
+             and cls is not exceptions.AccountMergeError}
+    assert set(STATUS_CODES) == codes
+    assert status_for(exceptions.AccountMergeError("?")) == 500
+
+
+def test_the_error_handler_answers_429_with_retry_after_and_the_french_message() -> None:
+    app, _, login = _merge_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=2)
+    handle_errors(app)
+    client = app.test_client()
+    wrong = {"identifiant": login, "mot_de_passe": "WRONG-PASSWORD"}
+    for _ in range(2):
+        response = client.post("/regrouper", data=wrong)
+        assert response.status_code == 401
+        assert response.text == "identifiant ou mot de passe incorrect"
+    response = client.post("/regrouper", data=wrong)
+    assert response.status_code == 429
+    retry_after = int(response.headers["Retry-After"])
+    assert 0 < retry_after <= 3600
+    expected = error_message(exceptions.TooManyAttempts(retry_after=retry_after), "fr")
+    assert response.text == expected
+    assert response.text.startswith(f"trop de tentatives{NBSP}; réessayez dans")
+    assert response.mimetype == "text/plain"
+
+
+def test_the_error_handler_speaks_json_to_a_client_that_asks_for_it() -> None:
+    app, _, login = _merge_app(ACCOUNT_MERGE_THROTTLE_PRINCIPAL_PER_HOUR=1)
+    handle_errors(app, language="en")
+    client = app.test_client()
+    wrong = {"identifiant": login, "mot_de_passe": "WRONG-PASSWORD"}
+    client.post("/regrouper", data=wrong)
+    response = client.post("/regrouper", data=wrong, headers={"Accept": "application/json"})
+    assert response.status_code == 429
+    body = response.get_json()
+    assert body["error"] == "too_many_attempts"
+    assert body["retry_after"] == int(response.headers["Retry-After"])
+    assert body["message"].startswith("too many attempts; try again in")
+
+
+def test_the_error_handler_renders_the_hosts_template_in_the_requests_language() -> None:
+    app, _, login = _merge_app()
+    app.jinja_loader = jinja2.DictLoader({"erreur.html": (
+        "<p role=alert>{{ message }}</p><p>{{ code }} {{ status }} {{ retry_after }} "
+        "{{ page }}</p>")})
+    handle_errors(app, template="erreur.html",
+                  language=lambda: flask.request.accept_languages.best_match(["fr", "en"]))
+    response = app.test_client().post(
+        "/regrouper", data={"identifiant": login, "mot_de_passe": "WRONG-PASSWORD"},
+        headers={"Accept-Language": "en-GB,en;q=0.9"})
+    assert response.status_code == 401
+    assert response.text == ("<p role=alert>incorrect login or password</p>"
+                             "<p>invalid_credentials 401 None </p>")
+
+
+def test_a_storage_error_is_logged_and_never_shown_with_the_stores_name(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app()
+    init_app(app, InMemoryStorage(), verifier=fast_verifier())
+    handle_errors(app)
+
+    @app.get("/panne")
+    def panne() -> str:
+        raise exceptions.StorageError("postgresql://ent@db.example/ent", "connection lost")
+
+    with caplog.at_level("WARNING"):
+        response = app.test_client().get("/panne")
+    assert response.status_code == 503
+    assert "db.example" not in response.text
+    assert response.text == error_message(exceptions.StorageError("x", "y"), "fr")
+    assert "storage_error answered 503" in caplog.text
+
+
+def test_a_view_that_handles_the_error_itself_keeps_doing_so() -> None:
+    app, _, login = _merge_app()
+    handle_errors(app)
+
+    @app.post("/formulaire")
+    def formulaire() -> tuple[str, int]:
+        try:
+            get_service().merge("nobody", login, "WRONG-PASSWORD")
+        except exceptions.AccountMergeError as error:
+            return f"le formulaire, avec : {error.code}", 400
+        return "", 200
+
+    response = app.test_client().post("/formulaire")
+    assert (response.status_code, response.text) == (400, "le formulaire, avec : account_not_found")
+
+
+# -- the commands ---------------------------------------------------------------------------
+
+
+def _command_app(**options: Any) -> Flask:
+    app = make_app(ACCOUNT_MERGE_SECRET_KEY="a secret key for the links of this app",
+                   ACCOUNT_MERGE_LINKS={"password_reset": "https://ent.example/mdp/{token}",
+                                        "email_verification": "https://ent.example/c/{token}"})
+    init_app(app, InMemoryStorage(), verifier=fast_verifier(), clock=FakeClock(), **options)
+    return app
+
+
+def test_init_app_registers_the_commands() -> None:
+    app = _command_app()
+    group = app.cli.commands["account-merge"]
+    assert {"create-schema", "upgrade-schema", "establishment", "issue", "reissue",
+            "deliver-notices"} <= set(group.commands)  # type: ignore[attr-defined]
+
+
+def test_the_issue_command_writes_a_letter_per_family(tmp_path: Path) -> None:
+    app = _command_app()
+    runner = app.test_cli_runner()
+    source = tmp_path / "eleves.csv"
+    source.write_text("uai,eleve_id,eleve_prenom,eleve_nom,responsable_id,responsable_nom\n"
+                      "0869999B,D0001,Dylan,Robert,R1,Claire Robert\n"
+                      "0869999B,F0002,Florian,Robert,R1,Claire Robert\n"
+                      "0869999B,L0003,Léa,Martin,R2,Paul Martin\n", encoding="utf-8")
+    refused = runner.invoke(args=["account-merge", "issue", str(source), "--out",
+                                  str(tmp_path / "avant"), "--workers", "1"])
+    assert refused.exit_code == 1
+    assert (f"établissement inconnu{NBSP}: 0869999B (ajoutez-le avec «{NBSP}flask "
+            f"account-merge establishment add{NBSP}»)") in refused.output
+    added = runner.invoke(args=["account-merge", "establishment", "add", "0869999B",
+                                "Collège des Trois Rivières"])
+    assert added.exit_code == 0, added.output
+    assert f"Établissement enregistré{NBSP}: 0869999B" in added.output
+    done = runner.invoke(args=["account-merge", "issue", str(source), "--out",
+                               str(tmp_path / "courriers"), "--workers", "1"])
+    assert done.exit_code == 0, done.output
+    letters = sorted(p.name for p in (tmp_path / "courriers").iterdir())
+    assert len(letters) == 3 and "courriers.csv" in letters
+    claire = next(p for p in (tmp_path / "courriers").iterdir() if p.name.startswith("claire"))
+    text = claire.read_text(encoding="utf-8")
+    assert "proposés par le Collège des Trois Rivières pour Dylan Robert et Florian Robert" \
+        in text
+
+
+def test_the_reissue_command_prints_a_new_letter_once(tmp_path: Path) -> None:
+    app = _command_app()
+    with app.app_context():
+        service = get_service()
+        service.register_establishment(COLLEGE)
+        letter = service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+    runner = app.test_cli_runner()
+    printed = runner.invoke(args=["account-merge", "reissue", COLLEGE.uai, letter.login])
+    assert printed.exit_code == 0, printed.output
+    assert f"Identifiant{NBSP}: {letter.login}" in printed.stdout
+    assert letter.provisional_password.reveal() not in printed.stdout
+    target = tmp_path / "courrier.txt"
+    written = runner.invoke(args=["account-merge", "reissue", "--lang", "en", COLLEGE.uai,
+                                  letter.account_id, "--out", str(target)])
+    assert written.exit_code == 0, written.output
+    assert f"Login: {letter.login}" in target.read_text(encoding="utf-8")
+    assert target.stat().st_mode & 0o777 == 0o600
+    again = runner.invoke(args=["account-merge", "reissue", COLLEGE.uai, letter.login,
+                                "--out", str(target)])
+    assert again.exit_code == 1 and "Erreur" in again.output  # never overwrites a letter
+    unknown = runner.invoke(args=["account-merge", "reissue", COLLEGE.uai, "personne"])
+    assert unknown.exit_code == 1
+    assert unknown.output.strip().endswith("(account_not_found)")
+
+
+def test_the_deliver_notices_command_sends_with_the_apps_mailer() -> None:
+    mailer = CapturingMailer()
+    app = _command_app(mailer=mailer)
+    with app.app_context():
+        service = get_service()
+        letter = service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        service.activate(letter.login, letter.provisional_password, PASSWORD,
+                         email="claire@example.org")
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["account-merge", "deliver-notices", "--limit", "10"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "1 message(s) envoyé(s).\n"
+    assert [n.to for n in mailer.sent] == ["claire@example.org"]
+    assert mailer.sent[0].url.startswith("https://ent.example/c/")
+
+
+def test_the_deliver_notices_command_needs_a_mailer() -> None:
+    result = _command_app().test_cli_runner().invoke(args=["account-merge", "deliver-notices"])
+    assert result.exit_code == 2
+    assert "--smtp HOST --from ADDRESS" in result.output
+
+
+def test_the_commands_keep_their_work_in_session_mode(
+        make_host_app: Callable[..., HostApp], tmp_path: Path) -> None:
+    """A command has no request to commit: before, everything it did in db.session was lost.
+
+    (« Établissement enregistré », then « établissement inconnu » at the
+    next command; letters printed for accounts that did not exist.)
+    """
+    app, db, notes = make_host_app()
+    assert get_state(app).in_host_transaction
+    runner = app.test_cli_runner()
+    added = runner.invoke(args=["account-merge", "establishment", "add", COLLEGE.uai,
+                                COLLEGE.name])
+    assert added.exit_code == 0, added.output
+    source = tmp_path / "eleves.csv"
+    source.write_text("uai,eleve_id,eleve_prenom,eleve_nom,responsable_id,responsable_nom\n"
+                      "0869999B,D0001,Dylan,Robert,R1,Claire Robert\n", encoding="utf-8")
+    issued = runner.invoke(args=["account-merge", "issue", str(source), "--out",
+                                 str(tmp_path / "courriers"), "--workers", "1"])
+    assert issued.exit_code == 0, issued.output
+    assert _seen_by_another_connection(app, db, notes) == (0, 1)
+    reissued = runner.invoke(args=["account-merge", "reissue", COLLEGE.uai, "claire.robert"])
+    assert reissued.exit_code == 0, reissued.output
+    assert "Identifiant\u00a0: claire.robert" in reissued.stdout

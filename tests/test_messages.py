@@ -8,9 +8,11 @@ import math
 import re
 import string
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -40,13 +42,16 @@ ADVICE_EN = "Check the login and password, or use “forgot password?”"
 
 
 @pytest.fixture(autouse=True)
-def _clean_messages() -> None:
-    """Each test starts in French, with no override."""
+def _clean_messages() -> Iterator[None]:
+    """Each test starts in French, with no override, following no framework's language."""
+    following = messages._language_source  # Django's, when tests/django set Django up
+    messages.follow_language(None)
     set_language("fr")
     messages.reset_overrides()
     yield
     set_language("fr")
     messages.reset_overrides()
+    messages.follow_language(following)
 
 
 def error_codes() -> set[str]:
@@ -90,7 +95,7 @@ def test_error_message_says_which_password_rule_refused() -> None:
     assert error_message(error).startswith("ce mot de passe est trop courant")
     assert error_message(error, "en").startswith("this password is too common")
     assert error_message(exceptions.PasswordPolicyError("short", rule="too_short", limit=12)) == (
-        "le mot de passe est trop court : il faut au moins 12 caractères")
+        f"le mot de passe est trop court{NBSP}: il faut au moins 12 caractères")
 
 
 def test_a_password_error_without_a_known_rule_gets_the_policys_message() -> None:
@@ -175,8 +180,9 @@ def test_using_language_applies_to_its_block_and_thread_only() -> None:
 
 
 def test_fields_are_filled_and_a_missing_field_stays_as_written() -> None:
-    assert message("screen.responsable", name="Claire Robert") == "Responsable : Claire Robert"
-    assert message("screen.responsable") == "Responsable : {name}"
+    filled = message("screen.responsable", name="Claire Robert")
+    assert filled == f"Responsable{NBSP}: Claire Robert"
+    assert message("screen.responsable") == f"Responsable{NBSP}: {{name}}"
     assert message("too_many_attempts", wait="2 minutes").startswith(
         f"trop de tentatives{NBSP}; réessayez dans 2 minutes.\n")
 
@@ -210,8 +216,8 @@ def test_error_message_fills_the_fields_from_the_error() -> None:
     assert error_message(exceptions.TooManyAttempts(retry_after=90), "en") == (
         "too many attempts; try again in 2 minutes.\n" + ADVICE_EN)
     assert error_message(exceptions.InvalidInput("email", "must look like an address")) == (
-        "donnée invalide : email")
-    assert error_message(exceptions.AccountNotFound("acc9")) == "compte introuvable : acc9"
+        f"donnée invalide{NBSP}: email")
+    assert error_message(exceptions.AccountNotFound("acc9")) == f"compte introuvable{NBSP}: acc9"
 
 
 def test_error_message_never_shows_a_stores_name_to_a_parent() -> None:
@@ -225,7 +231,7 @@ def test_an_error_code_without_message_gives_the_generic_message() -> None:
     class FutureError(AccountMergeError):
         code = "future_error"
 
-    assert error_message(FutureError()) == "une erreur est survenue ; réessayez plus tard"
+    assert error_message(FutureError()) == f"une erreur est survenue{NBSP}; réessayez plus tard"
 
 
 def test_french_and_english_list_every_error_code_with_its_unfilled_message() -> None:
@@ -349,6 +355,17 @@ def test_the_throttling_message_keeps_the_seconds_for_a_hosts_own_wording() -> N
     assert error_message(exceptions.TooManyAttempts(119)) == f"patientez 119 s (2{NBSP}minutes)"
 
 
+def test_every_french_message_keeps_french_typography() -> None:
+    """No-break spaces before : ; ? ! and inside « », in every French message.
+
+    So that no line of a screen, a letter or a notice starts with « : » or
+    « » », and « Principal » never breaks inside its guillemets.
+    """
+    broken = re.compile(r" [;:?!»]|« |«(?!\u00a0)|(?<!\u00a0)»")
+    wrong = sorted(key for key, text in catalogue("fr").items() if broken.search(text))
+    assert wrong == []
+
+
 def test_french_messages_of_waits_keep_french_typography() -> None:
     """No-break spaces before ; : ? ! and inside « », so that none starts a line alone."""
     french = catalogue("fr")
@@ -377,6 +394,29 @@ def test_the_french_letter_is_exactly_the_domains_rendering() -> None:
 
     assert render_letter(letter, "fr") == letter.render()
     assert "valable jusqu'au 30/11/2026.\n" in letter.render()
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("Collège des Trois Rivières", "le Collège des Trois Rivières"),
+    ("Lycée Camille Guérin", "le Lycée Camille Guérin"),
+    ("École élémentaire Jules Ferry", "l'École élémentaire Jules Ferry"),
+    ("ECOLE PRIMAIRE PUBLIQUE", "l'ECOLE PRIMAIRE PUBLIQUE"),
+    ("Cité scolaire Jean Moulin", "la Cité scolaire Jean Moulin"),
+    ("Établissement régional adapté", "l'Établissement régional adapté"),
+    ("EREA Jean Jaurès", "l'EREA Jean Jaurès"),
+    ("Lycée-collège Saint-Paul", "le Lycée-collège Saint-Paul"),
+    ("La Providence", "La Providence"),
+    ("L'Immaculée Conception", "L'Immaculée Conception"),
+    ("Saint-Joseph", "l'établissement Saint-Joseph"),
+])
+def test_the_french_letter_names_the_establishment_with_its_article(name: str,
+                                                                    said: str) -> None:
+    """« proposés par le Collège des Trois Rivières », never « par Collège ... »."""
+    letter = attrs.evolve(a_letter(), establishment=Establishment("0869999B", name))
+
+    assert f"services proposés par {said} pour Dylan Robert" in letter.render()
+    assert render_letter(letter, "fr") == letter.render()
+    assert f"online services of {name} for" in render_letter(letter, "en")
 
 
 def test_the_english_letter_carries_the_same_login_password_and_date() -> None:
@@ -420,8 +460,8 @@ def test_every_error_code_of_the_library_has_a_french_message() -> None:
 def test_error_message_fills_the_placeholders_from_the_error() -> None:
     assert error_message(exceptions.TooManyAttempts(42)) == (
         f"trop de tentatives{NBSP}; réessayez dans 42{NBSP}secondes.\n" + ADVICE_FR)
-    assert error_message(exceptions.InvalidInput("email", "bad")) == "donnée invalide : email"
-    assert error_message(exceptions.AccountNotFound("acc9")) == "compte introuvable : acc9"
+    assert error_message(exceptions.InvalidInput("email", "bad")) == f"donnée invalide{NBSP}: email"
+    assert error_message(exceptions.AccountNotFound("acc9")) == f"compte introuvable{NBSP}: acc9"
     assert error_message(exceptions.InvalidCredentials()) == (
         "identifiant ou mot de passe incorrect")
 
@@ -429,3 +469,27 @@ def test_error_message_fills_the_placeholders_from_the_error() -> None:
 def test_an_unknown_code_gets_a_generic_message_and_an_unknown_language_french() -> None:
     assert message("no_such_code") == FRENCH[FALLBACK]
     assert message("invalid_credentials", "de") == FRENCH["invalid_credentials"]
+
+
+# -- a host framework's language ------------------------------------------------------------
+def test_messages_follow_the_language_a_host_framework_says_is_active() -> None:
+    active = ["en"]
+    messages.follow_language(lambda: active[0])
+
+    assert message("same_account") == "an account cannot be merged with itself"
+    active[0] = "fr-FR"
+    assert message("same_account") == FRENCH["same_account"]
+    with using_language("en"):  # a block of the library's own still wins
+        active[0] = "fr"
+        assert message("same_account") == "an account cannot be merged with itself"
+
+
+def test_a_framework_language_without_catalogue_falls_back_to_the_process_s() -> None:
+    set_language("en")
+    for said in ("de", None, ""):
+        messages.follow_language(lambda said=said: said)
+        assert messages.get_language() == "en"
+    messages.follow_language(None)
+    assert messages.get_language() == "en"
+    with pytest.raises(InvalidInput):
+        messages.follow_language("en")  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """CSRF protection: a random token in the signed session, echoed by every form.
 
 Every POST must carry the token of the session (field ``csrf_token``);
-otherwise the request is refused with 400 before any view runs.  Templates
+otherwise the request is refused with 400 before any view runs (the
+application's French error page, with a link back to the form).  Templates
 write the field with ``{{ csrf_field() }}``.
 """
 
@@ -39,7 +40,8 @@ def check() -> None:
     expected = session.get(_SESSION_KEY)
     sent = request.form.get(FIELD, "")
     if not isinstance(expected, str) or not hmac.compare_digest(expected.encode(), sent.encode()):
-        abort(400, description="Formulaire expiré ou invalide : rechargez la page et recommencez.")
+        abort(400, description="Formulaire expiré ou invalide\u00a0: rechargez la page et "
+                               "recommencez.")
 
 
 def init_app(app: Flask) -> None:

@@ -1,8 +1,10 @@
-"""The parent's pages: connexion, activation, Mon compte, Enfants, Regrouper des comptes.
+"""The parent's pages: connexion, activation, accueil, Mon compte, Enfants, Regrouper des comptes.
 
-The signed session cookie holds the account's id and the time of the last
-password check (``auth_at``); the merge form asks for the password again
-when that check is older than ``RECENT_LOGIN_MAX_AGE`` seconds.
+The signed session cookie holds the session's token (its digest is in the
+example's ``sessions`` table, :mod:`.sessions`), the account's id, the time
+of the last password check (``auth_at``) and the child viewed (``eleve``);
+the merge form asks for the password again when that check is older than
+``RECENT_LOGIN_MAX_AGE`` seconds.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from account_merge.exceptions import (
     AccountNotFound,
     ActivationRequired,
     InvalidInput,
+    PasswordPolicyError,
 )
 
-from .messages import french, page
+from . import sessions
+from .messages import NBSP, french, page
 
 P = ParamSpec("P")
 
@@ -46,8 +50,11 @@ blueprint = Blueprint("parent", __name__)
 
 _OPERATION = re.compile(r"[0-9a-f]{32}")
 MISSING_FIELDS = "Saisissez l'identifiant et le mot de passe."
-MERGED_AWAY = ("Ce compte a été regroupé avec un autre : seul le compte « Principal » "
-               "reste disponible.")
+MERGED_AWAY = (f"Ce compte a été regroupé avec un autre{NBSP}: seul le compte "
+               f"«{NBSP}Principal{NBSP}» reste disponible.")
+DIFFERENT = "Les deux saisies du nouveau mot de passe diffèrent."
+#: The fields of a login and a password: both are named when either is wrong.
+CREDENTIALS = ("identifiant", "mot_de_passe")
 
 
 # -- who is signed in --------------------------------------------------------------
@@ -55,29 +62,38 @@ MERGED_AWAY = ("Ce compte a été regroupé avec un autre : seul le compte « Pr
 
 @blueprint.before_app_request
 def load_account() -> None:
-    """``g.account``: the signed-in ACTIVE account, or None."""
+    """``g.account``: the signed-in ACTIVE account, or None; ``g.children``, ``g.child``."""
     g.account = None
+    g.children = ()
+    g.child = None
     account_id = session.get("account_id")
     if not isinstance(account_id, str) or request.endpoint == "static":
+        return
+    if sessions.current_subject() != sessions.parent(account_id):
+        session.clear()  # signed out elsewhere, or a new password since
         return
     try:
         account = get_service().get_account(account_id)
     except AccountNotFound:
-        session.clear()
+        sessions.sign_out()
         return
     if account.status is not AccountStatus.ACTIVE:
         # Absorbed by a merge (perhaps from another browser): signed out.
-        session.clear()
+        sessions.sign_out()
         if account.status is AccountStatus.MERGED:
             flash(MERGED_AWAY)
         return
     g.account = account
+    g.children = get_service().attached_children(account.id)
+    chosen = session.get("eleve")
+    g.child = next((a.child for a in g.children if a.child.id == chosen),
+                   g.children[0].child if g.children else None)
 
 
 def _sign_in(account: Account) -> None:
-    session.clear()  # a new session: nothing from before signing in survives
-    session["account_id"] = account.id
-    session["auth_at"] = int(time.time())
+    # A new session: nothing from before signing in survives.
+    sessions.sign_in(sessions.parent(account.id), account_id=account.id,
+                     auth_at=int(time.time()))
 
 
 def _safe_next(default: str) -> str:
@@ -131,79 +147,102 @@ def _client() -> str | None:
     return request.remote_addr or None
 
 
+def _missing(*names: str) -> list[str]:
+    """The fields of *names* left empty."""
+    return [name for name in names if not _form(name).strip()]
+
+
 # -- signing in ---------------------------------------------------------------------
 
 
 @blueprint.get("/")
 def accueil() -> ResponseReturnValue:
-    """Mon compte when signed in, the sign-in page otherwise."""
-    return redirect(url_for("parent.compte" if g.account else "parent.connexion"))
+    """ACCUEIL: the services of the child viewed (``?eleve=`` chooses another)."""
+    if g.account is None:
+        return redirect(url_for("parent.connexion"))
+    chosen = request.args.get("eleve")
+    if chosen is not None:
+        for attached in g.children:
+            if attached.child.id == chosen:
+                session["eleve"] = chosen
+                g.child = attached.child
+    return render_template("accueil.html")
 
 
 @blueprint.route("/connexion", methods=["GET", "POST"])
 def connexion() -> ResponseReturnValue:
     """Scolarité Services' sign-in page."""
-    error: str | None = None
-    cause: AccountMergeError | None = None
     login = _form("identifiant").strip()
     if request.method == "POST":
         password = _form("mot_de_passe")
         if not login or not password:
-            error = MISSING_FIELDS
-        else:
-            try:
-                account = get_service().authenticate(login, password, client=_client())
-            except ActivationRequired as exc:
-                # The letter's provisional password, proven: the activation form.
-                flash(french(exc))
-                return redirect(url_for("parent.activation", identifiant=login))
-            except AccountMergeError as exc:
-                # account_merged (an absorbed account's last password, proven) says
-                # where the account went and what to do: sign in with the principal,
-                # or ask the school.
-                error, cause = french(exc), exc
-            else:
-                _sign_in(account)
-                return redirect(_safe_next(url_for("parent.compte")))
-    return page("connexion.html", error=error, cause=cause, login=login, next=_safe_next(""))
+            return page("connexion.html", error=MISSING_FIELDS,
+                        invalid=_missing(*CREDENTIALS), login=login, next=_safe_next(""))
+        try:
+            account = get_service().authenticate(login, password, client=_client())
+        except ActivationRequired as exc:
+            # The letter's provisional password, proven: the activation form.
+            flash(french(exc))
+            return redirect(url_for("parent.activation", identifiant=login))
+        except AccountMergeError as exc:
+            # account_merged (an absorbed account's last password, proven) says
+            # where the account went and what to do: sign in with the principal,
+            # or ask the school.
+            return page("connexion.html", error=french(exc), cause=exc, invalid=CREDENTIALS,
+                        login=login, next=_safe_next(""))
+        _sign_in(account)
+        return redirect(_safe_next(url_for("parent.accueil")))
+    return page("connexion.html", login=login, next=_safe_next(""))
 
 
 @blueprint.route("/activation", methods=["GET", "POST"])
 def activation() -> ResponseReturnValue:
     """First sign-in with a letter: the provisional password is replaced."""
-    error = cause = None
     login = (_form("identifiant") or request.args.get("identifiant", "")).strip()
     email = _form("adresse_mail").strip()
     if request.method == "POST":
         provisional = _form("mot_de_passe_provisoire")
         new, again = _form("nouveau_mot_de_passe"), _form("confirmation")
-        if not login or not provisional or not new:
-            error = ("Saisissez l'identifiant, le mot de passe provisoire et le nouveau "
-                     "mot de passe.")
+        missing = _missing("identifiant", "mot_de_passe_provisoire", "nouveau_mot_de_passe",
+                           "confirmation")
+        error: str | None = None
+        invalid: list[str] | tuple[str, ...] = ()
+        cause: AccountMergeError | None = None
+        if missing:
+            error, invalid = ("Saisissez l'identifiant, le mot de passe provisoire et le "
+                              "nouveau mot de passe, deux fois."), missing
         elif new != again:
-            error = "Les deux saisies du nouveau mot de passe diffèrent."
+            error, invalid = DIFFERENT, ("confirmation",)
         else:
             try:
                 account = get_service().activate(login, provisional, new, email=email or None,
                                                  client=_client())
             except InvalidInput as exc:
-                error = ("Adresse mail invalide." if exc.field == "email" else french(exc))
+                if exc.field == "email":
+                    error, invalid = "Adresse mail invalide.", ("adresse_mail",)
+                else:
+                    error, cause = french(exc), exc
+            except PasswordPolicyError as exc:
+                error, cause, invalid = french(exc), exc, ("nouveau_mot_de_passe",)
             except AccountMergeError as exc:
                 error, cause = french(exc), exc
+                invalid = ("identifiant", "mot_de_passe_provisoire")
             else:
                 _sign_in(account)
-                flash("Votre compte est activé : c'est votre compte « Principal ».")
+                flash("Votre compte est activé.")
                 if email:
-                    flash(f"Un lien de confirmation a été envoyé à {email} : elle deviendra "
-                          "l'adresse du compte quand vous l'aurez suivi.")
+                    flash(f"Un lien de confirmation a été envoyé à {email}{NBSP}: elle "
+                          "deviendra l'adresse du compte quand vous l'aurez suivi.")
                 return redirect(url_for("parent.compte"))
-    return page("activation.html", error=error, cause=cause, login=login, email=email)
+        return page("activation.html", error=error, cause=cause, invalid=invalid, login=login,
+                    email=email)
+    return page("activation.html", login=login, email=email)
 
 
 @blueprint.post("/deconnexion")
 def deconnexion() -> ResponseReturnValue:
-    """Sign out."""
-    session.clear()
+    """Sign out: the session ends here and in every copy of the cookie."""
+    sessions.sign_out()
     flash("Vous êtes déconnecté.")
     return redirect(url_for("parent.connexion"))
 
@@ -213,36 +252,30 @@ def deconnexion() -> ResponseReturnValue:
 def confirmer_identite() -> ResponseReturnValue:
     """Ask the signed-in parent's password again, before the merge form."""
     account: Account = g.account
-    error = cause = None
     if request.method == "POST":
         password = _form("mot_de_passe")
         if not password:
-            error = "Saisissez votre mot de passe."
-        else:
-            try:
-                checked = get_service().authenticate(account.login, password, client=_client())
-            except AccountMergeError as exc:
-                error, cause = french(exc), exc
-            else:
-                _sign_in(checked)
-                return redirect(_safe_next(url_for("parent.regrouper")))
-    return page("confirmer_identite.html", error=error, cause=cause, next=_safe_next(""))
+            return page("confirmer_identite.html", error="Saisissez votre mot de passe.",
+                        invalid=("mot_de_passe",), next=_safe_next(""))
+        try:
+            checked = get_service().authenticate(account.login, password, client=_client())
+        except AccountMergeError as exc:
+            return page("confirmer_identite.html", error=french(exc), cause=exc,
+                        invalid=("mot_de_passe",), next=_safe_next(""))
+        session["auth_at"] = int(time.time())
+        assert checked.id == account.id
+        return redirect(_safe_next(url_for("parent.regrouper")))
+    return page("confirmer_identite.html", next=_safe_next(""))
 
 
 # -- Mon compte ---------------------------------------------------------------------
-
-
-def _compte_page(**context: object) -> str:
-    account: Account = g.account
-    children = get_service().attached_children(account.id)
-    return render_template("compte.html", children=children, **context)
 
 
 @blueprint.get("/compte")
 @login_required
 def compte() -> ResponseReturnValue:
     """Mon compte: the profile (e-mail address, password)."""
-    return _compte_page()
+    return page("compte.html", form=None)
 
 
 @blueprint.post("/compte/adresse-mail")
@@ -251,38 +284,52 @@ def adresse_mail() -> ResponseReturnValue:
     """Give a new e-mail address, proven by the password: on record once confirmed."""
     account: Account = g.account
     address, password = _form("adresse_mail").strip(), _form("mot_de_passe")
-    if not address or not password:
-        return _compte_page(email_error="Saisissez la nouvelle adresse et votre mot de passe."
-                            ), 400
+    missing = _missing("adresse_mail", "mot_de_passe")
+    if missing:
+        return page("compte.html", form="adresse",
+                    error="Saisissez la nouvelle adresse et votre mot de passe.",
+                    invalid=missing)
     try:
         get_service().request_email_change(account.id, password, address, client=_client())
     except InvalidInput as exc:
-        text = "Adresse mail invalide." if exc.field == "new_email" else french(exc)
-        return _compte_page(email_error=text), 400
+        if exc.field == "new_email":
+            return page("compte.html", form="adresse", error="Adresse mail invalide.",
+                        invalid=("adresse_mail",))
+        return page("compte.html", form="adresse", error=french(exc), cause=exc)
     except AccountMergeError as exc:
-        return _compte_page(email_error=french(exc)), 400
-    flash(f"Un lien de confirmation a été envoyé à {address} : elle deviendra l'adresse du "
-          "compte quand vous l'aurez suivi.")
+        return page("compte.html", form="adresse", error=french(exc), cause=exc,
+                    invalid=("mot_de_passe",))
+    flash(f"Un lien de confirmation a été envoyé à {address}{NBSP}: elle deviendra l'adresse "
+          "du compte quand vous l'aurez suivi.")
     return redirect(url_for("parent.compte"))
 
 
 @blueprint.post("/compte/mot-de-passe")
 @login_required
 def mot_de_passe() -> ResponseReturnValue:
-    """Change the password, proven by the current one."""
+    """Change the password, proven by the current one; the account's other sessions end."""
     account: Account = g.account
     current, new, again = (_form("mot_de_passe_actuel"), _form("nouveau_mot_de_passe"),
                            _form("confirmation"))
-    if not current or not new:
-        return _compte_page(password_error="Saisissez le mot de passe actuel et le nouveau."), 400
+    missing = _missing("mot_de_passe_actuel", "nouveau_mot_de_passe", "confirmation")
+    if missing:
+        return page("compte.html", form="mot_de_passe", invalid=missing,
+                    error="Saisissez le mot de passe actuel, puis le nouveau deux fois.")
     if new != again:
-        return _compte_page(password_error="Les deux saisies du nouveau mot de passe diffèrent."
-                            ), 400
+        return page("compte.html", form="mot_de_passe", error=DIFFERENT,
+                    invalid=("confirmation",))
     try:
         get_service().change_password(account.id, current, new, client=_client())
+    except PasswordPolicyError as exc:
+        return page("compte.html", form="mot_de_passe", error=french(exc), cause=exc,
+                    invalid=("nouveau_mot_de_passe",))
     except AccountMergeError as exc:
-        return _compte_page(password_error=french(exc)), 400
-    flash("Mot de passe modifié.")
+        return page("compte.html", form="mot_de_passe", error=french(exc), cause=exc,
+                    invalid=("mot_de_passe_actuel",))
+    ended = sessions.end_all(sessions.parent(account.id))
+    _sign_in(account)  # this browser stays signed in, with a new session
+    flash("Mot de passe modifié." + (
+        f" Vos autres sessions ouvertes ({ended - 1}) sont fermées." if ended > 1 else ""))
     return redirect(url_for("parent.compte"))
 
 
@@ -300,8 +347,7 @@ def mes_donnees() -> ResponseReturnValue:
 @login_required
 def enfants() -> ResponseReturnValue:
     """Enfants: the children attached to the account, each with its responsable."""
-    return render_template("enfants.html",
-                           children=get_service().attached_children(g.account.id))
+    return render_template("enfants.html")
 
 
 # -- Regrouper des comptes -------------------------------------------------------------
@@ -316,28 +362,26 @@ def regrouper() -> ResponseReturnValue:
     if account.role is not Role.RESPONSABLE:
         flash("Seuls les comptes responsables peuvent regrouper des comptes.")
         return redirect(url_for("parent.compte"))
-    error = cause = None
     login = _form("identifiant").strip()
     if request.method == "POST":
         password = _form("mot_de_passe")
         operation = _form("operation")
         if not login or not password:
-            error = MISSING_FIELDS
-        else:
-            try:
-                receipt = get_service().merge(
-                    account.id, login, password,
-                    # The same submission sent twice merges once.
-                    idempotency_key=operation if _OPERATION.fullmatch(operation) else None,
-                )
-            except AccountMergeError as exc:
-                error, cause = french(exc), exc
-            else:
-                session["regroupement"] = [c.first_name for c in receipt.moved]
-                session["regroupement_message"] = receipt.message
-                return redirect(url_for("parent.confirmation"))
-    return page("regrouper.html", error=error, cause=cause, login=login,
-                operation=uuid.uuid4().hex)
+            return page("regrouper.html", error=MISSING_FIELDS, invalid=_missing(*CREDENTIALS),
+                        login=login, operation=uuid.uuid4().hex)
+        try:
+            receipt = get_service().merge(
+                account.id, login, password,
+                # The same submission sent twice merges once.
+                idempotency_key=operation if _OPERATION.fullmatch(operation) else None,
+            )
+        except AccountMergeError as exc:
+            return page("regrouper.html", error=french(exc), cause=exc, invalid=CREDENTIALS,
+                        login=login, operation=uuid.uuid4().hex)
+        session["regroupement"] = [c.first_name for c in receipt.moved]
+        session["regroupement_message"] = receipt.message
+        return redirect(url_for("parent.confirmation"))
+    return page("regrouper.html", login=login, operation=uuid.uuid4().hex)
 
 
 @blueprint.get("/compte/regrouper/confirmation")

@@ -5,8 +5,9 @@
 - ``/mot-de-passe/<token>``: the link of the notice.  The token goes into
   the session and the browser is sent to ``/mot-de-passe/nouveau`` at
   once, so that it leaves the address bar, the history and the
-  ``Referer`` (OWASP); that page takes the new password, twice.  The parent
-  is not signed in afterwards: the sign-in page proves the new password;
+  ``Referer`` (OWASP); that page takes the new password, twice.  Every
+  open session of the account ends, and the parent is not signed in
+  afterwards: the sign-in page proves the new password;
 - ``/identifiant-oublie``: an address; the same answer always;
 - ``/courriel/<token>``: the link confirming an address.  It is confirmed
   by a button (a POST), never by the GET itself, which mail scanners may
@@ -26,6 +27,7 @@ import threading
 
 from flask import (
     Blueprint,
+    abort,
     current_app,
     flash,
     redirect,
@@ -38,10 +40,16 @@ from flask.typing import ResponseReturnValue
 
 from account_merge.contrib.flask import get_service
 from account_merge.domain.notices import Notice
-from account_merge.exceptions import AccountMergeError, InvalidInput, InvalidToken
+from account_merge.exceptions import (
+    AccountMergeError,
+    InvalidInput,
+    InvalidToken,
+    PasswordPolicyError,
+)
 
-from .messages import french, page
-from .parent import _client, _form
+from . import sessions
+from .messages import NBSP, french, page
+from .parent import DIFFERENT, _client, _form
 
 blueprint = Blueprint("recuperation", __name__)
 
@@ -50,7 +58,7 @@ SENT = ("Si ce compte existe et a une adresse électronique confirmée, un messa
 SENT_LOGIN = ("Si cette adresse est celle d'un compte, un message vient d'y être envoyé avec "
               "son identifiant.")
 EXPIRED = ("Ce lien n'est plus valable (déjà utilisé, trop ancien, ou le compte a changé "
-           "depuis) : faites une nouvelle demande.")
+           f"depuis){NBSP}: faites une nouvelle demande.")
 _RESET_TOKEN, _EMAIL_TOKEN = "jeton_mot_de_passe", "jeton_courriel"
 
 
@@ -90,12 +98,12 @@ def mot_de_passe_oublie() -> ResponseReturnValue:
     if request.method == "POST":
         if not typed:
             return page("mot_de_passe_oublie.html", error="Saisissez votre identifiant ou "
-                        "votre adresse électronique.", typed=typed)
+                        "votre adresse électronique.", typed=typed, invalid=("identifiant",))
         with contextlib.suppress(InvalidInput):  # a text no account can have: the same answer
             get_service().request_password_reset(typed, client=_client())
         flash(SENT)
         return redirect(url_for("recuperation.envoye"))
-    return render_template("mot_de_passe_oublie.html", typed=typed, error=None)
+    return page("mot_de_passe_oublie.html", typed=typed)
 
 
 @blueprint.get("/demande-envoyee")
@@ -118,27 +126,33 @@ def nouveau_mot_de_passe() -> ResponseReturnValue:
     if not isinstance(token, str):
         flash(EXPIRED)
         return redirect(url_for("recuperation.mot_de_passe_oublie"))
-    error = cause = None
     if request.method == "POST":
         new, again = _form("nouveau_mot_de_passe"), _form("confirmation")
-        if not new:
-            error = "Saisissez le nouveau mot de passe."
-        elif new != again:
-            error = "Les deux saisies du nouveau mot de passe diffèrent."
-        else:
-            try:
-                get_service().reset_password(token, new, client=_client())
-            except InvalidToken:
-                session.pop(_RESET_TOKEN, None)
-                flash(EXPIRED)
-                return redirect(url_for("recuperation.mot_de_passe_oublie"))
-            except AccountMergeError as exc:
-                error, cause = french(exc), exc
-            else:
-                session.clear()  # signed in nowhere: the new password proves itself
-                flash("Votre mot de passe est modifié : connectez-vous avec le nouveau.")
-                return redirect(url_for("parent.connexion"))
-    return _no_referrer(page("nouveau_mot_de_passe.html", error=error, cause=cause))
+        if not new or not again:
+            return _no_referrer(page(
+                "nouveau_mot_de_passe.html", error="Saisissez le nouveau mot de passe, deux fois.",
+                invalid=[n for n in ("nouveau_mot_de_passe", "confirmation") if not _form(n)]))
+        if new != again:
+            return _no_referrer(page("nouveau_mot_de_passe.html", error=DIFFERENT,
+                                     invalid=("confirmation",)))
+        try:
+            account = get_service().reset_password(token, new, client=_client())
+        except InvalidToken:
+            session.pop(_RESET_TOKEN, None)
+            flash(EXPIRED)
+            return redirect(url_for("recuperation.mot_de_passe_oublie"))
+        except PasswordPolicyError as exc:
+            return _no_referrer(page("nouveau_mot_de_passe.html", error=french(exc), cause=exc,
+                                     invalid=("nouveau_mot_de_passe",)))
+        except AccountMergeError as exc:
+            return _no_referrer(page("nouveau_mot_de_passe.html", error=french(exc), cause=exc))
+        # Signed in nowhere: every session of the account ends, and this one; the
+        # new password proves itself at the sign-in page.
+        sessions.end_all(sessions.parent(account.id))
+        sessions.sign_out()
+        flash(f"Votre mot de passe est modifié{NBSP}: connectez-vous avec le nouveau.")
+        return redirect(url_for("parent.connexion"))
+    return _no_referrer(page("nouveau_mot_de_passe.html"))
 
 
 # -- « identifiant oublié ? » --------------------------------------------------------------
@@ -153,10 +167,10 @@ def identifiant_oublie() -> ResponseReturnValue:
             get_service().request_login_reminder(typed, client=_client())
         except InvalidInput:
             return page("identifiant_oublie.html", error="Adresse électronique invalide.",
-                        typed=typed)
+                        typed=typed, invalid=("adresse_mail",))
         flash(SENT_LOGIN)
         return redirect(url_for("recuperation.envoye"))
-    return render_template("identifiant_oublie.html", typed=typed, error=None)
+    return page("identifiant_oublie.html", typed=typed)
 
 
 # -- the address's confirmation link ----------------------------------------------------
@@ -183,8 +197,8 @@ def confirmer_courriel() -> ResponseReturnValue:
         except InvalidToken:
             flash(EXPIRED)
             return redirect(url_for("parent.compte"))
-        flash(f"L'adresse {account.email} est confirmée : elle vous permettra de retrouver "
-              "seul un identifiant ou un mot de passe oublié.")
+        flash(f"L'adresse {account.email} est confirmée{NBSP}: elle vous permettra de "
+              "retrouver seul un identifiant ou un mot de passe oublié.")
         return redirect(url_for("parent.compte"))
     return _no_referrer(render_template("confirmer_courriel.html"))
 
@@ -196,6 +210,6 @@ def confirmer_courriel() -> ResponseReturnValue:
 def courriels() -> ResponseReturnValue:
     """The messages sent, to follow their links (this example has no mail server)."""
     if not current_app.config.get("ENT_MAILBOX"):
-        return "Not Found", 404
+        abort(404)
     get_service().deliver_notices(mailbox())
     return render_template("courriels.html", notices=mailbox().notices)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextvars
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from account_merge import exceptions
+from account_merge.domain.letter import establishment_with_article
 from account_merge.exceptions import AccountMergeError, InvalidInput, TooManyAttempts
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ __all__ = [
     "describe_wait",
     "error_key",
     "error_message",
+    "follow_language",
     "get_language",
     "has_message",
     "locale_dir",
@@ -86,6 +88,8 @@ _overrides: dict[tuple[str, str], str] = {}
 _process_language = DEFAULT_LANGUAGE
 _context_language: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "account_merge_language", default=None)
+# The host framework's active language (follow_language), asked when no block chose one.
+_language_source: Callable[[], str | None] | None = None
 
 
 def locale_dir() -> Path:
@@ -166,8 +170,40 @@ def set_language(language: str) -> None:
 
 
 def get_language() -> str:
-    """The language messages are given in when none is asked for."""
-    return _context_language.get() or _process_language
+    """The language messages are given in when none is asked for.
+
+    In order: the language of the enclosing :func:`using_language` block,
+    else the host framework's active language (:func:`follow_language`)
+    when it is one of :data:`LANGUAGES`, else the process's
+    (:func:`set_language`).
+    """
+    chosen = _context_language.get()
+    if chosen is not None:
+        return chosen
+    source = _language_source
+    if source is not None:
+        active = source()
+        code = normalize_language(active) if isinstance(active, str) else None
+        if code is not None:
+            return code
+    return _process_language
+
+
+def follow_language(source: Callable[[], str | None] | None) -> None:
+    """Give messages in the language *source* says is active, for this process.
+
+    *source* is a zero-argument callable returning a language tag or None,
+    such as Django's ``django.utils.translation.get_language``, which the
+    Django app installs when it starts: then :func:`error_message` and
+    :func:`message` follow the request's language (``LANGUAGE_CODE``,
+    ``LocaleMiddleware``, ``translation.override``).  A language without
+    catalogue, or None, falls back to :func:`set_language`'s; a
+    :func:`using_language` block still wins.  ``None`` stops following.
+    """
+    global _language_source  # noqa: PLW0603
+    if source is not None and not callable(source):
+        raise InvalidInput("source", "must be a callable returning a language, or None")
+    _language_source = source
 
 
 @contextmanager
@@ -176,7 +212,7 @@ def using_language(language: str | None) -> Iterator[str]:
 
     For a host serving both languages: wrap a request in it, with the
     language the user chose.  A language without catalogue (or None)
-    falls back to the process's language.  Yields the language in use.
+    falls back as :func:`get_language` says.  Yields the language in use.
     """
     code = normalize_language(language) if language is not None else None
     token = _context_language.set(code)
@@ -392,16 +428,21 @@ def _names(names: list[str], language: str | None) -> str:
 def render_letter(letter: NotificationLetter, language: str | None = None) -> str:
     """The text of *letter* in *language*, provisional password included.
 
-    In French it is exactly :meth:`NotificationLetter.render`.
+    In French it is exactly :meth:`NotificationLetter.render`, which names
+    the establishment with its article (« proposés par le Collège des Trois
+    Rivières »: :func:`~account_merge.domain.letter.establishment_with_article`).
     """
     names = _names([f"{c.first_name} {c.last_name}" for c in letter.children], language)
     school = letter.establishment
+    code = (normalize_language(language) if language is not None else None) or get_language()
+    # French says « proposés par le Collège ... »: the name with its article.
+    establishment = establishment_with_article(school.name) if code == "fr" else school.name
     for_children = message("letter.for_children", language, names=names) if names else ""
     return (
         f"{school.name} ({school.uai})\n"
         + message("letter.attention", language, name=letter.display_name) + "\n\n"
         + message("letter.intro", language) + "\n\n"
-        + message("letter.body", language, establishment=school.name,
+        + message("letter.body", language, establishment=establishment,
                   for_children=for_children) + "\n\n"
         + message("letter.login", language, login=letter.login) + "\n"
         + message("letter.password", language,

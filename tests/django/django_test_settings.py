@@ -23,15 +23,17 @@ TIME_ZONE = "Europe/Paris"
 LANGUAGE_CODE = "fr"
 ROOT_URLCONF = "ent_example.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "static/"
 
 INSTALLED_APPS = [
+    "ent_example",  # first: its templates (admin/login.html) win over the admin's
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",
     "account_merge.contrib.django",
-    "ent_example",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -50,8 +52,15 @@ TEMPLATES = [{
         "django.template.context_processors.request",
         "django.contrib.auth.context_processors.auth",
         "django.contrib.messages.context_processors.messages",
+        "ent_example.views.parent_context",
     ]},
 }]
+# The example ENT's: staff with Django's users, parents with the library's accounts.
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "account_merge.contrib.django.auth.AccountMergeBackend",
+]
+RECENT_LOGIN_MAX_AGE = 600
 
 DATABASES = {
     # The write lock is taken by DjangoStorage itself (no transaction_mode):

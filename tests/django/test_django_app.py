@@ -24,7 +24,7 @@ from django.utils.connection import ConnectionDoesNotExist
 from django_stores import empty_store
 
 import account_merge
-from account_merge import Account, AccountStatus, Child, Role
+from account_merge import Account, AccountStatus, Child, Role, Secret
 from account_merge.contrib.django import get_service, get_storage
 from account_merge.contrib.django.conf import check_databases, check_settings, load
 from account_merge.contrib.django.hashers import DjangoPasswordVerifier
@@ -122,6 +122,40 @@ def test_the_library_s_flat_settings_reach_the_service() -> None:
         assert service.verifier.legacy_formats == ("pbkdf2_sha256", "md5")
 
 
+def test_without_its_own_secret_key_the_library_derives_one_from_the_project_s() -> None:
+    """The links work out of the box, under a key of their own (never SECRET_KEY itself)."""
+    from django.conf import settings
+
+    def key() -> str:
+        secret = load().service.secret_key
+        return secret.reveal() if isinstance(secret, Secret) else str(secret)
+
+    with override_settings(ACCOUNT_MERGE={}):
+        derived = key()
+    with override_settings(ACCOUNT_MERGE={}, SECRET_KEY="another project key"):
+        other = key()
+    with override_settings(ACCOUNT_MERGE={"SECRET_KEY": "the library's own key, long"}):
+        given = key()
+
+    assert isinstance(derived, str) and len(derived) == 64
+    assert derived != settings.SECRET_KEY and settings.SECRET_KEY not in derived
+    assert other != derived
+    assert given == "the library's own key, long"
+
+
+def test_links_may_name_the_project_s_url_patterns_on_its_base_url() -> None:
+    with override_settings(ACCOUNT_MERGE={
+            "BASE_URL": "https://ent.example/",
+            "LINKS": {"password_reset": "ent:lien_mot_de_passe",
+                      "email_verification": "/courriel/{token}/",
+                      "sign_in": "ent:connexion"}}):
+        links = dict(load().service.links or {})
+
+    assert links == {"password_reset": "https://ent.example/mot-de-passe/{token}/",
+                     "email_verification": "https://ent.example/courriel/{token}/",
+                     "sign_in": "https://ent.example/connexion/"}
+
+
 def test_a_verifier_setting_replaces_the_django_verifier() -> None:
     with override_settings(ACCOUNT_MERGE={"VERIFIER": "account_merge.testing.fast_verifier"}):
         verifier = get_service().verifier
@@ -138,6 +172,14 @@ def test_a_verifier_setting_replaces_the_django_verifier() -> None:
     ({"DJANGO_HASHERS": ["sha1"]}, "sha1"),
     ({"ATTEMPTS_JOURNAL": "{folder}/attempts.sqlite3"}, "ATTEMPTS_JOURNAL"),
     ({"ATTEMPTS_JOURNAL": 3}, "ATTEMPTS_JOURNAL"),
+    ({"TRUSTED_PROXIES": "10.0.0.1"}, "TRUSTED_PROXIES"),
+    ({"TRUSTED_PROXIES": ["proxy.example"]}, "TRUSTED_PROXIES"),
+    ({"CLIENT_HEADER": "X Forwarded For"}, "CLIENT_HEADER"),
+    ({"BASE_URL": "ent.example"}, "BASE_URL"),
+    ({"LINKS": {"sign_in": "ent:connexion"}}, "BASE_URL"),
+    ({"BASE_URL": "https://ent.example", "LINKS": {"password_reset": "no-such-page"}},
+     "no-such-page"),
+    ({"USER_FACTORY": "account_merge.no_such_factory"}, "USER_FACTORY"),
     # The keys of development versions name what replaced them.
     ({"THROTTLE": {"LOCK_AFTER": 3}}, "THROTTLE_BACKOFF_AFTER"),
     ({"ARGON2": {"TIME_COST": 3}}, "ARGON2_TIME_COST"),

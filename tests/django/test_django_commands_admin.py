@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,14 @@ def staff(name: str, *, allowed_for: list[Establishment], permission: bool = Tru
     return client
 
 
-def split_action(client: Client, account_id: str) -> object:
+def split_action(client: Client, account_id: str, *, confirm: bool = True) -> object:
+    """The split action on *account_id*, and its confirmation unless *confirm* is False."""
+    data = {"action": "split_merge", "_selected_action": [account_id]}
+    first = client.post(reverse("admin:account_merge_account_changelist"), data)
+    if not confirm or first.status_code != 200 or "confirm" not in first.content.decode():
+        return first
     return client.post(reverse("admin:account_merge_account_changelist"),
-                       {"action": "split_merge", "_selected_action": [account_id]})
+                       {**data, "confirm": "yes"})
 
 
 # -- management commands ------------------------------------------------------------------
@@ -94,8 +100,9 @@ def test_account_merge_issue_names_an_unknown_establishment_in_french(
     with pytest.raises(CommandError, match=r"1 ligne\(s\) invalide"):
         call_command("account_merge_issue", str(source), "--out", str(tmp_path / "c"),
                      "--workers", "1", stdout=io.StringIO(), stderr=err)
-    assert ("ligne 2 : établissement inconnu : 0869999B (ajoutez-le dans l'administration, "
-            "« Établissements »)") in err.getvalue()
+    assert ("ligne 2\N{NO-BREAK SPACE}: établissement inconnu\N{NO-BREAK SPACE}: 0869999B "
+            "(ajoutez-le dans l'administration, "
+            "«\N{NO-BREAK SPACE}Établissements\N{NO-BREAK SPACE}»)") in err.getvalue()
 
 
 def test_account_merge_split_prints_the_new_letter(service: MergeService) -> None:
@@ -161,6 +168,25 @@ def test_staff_split_only_for_their_own_establishment_and_get_the_letter(
     # Léa, of the lycée, stays: this staff member is not the lycée's.
     assert [c.first_name for c in service.children(principal_id)] == ["Dylan", "Léa"]
     assert service.audit_trail(None)[-1].actor == f"establishment:{COLLEGE.uai}"
+
+
+def test_the_split_asks_first_showing_the_account_and_the_children_that_will_leave(
+        service: MergeService) -> None:
+    """Nothing changes until the staff confirm; the page names who leaves and who stays."""
+    principal_id, login = merged_family(service)
+    college_staff = staff("cpe.college", allowed_for=[COLLEGE])
+
+    page = split_action(college_staff, principal_id, confirm=False)
+
+    assert page.status_code == 200  # type: ignore[attr-defined]
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.content.decode()))  # type: ignore[attr-defined]
+    leaving = text.index("Enfants qui quitteront ce compte")
+    staying = text.index("Enfants qui resteront sur ce compte")
+    assert f"Compte {login} (Claire Robert)" in text
+    assert "Florian Robert" in text[leaving:staying]
+    assert "Dylan Robert" in text[staying:] and "Léa Robert" in text[staying:]
+    assert 'name="confirm" value="yes"' in page.content.decode()  # type: ignore[attr-defined]
+    assert [c.first_name for c in service.children(principal_id)] == ["Dylan", "Florian", "Léa"]
 
 
 def test_staff_of_another_establishment_or_without_the_permission_cannot_split(

@@ -122,11 +122,18 @@ def test_every_text_marked_in_the_app_is_in_the_catalogues_and_nothing_else() ->
     assert catalogued - marked == set(), "in the catalogues but no longer marked"
 
 
-def test_the_french_catalogue_gives_the_source_texts_back() -> None:
-    """The texts are written in French: the French catalogue is their identity."""
+def with_french_typography(text: str) -> str:
+    """*text* with no-break spaces before : ; ? ! and inside « »."""
+    return re.sub(r"(?<=«) ", "\N{NO-BREAK SPACE}",
+                  re.sub(r" (?=[:;?!»])", "\N{NO-BREAK SPACE}", text))
+
+
+def test_the_french_catalogue_gives_the_source_texts_back_set_in_french_typography() -> None:
+    """The texts are written in French; the catalogue adds the no-break spaces French needs."""
     french = compiled("fr")
 
-    assert {key: text for key, text in french.items() if key != text} == {}
+    assert {key: text for key, text in french.items()
+            if with_french_typography(key) != text} == {}
 
 
 def test_english_translations_keep_the_fields_of_their_source() -> None:
@@ -204,7 +211,7 @@ def test_the_admin_pages_are_served_in_the_active_language(
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("language", "expected"), [
-    ("fr", "établissement inconnu : {uai}"),
+    ("fr", "établissement inconnu\N{NO-BREAK SPACE}: {uai}"),
     ("en", "unknown establishment: {uai}"),
 ])
 def test_the_commands_answer_staff_in_the_active_language(language: str, expected: str) -> None:
@@ -218,7 +225,7 @@ def test_the_commands_answer_staff_in_the_active_language(language: str, expecte
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("language", "expected"), [
-    ("fr", "donnée invalide : uai"), ("en", "invalid data: uai"),
+    ("fr", "donnée invalide\u00a0: uai"), ("en", "invalid data: uai"),
 ])
 def test_the_library_errors_in_a_command_follow_django_s_language(
         language: str, expected: str) -> None:
@@ -247,3 +254,26 @@ def test_django_reads_the_compiled_catalogues_of_the_app() -> None:
 
     with translation.override("en"):
         assert translation.gettext("preuve d'identité") == "credential"
+
+
+# -- the library's own messages ------------------------------------------------------------
+@pytest.mark.parametrize(("language", "expected"), [
+    ("en", "incorrect login or password"), ("fr", "identifiant ou mot de passe incorrect"),
+    ("en-gb", "incorrect login or password"),
+    ("de", "identifiant ou mot de passe incorrect"),  # no catalogue: the library's French
+])
+def test_error_message_follows_django_s_active_language(language: str, expected: str) -> None:
+    """A project's view shows ``error_message(error)`` in the language of the request."""
+    from account_merge.exceptions import InvalidCredentials
+    from account_merge.messages import error_message
+
+    with translation.override(language):
+        assert error_message(InvalidCredentials()) == expected
+
+
+def test_a_block_of_the_library_s_language_still_wins_over_django_s() -> None:
+    from account_merge.exceptions import InvalidCredentials
+    from account_merge.messages import error_message, using_language
+
+    with translation.override("en"), using_language("fr"):
+        assert error_message(InvalidCredentials()) == "identifiant ou mot de passe incorrect"

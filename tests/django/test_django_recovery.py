@@ -80,7 +80,7 @@ def test_the_reissue_command_prints_a_new_letter(service: MergeService) -> None:
                                    [Child("ine-dylan", "Dylan", "Robert", COLLEGE.uai)])
     out, err = io.StringIO(), io.StringIO()
     call_command("account_merge_reissue", COLLEGE.uai, letter.login, stdout=out, stderr=err)
-    assert f"Identifiant : {letter.login}" in out.getvalue()
+    assert f"Identifiant\u00a0: {letter.login}" in out.getvalue()
     assert letter.provisional_password.reveal() not in out.getvalue()
     assert f"Courrier réédité par {COLLEGE.uai}" in err.getvalue()
     with pytest.raises(CommandError, match="not_authorized"):
@@ -113,7 +113,7 @@ def test_the_admin_reissues_letters_for_the_staffs_own_establishments(
     response = staff("college", allowed_for=[COLLEGE]).post(url, action)
     page = response.content.decode()
     assert response.status_code == 200 and "Courriers réédités" in page
-    assert f"Identifiant : {letter.login}" in page
+    assert f"Identifiant\u00a0: {letter.login}" in page
     assert "no-cache" in response["Cache-Control"]
     assert m.AuditEntry.objects.filter(action="reissue_letter",
                                        actor=f"establishment:{COLLEGE.uai}").count() == 1

@@ -72,24 +72,47 @@ read by :func:`~account_merge.service.bootstrap.read_settings`.
 Values may be strings (as read from the environment): ``"5"``,
 ``"true"``.  Objects given to :func:`init_app` (``verifier=``,
 ``throttle=``...) win over the keys that would build them.
+
+**Errors as responses.**  :func:`handle_errors` answers the library's
+errors a view lets out: the status of their code (:data:`STATUS_CODES`,
+:func:`status_for`), ``Retry-After`` when throttled, and the message for
+people (:func:`account_merge.messages.error_message`), as JSON, in the
+host's template or as text (:func:`error_response`).
+
+**Commands.**  :func:`init_app` registers ``flask account-merge``:
+``create-schema``, ``upgrade-schema``, ``establishment add``, ``issue``,
+``reissue`` and ``deliver-notices`` (see ``docs/integrations/flask.md``).
+In session mode they use :attr:`AccountMergeState.command_service`, whose
+use cases commit their own transactions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias
 
 import attrs
 import click
-from flask import Flask, current_app
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from flask.cli import AppGroup
 
+from account_merge import messages
+from account_merge.domain.establishment import Establishment
 from account_merge.domain.passwords import PasswordPolicy
 from account_merge.domain.throttle import ThrottlePolicy
-from account_merge.exceptions import InvalidInput
-from account_merge.ports import Clock, CredentialVerifier, Storage
+from account_merge.exceptions import (
+    AccountMergeError,
+    AccountNotFound,
+    InvalidInput,
+    TooManyAttempts,
+)
+from account_merge.ports import Clock, CredentialVerifier, Mailer, Storage
 from account_merge.service import IdentityRule, MergeService
 from account_merge.service.bootstrap import SETTINGS, read_settings
 from account_merge.storage.attempts import check_template
@@ -100,12 +123,17 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_KEYS",
     "EXTENSION_KEY",
+    "STATUS_CODES",
     "STORE_KEYS",
     "AccountMerge",
     "AccountMergeState",
+    "Language",
+    "error_response",
     "get_service",
     "get_state",
+    "handle_errors",
     "init_app",
+    "status_for",
 ]
 
 #: The key of the state in ``app.extensions``.
@@ -143,6 +171,22 @@ class AccountMergeState:
     storage: Storage
     storage_kind: str
     owns_storage: bool = attrs.field(repr=False)
+    #: The mailer ``flask account-merge deliver-notices`` sends with (given to :func:`init_app`).
+    mailer: Mailer | None = attrs.field(default=None, repr=False)
+    _command_service: MergeService | None = attrs.field(default=None, repr=False,
+                                                         alias="command_service")
+
+    @property
+    def command_service(self) -> MergeService:
+        """The service the ``flask account-merge`` commands use.
+
+        :attr:`service` itself, but in session mode, where a use case is
+        durable only when the host commits its session and a command has
+        no request to commit: there, a service on the same engine and
+        tables, with the same settings, whose use cases commit their own
+        transactions (each letter of ``issue`` is stored as it is written).
+        """
+        return self._command_service if self._command_service is not None else self.service
 
     @property
     def in_host_transaction(self) -> bool:
@@ -190,15 +234,19 @@ def init_app(
     password_policy: PasswordPolicy | None = None,
     throttle: ThrottlePolicy | None = None,
     identity_rule: IdentityRule | None = None,
+    mailer: Mailer | None = None,
 ) -> AccountMergeState:
     """Set account_merge up on *app* from its ``ACCOUNT_MERGE_*`` configuration.
 
     *storage* is a store of your own (it wins over the configuration);
     *db* a Flask-SQLAlchemy instance, when it was not initialised on *app*
-    (``app.extensions["sqlalchemy"]``).  The other arguments go to
+    (``app.extensions["sqlalchemy"]``).  *mailer* is what ``flask
+    account-merge deliver-notices`` sends notices with when it is given
+    no ``--smtp`` server.  The other arguments go to
     :class:`~account_merge.MergeService` and win over the keys that would
     build them.  Raises ``invalid_input`` for a malformed or unknown key,
     ``RuntimeError`` if *app* was set up already.  Connects to nothing.
+    Registers the ``flask account-merge`` commands.
     """
     if EXTENSION_KEY in app.extensions:
         raise RuntimeError("account_merge is already set up on this application")
@@ -211,7 +259,7 @@ def init_app(
         {key[len(_PREFIX):]: value for key, value in config.items()
          if key.startswith(_PREFIX) and key not in STORE_KEYS},
         name=lambda key: f"{_PREFIX}{key}")
-    store, kind, owned = _storage(app, config, storage, db)
+    store, kind, owned, engine = _storage(app, config, storage, db)
     try:
         service = MergeService(
             store,
@@ -224,12 +272,21 @@ def init_app(
             secret_key=settings.secret_key,
             links=settings.links,
         )
+        command_service = None
+        if engine is not None:
+            from account_merge.storage.sqlalchemy import SQLAlchemyStorage  # noqa: PLC0415
+
+            command_service = MergeService(
+                SQLAlchemyStorage(engine, **_sqlalchemy_options(config)), service.verifier,
+                service.clock, policies=service.policies, secret_key=settings.secret_key,
+                links=settings.links)
     except BaseException:
         if owned:
             store.close()
         raise
     state = AccountMergeState(service=service, storage=store, storage_kind=kind,
-                              owns_storage=owned)
+                              owns_storage=owned, mailer=mailer,
+                              command_service=command_service)
     app.extensions[EXTENSION_KEY] = state
     if "account-merge" not in app.cli.commands:
         app.cli.add_command(_cli)
@@ -281,9 +338,101 @@ class AccountMerge:
         return get_service()
 
 
+# -- the library's errors as HTTP responses -----------------------------------------------
+
+#: The HTTP status of each error code (``docs/errors.md``); a code not listed gets 500.
+STATUS_CODES: Final[Mapping[str, int]] = MappingProxyType({
+    "invalid_credentials": 401,
+    "activation_required": 403,
+    "account_merged": 403,
+    "not_responsable": 403,
+    "principal_not_active": 403,
+    "same_account": 400,
+    "not_authorized": 403,
+    "nothing_to_split": 409,
+    "too_many_attempts": 429,
+    "password_policy": 400,
+    "account_not_found": 404,
+    "concurrent_update": 409,
+    "invalid_input": 400,
+    "storage_error": 503,
+    "invalid_token": 400,
+    "not_supported": 501,
+})
+
+#: A language for the messages: a tag (``"fr"``, ``"en-GB"``), a callable giving one for
+#: the current request (``lambda: request.accept_languages.best_match(["fr", "en"])``), or
+#: None for :func:`account_merge.messages.get_language` (French unless the host set another).
+Language: TypeAlias = str | Callable[[], str | None] | None
+
+
+def status_for(error: AccountMergeError) -> int:
+    """The HTTP status of *error*: :data:`STATUS_CODES` of its code, 500 for a code not listed."""
+    return STATUS_CODES.get(error.code, 500)
+
+
+def error_response(error: AccountMergeError, *, template: str | None = None,
+                   language: Language = None, **context: Any) -> Response:
+    """The response to *error*: its status, its message for people, ``Retry-After`` if throttled.
+
+    The status is :func:`status_for`'s; ``too_many_attempts`` adds the
+    header ``Retry-After: <retry_after>``.  The body is JSON
+    (``{"error": code, "message": text}``, with ``retry_after`` when
+    throttled) for a client that prefers JSON; otherwise *template*
+    rendered with ``error``, ``code``, ``message``, ``status``,
+    ``retry_after`` and *context*; without a template, the message as
+    plain text.  The message is
+    :func:`account_merge.messages.error_message` in *language*: never the
+    error's English ``message`` (for logs), never a store's name.  An
+    error answered with 500 or more is logged (its code and English text,
+    which holds no secret).  Call it in a request.
+    """
+    status = status_for(error)
+    chosen = language() if callable(language) else language
+    text = messages.error_message(error, chosen)
+    retry_after = error.retry_after if isinstance(error, TooManyAttempts) else None
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    if status >= 500:
+        current_app.logger.warning("account_merge: %s answered %d: %s", error.code, status,
+                                   error)
+    accepted = request.accept_mimetypes
+    if accepted.best_match(["text/html", "application/json"]) == "application/json":
+        body: dict[str, Any] = {"error": error.code, "message": text}
+        if retry_after is not None:
+            body["retry_after"] = retry_after
+        response = jsonify(body)
+    elif template is not None:
+        response = current_app.make_response(render_template(
+            template, error=error, code=error.code, message=text, status=status,
+            retry_after=retry_after, **context))
+    else:
+        response = current_app.response_class(text, mimetype="text/plain")
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+def handle_errors(scope: Flask | Blueprint, *, template: str | None = None,
+                  language: Language = None) -> None:
+    """Answer every :class:`~account_merge.exceptions.AccountMergeError` a view lets out.
+
+    On *scope* (the application, or one blueprint), with
+    :func:`error_response`: 429 and ``Retry-After`` when throttled, the
+    status of each code, and the message for people in *language*
+    (rendered in *template* when given).  A view that handles an error
+    itself (to show the form again, say) keeps doing so.
+    """
+
+    def answer(error: AccountMergeError) -> Response:
+        return error_response(error, template=template, language=language)
+
+    scope.register_error_handler(AccountMergeError, answer)
+
+
 # -- the command line --------------------------------------------------------------
 
-_cli = AppGroup("account-merge", help="account_merge: the store of this application.")
+_cli = AppGroup("account-merge", help="account_merge: its tables, establishments, letters and "
+                                      "notices.")
 
 
 @_cli.command("create-schema")
@@ -301,13 +450,194 @@ def _upgrade_schema_command() -> None:
     click.echo("account_merge: schema up to date")
 
 
+# What the commands print (letters, reports, errors) is in French unless --lang en or
+# ACCOUNT_MERGE_LANG=en, as with the account-merge command line; their help is English.
+
+
+class _CommandFailed(click.ClickException):
+    """A command's error: one line on standard error, ``Erreur : <message> (<code>)``."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.message, err=True)
+
+
+def _language_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--lang", "language", type=click.Choice(messages.LANGUAGES),
+        envvar="ACCOUNT_MERGE_LANG", show_envvar=True, default=messages.DEFAULT_LANGUAGE,
+        help="Language of what the command prints.")(command)
+
+
+@contextlib.contextmanager
+def _job(language: str) -> Iterator[None]:
+    """Run a command's work in *language*; its errors end the command with one line."""
+    from account_merge.cli import CliError, describe  # noqa: PLC0415
+
+    with messages.using_language(language):
+        try:
+            yield
+        except CliError as error:
+            raise _CommandFailed(describe(error.code, error.fields)) from None
+        except AccountMergeError as error:
+            fields = {k: v for k, v in vars(error).items() if isinstance(v, str | int)}
+            raise _CommandFailed(describe(error.code, fields)) from None
+        except OSError as error:
+            raise _CommandFailed(describe("file_error", {
+                "detail": error.strerror or type(error).__name__,
+                "path": error.filename})) from None
+
+
+def _fail(code: str, **fields: object) -> NoReturn:
+    from account_merge.cli import EXIT_ERROR, CliError  # noqa: PLC0415
+
+    raise CliError(code, EXIT_ERROR, **fields)
+
+
+def _establishment(service: MergeService, uai: str) -> Establishment:
+    """The establishment the store knows under *uai*, or ``unknown_establishment``."""
+    from account_merge.domain.establishment import validate_uai  # noqa: PLC0415
+
+    found = service.find_establishment(validate_uai(uai))
+    if found is None:
+        _fail("unknown_establishment", uai=uai, hint=messages.message("flask.add_establishment"))
+    return found
+
+
+def _account_id(service: MergeService, reference: str) -> str:
+    """The id of the account whose login or id is *reference*."""
+    try:
+        return service.get_account(reference).id
+    except (AccountNotFound, InvalidInput):
+        return service.find_account(reference).id
+
+
+_establishment_group = AppGroup("establishment", help="The establishments the store serves.")
+_cli.add_command(_establishment_group)
+
+
+@_establishment_group.command("add")
+@click.argument("uai")
+@click.argument("name")
+@_language_option
+def _establishment_add_command(uai: str, name: str, language: str) -> None:
+    """Register the establishment UAI (or rename it): issue and reissue need it."""
+    with _job(language):
+        done = get_state().command_service.register_establishment(
+            Establishment(uai, name), actor="flask account-merge")
+        click.echo(messages.message("cli.establishment.added", uai=done.uai, name=done.name))
+
+
+@_cli.command("issue")
+@click.argument("csv_file", metavar="CSV", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "folder", required=True, metavar="FOLDER",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="A new or empty folder for the letters (one file each, and courriers.csv).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes hashing the passwords (default: one per CPU).")
+@click.option("--encoding", default="utf-8-sig", show_default=True,
+              help="Encoding of the CSV.")
+@_language_option
+def _issue_command(csv_file: Path, folder: Path, workers: int | None, encoding: str,
+                   language: str) -> None:
+    """Issue one account and its letter per family of a school's CSV.
+
+    The CSV is the one of ``account-merge issue-batch``
+    (uai,eleve_id,eleve_prenom,eleve_nom,responsable_id,responsable_nom); its
+    establishments must be registered (``flask account-merge establishment add``).
+    """
+    from account_merge.cli import issue_batch  # noqa: PLC0415
+
+    with _job(language):
+        issue_batch(get_state().command_service, csv_file, folder, encoding=encoding,
+                    workers=workers,
+                    out=sys.stdout, err=sys.stderr,
+                    add_establishment=messages.message("flask.add_establishment"))
+
+
+@_cli.command("reissue")
+@click.argument("uai")
+@click.argument("account", metavar="ACCOUNT")
+@click.option("--out", "file", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the letter to this new file (its owner only may read it).")
+@_language_option
+def _reissue_command(uai: str, account: str, file: Path | None, language: str) -> None:
+    """Print a new letter for a lost one: same login, new provisional password.
+
+    The establishment UAI reissues it for ACCOUNT (a login or an id); the old
+    password stops working at once.  The letter is shown this once.
+    """
+    with _job(language):
+        service = get_state().command_service
+        establishment = _establishment(service, uai)
+        account_id = _account_id(service, account)
+        descriptor = None
+        if file is not None:
+            descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            letter = service.reissue_letter(establishment, account_id)
+        except BaseException:
+            if descriptor is not None:
+                os.close(descriptor)
+                os.unlink(file)  # type: ignore[arg-type]
+            raise
+        click.echo(messages.message("cli.reissue.done", uai=establishment.uai,
+                                    login=letter.login, id=letter.account_id), err=True)
+        text = messages.render_letter(letter)
+        if descriptor is None:
+            click.echo(text, nl=False)
+            return
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+@_cli.command("deliver-notices")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Notices sent at most.")
+@click.option("--smtp", metavar="HOST",
+              help="Send through this SMTP server (default: the mailer given to init_app).")
+@click.option("--port", type=click.IntRange(min=1), help="The SMTP server's port.")
+@click.option("--from", "sender", metavar="ADDRESS", help="The sender's address (with --smtp).")
+@click.option("--starttls", is_flag=True, help="STARTTLS (with --smtp).")
+@click.option("--tls", is_flag=True, help="Implicit TLS (with --smtp).")
+@click.option("--user", metavar="USER", help="SMTP user; the password is read from "
+              "ACCOUNT_MERGE_SMTP_PASSWORD, or asked.")
+@_language_option
+def _deliver_notices_command(limit: int, smtp: str | None, port: int | None,
+                             sender: str | None, starttls: bool, tls: bool, user: str | None,
+                             language: str) -> None:
+    """Send the pending notices (reset links, confirmations, merges...): run it periodically."""
+    with _job(language):
+        state = get_state()
+        mailer: Mailer
+        if smtp is not None:
+            from account_merge.mailers import SmtpMailer  # noqa: PLC0415
+
+            if sender is None:
+                raise click.UsageError("--smtp needs --from")
+            password = None
+            if user is not None:
+                password = os.environ.get("ACCOUNT_MERGE_SMTP_PASSWORD") or click.prompt(
+                    messages.message("cli.prompt.smtp_password").rstrip(": \u00a0"),
+                    hide_input=True)
+            mailer = SmtpMailer(smtp, port, sender=sender, starttls=starttls, implicit_tls=tls,
+                                username=user, password=password)
+        elif state.mailer is not None:
+            mailer = state.mailer
+        else:
+            raise click.UsageError("no mailer: give --smtp HOST --from ADDRESS, or "
+                                   "init_app(app, mailer=...)")
+        sent = state.command_service.deliver_notices(mailer, limit, language=language)
+        click.echo(messages.message("cli.deliver.done", count=sent))
+
+
 # -- building the store and the service ----------------------------------------------
 
 
 def _storage(app: Flask, config: Mapping[str, Any], given: Storage | None,
-             db: Any) -> tuple[Storage, str, bool]:
+             db: Any) -> tuple[Storage, str, bool, Any]:
+    """The store, its kind, whether this extension owns it, and in session mode its engine."""
     if given is not None:
-        return given, "given", False
+        return given, "given", False, None
     url = config.get(f"{_PREFIX}DATABASE_URL")
     path = config.get(f"{_PREFIX}SQLITE_PATH")
     if url and path:
@@ -320,13 +650,13 @@ def _storage(app: Flask, config: Mapping[str, Any], given: Storage | None,
         if not isinstance(options, Mapping):
             raise InvalidInput(f"{_PREFIX}ENGINE_OPTIONS", "must be a mapping")
         store = SQLAlchemyStorage.from_url(url, **_sqlalchemy_options(config), **options)
-        return store, "database_url", True
+        return store, "database_url", True, None
     if path:
         from account_merge.storage.sqlite import SQLiteStorage  # noqa: PLC0415
 
         if not isinstance(path, str | os.PathLike):
             raise InvalidInput(f"{_PREFIX}SQLITE_PATH", "must be the path of a file")
-        return SQLiteStorage(path), "sqlite_path", True
+        return SQLiteStorage(path), "sqlite_path", True, None
     mode = _choice(config, "FLASK_SQLALCHEMY", _FLASK_SQLALCHEMY_MODES, "session")
     if db is None and mode != "off":
         db = app.extensions.get("sqlalchemy")
@@ -342,7 +672,7 @@ def _storage(app: Flask, config: Mapping[str, Any], given: Storage | None,
         with app.app_context():
             engine = db.engine
         return SQLAlchemyStorage(engine, **_sqlalchemy_options(config)), \
-            "flask_sqlalchemy_engine", False
+            "flask_sqlalchemy_engine", False, None
     from account_merge.storage.sqlalchemy.connections import prepare_engine  # noqa: PLC0415
 
     with app.app_context():
@@ -351,7 +681,7 @@ def _storage(app: Flask, config: Mapping[str, Any], given: Storage | None,
     prepare_engine(engine, immediate=True)
     session: Callable[[], Session] = db.session
     return SQLAlchemyStorage(session=session, **_sqlalchemy_options(config)), \
-        "flask_sqlalchemy_session", False
+        "flask_sqlalchemy_session", False, engine
 
 
 def _sqlalchemy_options(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,18 @@ views.  What the app brings:
   (:mod:`account_merge.contrib.django.conf`);
 - admin pages for accounts, letters, establishments and the audit trail,
   with the split as an action restricted to the establishment's staff;
-- the management commands ``account_merge_issue`` and ``account_merge_split``.
+- the management commands ``account_merge_issue``, ``account_merge_split``,
+  ``account_merge_reissue`` and ``account_merge_deliver_notices``;
+- an authentication backend,
+  :class:`~account_merge.contrib.django.auth.AccountMergeBackend`, with
+  the link between accounts and the project's users
+  (:func:`account_of`, :func:`link_user`, :func:`import_user`);
+- :func:`account_merge_errors`, a view decorator answering the library's
+  errors (429 with ``Retry-After``, 403, 404...), with :data:`FORM_ERRORS`
+  and :func:`add_error` for the ones a form shows;
+- :func:`client_address`, the client a request's failures count for,
+  behind the project's trusted reverse proxies;
+- :func:`use_service`, for tests (the pytest plugin uses it).
 
 See ``docs/integrations/django.md``.  Nothing here touches the database
 or reads settings when imported.
@@ -25,17 +36,56 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from account_merge.contrib.django.auth import AccountMergeBackend
+    from account_merge.contrib.django.client import client_address
     from account_merge.contrib.django.hashers import DjangoPasswordVerifier
-    from account_merge.contrib.django.service import get_service, get_storage
+    from account_merge.contrib.django.service import get_service, get_storage, use_service
     from account_merge.contrib.django.storage import DjangoStorage
+    from account_merge.contrib.django.users import (
+        account_of,
+        end_other_sessions,
+        import_user,
+        link_user,
+        user_of,
+    )
+    from account_merge.contrib.django.views import (
+        FORM_ERRORS,
+        AccountMergeErrorsMixin,
+        account_merge_errors,
+        add_error,
+    )
 
-__all__ = ["DjangoPasswordVerifier", "DjangoStorage", "get_service", "get_storage"]
+__all__ = [
+    "FORM_ERRORS",
+    "AccountMergeBackend",
+    "AccountMergeErrorsMixin",
+    "DjangoPasswordVerifier",
+    "DjangoStorage",
+    "account_merge_errors",
+    "account_of",
+    "add_error",
+    "client_address",
+    "end_other_sessions",
+    "get_service",
+    "get_storage",
+    "import_user",
+    "link_user",
+    "use_service",
+    "user_of",
+]
 
 _LAZY = {
+    "AccountMergeBackend": "account_merge.contrib.django.auth",
+    "client_address": "account_merge.contrib.django.client",
     "DjangoPasswordVerifier": "account_merge.contrib.django.hashers",
     "DjangoStorage": "account_merge.contrib.django.storage",
     "get_service": "account_merge.contrib.django.service",
     "get_storage": "account_merge.contrib.django.service",
+    "use_service": "account_merge.contrib.django.service",
+    **dict.fromkeys(["account_of", "end_other_sessions", "import_user", "link_user", "user_of"],
+                    "account_merge.contrib.django.users"),
+    **dict.fromkeys(["FORM_ERRORS", "AccountMergeErrorsMixin", "account_merge_errors",
+                     "add_error"], "account_merge.contrib.django.views"),
 }
 
 

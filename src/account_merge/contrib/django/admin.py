@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -33,6 +35,7 @@ from django.utils.translation import gettext_lazy as _
 from account_merge.contrib.django import models as m
 from account_merge.contrib.django.permissions import SPLIT_PERMISSION, is_allowed_to_split
 from account_merge.contrib.django.service import get_service
+from account_merge.domain.account import Account
 from account_merge.domain.establishment import Establishment
 from account_merge.domain.receipts import SplitReceipt
 from account_merge.exceptions import AccountMergeError
@@ -40,6 +43,17 @@ from account_merge.messages import error_message
 
 __all__ = ["AccountAdmin", "AuditEntryAdmin", "EstablishmentAdmin", "LetterAdmin",
            "RegisterEntryAdmin"]
+
+
+@attrs.frozen
+class SplitPlan:
+    """What the split of one selected account will do, shown before it is confirmed."""
+
+    account: m.Account
+    live: Account
+    allowed: list[str]
+    leaving: list[m.ChildLink]
+    staying: list[m.ChildLink]
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -128,21 +142,44 @@ class AccountAdmin(ReadOnlyAdmin):
                     queryset: QuerySet[m.Account]) -> HttpResponse | None:
         """Split each selected account for every establishment the user may split for.
 
-        The page that follows prints the new letters; it is never cached.
+        A first page shows, for each account, the children that will leave
+        it and which stay; nothing changes until it is confirmed.  The page
+        that follows prints the new letters; it is never cached.
         """
         service = get_service()
-        done: list[SplitReceipt] = []
+        plans: list[SplitPlan] = []
         for account in queryset:
             live = service.resolve(account.id)
-            uais = sorted(set(m.ChildLink.objects.filter(account_id=live.id, via_merge=True)
-                              .values_list("establishment_uai", flat=True)))
+            links = list(m.ChildLink.objects.filter(account_id=live.id).order_by("id"))
+            uais = sorted({link.establishment_uai for link in links if link.via_merge})
             allowed = [uai for uai in uais if is_allowed_to_split(request.user, uai)]
             if not allowed:
                 self.message_user(request, gettext(
                     "%(login)s : aucun enfant d'un de vos établissements n'a rejoint ce compte "
                     "par un regroupement.") % {"login": account.login}, messages.WARNING)
                 continue
-            for uai in allowed:
+            leaving = [link for link in links
+                       if link.via_merge and link.establishment_uai in allowed]
+            plans.append(SplitPlan(account=account, live=live, allowed=allowed,
+                                   leaving=leaving,
+                                   staying=[link for link in links if link not in leaving]))
+        if not plans:
+            return None
+        if request.POST.get("confirm") != "yes":
+            response = TemplateResponse(request, "account_merge/admin/split_confirm.html", {
+                **self.admin_site.each_context(request),
+                "title": gettext("Casser le regroupement : confirmation"),
+                "opts": self.model._meta,
+                "plans": plans,
+                "selected": [str(plan.account.pk) for plan in plans],
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            })
+            add_never_cache_headers(response)
+            return response
+        done: list[SplitReceipt] = []
+        for plan in plans:
+            account, live = plan.account, plan.live
+            for uai in plan.allowed:
                 establishment = m.Establishment.objects.filter(uai=uai).first()
                 name = establishment.name if establishment is not None else uai
                 try:

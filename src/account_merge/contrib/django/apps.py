@@ -19,11 +19,15 @@ class AccountMergeConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
         from django.core.signals import request_finished, request_started, setting_changed
+        from django.utils import translation
 
+        from account_merge import messages
         from account_merge.contrib.django import service
         from account_merge.contrib.django.conf import check_databases, check_settings
         from account_merge.contrib.django.storage import close_obsolete_side_connections
 
+        # The library's messages (error_message...) follow Django's active language.
+        messages.follow_language(translation.get_language)
         checks.register(check_settings)
         checks.register(check_databases)
         setting_changed.connect(service.forget_on_setting_changed,

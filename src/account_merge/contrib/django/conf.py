@@ -3,7 +3,7 @@
 The keys are the library's one vocabulary of settings, the same as
 Flask's ``ACCOUNT_MERGE_*`` keys, read by
 :func:`account_merge.service.bootstrap.read_settings` (its docstring lists
-them all), plus four that only a Django project has.  Every key is
+them all), plus eight that only a Django project has.  Every key is
 optional; unknown keys are refused (``manage.py check`` reports them as
 ``account_merge.E001``)::
 
@@ -31,7 +31,22 @@ optional; unknown keys are refused (``manage.py check`` reports them as
         # request's rollback); {database} is the database file's path,
         # {name} its file name.  See docs/integrations/django.md.
         "ATTEMPTS_JOURNAL": "{database}-attempts.sqlite3",
+        # The addresses of the project's reverse proxies: behind them, the
+        # client is read from CLIENT_HEADER (client_address()).
+        "TRUSTED_PROXIES": [],
+        "CLIENT_HEADER": "X-Forwarded-For",
+        # The project's address as parents reach it, the base of the LINKS
+        # given as URL names or paths ("ent:lien_mot_de_passe", "/connexion/").
+        "BASE_URL": None,
+        # Dotted path of a callable (account) -> user making the Django user
+        # of an account signing in for the first time through the
+        # authentication backend; None: only linked users sign in.
+        "USER_FACTORY": "account_merge.contrib.django.users.create_user",
     }
+
+``SECRET_KEY``, when not given, is derived from the project's own
+``SECRET_KEY`` (a key of its own, so that neither signs what the other
+does).
 
 Without ``VERIFIER``, the service verifies with
 :class:`~account_merge.contrib.django.hashers.DjangoPasswordVerifier`,
@@ -41,6 +56,7 @@ read when the service is first built (:func:`load`), never at import time.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -49,6 +65,8 @@ import django
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.urls import NoReverseMatch, reverse
+from django.utils.crypto import salted_hmac
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext
 
@@ -58,8 +76,9 @@ from account_merge.ports.verifier import CredentialVerifier
 from account_merge.service.bootstrap import Settings, read_settings
 from account_merge.storage.attempts import DEFAULT_TEMPLATE, check_template
 
-__all__ = ["DEFAULT_SPLIT_AUTHORIZATION", "DJANGO_ONLY", "SETTING", "AppSettings",
-           "check_databases", "check_settings", "load", "split_authorization"]
+__all__ = ["DEFAULT_CLIENT_HEADER", "DEFAULT_SPLIT_AUTHORIZATION", "DEFAULT_USER_FACTORY",
+           "DJANGO_ONLY", "SETTING", "AppSettings", "check_databases", "check_settings",
+           "derived_secret_key", "load", "split_authorization"]
 
 #: The name of the settings dict.
 SETTING: Final = "ACCOUNT_MERGE"
@@ -67,9 +86,22 @@ SETTING: Final = "ACCOUNT_MERGE"
 #: The default rule of who may split for an establishment.
 DEFAULT_SPLIT_AUTHORIZATION: Final = "account_merge.contrib.django.permissions.may_split"
 
+#: The default header a trusted reverse proxy names the client in.
+DEFAULT_CLIENT_HEADER: Final = "X-Forwarded-For"
+
+#: The default maker of the Django user of an account signing in for the first time.
+DEFAULT_USER_FACTORY: Final = "account_merge.contrib.django.users.create_user"
+
 #: The keys only a Django project has (the others are :func:`read_settings`'s).
 DJANGO_ONLY: Final = frozenset({"DATABASE", "SPLIT_AUTHORIZATION", "DJANGO_HASHERS",
-                                "ATTEMPTS_JOURNAL"})
+                                "ATTEMPTS_JOURNAL", "TRUSTED_PROXIES", "CLIENT_HEADER",
+                                "BASE_URL", "USER_FACTORY"})
+
+#: A token as the project's URL patterns see it while LINKS names are reversed.
+_TOKEN_MARK: Final = "account-merge-token-mark"
+
+#: What the derived secret key is for (a key of its own, from the project's SECRET_KEY).
+_KEY_PURPOSE: Final = "account_merge.contrib.django: the secret key of the links"
 
 #: Keys of earlier development versions, and what replaced them.
 _RENAMED: Final[Mapping[str, str]] = {
@@ -95,6 +127,12 @@ class AppSettings:
     own_verifier: bool = False
     #: The template of the attempts journal's path (SQLite).
     attempts_journal: str = DEFAULT_TEMPLATE
+    #: The networks of the project's reverse proxies (``TRUSTED_PROXIES``).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: The ``request.META`` key of ``CLIENT_HEADER`` (``HTTP_X_FORWARDED_FOR``).
+    client_header: str = "HTTP_X_FORWARDED_FOR"
+    #: ``USER_FACTORY``: the dotted path of ``(account) -> user``, or None.
+    user_factory: str | None = DEFAULT_USER_FACTORY
 
     def verifier(self) -> CredentialVerifier:
         """The verifier the service uses: ``VERIFIER``, else a ``DjangoPasswordVerifier``."""
@@ -172,6 +210,73 @@ def split_authorization() -> Callable[..., Any]:
     return _import(_split_path(_given().get("SPLIT_AUTHORIZATION")))
 
 
+def derived_secret_key() -> str:
+    """The library's key when ``ACCOUNT_MERGE["SECRET_KEY"]`` is not given.
+
+    An HMAC-SHA256 of a fixed purpose under the project's ``SECRET_KEY``
+    (Django's ``salted_hmac``): the links' key changes with it, and knowing
+    one key tells nothing of the other.
+    """
+    return salted_hmac(_KEY_PURPOSE, "links", algorithm="sha256").hexdigest()
+
+
+def _proxies(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise ImproperlyConfigured(f"{_name('TRUSTED_PROXIES')} must be a list of addresses "
+                                   "or networks (\"10.0.0.1\", \"10.0.0.0/8\")")
+    networks = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{_name('TRUSTED_PROXIES')}: {item!r} is not an address "
+                                       "or a network") from None
+    return tuple(networks)
+
+
+def _client_header(value: Any) -> str:
+    if value is None:
+        value = DEFAULT_CLIENT_HEADER
+    if not isinstance(value, str) or not value.strip() or any(
+            not (c.isalnum() or c in "-_") for c in value.strip()):
+        raise ImproperlyConfigured(f"{_name('CLIENT_HEADER')} must be the name of an HTTP "
+                                   "header (\"X-Forwarded-For\", \"X-Real-IP\")")
+    name = value.strip().upper().replace("-", "_")
+    return name if name.startswith("HTTP_") else f"HTTP_{name}"
+
+
+def _links(value: Any, base_url: Any) -> Any:
+    """``LINKS`` with its URL names and paths made absolute URLs on ``BASE_URL``."""
+    if not isinstance(value, Mapping):
+        return value  # read_settings says what is wrong (or takes its JSON text)
+    made: dict[str, Any] = {}
+    for kind, target in value.items():
+        if not isinstance(target, str) or "://" in target:
+            made[kind] = target
+            continue
+        if not (isinstance(base_url, str) and base_url.startswith(("https://", "http://"))):
+            raise ImproperlyConfigured(
+                f"{_name('LINKS')}[{kind!r}] is a URL name or a path: give "
+                f"{_name('BASE_URL')}, the project's address as parents reach it "
+                "(\"https://ent.example\")")
+        if target.startswith("/"):
+            path = target
+        else:
+            try:
+                path = (reverse(target) if kind == "sign_in"
+                        else reverse(target, kwargs={"token": _TOKEN_MARK})
+                        .replace(_TOKEN_MARK, "{token}"))
+            except NoReverseMatch:
+                wanted = "no argument" if kind == "sign_in" else "one argument, token"
+                raise ImproperlyConfigured(
+                    f"{_name('LINKS')}[{kind!r}]: no URL pattern named {target!r} with "
+                    f"{wanted}") from None
+        made[kind] = base_url.rstrip("/") + path
+    return made
+
+
 def load() -> AppSettings:
     """Read and check ``settings.ACCOUNT_MERGE``; raise ImproperlyConfigured if it is wrong."""
     upper = _given()
@@ -179,6 +284,15 @@ def load() -> AppSettings:
         if old in upper:
             raise ImproperlyConfigured(f"{_name(old)} is no longer read: use {new}")
     own = {key: upper.pop(key) for key in DJANGO_ONLY if key in upper}
+    if upper.get("SECRET_KEY") is None:
+        upper["SECRET_KEY"] = derived_secret_key()
+    base_url = own.get("BASE_URL")
+    if base_url is not None and not (isinstance(base_url, str)
+                                     and base_url.startswith(("https://", "http://"))):
+        raise ImproperlyConfigured(f"{_name('BASE_URL')} must be an absolute http(s) URL "
+                                   "(\"https://ent.example\")")
+    if "LINKS" in upper:
+        upper["LINKS"] = _links(upper["LINKS"], base_url)
     try:
         service = read_settings(upper, name=_name)
     except InvalidInput as error:
@@ -191,7 +305,23 @@ def load() -> AppSettings:
         service=service,
         own_verifier=upper.get("VERIFIER") is not None,
         attempts_journal=_journal_template(own.get("ATTEMPTS_JOURNAL")),
+        trusted_proxies=_proxies(own.get("TRUSTED_PROXIES")),
+        client_header=_client_header(own.get("CLIENT_HEADER")),
+        user_factory=_user_factory(own),
     )
+
+
+def _user_factory(own: Mapping[str, Any]) -> str | None:
+    """``USER_FACTORY``, checked importable (None: the backend makes no user)."""
+    if "USER_FACTORY" not in own:
+        return DEFAULT_USER_FACTORY
+    dotted = _optional_text("USER_FACTORY", own["USER_FACTORY"])
+    if dotted is not None:
+        try:
+            _import(dotted)
+        except ImproperlyConfigured as error:
+            raise ImproperlyConfigured(f"{_name('USER_FACTORY')}: {error}") from None
+    return dotted
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

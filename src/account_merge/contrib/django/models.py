@@ -48,6 +48,7 @@ __all__ = [
     "RegisterClosure",
     "RegisterEntry",
     "Throttle",
+    "UserLink",
 ]
 
 #: Longest login, login key and throttle key stored.
@@ -476,3 +477,29 @@ class RegisterClosure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account_id} ({self.closed_at:%Y-%m-%d})"
+
+
+# -- the project's users --------------------------------------------------------------------
+
+
+class UserLink(models.Model):
+    """The project's user (``AUTH_USER_MODEL``) who owns an account of the library.
+
+    One account per user and one user per account.  Written by
+    :mod:`account_merge.contrib.django.users` (the authentication backend,
+    ``link_user``, ``import_user``); the account is named by its id only,
+    so that the store may live on another database than the users.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                primary_key=True, related_name="account_merge_link",
+                                verbose_name=_("utilisateur"))
+    account_id = models.CharField(_("compte"), max_length=MAX_ID_LENGTH, unique=True)
+    linked_at = models.DateTimeField(_("lié le"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("utilisateur lié")
+        verbose_name_plural = _("utilisateurs liés")
+
+    def __str__(self) -> str:
+        return f"{self.user_id} → {self.account_id}"

@@ -221,6 +221,13 @@ class SQLAlchemyUnitOfWork:
         """The connection, in a transaction (or savepoint) begun if needed."""
         self._check_usable()
         if self._tx is None:
+            if self._session is not None:
+                # The host's pending rows are flushed before the savepoint, out of
+                # the translation: if one fails, the error is the host's own
+                # (SQLAlchemy's IntegrityError...), raised as is, and nothing of
+                # the library's was attempted.  Its session then needs the host's
+                # rollback, as after any failed flush.
+                self._session.flush()
             with self._translating():
                 if self._session is not None:
                     self._tx = self._session.begin_nested()
