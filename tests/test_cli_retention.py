@@ -59,16 +59,16 @@ def test_purge_says_what_it_would_delete_then_deletes_it_once(
     code, out, _ = run("purge", "--dry-run", capsys=capsys)
     assert code == 0
     assert out.startswith("Simulation, rien n'a été supprimé")
-    assert "comptes : 1 (jamais activés 1," in out
+    assert "comptes\xa0: 1 (jamais activés 1," in out
     assert run("children", never, capsys=capsys)[0] == 0  # still there
     code, out, _ = run("purge", capsys=capsys)
-    assert (code, out.splitlines()[0]) == (0, "Purge effectuée :")
-    assert "comptes : 1 (jamais activés 1," in out
+    assert (code, out.splitlines()[0]) == (0, "Purge effectuée\xa0:")
+    assert "comptes\xa0: 1 (jamais activés 1," in out
     code, _, err = run("children", never, capsys=capsys)
     assert (code, err.strip().endswith("(account_not_found)")) == (1, True)
     assert run("children", used, capsys=capsys)[0] == 0
     again = run("purge", capsys=capsys)[1]
-    assert "comptes : 0 (" in again and "événements : 0" in again
+    assert "comptes\xa0: 0 (" in again and "événements\xa0: 0" in again
 
 
 class _Terminal(io.StringIO):

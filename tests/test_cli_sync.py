@@ -44,7 +44,8 @@ def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
         code = main(list(argv))
         captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
+        # French typography (no-break spaces) is the messages' tests' business.
+        return Result(code, captured.out.replace("\xa0", " "), captured.err.replace("\xa0", " "))
 
     assert run("establishment", "add", UAI, "Collège des Trois Rivières").code == 0
     return run
@@ -77,7 +78,7 @@ def test_sync_previews_asks_then_applies_and_writes_the_letters(run, tmp_path: P
     assert sorted(p.name for p in out.iterdir()) == [
         "claire.robert.txt", "courriers.csv", "paul.martin.txt"]
     letter = (out / "claire.robert.txt").read_text(encoding="utf-8")
-    password = re.search(r"^Mot de passe \* : (\S+)$", letter, re.MULTILINE)
+    password = re.search(r"^Mot de passe \*\s: (\S+)$", letter, re.MULTILINE)
     assert password is not None
     activated = run("activate", "claire.robert", stdin=f"{password[1]}\n{NEW_PASSWORD}\n")
     assert activated.code == 0, activated.err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -690,8 +691,8 @@ def _command_app(**options: Any) -> Flask:
 def test_init_app_registers_the_commands() -> None:
     app = _command_app()
     group = app.cli.commands["account-merge"]
-    assert {"create-schema", "upgrade-schema", "establishment", "issue", "reissue",
-            "deliver-notices"} <= set(group.commands)  # type: ignore[attr-defined]
+    assert {"create-schema", "upgrade-schema", "establishment", "issue", "sync", "reissue",
+            "deliver-notices", "purge", "export"} <= set(group.commands)  # type: ignore[attr-defined]
 
 
 def test_the_issue_command_writes_a_letter_per_family(tmp_path: Path) -> None:
@@ -792,3 +793,63 @@ def test_the_commands_keep_their_work_in_session_mode(
     reissued = runner.invoke(args=["account-merge", "reissue", COLLEGE.uai, "claire.robert"])
     assert reissued.exit_code == 0, reissued.output
     assert "Identifiant\u00a0: claire.robert" in reissued.stdout
+
+
+def test_the_sync_command_previews_then_applies_a_register(tmp_path: Path) -> None:
+    app = _command_app()
+    with app.app_context():
+        get_service().register_establishment(COLLEGE)
+    source = tmp_path / "registre.csv"
+    source.write_text("responsable_id,responsable_nom,eleve_id,eleve_prenom,eleve_nom\n"
+                      "R1,Claire Robert,D0001,Dylan,Robert\n"
+                      "R1,Claire Robert,F0002,Florian,Robert\n", encoding="utf-8")
+    runner = app.test_cli_runner()
+    preview = runner.invoke(args=["account-merge", "sync", COLLEGE.uai, str(source),
+                                  "--dry-run"])
+    assert preview.exit_code == 0, preview.output
+    assert "R1" in preview.output and "Claire Robert" in preview.output
+    with app.app_context(), pytest.raises(AccountNotFound):
+        get_service().find_account("claire.robert")
+    out = tmp_path / "courriers"
+    applied = runner.invoke(args=["account-merge", "sync", COLLEGE.uai, str(source), "--yes",
+                                  "--out", str(out), "--workers", "1"])
+    assert applied.exit_code == 0, applied.output
+    assert sorted(p.name for p in out.iterdir()) == ["claire.robert.txt", "courriers.csv"]
+    again = runner.invoke(args=["account-merge", "sync", COLLEGE.uai, str(source), "--yes",
+                                "--out", str(tmp_path / "encore"), "--workers", "1"])
+    assert again.exit_code == 0, again.output
+    assert not (tmp_path / "encore").exists() or not any((tmp_path / "encore").iterdir())
+
+
+def test_the_purge_and_export_commands(tmp_path: Path) -> None:
+    clock = FakeClock()
+    app = make_app()
+    init_app(app, InMemoryStorage(), verifier=fast_verifier(), clock=clock)
+    with app.app_context():
+        service = get_service()
+        service.register_establishment(COLLEGE)
+        kept = service.issue_account(COLLEGE, "Claire Robert", [DYLAN])
+        service.activate(kept.login, kept.provisional_password, PASSWORD)
+        service.issue_account(COLLEGE, "Paul Martin", [Child("L0003", "Léa", "Martin",
+                                                             COLLEGE.uai)])
+        clock.advance(timedelta(days=200))
+        service.authenticate(kept.login, PASSWORD)  # used: kept
+    runner = app.test_cli_runner()
+    dry = runner.invoke(args=["account-merge", "purge", "--dry-run", "--lang", "en"])
+    assert dry.exit_code == 0, dry.output
+    assert "would" in dry.output.lower()
+    with app.app_context():
+        assert get_service().find_account("paul.martin").display_name == "Paul Martin"
+    done = runner.invoke(args=["account-merge", "purge"])
+    assert done.exit_code == 0, done.output
+    with app.app_context():
+        assert get_service().find_account(kept.login).id == kept.account_id
+        with pytest.raises(AccountNotFound):  # never activated, its letter's 90 days past
+            get_service().find_account("paul.martin")
+    target = tmp_path / "claire.json"
+    exported = runner.invoke(args=["account-merge", "export", kept.login, "--out", str(target)])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(target.read_text(encoding="utf-8"))["account"]["login"] == kept.login
+    assert target.stat().st_mode & 0o777 == 0o600
+    twice = runner.invoke(args=["account-merge", "export", kept.login, "--out", str(target)])
+    assert twice.exit_code == 1 and "Erreur" in twice.output  # never overwrites a file

@@ -13,7 +13,6 @@ pytest.importorskip("flask")
 from flask import Flask
 
 from test_flask_app import (
-    ACCESS_CODE,
     Browser,
     activate,
     app,
@@ -43,9 +42,8 @@ def test_the_school_exports_the_data_of_its_accounts_only(app: Flask) -> None:
     first, _ = letters(app)
     staff = Browser(app.test_client())
     staff.get("/etablissement/donnees", follow=False)
-    assert staff.status == 302  # the access code first
-    staff.get("/etablissement/connexion")
-    staff.post("/etablissement/connexion", code=ACCESS_CODE)
+    assert staff.status == 302  # signed in first
+    staff.staff_sign_in()
     assert "Exporter les données d'un compte" in staff.get("/etablissement/")
     staff.get("/etablissement/donnees")
     staff.post("/etablissement/donnees", identifiant="personne.inconnue")

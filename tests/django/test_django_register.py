@@ -74,8 +74,8 @@ def test_the_sync_command_issues_then_attaches_and_closes(
 
 def _password(letter: Path) -> str:
     for line in letter.read_text(encoding="utf-8").splitlines():
-        if line.startswith("Mot de passe * : "):
-            return line.removeprefix("Mot de passe * : ")
+        if line.startswith("Mot de passe *\xa0: "):
+            return line.removeprefix("Mot de passe *\xa0: ")
     raise AssertionError("no password on the letter")
 
 
@@ -96,7 +96,7 @@ def test_the_sync_command_reads_siecle_previews_and_refuses_what_does_not_hold(
     with pytest.raises(CommandError, match=r"\(invalid_input\)"):
         call_command("account_merge_sync", COLLEGE.uai, str(bad), "--yes", stdout=io.StringIO(),
                      stderr=err)
-    assert "ligne 4 (R1) : nom « Claire Durand »" in err.getvalue()
+    assert "ligne 4 (R1)\xa0: nom «\xa0Claire Durand\xa0»" in err.getvalue()
     with pytest.raises(CommandError, match="0869999B"):
         call_command("account_merge_sync", "0869999B", str(bad), stdout=io.StringIO())
 

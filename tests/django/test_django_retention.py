@@ -38,17 +38,17 @@ def test_the_nightly_purge_deletes_what_is_due_once_and_a_dry_run_nothing(
     out = io.StringIO()
     call_command("account_merge_purge", "--dry-run", stdout=out)
     assert "Simulation, rien n'a été supprimé" in out.getvalue()
-    assert "comptes : 1 (jamais activés 1," in out.getvalue()
+    assert "comptes\xa0: 1 (jamais activés 1," in out.getvalue()
     assert m.Account.objects.filter(id=letter.account_id).exists()
     out = io.StringIO()
     call_command("account_merge_purge", stdout=out)
-    assert out.getvalue().startswith("Purge effectuée :")
+    assert out.getvalue().startswith("Purge effectuée\xa0:")
     assert not m.Account.objects.filter(id=letter.account_id).exists()
     assert not m.Child.objects.filter(id="ine-tom").exists()
     assert m.Account.objects.filter(id=principal_id).exists()
     out = io.StringIO()
     call_command("account_merge_purge", stdout=out)
-    assert "comptes : 0 (" in out.getvalue()
+    assert "comptes\xa0: 0 (" in out.getvalue()
 
 
 def export(client: Client, *account_ids: str) -> object:
@@ -76,7 +76,7 @@ def test_staff_export_an_accounts_data_for_their_establishments_only(
 
 def test_a_parent_downloads_their_own_data_from_mon_compte(service: MergeService,
                                                           client: Client) -> None:
-    assert client.get(reverse("ent:mes_donnees"))["Location"] == reverse("ent:connexion")
+    assert client.get(reverse("ent:mes_donnees"))["Location"].startswith(reverse("ent:connexion"))
     letter = service.issue_account(COLLEGE, "Claire Robert",
                                    [Child("ine-dylan", "Dylan", "Robert", COLLEGE.uai)])
     client.post(reverse("ent:activation"), {

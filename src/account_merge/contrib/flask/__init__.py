@@ -79,36 +79,31 @@ errors a view lets out: the status of their code (:data:`STATUS_CODES`,
 people (:func:`account_merge.messages.error_message`), as JSON, in the
 host's template or as text (:func:`error_response`).
 
-**Commands.**  :func:`init_app` registers ``flask account-merge``:
-``create-schema``, ``upgrade-schema``, ``establishment add``, ``issue``,
-``reissue`` and ``deliver-notices`` (see ``docs/integrations/flask.md``).
+**Commands.**  :func:`init_app` registers ``flask account-merge``
+(:mod:`account_merge.contrib.flask.commands`): ``create-schema``,
+``upgrade-schema``, ``establishment add``, ``issue``, ``sync``,
+``reissue``, ``deliver-notices``, ``purge`` and ``export`` (see
+``docs/integrations/flask.md``).
 In session mode they use :attr:`AccountMergeState.command_service`, whose
 use cases commit their own transactions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
-import click
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
-from flask.cli import AppGroup
 
 from account_merge import messages
-from account_merge.domain.establishment import Establishment
 from account_merge.domain.passwords import PasswordPolicy
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import (
     AccountMergeError,
-    AccountNotFound,
     InvalidInput,
     TooManyAttempts,
 )
@@ -289,7 +284,9 @@ def init_app(
                               command_service=command_service)
     app.extensions[EXTENSION_KEY] = state
     if "account-merge" not in app.cli.commands:
-        app.cli.add_command(_cli)
+        from account_merge.contrib.flask.commands import cli  # noqa: PLC0415
+
+        app.cli.add_command(cli)
     return state
 
 
@@ -427,207 +424,6 @@ def handle_errors(scope: Flask | Blueprint, *, template: str | None = None,
         return error_response(error, template=template, language=language)
 
     scope.register_error_handler(AccountMergeError, answer)
-
-
-# -- the command line --------------------------------------------------------------
-
-_cli = AppGroup("account-merge", help="account_merge: its tables, establishments, letters and "
-                                      "notices.")
-
-
-@_cli.command("create-schema")
-def _create_schema_command() -> None:
-    """Create the library's tables if missing (apps without migrations)."""
-    get_state().create_schema()
-    click.echo("account_merge: schema ready")
-
-
-@_cli.command("upgrade-schema")
-def _upgrade_schema_command() -> None:
-    """Create missing tables, upgrade those of an earlier release (apps without migrations)."""
-    for step in get_state().upgrade_schema():
-        click.echo(f"account_merge: {step}")
-    click.echo("account_merge: schema up to date")
-
-
-# What the commands print (letters, reports, errors) is in French unless --lang en or
-# ACCOUNT_MERGE_LANG=en, as with the account-merge command line; their help is English.
-
-
-class _CommandFailed(click.ClickException):
-    """A command's error: one line on standard error, ``Erreur : <message> (<code>)``."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(self.message, err=True)
-
-
-def _language_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--lang", "language", type=click.Choice(messages.LANGUAGES),
-        envvar="ACCOUNT_MERGE_LANG", show_envvar=True, default=messages.DEFAULT_LANGUAGE,
-        help="Language of what the command prints.")(command)
-
-
-@contextlib.contextmanager
-def _job(language: str) -> Iterator[None]:
-    """Run a command's work in *language*; its errors end the command with one line."""
-    from account_merge.cli import CliError, describe  # noqa: PLC0415
-
-    with messages.using_language(language):
-        try:
-            yield
-        except CliError as error:
-            raise _CommandFailed(describe(error.code, error.fields)) from None
-        except AccountMergeError as error:
-            fields = {k: v for k, v in vars(error).items() if isinstance(v, str | int)}
-            raise _CommandFailed(describe(error.code, fields)) from None
-        except OSError as error:
-            raise _CommandFailed(describe("file_error", {
-                "detail": error.strerror or type(error).__name__,
-                "path": error.filename})) from None
-
-
-def _fail(code: str, **fields: object) -> NoReturn:
-    from account_merge.cli import EXIT_ERROR, CliError  # noqa: PLC0415
-
-    raise CliError(code, EXIT_ERROR, **fields)
-
-
-def _establishment(service: MergeService, uai: str) -> Establishment:
-    """The establishment the store knows under *uai*, or ``unknown_establishment``."""
-    from account_merge.domain.establishment import validate_uai  # noqa: PLC0415
-
-    found = service.find_establishment(validate_uai(uai))
-    if found is None:
-        _fail("unknown_establishment", uai=uai, hint=messages.message("flask.add_establishment"))
-    return found
-
-
-def _account_id(service: MergeService, reference: str) -> str:
-    """The id of the account whose login or id is *reference*."""
-    try:
-        return service.get_account(reference).id
-    except (AccountNotFound, InvalidInput):
-        return service.find_account(reference).id
-
-
-_establishment_group = AppGroup("establishment", help="The establishments the store serves.")
-_cli.add_command(_establishment_group)
-
-
-@_establishment_group.command("add")
-@click.argument("uai")
-@click.argument("name")
-@_language_option
-def _establishment_add_command(uai: str, name: str, language: str) -> None:
-    """Register the establishment UAI (or rename it): issue and reissue need it."""
-    with _job(language):
-        done = get_state().command_service.register_establishment(
-            Establishment(uai, name), actor="flask account-merge")
-        click.echo(messages.message("cli.establishment.added", uai=done.uai, name=done.name))
-
-
-@_cli.command("issue")
-@click.argument("csv_file", metavar="CSV", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "folder", required=True, metavar="FOLDER",
-              type=click.Path(file_okay=False, path_type=Path),
-              help="A new or empty folder for the letters (one file each, and courriers.csv).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Processes hashing the passwords (default: one per CPU).")
-@click.option("--encoding", default="utf-8-sig", show_default=True,
-              help="Encoding of the CSV.")
-@_language_option
-def _issue_command(csv_file: Path, folder: Path, workers: int | None, encoding: str,
-                   language: str) -> None:
-    """Issue one account and its letter per family of a school's CSV.
-
-    The CSV is the one of ``account-merge issue-batch``
-    (uai,eleve_id,eleve_prenom,eleve_nom,responsable_id,responsable_nom); its
-    establishments must be registered (``flask account-merge establishment add``).
-    """
-    from account_merge.cli import issue_batch  # noqa: PLC0415
-
-    with _job(language):
-        issue_batch(get_state().command_service, csv_file, folder, encoding=encoding,
-                    workers=workers,
-                    out=sys.stdout, err=sys.stderr,
-                    add_establishment=messages.message("flask.add_establishment"))
-
-
-@_cli.command("reissue")
-@click.argument("uai")
-@click.argument("account", metavar="ACCOUNT")
-@click.option("--out", "file", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the letter to this new file (its owner only may read it).")
-@_language_option
-def _reissue_command(uai: str, account: str, file: Path | None, language: str) -> None:
-    """Print a new letter for a lost one: same login, new provisional password.
-
-    The establishment UAI reissues it for ACCOUNT (a login or an id); the old
-    password stops working at once.  The letter is shown this once.
-    """
-    with _job(language):
-        service = get_state().command_service
-        establishment = _establishment(service, uai)
-        account_id = _account_id(service, account)
-        descriptor = None
-        if file is not None:
-            descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            letter = service.reissue_letter(establishment, account_id)
-        except BaseException:
-            if descriptor is not None:
-                os.close(descriptor)
-                os.unlink(file)  # type: ignore[arg-type]
-            raise
-        click.echo(messages.message("cli.reissue.done", uai=establishment.uai,
-                                    login=letter.login, id=letter.account_id), err=True)
-        text = messages.render_letter(letter)
-        if descriptor is None:
-            click.echo(text, nl=False)
-            return
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-
-@_cli.command("deliver-notices")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Notices sent at most.")
-@click.option("--smtp", metavar="HOST",
-              help="Send through this SMTP server (default: the mailer given to init_app).")
-@click.option("--port", type=click.IntRange(min=1), help="The SMTP server's port.")
-@click.option("--from", "sender", metavar="ADDRESS", help="The sender's address (with --smtp).")
-@click.option("--starttls", is_flag=True, help="STARTTLS (with --smtp).")
-@click.option("--tls", is_flag=True, help="Implicit TLS (with --smtp).")
-@click.option("--user", metavar="USER", help="SMTP user; the password is read from "
-              "ACCOUNT_MERGE_SMTP_PASSWORD, or asked.")
-@_language_option
-def _deliver_notices_command(limit: int, smtp: str | None, port: int | None,
-                             sender: str | None, starttls: bool, tls: bool, user: str | None,
-                             language: str) -> None:
-    """Send the pending notices (reset links, confirmations, merges...): run it periodically."""
-    with _job(language):
-        state = get_state()
-        mailer: Mailer
-        if smtp is not None:
-            from account_merge.mailers import SmtpMailer  # noqa: PLC0415
-
-            if sender is None:
-                raise click.UsageError("--smtp needs --from")
-            password = None
-            if user is not None:
-                password = os.environ.get("ACCOUNT_MERGE_SMTP_PASSWORD") or click.prompt(
-                    messages.message("cli.prompt.smtp_password").rstrip(": \u00a0"),
-                    hide_input=True)
-            mailer = SmtpMailer(smtp, port, sender=sender, starttls=starttls, implicit_tls=tls,
-                                username=user, password=password)
-        elif state.mailer is not None:
-            mailer = state.mailer
-        else:
-            raise click.UsageError("no mailer: give --smtp HOST --from ADDRESS, or "
-                                   "init_app(app, mailer=...)")
-        sent = state.command_service.deliver_notices(mailer, limit, language=language)
-        click.echo(messages.message("cli.deliver.done", count=sent))
 
 
 # -- building the store and the service ----------------------------------------------
