@@ -26,6 +26,16 @@ from account_merge.contrib.flask import get_state
 from account_merge.domain.establishment import Establishment
 from account_merge.exceptions import AccountMergeError, AccountNotFound, InvalidInput
 from account_merge.ports import Mailer
+from account_merge.registers import (
+    EXIT_ERROR,
+    JobError,
+    ProgressBar,
+    ask,
+    describe,
+    issue_batch,
+    open_register,
+    sync_file,
+)
 from account_merge.service import MergeService
 
 __all__ = ["cli"]
@@ -70,12 +80,10 @@ def _language_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @contextlib.contextmanager
 def _job(language: str) -> Iterator[None]:
     """Run a command's work in *language*; its errors end the command with one line."""
-    from account_merge.cli import CliError, describe  # noqa: PLC0415
-
     with messages.using_language(language):
         try:
             yield
-        except CliError as error:
+        except JobError as error:
             raise _CommandFailed(describe(error.code, error.fields)) from None
         except AccountMergeError as error:
             fields = {k: v for k, v in vars(error).items() if isinstance(v, str | int)}
@@ -87,9 +95,7 @@ def _job(language: str) -> Iterator[None]:
 
 
 def _fail(code: str, **fields: object) -> NoReturn:
-    from account_merge.cli import EXIT_ERROR, CliError  # noqa: PLC0415
-
-    raise CliError(code, EXIT_ERROR, **fields)
+    raise JobError(code, EXIT_ERROR, **fields)
 
 
 def _establishment(service: MergeService, uai: str) -> Establishment:
@@ -144,8 +150,6 @@ def _issue_command(csv_file: Path, folder: Path, workers: int | None, encoding: 
     (uai,eleve_id,eleve_prenom,eleve_nom,responsable_id,responsable_nom); its
     establishments must be registered (``flask account-merge establishment add``).
     """
-    from account_merge.cli import issue_batch  # noqa: PLC0415
-
     with _job(language):
         issue_batch(get_state().command_service, csv_file, folder, encoding=encoding,
                     workers=workers,
@@ -260,8 +264,6 @@ def _sync_command(uai: str, register_file: Path, folder: Path | None, kind: str 
     --dry-run); the new responsables' letters are written to --out.  See
     docs/register.md.
     """
-    from account_merge.registers import ask, open_register, sync_file  # noqa: PLC0415
-
     with _job(language):
         service = get_state().command_service
         establishment = _establishment(service, uai)
@@ -287,8 +289,6 @@ def _purge_command(dry_run: bool, language: str) -> None:
     In small batches: it may be stopped and run again; run twice in a row,
     the second run does nothing.
     """
-    from account_merge.registers import ProgressBar  # noqa: PLC0415
-
     with _job(language):
         service = get_state().command_service
         progress = None
