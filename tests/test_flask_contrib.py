@@ -852,4 +852,5 @@ def test_the_purge_and_export_commands(tmp_path: Path) -> None:
     assert json.loads(target.read_text(encoding="utf-8"))["account"]["login"] == kept.login
     assert target.stat().st_mode & 0o777 == 0o600
     twice = runner.invoke(args=["account-merge", "export", kept.login, "--out", str(target)])
-    assert twice.exit_code == 1 and "Erreur" in twice.output  # never overwrites a file
+    assert twice.exit_code == 1  # never overwrites a file, and says so in French
+    assert twice.output.startswith("Erreur\xa0: le fichier existe déjà")

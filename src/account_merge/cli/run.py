@@ -20,17 +20,10 @@ from account_merge.cli.session import (
     _,
     library_fields,
 )
-from account_merge.registers import describe
+from account_merge.registers import describe, describe_os_error
 
 __all__ = ["build_parser", "main"]
 
-_OS_ERRORS: dict[type[OSError], str] = {
-    FileNotFoundError: "cli.os.file_not_found",
-    FileExistsError: "cli.os.file_exists",
-    PermissionError: "cli.os.permission",
-    IsADirectoryError: "cli.os.is_a_directory",
-    NotADirectoryError: "cli.os.not_a_directory",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,10 +88,7 @@ def _run(argv: list[str]) -> int:
         print(describe(error.code, library_fields(error)), file=sys.stderr)
         return EXIT_ERROR
     except OSError as error:
-        found = next((key for kind, key in _OS_ERRORS.items() if isinstance(error, kind)), None)
-        detail = _(found) if found else error.strerror or type(error).__name__
-        print(describe("file_error", {"detail": detail, "path": error.filename}),
-              file=sys.stderr)
+        print(describe_os_error(error), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -27,6 +27,7 @@ from account_merge.registers.errors import (
     EXIT_USAGE,
     JobError,
     describe,
+    describe_os_error,
     error_text,
 )
 from account_merge.registers.files import RegisterFile, detect_encoding
@@ -70,6 +71,7 @@ __all__ = [
     "SchoolFamily",
     "ask",
     "describe",
+    "describe_os_error",
     "detect_encoding",
     "error_text",
     "format_report",

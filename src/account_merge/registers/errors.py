@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from account_merge import messages
 
-__all__ = ["EXIT_ERROR", "EXIT_USAGE", "JobError", "describe", "error_text"]
+__all__ = ["EXIT_ERROR", "EXIT_USAGE", "JobError", "describe", "describe_os_error", "error_text"]
 
 #: Exit status of an error of the library or of the data.
 EXIT_ERROR = 1
@@ -49,3 +49,21 @@ def describe(code: str, fields: Mapping[str, object], language: str | None = Non
     """The line for an error: ``Erreur : <message> (<code>)`` in French."""
     text = error_text(code, fields, language)
     return messages.message("cli.error_line", language, message=text, code=code)
+
+
+#: The message of each kind of file error, in the catalogues.
+_OS_ERRORS: dict[type[OSError], str] = {
+    FileNotFoundError: "cli.os.file_not_found",
+    FileExistsError: "cli.os.file_exists",
+    PermissionError: "cli.os.permission",
+    IsADirectoryError: "cli.os.is_a_directory",
+    NotADirectoryError: "cli.os.not_a_directory",
+}
+
+
+def describe_os_error(error: OSError, language: str | None = None) -> str:
+    """The line for a file that could not be read or written (``file_error``), translated."""
+    key = next((key for kind, key in _OS_ERRORS.items() if isinstance(error, kind)), None)
+    detail = (messages.message(key, language) if key
+              else error.strerror or type(error).__name__)
+    return describe("file_error", {"detail": detail, "path": error.filename}, language)

@@ -32,6 +32,7 @@ from account_merge.registers import (
     ProgressBar,
     ask,
     describe,
+    describe_os_error,
     issue_batch,
     open_register,
     sync_file,
@@ -89,9 +90,7 @@ def _job(language: str) -> Iterator[None]:
             fields = {k: v for k, v in vars(error).items() if isinstance(v, str | int)}
             raise _CommandFailed(describe(error.code, fields)) from None
         except OSError as error:
-            raise _CommandFailed(describe("file_error", {
-                "detail": error.strerror or type(error).__name__,
-                "path": error.filename})) from None
+            raise _CommandFailed(describe_os_error(error)) from None
 
 
 def _fail(code: str, **fields: object) -> NoReturn:
