@@ -81,6 +81,7 @@ __all__ = [
     "PurgeReport",
     "RetentionPolicy",
     "ascii_lower",
+    "closed_cutoff",
     "counter_at_rest",
     "due_reason",
     "establishment_of_actor",
@@ -213,6 +214,11 @@ def unused_cutoff(policy: RetentionPolicy, now: datetime) -> datetime:
     return now - policy.unused
 
 
+def closed_cutoff(policy: RetentionPolicy, now: datetime) -> datetime:
+    """The latest closure of a CLOSED account that is due at *now*."""
+    return now - policy.closed
+
+
 def due_reason(account: Account, credential: Credential | None, policy: RetentionPolicy, *,
                provisional_validity: timedelta, now: datetime,
                closed_at: datetime | None = None) -> PurgeReason | None:
@@ -233,8 +239,8 @@ def due_reason(account: Account, credential: Credential | None, policy: Retentio
         if last is not None and last <= unused_cutoff(policy, now):
             return PurgeReason.UNUSED
         return None
-    if closed_at is not None and account.status.value == "closed" \
-            and closed_at + policy.closed <= now:
+    if closed_at is not None and account.status is AccountStatus.CLOSED \
+            and closed_at <= closed_cutoff(policy, now):
         return PurgeReason.CLOSED
     return None
 
