@@ -66,7 +66,7 @@ from account_merge.domain.retention import (
     unused_cutoff,
 )
 from account_merge.domain.validation import check_identifier
-from account_merge.exceptions import AccountNotFound
+from account_merge.exceptions import AccountNotFound, InvalidInput
 from account_merge.ports.register import Register, RegisterFetch
 from account_merge.ports.retention import DueKind, Retention
 from account_merge.ports.storage import ChangeSet, Fetch, Fetched, UnitOfWork
@@ -289,6 +289,10 @@ def _deleting(positions: list[int]) -> Callable[[Retention, int], int]:
 # -- the use cases -----------------------------------------------------------------------------
 def purge(ctx: Context, *, dry_run: bool, progress: Progress | None) -> PurgeReport:
     """Apply the retention policy (see the module docstring); what was deleted."""
+    if not isinstance(dry_run, bool):
+        raise InvalidInput("dry_run", "must be True or False")
+    if progress is not None and not callable(progress):
+        raise InvalidInput("progress", "must be a callable or None")
     policy = ctx.policies.retention
     now = ctx.now()
     with ctx.reading() as uow:
