@@ -1320,8 +1320,9 @@ class _DjangoRetention(_DjangoUnitOfWork):
         last = None
         if records and len(records) == limit:
             record = records[-1]
+            when: datetime | None
             if kind is DueKind.CLOSED:
-                when = _from_db(found[-1].closed_at)
+                when = _from_db(found[-1].closed_at)  # type: ignore[attr-defined]
             else:
                 when = (record.credential.expires_at if kind is DueKind.UNACTIVATED
                         and record.credential is not None else record.account.last_signed_in_at)
