@@ -409,7 +409,7 @@ def plan_purge(
     absorbed: Mapping[str, Sequence[Account]],
     children: Mapping[str, Sequence[str]],
     *,
-    enrolled: Iterable[str] = (),
+    enrolled: Iterable[str] | Mapping[str, Iterable[str]] = (),
     holders: Mapping[str, Iterable[str]] | None = None,
 ) -> PurgePlan:
     """The accounts of one batch to delete, in order, with the accounts they absorbed.
@@ -418,15 +418,21 @@ def plan_purge(
     absorbed (merge redirects, deleted with it); *children* the child ids
     each holds.  An account that holds the only link of an *enrolled*
     child (one the school's register lists) is kept: removing a child the
-    register lists is the register's job, never the purge's.  *holders*
-    gives, for such children, every account holding a link to them; an
-    account deleted earlier in the batch holds nothing any more.
+    register lists is the register's job, never the purge's.  *enrolled*
+    is a set of child ids, or, by account id, the children the register
+    entries of that account's letters (its own, those it absorbed) list
+    (the service's: an entry goes with its account, so a child only the
+    entries of accounts deleted earlier listed is listed no more).
+    *holders* gives, for such children, every account holding a link to
+    them; an account deleted earlier in the batch holds nothing any more.
     """
-    wanted = set(enrolled)
+    per_account = enrolled if isinstance(enrolled, Mapping) else None
+    everywhere = set() if per_account is not None else set(enrolled)
     holding = {child: set(ids) for child, ids in (holders or {}).items()}
     deleted: list[tuple[Account, PurgeReason]] = []
     kept: list[Account] = []
     for account, reason in due:
+        wanted = set(per_account.get(account.id, ())) if per_account is not None else everywhere
         stranded = [c for c in children.get(account.id, ())
                     if c in wanted and not (holding.get(c, set()) - {account.id})]
         if stranded:

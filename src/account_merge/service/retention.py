@@ -209,8 +209,8 @@ class _Enrolment:
     """What the register tier says about a batch: closures, enrolled children, holders."""
 
     closed_at: dict[str, datetime] = attrs.Factory(dict)
-    #: the children the register records of the batch's letters list
-    enrolled: frozenset[str] = frozenset()
+    #: by account id, the children the register records of its letters list
+    enrolled: dict[str, frozenset[str]] = attrs.Factory(dict)
     #: for those children, the responsable accounts holding a link to them
     holders: dict[str, set[str]] = attrs.Factory(dict)
 
@@ -224,15 +224,19 @@ class _Enrolment:
         if not supports(uow, Register):
             return cls()
         tier: Register = require_tier(uow, Register)
-        letters = [*ids, *(a.id for i in ids for a in fetched.absorbed.get(i, ()))]
-        found = tier.register_fetch(RegisterFetch(accounts=letters, closures=ids))
-        held = {link.child.id for i in ids for link in fetched.links.get(i, ())}
+        letters = {i: [i, *(a.id for a in fetched.absorbed.get(i, ()))] for i in ids}
+        found = tier.register_fetch(RegisterFetch(
+            accounts=[a for i in ids for a in letters[i]], closures=ids))
+        enrolled: dict[str, frozenset[str]] = {}
         by_school: dict[str, set[str]] = {}
-        for records in found.by_account.values():
-            for record in records:
-                for child in record.children:
-                    if child.id in held:
-                        by_school.setdefault(child.establishment_uai, set()).add(child.id)
+        for account_id in ids:
+            held = {link.child.id for link in fetched.links.get(account_id, ())}
+            listed = [child for letter in letters[account_id]
+                      for record in found.by_account.get(letter, ())
+                      for child in record.children if child.id in held]
+            enrolled[account_id] = frozenset(child.id for child in listed)
+            for child in listed:
+                by_school.setdefault(child.establishment_uai, set()).add(child.id)
         holders: dict[str, set[str]] = {}
         for uai, children in sorted(by_school.items()):
             links = tier.register_fetch(RegisterFetch(
@@ -241,8 +245,7 @@ class _Enrolment:
                 holders.setdefault(child_id, set()).update(
                     link.account_id for link in child_links if link.account_id not in gone)
         return cls(closed_at={i: c.closed_at for i, c in found.closures.items()},
-                   enrolled=frozenset(c for children in by_school.values() for c in children),
-                   holders=holders)
+                   enrolled=enrolled, holders=holders)
 
 
 # -- 5. the outbox -----------------------------------------------------------------------------
