@@ -18,10 +18,11 @@ nothing), and two purges at once only share the work:
    and their audit records, pseudonymised), under lock, after their due
    date is checked again, with an
    :class:`~account_merge.domain.events.AccountPurged` event each; an
-   account holding the only link of a child its letters' register records
-   list (an enrolled child) is kept (``kept_for_children``): taking a
-   child away is the register's job.  A responsable whose account went is
-   new to the register again: the next sync listing them issues a letter;
+   account holding a child its letters' register records list (an
+   enrolled child) that no account not due holds is kept
+   (``kept_for_children``): taking a child away is the register's job.
+   A responsable whose account went is new to the register again: the
+   next sync listing them issues a letter;
 5. the outbox is read once, by position: events that name an account no
    longer stored, published events past ``published_events`` and
    unpublished ones past ``unpublished_events`` are deleted (never one
@@ -54,6 +55,7 @@ from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.events import AccountPurged, OutboxEntry, account_ids_of
 from account_merge.domain.retention import (
     AuditEnd,
+    PurgeReason,
     PurgeReport,
     RetentionPolicy,
     closed_cutoff,
@@ -69,7 +71,7 @@ from account_merge.domain.validation import check_identifier
 from account_merge.exceptions import AccountNotFound, InvalidInput
 from account_merge.ports.register import Register, RegisterFetch
 from account_merge.ports.retention import DueKind, Retention
-from account_merge.ports.storage import ChangeSet, Fetch, Fetched, UnitOfWork
+from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched, UnitOfWork
 from account_merge.ports.tiers import require_tier, supports
 from account_merge.service.context import Context, logger
 
@@ -176,15 +178,19 @@ def _delete_accounts(run: _Run, ids: list[str]) -> None:
     ctx, now = run.ctx, run.now
     with run.batch() as (uow, tier):
         fetched = uow.fetch(Fetch(accounts=ids, links=ids, absorbed=ids, lock=True))
-        register = _Enrolment.read(uow, fetched, ids, run.gone)
+
+        def why(record: AccountRecord, closed_at: datetime | None) -> PurgeReason | None:
+            return due_reason(record.account, record.credential, run.policy,
+                              provisional_validity=ctx.policies.provisional_validity, now=now,
+                              closed_at=closed_at)
+
+        register = _Enrolment.read(uow, fetched, ids, why)
         due = []
         for account_id in ids:
             record = fetched.accounts.get(account_id)
             if record is None:
                 continue  # deleted since the page was read (another purge)
-            reason = due_reason(record.account, record.credential, run.policy,
-                                provisional_validity=ctx.policies.provisional_validity, now=now,
-                                closed_at=register.closed_at.get(account_id))
+            reason = why(record, register.closed_at.get(account_id))
             if reason is not None:
                 due.append((record.account, reason))
         plan = plan_purge(due, fetched.absorbed,
@@ -211,15 +217,21 @@ class _Enrolment:
     closed_at: dict[str, datetime] = attrs.Factory(dict)
     #: by account id, the children the register records of its letters list
     enrolled: dict[str, frozenset[str]] = attrs.Factory(dict)
-    #: for those children, the responsable accounts holding a link to them
+    #: for those children, the responsable accounts holding a link to them that are
+    #: not due (an account deleted already, in a dry run too, was due)
     holders: dict[str, set[str]] = attrs.Factory(dict)
 
     @classmethod
     def read(cls, uow: UnitOfWork, fetched: Fetched, ids: list[str],
-             gone: set[str]) -> _Enrolment:
-        """Read it for the accounts *ids* (*gone*: deleted already, in a dry run too).
+             why: Callable[[AccountRecord, datetime | None], PurgeReason | None],
+             ) -> _Enrolment:
+        """Read it for the accounts *ids*; *why* says whether an account is due.
 
-        A store without the ``register`` tier has no closure and no enrolled child.
+        Only accounts that are not due count as holders, so that what a
+        purge keeps does not depend on the order it meets due accounts in
+        (two due accounts holding an enrolled child are both kept when one of
+        them lists it).  A store without the ``register`` tier has no closure
+        and no enrolled child.
         """
         if not supports(uow, Register):
             return cls()
@@ -237,15 +249,23 @@ class _Enrolment:
             enrolled[account_id] = frozenset(child.id for child in listed)
             for child in listed:
                 by_school.setdefault(child.establishment_uai, set()).add(child.id)
-        holders: dict[str, set[str]] = {}
+        holding: dict[str, set[str]] = {}
         for uai, children in sorted(by_school.items()):
             links = tier.register_fetch(RegisterFetch(
                 origin_links=sorted(children), establishment=uai)).origin_links
             for child_id, child_links in links.items():
-                holders.setdefault(child_id, set()).update(
-                    link.account_id for link in child_links if link.account_id not in gone)
-        return cls(closed_at={i: c.closed_at for i, c in found.closures.items()},
-                   enrolled=enrolled, holders=holders)
+                holding.setdefault(child_id, set()).update(link.account_id
+                                                           for link in child_links)
+        closed_at = {i: c.closed_at for i, c in found.closures.items()}
+        others = sorted({a for accounts in holding.values() for a in accounts} - set(ids))
+        records = dict(fetched.accounts)
+        if others:
+            records.update(uow.fetch(Fetch(accounts=others)).accounts)
+            closed_at.update((i, c.closed_at) for i, c in tier.register_fetch(
+                RegisterFetch(closures=others)).closures.items())
+        not_due = {i for i, record in records.items() if why(record, closed_at.get(i)) is None}
+        return cls(closed_at=closed_at, enrolled=enrolled,
+                   holders={c: accounts & not_due for c, accounts in holding.items()})
 
 
 # -- 5. the outbox -----------------------------------------------------------------------------
