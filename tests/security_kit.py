@@ -242,13 +242,13 @@ class _InstrumentedUnitOfWork:
         if name.startswith("_") or not callable(method):
             return method
 
-        def call(*args: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
             label = name
             if name == "fetch" and args and isinstance(args[0], Fetch):
                 label = "fetch(count)" if args[0].count else (
                     "fetch(lock)" if args[0].lock else "fetch")
             self._storage._before(label)
-            result = method(*args)
+            result = method(*args, **kwargs)
             self._storage._after(args, result)
             return result
 

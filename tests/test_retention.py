@@ -173,6 +173,20 @@ def test_the_plan_keeps_an_account_holding_an_enrolled_childs_only_link() -> Non
     assert plan_purge([(c, PurgeReason.UNACTIVATED)], {}, {"acc3": ["ine-3"]}).kept == ()
 
 
+def test_the_plan_takes_the_children_each_accounts_own_entries_list() -> None:
+    """By account: a child only the entries of an account deleted before listed is
+    listed no more (its entries went with it), and keeps nobody."""
+    a, b = account(1), account(2)
+    children = {"acc1": ["ine-1"], "acc2": ["ine-1"]}
+    holders = {"ine-1": ["acc1", "acc2"]}
+    plan = plan_purge([(a, PurgeReason.UNUSED), (b, PurgeReason.UNUSED)], {}, children,
+                      enrolled={"acc1": ["ine-1"]}, holders=holders)
+    assert plan.accounts == (a, b) and plan.kept == ()
+    plan = plan_purge([(a, PurgeReason.UNUSED), (b, PurgeReason.UNUSED)], {}, children,
+                      enrolled={"acc2": ["ine-1"]}, holders=holders)
+    assert plan.accounts == (a,) and plan.kept == (b,)
+
+
 # -- what deleting an account deletes --------------------------------------------------------
 def test_forgetting_an_account_names_every_counter_of_its_login_and_id() -> None:
     claire = account(status=AccountStatus.ACTIVE, email="Claire@Example.org")

@@ -17,7 +17,7 @@ import pytest
 
 from account_merge import MergeService
 from account_merge.domain.retention import Forgotten, RetentionPolicy
-from account_merge.ports.retention import DuePage
+from account_merge.ports.retention import DueKind, DuePage
 from account_merge.ports.storage import Storage
 from account_merge.storage.memory import InMemoryStorage, _InMemoryUnitOfWork
 from account_merge.testing import FakeClock, fast_verifier
@@ -99,6 +99,35 @@ class _PagesDoNotAdvance(_InMemoryUnitOfWork):
         return super().accounts_due(kind, before, None, limit)
 
 
+class _KeepsTheRegisterRecords(_InMemoryUnitOfWork):
+    """Leaves the register's records and closure of a forgotten account."""
+
+    def _forget_in_register(self, account_id: str) -> None:
+        return None
+
+
+class _KeepsTheOriginIndex(_InMemoryUnitOfWork):
+    """Leaves the index of links by origin establishment naming a forgotten account."""
+
+    def _forget_in_register(self, account_id: str) -> None:
+        links = self._t.links.pop(account_id, None)  # unseen: their index entries stay
+        try:
+            super()._forget_in_register(account_id)
+        finally:
+            if links is not None:
+                self._t.links[account_id] = links
+
+
+class _ListsNoClosedAccount(_InMemoryUnitOfWork):
+    """Pages closed accounts as if the store had no register tier."""
+
+    def accounts_due(self, kind: Any, before: datetime, after: tuple[datetime, str] | None,
+                     limit: int) -> DuePage:
+        if kind is DueKind.CLOSED:
+            return DuePage((), None)
+        return super().accounts_due(kind, before, after, limit)
+
+
 BUGS = [
     (_GivesPositionsAgain,
      "test_the_outbox_is_read_by_position_and_a_deleted_position_is_never_given_again"),
@@ -112,6 +141,15 @@ BUGS = [
     (_IgnoresPendingNotices,
      "test_the_outbox_is_read_by_position_and_a_deleted_position_is_never_given_again"),
     (_PagesDoNotAdvance, "test_accounts_due_come_by_their_time_then_id_a_page_at_a_time"),
+    (_KeepsTheRegisterRecords,
+     "test_a_purged_accounts_register_entries_leave_nothing_that_names_it"),
+    (_KeepsTheRegisterRecords,
+     "test_a_closed_account_goes_three_months_after_its_closure_and_its_entry_is_new_again"),
+    (_KeepsTheOriginIndex, "test_a_purged_account_leaves_nothing_that_names_it"),
+    (_ListsNoClosedAccount,
+     "test_closed_accounts_are_due_by_their_closure_then_id_a_page_at_a_time"),
+    (_ListsNoClosedAccount,
+     "test_a_closed_account_goes_three_months_after_its_closure_and_its_entry_is_new_again"),
 ]
 
 

@@ -122,6 +122,9 @@ class World:
             "confirm_email": [self.tokens],
             "reissue_letter": [self.schools, self.ids],
             "deliver_notices": [self.mailers, self.numbers],
+            # retention
+            "purge": [],
+            "export_personal_data": [self.ids],
         }
 
     def arguments(self, method: str) -> st.SearchStrategy[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -136,6 +139,8 @@ class World:
             "request_password_reset": {"client": st.one_of(JUNK, st.just("203.0.113.7"))},
             "reset_password": {"client": st.one_of(JUNK, st.just("203.0.113.7"))},
             "deliver_notices": {"language": st.one_of(JUNK, st.just("en"))},
+            "purge": {"dry_run": st.one_of(JUNK, st.booleans()),
+                      "progress": st.one_of(JUNK, st.just(lambda done: None))},
         }
         positional = st.tuples(*self.signatures()[method])
         named = st.fixed_dictionaries({}, optional=keywords.get(method, {}))

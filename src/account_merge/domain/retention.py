@@ -81,6 +81,7 @@ __all__ = [
     "PurgeReport",
     "RetentionPolicy",
     "ascii_lower",
+    "closed_cutoff",
     "counter_at_rest",
     "due_reason",
     "establishment_of_actor",
@@ -213,6 +214,11 @@ def unused_cutoff(policy: RetentionPolicy, now: datetime) -> datetime:
     return now - policy.unused
 
 
+def closed_cutoff(policy: RetentionPolicy, now: datetime) -> datetime:
+    """The latest closure of a CLOSED account that is due at *now*."""
+    return now - policy.closed
+
+
 def due_reason(account: Account, credential: Credential | None, policy: RetentionPolicy, *,
                provisional_validity: timedelta, now: datetime,
                closed_at: datetime | None = None) -> PurgeReason | None:
@@ -233,8 +239,8 @@ def due_reason(account: Account, credential: Credential | None, policy: Retentio
         if last is not None and last <= unused_cutoff(policy, now):
             return PurgeReason.UNUSED
         return None
-    if closed_at is not None and account.status.value == "closed" \
-            and closed_at + policy.closed <= now:
+    if closed_at is not None and account.status is AccountStatus.CLOSED \
+            and closed_at <= closed_cutoff(policy, now):
         return PurgeReason.CLOSED
     return None
 
@@ -403,7 +409,7 @@ def plan_purge(
     absorbed: Mapping[str, Sequence[Account]],
     children: Mapping[str, Sequence[str]],
     *,
-    enrolled: Iterable[str] = (),
+    enrolled: Iterable[str] | Mapping[str, Iterable[str]] = (),
     holders: Mapping[str, Iterable[str]] | None = None,
 ) -> PurgePlan:
     """The accounts of one batch to delete, in order, with the accounts they absorbed.
@@ -412,15 +418,21 @@ def plan_purge(
     absorbed (merge redirects, deleted with it); *children* the child ids
     each holds.  An account that holds the only link of an *enrolled*
     child (one the school's register lists) is kept: removing a child the
-    register lists is the register's job, never the purge's.  *holders*
-    gives, for such children, every account holding a link to them; an
-    account deleted earlier in the batch holds nothing any more.
+    register lists is the register's job, never the purge's.  *enrolled*
+    is a set of child ids, or, by account id, the children the register
+    entries of that account's letters (its own, those it absorbed) list
+    (the service's: an entry goes with its account, so a child only the
+    entries of accounts deleted earlier listed is listed no more).
+    *holders* gives, for such children, every account holding a link to
+    them; an account deleted earlier in the batch holds nothing any more.
     """
-    wanted = set(enrolled)
+    per_account = enrolled if isinstance(enrolled, Mapping) else None
+    everywhere = set() if per_account is not None else set(enrolled)
     holding = {child: set(ids) for child, ids in (holders or {}).items()}
     deleted: list[tuple[Account, PurgeReason]] = []
     kept: list[Account] = []
     for account, reason in due:
+        wanted = set(per_account.get(account.id, ())) if per_account is not None else everywhere
         stranded = [c for c in children.get(account.id, ())
                     if c in wanted and not (holding.get(c, set()) - {account.id})]
         if stranded:

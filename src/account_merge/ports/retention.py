@@ -5,8 +5,8 @@ units of work.  Each finds what it needs through an index and works on at
 most ``limit`` rows, so that the service's purge
 (:mod:`account_merge.service.retention`) runs in short units of work:
 
-- :meth:`~Retention.accounts_due`: never-activated or unused accounts, by
-  the time that makes them due, a page at a time;
+- :meth:`~Retention.accounts_due`: never-activated, unused or closed
+  accounts, by the time that makes them due, a page at a time;
 - :meth:`~Retention.erase_hashes`: the hashes of expired letters;
 - :meth:`~Retention.forget`: accounts and everything keyed by them
   (:class:`~account_merge.domain.retention.Forgotten`), audit records
@@ -51,6 +51,9 @@ class DueKind(enum.Enum):
     UNACTIVATED = "unactivated"
     #: ACTIVE accounts with a last sign-in, by ``last_signed_in_at``
     UNUSED = "unused"
+    #: CLOSED accounts with a closure (tier ``register``), by its ``closed_at``; a store
+    #: without the register tier has no closed account, and lists none
+    CLOSED = "closed"
 
 
 @attrs.frozen
@@ -97,8 +100,10 @@ class Retention(Protocol):
         """Accounts of *kind* whose time is at or before *before*, with their credentials.
 
         By ``(time, id)``, starting after *after* (None: from the first),
-        at most *limit*.  An ACTIVE account without a last sign-in, and a
-        PROVISIONAL one without a provisional credential, are never listed.
+        at most *limit*.  An ACTIVE account without a last sign-in, a
+        PROVISIONAL one without a provisional credential, and a CLOSED one
+        without a closure (:class:`~account_merge.ports.register.Closure`),
+        are never listed.
         """
         ...
 
@@ -124,9 +129,12 @@ class Retention(Protocol):
         (``Forgotten.created``) are replaced by
         :data:`~account_merge.domain.retention.DELETED_ACCOUNT`; then the
         counters it names, the receipts of merges the accounts made as
-        principal, their address index entries, links, credentials and the
-        accounts themselves (absorbed ones before their holder), and any
-        child no link names any more.  Ids not stored are no error.
+        principal, their address index entries, on a store with the
+        ``register`` tier the register records whose account they are and
+        their closures (and whatever index names their links), links,
+        credentials and the accounts themselves (absorbed ones before their
+        holder), and any child no link names any more.  Ids not stored are
+        no error.
         """
         ...
 

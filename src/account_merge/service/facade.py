@@ -383,7 +383,7 @@ class MergeService:
         each batch with the number of rows handled so far.  Needs the
         ``retention`` storage tier.  See ``docs/privacy.md``.
         """
-        return retention.purge(self._ctx, dry_run=bool(dry_run), progress=progress)
+        return retention.purge(self._ctx, dry_run=dry_run, progress=progress)
 
     def export_personal_data(self, account_id: str) -> dict[str, Any]:
         """Everything the store holds about the account and its own doings, JSON-ready.

@@ -10,12 +10,19 @@ nothing), and two purges at once only share the work:
 1. the hashes of expired letters are erased;
 2. failure counters at rest for ``counters`` are deleted;
 3. audit records past ``audit`` are deleted or pseudonymised;
-4. never-activated, then unused accounts that are due are deleted, each
-   with the accounts it had absorbed (:func:`~account_merge.domain.retention.forgotten`
-   says what goes with them: their counters and receipts, and their audit
-   records, pseudonymised), under lock, after their due date is checked
-   again, with an :class:`~account_merge.domain.events.AccountPurged` event
-   each;
+4. never-activated, then unused, then closed accounts (closed by the
+   school's register, on a store with the ``register`` tier) that are due
+   are deleted, each with the accounts it had absorbed
+   (:func:`~account_merge.domain.retention.forgotten` says what goes with
+   them: their counters and receipts, their register records and closure,
+   and their audit records, pseudonymised), under lock, after their due
+   date is checked again, with an
+   :class:`~account_merge.domain.events.AccountPurged` event each; an
+   account holding a child its letters' register records list (an
+   enrolled child) that no account not due holds is kept
+   (``kept_for_children``): taking a child away is the register's job.
+   A responsable whose account went is new to the register again: the
+   next sync listing them issues a letter;
 5. the outbox is read once, by position: events that name an account no
    longer stored, published events past ``published_events`` and
    unpublished ones past ``unpublished_events`` are deleted (never one
@@ -48,8 +55,10 @@ from account_merge.domain.audit import AuditAction, AuditRecord
 from account_merge.domain.events import AccountPurged, OutboxEntry, account_ids_of
 from account_merge.domain.retention import (
     AuditEnd,
+    PurgeReason,
     PurgeReport,
     RetentionPolicy,
+    closed_cutoff,
     due_reason,
     forgotten,
     letter_issued_at,
@@ -59,10 +68,11 @@ from account_merge.domain.retention import (
     unused_cutoff,
 )
 from account_merge.domain.validation import check_identifier
-from account_merge.exceptions import AccountNotFound
+from account_merge.exceptions import AccountNotFound, InvalidInput
+from account_merge.ports.register import Register, RegisterFetch
 from account_merge.ports.retention import DueKind, Retention
-from account_merge.ports.storage import ChangeSet, Fetch, UnitOfWork
-from account_merge.ports.tiers import require_tier
+from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched, UnitOfWork
+from account_merge.ports.tiers import require_tier, supports
 from account_merge.service.context import Context, logger
 
 __all__ = ["EXPORT_FORMAT", "Progress", "export_personal_data", "purge"]
@@ -168,17 +178,24 @@ def _delete_accounts(run: _Run, ids: list[str]) -> None:
     ctx, now = run.ctx, run.now
     with run.batch() as (uow, tier):
         fetched = uow.fetch(Fetch(accounts=ids, links=ids, absorbed=ids, lock=True))
+
+        def why(record: AccountRecord, closed_at: datetime | None) -> PurgeReason | None:
+            return due_reason(record.account, record.credential, run.policy,
+                              provisional_validity=ctx.policies.provisional_validity, now=now,
+                              closed_at=closed_at)
+
+        register = _Enrolment.read(uow, fetched, ids, why)
         due = []
         for account_id in ids:
             record = fetched.accounts.get(account_id)
             if record is None:
                 continue  # deleted since the page was read (another purge)
-            reason = due_reason(record.account, record.credential, run.policy,
-                                provisional_validity=ctx.policies.provisional_validity, now=now)
+            reason = why(record, register.closed_at.get(account_id))
             if reason is not None:
                 due.append((record.account, reason))
         plan = plan_purge(due, fetched.absorbed,
-                          {i: [link.child.id for link in fetched.links.get(i, ())] for i in ids})
+                          {i: [link.child.id for link in fetched.links.get(i, ())] for i in ids},
+                          enrolled=register.enrolled, holders=register.holders)
         if plan.deleted:
             tier.forget(forgotten(plan.accounts))
             uow.apply(ChangeSet(events=tuple(
@@ -191,6 +208,64 @@ def _delete_accounts(run: _Run, ids: list[str]) -> None:
         run.account_ids.append(account.id)
         run.gone.add(account.id)
     run.done(len(plan.deleted))
+
+
+@attrs.frozen
+class _Enrolment:
+    """What the register tier says about a batch: closures, enrolled children, holders."""
+
+    closed_at: dict[str, datetime] = attrs.Factory(dict)
+    #: by account id, the children the register records of its letters list
+    enrolled: dict[str, frozenset[str]] = attrs.Factory(dict)
+    #: for those children, the responsable accounts holding a link to them that are
+    #: not due (an account deleted already, in a dry run too, was due)
+    holders: dict[str, set[str]] = attrs.Factory(dict)
+
+    @classmethod
+    def read(cls, uow: UnitOfWork, fetched: Fetched, ids: list[str],
+             why: Callable[[AccountRecord, datetime | None], PurgeReason | None],
+             ) -> _Enrolment:
+        """Read it for the accounts *ids*; *why* says whether an account is due.
+
+        Only accounts that are not due count as holders, so that what a
+        purge keeps does not depend on the order it meets due accounts in
+        (two due accounts holding an enrolled child are both kept when one of
+        them lists it).  A store without the ``register`` tier has no closure
+        and no enrolled child.
+        """
+        if not supports(uow, Register):
+            return cls()
+        tier: Register = require_tier(uow, Register)
+        letters = {i: [i, *(a.id for a in fetched.absorbed.get(i, ()))] for i in ids}
+        found = tier.register_fetch(RegisterFetch(
+            accounts=[a for i in ids for a in letters[i]], closures=ids))
+        enrolled: dict[str, frozenset[str]] = {}
+        by_school: dict[str, set[str]] = {}
+        for account_id in ids:
+            held = {link.child.id for link in fetched.links.get(account_id, ())}
+            listed = [child for letter in letters[account_id]
+                      for record in found.by_account.get(letter, ())
+                      for child in record.children if child.id in held]
+            enrolled[account_id] = frozenset(child.id for child in listed)
+            for child in listed:
+                by_school.setdefault(child.establishment_uai, set()).add(child.id)
+        holding: dict[str, set[str]] = {}
+        for uai, children in sorted(by_school.items()):
+            links = tier.register_fetch(RegisterFetch(
+                origin_links=sorted(children), establishment=uai)).origin_links
+            for child_id, child_links in links.items():
+                holding.setdefault(child_id, set()).update(link.account_id
+                                                           for link in child_links)
+        closed_at = {i: c.closed_at for i, c in found.closures.items()}
+        others = sorted({a for accounts in holding.values() for a in accounts} - set(ids))
+        records = dict(fetched.accounts)
+        if others:
+            records.update(uow.fetch(Fetch(accounts=others)).accounts)
+            closed_at.update((i, c.closed_at) for i, c in tier.register_fetch(
+                RegisterFetch(closures=others)).closures.items())
+        not_due = {i for i, record in records.items() if why(record, closed_at.get(i)) is None}
+        return cls(closed_at=closed_at, enrolled=enrolled,
+                   holders={c: accounts & not_due for c, accounts in holding.items()})
 
 
 # -- 5. the outbox -----------------------------------------------------------------------------
@@ -237,10 +312,15 @@ def _deleting(positions: list[int]) -> Callable[[Retention, int], int]:
 # -- the use cases -----------------------------------------------------------------------------
 def purge(ctx: Context, *, dry_run: bool, progress: Progress | None) -> PurgeReport:
     """Apply the retention policy (see the module docstring); what was deleted."""
+    if not isinstance(dry_run, bool):
+        raise InvalidInput("dry_run", "must be True or False")
+    if progress is not None and not callable(progress):
+        raise InvalidInput("progress", "must be a callable or None")
     policy = ctx.policies.retention
     now = ctx.now()
     with ctx.reading() as uow:
         require_tier(uow, Retention)  # before anything: not_supported names the tier
+        has_register = supports(uow, Register)
     run = _Run(ctx, policy, now, dry_run, progress)
     run.erased_hashes = run.repeat(lambda tier, limit: tier.erase_hashes(now, limit))
     run.counters_deleted = run.repeat(
@@ -255,6 +335,8 @@ def purge(ctx: Context, *, dry_run: bool, progress: Progress | None) -> PurgeRep
     validity = ctx.policies.provisional_validity
     _purge_accounts(run, DueKind.UNACTIVATED, unactivated_cutoff(policy, validity, now))
     _purge_accounts(run, DueKind.UNUSED, unused_cutoff(policy, now))
+    if has_register:  # a store without the register tier closes no account
+        _purge_accounts(run, DueKind.CLOSED, closed_cutoff(policy, now))
     _purge_outbox(run)
     report = run.report()
     if not dry_run and run.handled:
@@ -300,7 +382,9 @@ def export_personal_data(ctx: Context, account_id: str) -> dict[str, Any]:
         links = fetched.links[account_id]
         held = tier.held_about(forgotten([account]))
         events = _events_naming(tier, account_id, ctx.policies.retention.batch)
+        register = _register_about(uow, [account_id, *(a.id for a in fetched.absorbed[account_id])])
         uais = sorted({account.establishment_uai,
+                       *(entry["establishment_uai"] for entry in register["register"]),
                        *(link.origin_establishment_uai for link in links),
                        *(link.child.establishment_uai for link in links)})
         schools = uow.fetch(Fetch(establishments=uais)).establishments
@@ -334,6 +418,28 @@ def export_personal_data(ctx: Context, account_id: str) -> dict[str, Any]:
                            for _, key, receipt in held.receipts],
         "events": [{"position": e.position, "name": e.event.name, "published": e.published,
                     "payload": e.event.to_payload()} for e in events],
+        **register,
+    }
+
+
+def _register_about(uow: UnitOfWork, account_ids: list[str]) -> dict[str, Any]:
+    """The register records of the account's letters (its own, those it absorbed), and its
+    closure (none on a store without the ``register`` tier)."""
+    if not supports(uow, Register):
+        return {"register": [], "closure": None}
+    found = require_tier(uow, Register).register_fetch(RegisterFetch(
+        accounts=account_ids, closures=account_ids[:1]))
+    closure = found.closures.get(account_ids[0])
+    return {
+        "register": [{
+            "establishment_uai": r.establishment_uai, "external_id": r.external_id,
+            "account_id": r.account_id, "display_name": r.display_name, "email": r.email,
+            "children": [{"id": c.id, "first_name": c.first_name, "last_name": c.last_name,
+                          "establishment_uai": c.establishment_uai} for c in r.children]}
+            for account_id in account_ids for r in found.by_account.get(account_id, ())],
+        "closure": None if closure is None else {
+            "establishment_uai": closure.establishment_uai,
+            "closed_at": closure.closed_at.isoformat()},
     }
 
 

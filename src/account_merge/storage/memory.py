@@ -86,14 +86,16 @@ class _Tables:
         self.notices: dict[str, NoticeState] = {}
         self.notice_cursor = 0
         # tier ``register``: records by (uai, external id), paged in insertion order
+        # (None where the retention tier deleted a record)
         self.register: dict[tuple[str, str], RegisterRecord] = {}
-        self.register_order: dict[str, list[str]] = {}
+        self.register_order: dict[str, list[str | None]] = {}
         self.register_position: dict[tuple[str, str], int] = {}
         self.register_by_account: dict[str, dict[tuple[str, str], None]] = {}
         self.closures: dict[str, Closure] = {}
         # links by the establishment whose letter gave them: uai -> child id -> account ids
+        # (None in origin_order where the retention tier deleted a child's last link)
         self.origin_links: dict[str, dict[str, dict[str, None]]] = {}
-        self.origin_order: dict[str, list[str]] = {}
+        self.origin_order: dict[str, list[str | None]] = {}
         self.origin_position: dict[tuple[str, str], int] = {}
 
 
@@ -384,7 +386,9 @@ class _InMemoryUnitOfWork:
         items: list[RegisterRecord] = []
         index = start
         while index < len(order) and len(items) < limit:
-            record = t.register.get((establishment_uai, order[index]))
+            external_id = order[index]
+            record = t.register.get((establishment_uai, external_id)) \
+                if external_id is not None else None
             if record is not None:
                 items.append(record)
             index += 1
@@ -401,7 +405,8 @@ class _InMemoryUnitOfWork:
         index = start
         while index < len(order) and len(items) < limit:
             child_id = order[index]
-            if any(t.accounts[a].role is Role.RESPONSABLE for a in holders.get(child_id, {})):
+            if child_id is not None and any(t.accounts[a].role is Role.RESPONSABLE
+                                            for a in holders.get(child_id, {})):
                 items.append(child_id)
             index += 1
         return RegisterPage(tuple(items), str(index) if index < len(order) else None)
@@ -490,7 +495,10 @@ class _InMemoryUnitOfWork:
         for account in t.accounts.values():
             credential = t.credentials.get(account.id)
             when: datetime | None = None
-            if kind is DueKind.UNACTIVATED and account.status is AccountStatus.PROVISIONAL:
+            if kind is DueKind.CLOSED and account.status is AccountStatus.CLOSED:
+                closure = t.closures.get(account.id)
+                when = closure.closed_at if closure is not None else None
+            elif kind is DueKind.UNACTIVATED and account.status is AccountStatus.PROVISIONAL:
                 if credential is not None and credential.kind is CredentialKind.PROVISIONAL:
                     when = credential.expires_at
             elif kind is DueKind.UNUSED and account.status is AccountStatus.ACTIVE:
@@ -543,6 +551,7 @@ class _InMemoryUnitOfWork:
             self._delete(t.receipts, pair)
         for account_id in forgotten.account_ids:
             self.index_email(account_id, None)
+            self._forget_in_register(account_id)
             self._delete(t.links, account_id)
             self._delete(t.credentials, account_id)
         absorbed_first = sorted((t.accounts[i] for i in ids if i in t.accounts),
@@ -558,6 +567,33 @@ class _InMemoryUnitOfWork:
                 key = next((k for k, v in t.logins.items() if v == account.id), key)
             self._delete(t.logins, key)
             self._delete(t.accounts, account.id)
+
+    def _forget_in_register(self, account_id: str) -> None:
+        """Tier ``register``: the account's records, its closure, its links' origin index."""
+        t = self._t
+        for key in list(t.register_by_account.get(account_id, {})):
+            self._delete(t.register, key)
+            self._drop_position(t.register_order.get(key[0], []), t.register_position, key)
+        self._delete(t.register_by_account, account_id)
+        self._delete(t.closures, account_id)
+        for link in t.links.get(account_id, {}).values():
+            self._index_origin(link, None)
+            uai, child_id = link.origin_establishment_uai, link.child.id
+            holders = t.origin_links.get(uai, {})
+            if not holders.get(child_id, True):  # no account holds it through uai's letters
+                self._delete(holders, child_id)
+                self._drop_position(t.origin_order.get(uai, []), t.origin_position,
+                                    (uai, child_id))
+
+    def _drop_position(self, order: list[str | None], positions: dict[tuple[str, str], int],
+                       key: tuple[str, str]) -> None:
+        """Empty the slot of *key* in a paging order (later slots keep their place)."""
+        index = positions.get(key)
+        if index is not None:
+            self._delete(positions, key)
+            old = order[index]
+            order[index] = None
+            self._undo.append(partial(order.__setitem__, index, old))
 
     def _replace_audit(self, index: int, record: AuditRecord | None) -> None:
         audit = self._t.audit

@@ -266,6 +266,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX audit_by_login ON audit (lower(login)) WHERE login IS NOT NULL",
         "CREATE INDEX throttles_by_last_failure ON throttles (julianday(last_failure_at))",
         "CREATE INDEX notices_by_position ON notices (position)",
+        "CREATE INDEX closures_by_time ON closures (julianday(closed_at), account_id)",
     ),
 )
 
@@ -685,6 +686,14 @@ _DUE_UNUSED = (
     " ORDER BY julianday(a.last_signed_in_at), a.id LIMIT ?4"
 )
 _AFTER_UNUSED = " AND (julianday(a.last_signed_in_at), a.id) > (julianday(?2), ?3)"
+_DUE_CLOSED = (
+    f"SELECT {_RECORD_COLUMNS}, k.closed_at FROM closures AS k"
+    " JOIN accounts AS a ON a.id = k.account_id"
+    " LEFT JOIN credentials AS c ON c.account_id = a.id"
+    " WHERE a.status = 'closed' AND julianday(k.closed_at) <= julianday(?1){after}"
+    " ORDER BY julianday(k.closed_at), k.account_id LIMIT ?4"
+)
+_AFTER_CLOSED = " AND (julianday(k.closed_at), k.account_id) > (julianday(?2), ?3)"
 _TO_ERASE = (
     f"SELECT c.account_id, a.status FROM credentials AS c JOIN accounts AS a"
     f" ON a.id = c.account_id WHERE c.kind = '{_PROVISIONAL}'"
@@ -1400,16 +1409,17 @@ class _SQLiteUnitOfWork:
     def accounts_due(self, kind: DueKind, before: datetime, after: tuple[datetime, str] | None,
                      limit: int) -> DuePage:
         connection = self._connection()
-        text, after_text, key_at = ((_DUE_UNACTIVATED, _AFTER_UNACTIVATED, 12)
-                                    if kind is DueKind.UNACTIVATED
-                                    else (_DUE_UNUSED, _AFTER_UNUSED, 9))
+        text, after_text, key_at = {
+            DueKind.UNACTIVATED: (_DUE_UNACTIVATED, _AFTER_UNACTIVATED, 12),
+            DueKind.UNUSED: (_DUE_UNUSED, _AFTER_UNUSED, 9),
+            DueKind.CLOSED: (_DUE_CLOSED, _AFTER_CLOSED, 14)}[kind]
         sql = text.format(after=after_text if after is not None else "")
         at, account_id = after if after is not None else (None, None)
         with self._storage._translating():
             rows = connection.execute(sql, (before.isoformat(), _optional_time(at), account_id,
                                             max(0, limit))).fetchall()
         try:
-            records = tuple(_record_from_row(tuple(row)) for row in rows)
+            records = tuple(_record_from_row(tuple(row[:14])) for row in rows)
         except _DECODING_ERRORS as error:
             raise self._unreadable("an account", error) from error
         last = (datetime.fromisoformat(rows[-1][key_at]), rows[-1][0]) \
@@ -1443,6 +1453,9 @@ class _SQLiteUnitOfWork:
             marks = _marks(len(ids))
             connection.execute(f"DELETE FROM receipts WHERE principal_id IN ({marks})", ids)
             connection.execute(f"DELETE FROM email_index WHERE account_id IN ({marks})", ids)
+            # tier ``register``: the records of their letters, their closures
+            connection.execute(f"DELETE FROM register WHERE account_id IN ({marks})", ids)
+            connection.execute(f"DELETE FROM closures WHERE account_id IN ({marks})", ids)
             children = [row[0] for row in connection.execute(
                 f"SELECT DISTINCT child_id FROM links WHERE account_id IN ({marks})", ids)]
             connection.execute(f"DELETE FROM links WHERE account_id IN ({marks})", ids)

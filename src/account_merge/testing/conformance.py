@@ -66,6 +66,7 @@ from account_merge.domain.child import Child, ChildLink
 from account_merge.domain.events import (
     AccountActivated,
     AccountIssued,
+    AccountPurged,
     AccountsMerged,
     EmailChanged,
     EmailVerificationRequested,
@@ -90,6 +91,7 @@ from account_merge.domain.retention import (
 from account_merge.domain.throttle import ThrottlePolicy, ThrottleState
 from account_merge.exceptions import (
     AccountMergeError,
+    AccountNotFound,
     ExpectationFailed,
     InvalidInput,
     LoginTaken,
@@ -102,7 +104,7 @@ from account_merge.ports.register import (
     RegisterFetch,
     RegisterFetched,
 )
-from account_merge.ports.retention import DueKind
+from account_merge.ports.retention import DueKind, DuePage
 from account_merge.ports.storage import (
     ChangeSet,
     Expect,
@@ -1269,6 +1271,38 @@ class RetentionContract(StorageHarness):
             assert [r.account.id for r in tier.accounts_due(
                 DueKind.UNUSED, T0, None, 10).records] == ["acc7"]
 
+    def test_closed_accounts_are_due_by_their_closure_then_id_a_page_at_a_time(
+            self, storage: Storage) -> None:
+        """Only CLOSED accounts with a closure are listed (a store without the register
+        tier lists none)."""
+        _retention_tier(storage)
+        with storage.unit_of_work(write=False) as uow:
+            if not supports(uow, Register):
+                assert require_tier(uow, Retention).accounts_due(
+                    DueKind.CLOSED, T0 + 365 * _DAY, None, 10) == DuePage((), None)
+                return
+        closed = AccountStatus.CLOSED
+        self.apply(storage, _new(1, 2, 3, 4, status=closed) + _new(5, status=AccountStatus.ACTIVE)
+                   + ChangeSet(credentials=[Credential("acc1", HASH, CredentialKind.PASSWORD)]))
+        with storage.unit_of_work() as uow:
+            require_tier(uow, Register).register_apply(RegisterChanges(close=[
+                Closure("acc3", SCHOOL.uai, T0 + _DAY), Closure("acc1", SCHOOL.uai, T0 + _DAY),
+                Closure("acc2", OTHER_SCHOOL.uai, T0), Closure("acc5", SCHOOL.uai, T0)]))
+            uow.commit()
+        with storage.unit_of_work(write=False) as uow:
+            tier: Retention = require_tier(uow, Retention)
+            first = tier.accounts_due(DueKind.CLOSED, T0 + _DAY, None, 2)
+            assert [r.account.id for r in first.records] == ["acc2", "acc1"]
+            assert first.records[1].credential == Credential("acc1", HASH,
+                                                             CredentialKind.PASSWORD)
+            assert first.records[0].account.status is closed
+            assert first.after == (T0 + _DAY, "acc1")
+            last = tier.accounts_due(DueKind.CLOSED, T0 + _DAY, first.after, 2)
+            assert [r.account.id for r in last.records] == ["acc3"]
+            assert last.after is None
+            assert [r.account.id for r in tier.accounts_due(
+                DueKind.CLOSED, T0, None, 10).records] == ["acc2"]
+
     def test_expired_hashes_are_erased_once_and_keep_their_expiry(self, storage: Storage) -> None:
         """An absorbed account's expired letter goes whole: nothing needs its date."""
         _retention_tier(storage)
@@ -1579,6 +1613,124 @@ class RetentionContract(StorageHarness):
         absorbed = service.export_personal_data(letter.account_id)
         assert absorbed["account"]["merged_into"] == principal.id
         assert absorbed["credential"]["kind"] == "provisional"
+
+    def _register_or_skip(self, storage: Storage) -> None:
+        _retention_tier(storage)
+        with storage.unit_of_work(write=False) as uow:
+            if not supports(uow, Register):
+                pytest.skip("this store lacks the register tier")
+
+    def test_a_closed_account_goes_three_months_after_its_closure_and_its_entry_is_new_again(
+            self, storage: Storage, clock: FakeClock) -> None:
+        """The export lists the register entries and the closure; the purge deletes the
+        closed account with its records and closure; listed again, the responsable gets
+        a new letter."""
+        self._register_or_skip(storage)
+        service = self._service(storage, clock)
+        helene = RegisterEntry("PERSONNE-4242", "Hélène Lefèvre", [_child(1)],
+                               email="helene@example.org")
+        marc = RegisterEntry("PERSONNE-77", "Marc Martin", [_child(2)])
+        letters = {l.display_name: l for l in service.sync_register(
+            SCHOOL, [helene, marc], workers=1).letters}
+        for letter in letters.values():
+            service.activate(letter.login, letter.provisional_password, STRONG)
+        account_id = letters["Hélène Lefèvre"].account_id
+        data = service.export_personal_data(account_id)
+        assert data["register"] == [{
+            "establishment_uai": SCHOOL.uai, "external_id": "PERSONNE-4242",
+            "account_id": account_id, "display_name": "Hélène Lefèvre",
+            "email": "helene@example.org", "children": [{
+                "id": "ine-1", "first_name": "Enfant1", "last_name": "Robert",
+                "establishment_uai": SCHOOL.uai}]}]
+        assert data["closure"] is None
+        clock.advance(days=10)
+        closed_at = clock()
+        assert [c.account_id for c in service.sync_register(
+            SCHOOL, [marc], workers=1).closed] == [account_id]
+        data = service.export_personal_data(account_id)
+        assert data["closure"] == {"establishment_uai": SCHOOL.uai,
+                                   "closed_at": closed_at.isoformat()}
+        assert data["register"][0]["children"] == []
+        assert json.loads(json.dumps(data)) == data
+        clock.advance(days=90, seconds=-1)
+        assert service.purge().accounts == 0
+        clock.advance(seconds=1)  # 90 days after the closure
+        report = service.purge()
+        assert report.deleted == {"closed": 1}
+        assert report.account_ids == (account_id,)
+        purged = [e.event for e in service.unpublished_events(1000)
+                  if isinstance(e.event, AccountPurged)]
+        assert [(e.reason, e.establishment_uai) for e in purged] == [("closed", SCHOOL.uai)]
+        with pytest.raises(AccountNotFound):
+            service.get_account(account_id)
+        with storage.unit_of_work(write=False) as uow:
+            found = require_tier(uow, Register).register_fetch(RegisterFetch(
+                entries=[(SCHOOL.uai, "PERSONNE-4242")], accounts=[account_id],
+                closures=[account_id]))
+        assert found.entries == {} and found.by_account == {account_id: ()}
+        assert found.closures == {}
+        again = service.sync_register(SCHOOL, [helene, marc], workers=1)
+        assert [(i.external_id, i.letter is not None) for i in again.issued] == [
+            ("PERSONNE-4242", True)]
+        assert again.letters[0].account_id != account_id
+        assert service.purge().accounts == 0
+
+    def test_a_due_account_holding_an_enrolled_childs_only_link_is_kept(
+            self, storage: Storage, clock: FakeClock) -> None:
+        """A never-activated letter goes when another account holds its children, and
+        stays while it holds the only link of a child the register lists."""
+        self._register_or_skip(storage)
+        service = self._service(storage, clock)
+        entries = [RegisterEntry("R1", "Claire Robert", [_child(1)]),
+                   RegisterEntry("R2", "Marc Robert", [_child(1), _child(2)]),
+                   RegisterEntry("R3", "Paul Martin", [_child(3)])]
+        letters = {l.display_name: l for l in service.sync_register(
+            SCHOOL, entries, workers=1).letters}
+        marc = letters["Marc Robert"]
+        service.activate(marc.login, marc.provisional_password, STRONG)
+        clock.advance(days=91)
+        dry = service.purge(dry_run=True)
+        report = service.purge()
+        assert attrs.evolve(dry, dry_run=False) == report
+        assert report.deleted == {"unactivated": 1}
+        assert report.account_ids == (letters["Claire Robert"].account_id,)
+        assert report.kept_for_children == 1
+        assert service.children(letters["Paul Martin"].account_id) == (_child(3),)
+        again = service.sync_register(SCHOOL, entries, workers=1)
+        assert [i.external_id for i in again.issued] == ["R1"]
+        assert [c.id for c in service.children(again.letters[0].account_id)] == ["ine-1"]
+
+    def test_a_purged_accounts_register_entries_leave_nothing_that_names_it(
+            self, storage: Storage, clock: FakeClock) -> None:
+        """The register's records, closures and indexes are searched too."""
+        self._register_or_skip(storage)
+        if self.dump_storage(storage) is None:
+            pytest.skip("dump_storage() not implemented for this store")
+        service = self._service(storage, clock, _KEEP_THE_REST)
+        helene = RegisterEntry("PERSONNE-4242", "Hélène Lefèvre", [_child(1)],
+                               email="helene@example.org")
+        marc = RegisterEntry("PERSONNE-77", "Marc Martin", [_child(2)])
+        letters = {l.display_name: l for l in service.sync_register(
+            SCHOOL, [helene, marc], workers=1).letters}
+        for letter in letters.values():
+            service.activate(letter.login, letter.provisional_password, STRONG)
+        gone = letters["Hélène Lefèvre"]
+        service.sync_register(SCHOOL, [helene, marc], workers=1)  # nothing changes
+        clock.advance(days=10)
+        service.sync_register(SCHOOL, [marc], workers=1)  # closes Hélène's account
+        names = [gone.account_id, gone.login, "Hélène Lefèvre", "helene@example.org",
+                 "PERSONNE-4242"]
+        before = self.dump_storage(storage)
+        assert before is not None
+        assert all(name.casefold() in before.casefold() for name in names)
+        clock.advance(days=90)
+        assert service.purge().deleted == {"closed": 1}
+        after = self.dump_storage(storage)
+        assert after is not None
+        left = [name for name in names if name.casefold() in after.casefold()]
+        assert not left, f"{left} still in the store:\n{after}"
+        for kept in (letters["Marc Martin"].account_id, "Marc Martin", "PERSONNE-77"):
+            assert kept.casefold() in after.casefold()
 
     def test_a_purged_account_leaves_nothing_that_names_it(
             self, storage: Storage, clock: FakeClock) -> None:

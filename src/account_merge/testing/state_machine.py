@@ -8,8 +8,11 @@ give each origin letter's children to a new account of their own, named
 after that letter's responsable: no new account ever holds children of
 two origins.  Time passes (up to a year at a step) and the retention
 policy's purge runs, dry or not: it must delete exactly the accounts the
-policy makes due, with the accounts they absorbed, and no live account
-may lose a child; a deleted account's login and passwords open nothing.
+policy makes due (closed ones 90 days after the register closed them),
+with the accounts they absorbed, keep those holding a child their register
+entries list that no account not due holds, and no live account may lose a child;
+a deleted account's login and passwords open nothing, and its register
+entries go with it (listed again, the responsable is new).
 
 On a store with the ``register`` tier it also syncs each establishment's
 register (whole or partial, with names corrected, children added and
@@ -99,6 +102,8 @@ class _Model:
     absorbed_from: AccountStatus | None = None
     #: the last sign-in (or the activation)
     last_sign_in: Any = None
+    #: when the register closed it (None while it is not closed)
+    closed_at: Any = None
 
 
 def build_state_machine(
@@ -499,6 +504,10 @@ def build_state_machine(
             for account_id, m in self.model.items():  # learn what the sync did
                 account = self.service.get_account(account_id)
                 assert account.merged_into == m.merged_into  # a sync never merges
+                if account.status is AccountStatus.CLOSED and m.status is not account.status:
+                    m.closed_at = self.clock()
+                elif account.status is not AccountStatus.CLOSED:
+                    m.closed_at = None
                 m.status = account.status
                 m.display_name = account.display_name  # as the register names them
                 m.children = {a.child.id: (a.via_merge, a.origin_account_id)
@@ -564,6 +573,7 @@ def build_state_machine(
                 password = self.new_password()
                 self.service.activate(claire.login, claire.provisional, password)
                 claire.status, claire.password = AccountStatus.ACTIVE, password
+                claire.last_sign_in = self.clock()
             if (claire.status is not AccountStatus.ACTIVE or marc.merged_into is not None
                     or marc.id == claire.id):
                 return multiple()
@@ -574,25 +584,49 @@ def build_state_machine(
         def time_passes(self, days: int) -> None:
             self.clock.advance(timedelta(days=days))
 
-        @rule(dry_run=st.booleans())
-        def purge(self, dry_run: bool) -> None:
-            """The retention policy's purge deletes exactly the accounts it says, and no
-            live account loses a child.
+        def enrolled(self, m: _Model) -> set[str]:
+            """The children the register entries of *m*'s letters (its own, those it
+            absorbed) list now."""
+            letters = {m.id, *(a.id for a in self.model.values() if a.merged_into == m.id)}
+            return {c for (uai, ext), account in self.entry_account.items() if account in letters
+                    for c in self.register.get(uai, {}).get(ext, set())}
 
-            Due: a letter never activated once it expired (90 days after its
-            issue: the default policy), an ACTIVE account a year after its
-            last sign-in; with each, the accounts it absorbed.
+        def expected_purge(self) -> tuple[set[str], set[str]]:
+            """The accounts a purge deletes, with those they absorbed, and the due ones it
+            keeps for an enrolled child.
+
+            Due: a letter never activated once it expired (90 days after its issue:
+            the default policy), an ACTIVE account a year after its last sign-in, an
+            account the register closed 90 days after its closure.  A due account
+            holding a child its letters' entries list that no account not due holds
+            is kept: taking a child away is the register's job.
             """
             now = self.clock()
             due = {m.id for m in self.model.values()
                    if (m.status is AccountStatus.PROVISIONAL and m.expires_at <= now)
                    or (m.status is AccountStatus.ACTIVE and m.last_sign_in is not None
-                       and m.last_sign_in <= now - timedelta(days=365))}
-            expected = due | {m.id for m in self.model.values() if m.merged_into in due}
+                       and m.last_sign_in <= now - timedelta(days=365))
+                   or (m.status is AccountStatus.CLOSED and m.closed_at is not None
+                       and m.closed_at <= now - timedelta(days=90))}
+            held = {c for m in self.model.values()
+                    if m.role is Role.RESPONSABLE and m.status is not AccountStatus.MERGED
+                    and m.id not in due for c in m.children}
+            kept = {i for i in due
+                    if (set(self.model[i].children) & self.enrolled(self.model[i])) - held}
+            deleted = due - kept
+            return deleted | {m.id for m in self.model.values()
+                              if m.merged_into in deleted}, kept
+
+        @rule(dry_run=st.booleans())
+        def purge(self, dry_run: bool) -> None:
+            """The retention policy's purge deletes exactly the accounts it says
+            (:meth:`expected_purge`), and no live account loses a child."""
+            expected, kept = self.expected_purge()
             before = self.snapshot()
             report = self.service.purge(dry_run=dry_run)
             assert set(report.account_ids) == expected, (report, expected)
             assert len(report.account_ids) == report.accounts == len(expected)
+            assert report.kept_for_children == len(kept), (report, kept)
             if dry_run:
                 assert self.snapshot() == before
                 return
@@ -601,12 +635,21 @@ def build_state_machine(
                 with contextlib.suppress(AccountMergeError):
                     self.service.get_account(account_id)
                     raise AssertionError(f"{account_id} was purged but is still there")
+            # Their register entries went with them: listed again, they are new entries.
+            for (uai, external_id), account_id in list(self.entry_account.items()):
+                if account_id in expected:
+                    del self.entry_account[(uai, external_id)]
+                    self.register.get(uai, {}).pop(external_id, None)
             # Only the children of deleted accounts that no live account holds are gone.
             held = {c for m in self.model.values() if m.status is not AccountStatus.MERGED
                     for c in m.children}
             lost = {c for i in expected for c in self.purged[i].children} - held
             assert self.issued_children - lost == held
             self.issued_children -= lost
+            # No child an entry lists lost by the purge.
+            listed = {c for entries in self.register.values() for kids in entries.values()
+                      for c in kids}
+            assert not listed & lost, (listed, lost)
 
         # -- invariants ----------------------------------------------------------
         @invariant()

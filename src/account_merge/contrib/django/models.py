@@ -474,6 +474,9 @@ class RegisterClosure(models.Model):
     class Meta:
         verbose_name = _("compte fermé")
         verbose_name_plural = _("comptes fermés")
+        # retention: closed accounts found by the time of their closure
+        indexes = [models.Index(fields=["closed_at", "account"],
+                                name="account_merge_closure_time")]
 
     def __str__(self) -> str:
         return f"{self.account_id} ({self.closed_at:%Y-%m-%d})"

@@ -89,7 +89,7 @@ from typing import Any, Final, Self, TypeVar
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q
 from django.db.models.functions import Lower, Substr
 from django.utils.connection import ConnectionDoesNotExist
 
@@ -1301,10 +1301,15 @@ class _DjangoRetention(_DjangoUnitOfWork):
             rows = rows.filter(status=AccountStatus.PROVISIONAL.value,
                                credential__kind=CredentialKind.PROVISIONAL.value,
                                credential__expires_at__lte=_to_db(before))
-        else:
+        elif kind is DueKind.UNUSED:
             field = "last_signed_in_at"
             rows = rows.filter(status=AccountStatus.ACTIVE.value,
                                last_signed_in_at__lte=_to_db(before))
+        else:  # closed by the register, by the closure's time
+            field = "closure__closed_at"
+            rows = rows.filter(status=AccountStatus.CLOSED.value,
+                               closure__closed_at__lte=_to_db(before)).annotate(
+                closed_at=F("closure__closed_at"))
         if after is not None:
             at = _to_db(after[0])
             rows = rows.filter(Q(**{f"{field}__gt": at}) | Q(**{field: at, "id__gt": after[1]}))
@@ -1315,8 +1320,12 @@ class _DjangoRetention(_DjangoUnitOfWork):
         last = None
         if records and len(records) == limit:
             record = records[-1]
-            when = (record.credential.expires_at if kind is DueKind.UNACTIVATED
-                    and record.credential is not None else record.account.last_signed_in_at)
+            when: datetime | None
+            if kind is DueKind.CLOSED:
+                when = _from_db(found[-1].closed_at)  # type: ignore[attr-defined]
+            else:
+                when = (record.credential.expires_at if kind is DueKind.UNACTIVATED
+                        and record.credential is not None else record.account.last_signed_in_at)
             assert when is not None
             last = (when, record.account.id)
         return DuePage(records=records, after=last)
@@ -1394,6 +1403,8 @@ class _DjangoRetention(_DjangoUnitOfWork):
                 return
             m.Receipt.objects.using(db).filter(principal_id__in=ids).delete()
             m.EmailIndexEntry.objects.using(db).filter(account_id__in=ids).delete()
+            m.RegisterEntry.objects.using(db).filter(account_id__in=ids).delete()
+            m.RegisterClosure.objects.using(db).filter(account_id__in=ids).delete()
             children = set(m.ChildLink.objects.using(db).filter(account_id__in=ids)
                            .values_list("child_id", flat=True))
             m.ChildLink.objects.using(db).filter(account_id__in=ids).delete()

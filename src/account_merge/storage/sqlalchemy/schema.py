@@ -30,8 +30,8 @@ What changed since the first release of these tables, and what
 - ``register`` and ``closures`` (tier ``register``, the school's
   register), and the index ``links_origin_idx`` on the links: created;
 - the retention tier: indexes on the times that make rows due (a letter's
-  expiry, the last sign-in, an audit record's time, a counter's last
-  failure), on the login typed in audit records and on the notices'
+  expiry, the last sign-in, a closure's time, an audit record's time, a
+  counter's last failure), on the login typed in audit records and on the notices'
   positions, created on the existing tables.  ``outbox_head`` is also used
   on SQLite now, once the purge deleted events, so that a position is
   never given twice.
@@ -313,7 +313,7 @@ def make_metadata(
         PrimaryKeyConstraint("establishment_uai", "external_id", name=f"{p}register_pkey"),
         Index(f"{p}register_account_id_idx", "account_id"),
     )
-    table(
+    closures = table(
         "closures",
         Column("account_id", _id(), nullable=False),
         Column("establishment_uai", String(16), nullable=False),
@@ -321,7 +321,7 @@ def make_metadata(
         PrimaryKeyConstraint("account_id", name=f"{p}closures_pkey"),
     )
     Index(f"{p}links_origin_idx", links.c.origin_establishment_uai, links.c.child_id)
-    _retention_indexes(p, accounts, credentials, throttles, audit, notices)
+    _retention_indexes(p, accounts, credentials, throttles, audit, notices, closures)
     return md
 
 
@@ -330,7 +330,7 @@ def _key(schema: str | None, name: str) -> str:
 
 
 def _retention_indexes(p: str, accounts: Table, credentials: Table, throttles: Table,
-                       audit: Table, notices: Table) -> None:
+                       audit: Table, notices: Table, closures: Table) -> None:
     """Tier retention: what is due, and what names a login, found without a scan.
 
     Partial indexes are served only to queries that repeat their WHERE with
@@ -350,6 +350,7 @@ def _retention_indexes(p: str, accounts: Table, credentials: Table, throttles: T
     Index(f"{p}audit_login_idx", func.lower(audit.c.login))
     Index(f"{p}throttles_last_failure_idx", throttles.c.last_failure_at)
     Index(f"{p}notices_position_idx", notices.c.position)
+    Index(f"{p}closures_closed_at_idx", closures.c.closed_at, closures.c.account_id)
 
 
 #: The tables with the default prefix, for a host's Alembic ``target_metadata``.

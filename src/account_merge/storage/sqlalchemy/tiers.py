@@ -197,10 +197,16 @@ class RetentionStatements:
             source = c.join(a, a.c.id == c.c.account_id)
             where = [c.c.kind == literal_column(f"'{_PROVISIONAL}'"),
                      a.c.status == literal_column(f"'{AccountStatus.PROVISIONAL.value}'")]
-        else:
+        elif kind is DueKind.UNUSED:
             when, key = a.c.last_signed_in_at, a.c.id
             source = a.outerjoin(c, c.c.account_id == a.c.id)
             where = [a.c.status == literal_column(f"'{AccountStatus.ACTIVE.value}'")]
+        else:  # closed by the register: by the closure's time
+            k = self._t.closures
+            when, key = k.c.closed_at, k.c.account_id
+            source = k.join(a, a.c.id == k.c.account_id).outerjoin(
+                c, c.c.account_id == a.c.id)
+            where = [a.c.status == literal_column(f"'{AccountStatus.CLOSED.value}'")]
 
         def build(_: Any) -> Any:
             conditions = [*where, when <= bindparam("before", type_=when.type)]
@@ -292,6 +298,7 @@ class RetentionStatements:
         if not ids:
             return
         for table, column in ((t.receipts, "principal_id"), (t.email_index, "account_id"),
+                              (t.register, "account_id"), (t.closures, "account_id"),
                               (t.links, "account_id"), (t.credentials, "account_id")):
             conn.execute(self._stmt(conn, f"forget {table.name}",
                                     _deleting(table, column)), {"ids": ids})

@@ -25,7 +25,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='auditentry',
             name='action',
-            field=models.CharField(choices=[('register_establishment', "enregistrement d'établissement"), ('issue', 'émission'), ('activate', 'activation'), ('authenticate', 'connexion'), ('change_password', 'changement de mot de passe'), ('change_email', "changement d'e-mail"), ('merge', 'regroupement'), ('split', 'séparation'), ('request_password_reset', 'demande de réinitialisation'), ('reset_password', 'réinitialisation du mot de passe'), ('request_login_reminder', "demande de rappel d'identifiant"), ('request_email_change', "demande de changement d'e-mail"), ('confirm_email', "confirmation d'e-mail"), ('reissue_letter', 'réédition du courrier'), ('notice', 'message'), ('purge', 'purge')], max_length=32),
+            field=models.CharField(choices=[('register_establishment', "enregistrement d'établissement"), ('issue', 'émission'), ('activate', 'activation'), ('authenticate', 'connexion'), ('change_password', 'changement de mot de passe'), ('change_email', "changement d'e-mail"), ('merge', 'regroupement'), ('split', 'séparation'), ('request_password_reset', 'demande de réinitialisation'), ('reset_password', 'réinitialisation du mot de passe'), ('request_login_reminder', "demande de rappel d'identifiant"), ('request_email_change', "demande de changement d'e-mail"), ('confirm_email', "confirmation d'e-mail"), ('reissue_letter', 'réédition du courrier'), ('notice', 'message'), ('sync_register', 'synchronisation du registre'), ('purge', 'purge')], max_length=32),
         ),
         migrations.AddIndex(
             model_name='account',
@@ -46,5 +46,9 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name='throttle',
             index=models.Index(fields=['last_failure_at'], name='account_merge_throttle_rest'),
+        ),
+        migrations.AddIndex(
+            model_name='registerclosure',
+            index=models.Index(fields=['closed_at', 'account'], name='account_merge_closure_time'),
         ),
     ]
