@@ -103,3 +103,15 @@ def test_reports_progress_once_per_letter_before_yielding_it(workers: int) -> No
 
     assert reported == [1, 2, 3, 4, 5]
     assert seen_when_yielded == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("workers", [0, -1, 257, 2_147_483_647, True, 2.0])
+def test_a_number_of_workers_out_of_bounds_is_refused_before_any_work(workers: object) -> None:
+    service = cheap_service()
+    service.register_establishment(COLLEGE)
+    with pytest.raises(InvalidInput) as refused:
+        list(service.issue_accounts(COLLEGE, [family(1)], workers=workers))  # type: ignore[arg-type]
+    assert refused.value.field == "workers"
+    with pytest.raises(InvalidInput):
+        service.sync_register(COLLEGE, [], workers=workers)  # type: ignore[arg-type]
+    assert [r.action.value for r in service.audit_trail(None, 10)] == ["register_establishment"]

@@ -50,7 +50,7 @@ def test_the_preview_is_a_table_and_nothing_is_applied_without_a_yes(
     report, out, _ = run(service, REGISTER, tmp_path / "courriers", answer=False)
 
     assert report is None
-    assert out.splitlines()[0] == ("Registre de 0860001J Collège Jean Moulin (complet) : "
+    assert out.splitlines()[0] == ("Registre de 0860001J Collège Jean Moulin (complet)\xa0: "
                                    "aperçu")
     assert "Courriers (nouveaux responsables)" in out and "R1  Claire Robert  (Dylan Robert)" \
         in out
@@ -67,7 +67,7 @@ def test_a_yes_applies_and_writes_each_letter_with_its_index(
     assert report is not None and len(report.letters) == 2  # type: ignore[attr-defined]
     assert sorted(p.name for p in folder.iterdir()) == [
         "claire.robert.txt", "courriers.csv", "paul.martin.txt"]
-    assert "Mot de passe * :" in (folder / "claire.robert.txt").read_text(encoding="utf-8")
+    assert "Mot de passe *\xa0:" in (folder / "claire.robert.txt").read_text(encoding="utf-8")
     index = (folder / "courriers.csv").read_text(encoding="utf-8")
     assert "0860001J,R1,Claire Robert,claire.robert," in index
     assert ": appliqué" in out and "2 courrier(s) écrit(s)" in out

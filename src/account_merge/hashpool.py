@@ -28,7 +28,7 @@ from account_merge.credentials import Argon2Verifier
 from account_merge.credentials import _encode as encode_password  # the verifier's own encoding
 from account_merge.ports import CredentialVerifier
 
-__all__ = ["default_workers", "hash_passwords"]
+__all__ = ["MAX_WORKERS", "default_workers", "hash_passwords"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,10 @@ T = TypeVar("T")
 _IN_FLIGHT_PER_WORKER = 4
 
 _worker_hasher: argon2.PasswordHasher | CredentialVerifier | None = None
+
+
+#: The most worker processes a batch may ask for (more is a mistake, not a machine).
+MAX_WORKERS = 256
 
 
 def default_workers() -> int:
@@ -78,8 +82,8 @@ def hash_passwords(
     then the error is raised.
     """
     count = default_workers() if workers is None else workers
-    if count < 1:
-        raise ValueError("workers must be at least 1")
+    if not 1 <= count <= MAX_WORKERS:
+        raise ValueError(f"workers must be from 1 to {MAX_WORKERS}")
     if count == 1:
         for item, password in items:
             yield item, password, verifier.hash(password)

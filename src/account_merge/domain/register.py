@@ -260,7 +260,10 @@ class SyncReport:
     corrected; ``adopted``: letters the school had issued before keeping
     its register here, now known by the responsable's id (no new letter);
     ``unchanged``: how many entries were already as the store had them;
-    ``entries``: how many responsables the register lists.
+    ``entries``: how many responsables the register lists.  Attached and
+    detached children are listed by external id, then child id, closed
+    and reopened accounts by name, adopted letters by external id: the
+    same on every store.
     """
 
     establishment_uai: str

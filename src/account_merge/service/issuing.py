@@ -34,7 +34,7 @@ from account_merge.domain.passwords import generate_provisional_password
 from account_merge.domain.secret import Secret
 from account_merge.domain.validation import check_text
 from account_merge.exceptions import ConcurrentUpdate, InvalidInput
-from account_merge.hashpool import hash_passwords
+from account_merge.hashpool import MAX_WORKERS, hash_passwords
 from account_merge.ports.storage import NOTHING, ChangeSet, Fetch, Fetched, NewAccount, UnitOfWork
 from account_merge.service.arguments import establishment_arg
 from account_merge.service.context import Context, logger
@@ -184,8 +184,8 @@ def issue_accounts(
     """One account per ``(display_name, children)`` family, hashing on every core."""
     establishment_arg(establishment)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise InvalidInput("workers", "must be a positive int or None")
+                                or not 1 <= workers <= MAX_WORKERS):
+        raise InvalidInput("workers", f"must be an int from 1 to {MAX_WORKERS}, or None")
     if isinstance(families, (str, bytes)) or not isinstance(families, Iterable):
         raise InvalidInput("families", "must be an iterable of (display_name, children)")
 

@@ -62,7 +62,7 @@ from account_merge.domain.register import (
     plan_holder,
 )
 from account_merge.exceptions import ConcurrentUpdate, InvalidInput, InvalidRegister
-from account_merge.hashpool import hash_passwords
+from account_merge.hashpool import MAX_WORKERS, hash_passwords
 from account_merge.ports.register import (
     Closure,
     Register,
@@ -96,8 +96,8 @@ def sync_register(
         if not isinstance(flag, bool):
             raise InvalidInput(name, "must be True or False")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise InvalidInput("workers", "must be a positive int or None")
+                                or not 1 <= workers <= MAX_WORKERS):
+        raise InvalidInput("workers", f"must be an int from 1 to {MAX_WORKERS}, or None")
     with ctx.reading() as uow:
         require_tier(uow, Register)
     mode = SyncMode.PARTIAL if partial else SyncMode.FULL
@@ -158,7 +158,9 @@ class _Sync:
         self.adopt()
         self.settle_accounts()
         self.issue(workers, on_letter)
-        parts: dict[str, Any] = {name: tuple(items) for name, items in self.parts.items()}
+        parts: dict[str, Any] = {name: tuple(sorted(items, key=_in_register_order))
+                                 if name in _SORTED_PARTS else tuple(items)
+                                 for name, items in self.parts.items()}
         self.report = attrs.evolve(self.report, unchanged=self.found.unchanged, **parts)
         if not self.dry_run:
             self.record_sync()
@@ -498,6 +500,21 @@ class _Sync:
             audit=(AuditRecord(at=now, action=AuditAction.SYNC_REGISTER, outcome="success",
                                actor=self.actor, detail=f"{self.mode.value}: " + ", ".join(
                                    f"{k} {v}" for k, v in counts.items())),)))
+
+
+#: The parts of a report given in the register's order, whatever the store's ids.
+_SORTED_PARTS = ("attached", "detached", "closed", "reopened", "adopted")
+
+
+def _in_register_order(item: object) -> tuple[str, ...]:
+    """By external id, then child id (then name): a report reads the same on every store."""
+    if isinstance(item, ChildChange):
+        return (item.external_id or "", item.child.id)
+    if isinstance(item, AccountChange):
+        return ("", "", item.display_name)
+    if isinstance(item, tuple):  # adopted: (external id, account id)
+        return (str(item[0]),)
+    return ()
 
 
 @attrs.define
