@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in kinds and not (args.smoke or args.quick):
         kinds.remove("memory")  # its due accounts are found by a scan: too slow at a million
     figures: dict[str, dict[str, Any]] = {}
-    print("P6 retention: purging the never-activated tenth of a store "
+    print("P7 retention: purging the never-activated tenth of a store "
           "(figures printed, never checked)")
     for kind in kinds:
         for size in sizes:
