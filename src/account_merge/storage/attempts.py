@@ -114,7 +114,7 @@ from account_merge.domain.retention import (
 from account_merge.domain.throttle import ThrottleState
 from account_merge.exceptions import AccountMergeError, ConcurrentUpdate, InvalidInput, StorageError
 from account_merge.ports.storage import ChangeSet, Fetch
-from account_merge.storage.sqlite import _translate
+from account_merge.storage.sqlite.errors import _translate
 
 __all__ = [
     "APPLICATION_ID",
