@@ -436,6 +436,8 @@ def test_the_sqlite_store_finds_what_is_due_through_its_indexes(tmp_path: Path) 
         uow.end_audit(T0, 10, pseudonymise=True)
         uow.delete_counters(T0, 10)
         uow.outbox_page(0, 10)
+        uow.outbox_page(0, 10, published=True)  # past many unpublished entries: its index
+        uow.outbox_page(0, 10, published=False)
         uow.delete_outbox([1])
         uow.held_about(forgotten([account()]))
         uow._connection().set_trace_callback(None)
@@ -448,3 +450,7 @@ def test_the_sqlite_store_finds_what_is_due_through_its_indexes(tmp_path: Path) 
              for statement, plan in plans.items()}
     assert len(plans) > 15
     assert not any(scans.values()), {s: p for s, p in scans.items() if p}
+    # The outbox by publication: each through its partial index, not the rowid past the others.
+    for flag, index in (("1", "outbox_published"), ("0", "outbox_unpublished")):
+        (plan,) = [p for s, p in plans.items() if f"AND published = {flag} ORDER BY" in s]
+        assert any(f"USING INDEX {index}" in step for step in plan), plan
