@@ -62,12 +62,12 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     false,
-    true,
     func,
     insert,
     inspect,
     literal_column,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql

@@ -9,7 +9,7 @@ partial), the outbox's primary key, and for retention the indexes of
 ``_retention_indexes`` (the queries repeat the WHERE of the partial ones
 with the same literals, so that PostgreSQL's planner can use them).  What
 the attempts journal of a SQLite database keeps is the unit of work's
-business (:mod:`~account_merge.storage.sqlalchemy.unit_of_work`).
+business (:mod:`~account_merge.storage.sqlalchemy.tier_methods`).
 """
 
 from __future__ import annotations
