@@ -23,6 +23,10 @@ each read as the rules of :mod:`account_merge.domain.register`:
 A dry run does steps 1 to 5 without writing or hashing, and returns the
 same report.  The store needs the ``register`` tier
 (:class:`~account_merge.ports.register.Register`).
+
+Over 500 lines because the sync is one use case whose steps share one state
+(the staged register, the report being built); each step is a method that
+reads top to bottom.
 """
 
 from __future__ import annotations

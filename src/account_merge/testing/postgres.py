@@ -27,6 +27,10 @@ user. Authentication is ``trust`` on a socket only that user (and root)
 can reach, so no password is ever made or shown.
 
 Nothing here imports pytest, and nothing runs or connects at import time.
+
+Over 500 lines because finding a server (the system's or the pip wheel's),
+starting it privately and cleaning up after a crash are one job whose parts
+only make sense together.
 """
 
 from __future__ import annotations

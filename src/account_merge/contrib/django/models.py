@@ -9,6 +9,9 @@ Django) hashes, and the admin never shows those.
 
 Times are stored as UTC (naive UTC when the project has ``USE_TZ =
 False``); the domain gets them back as aware UTC datetimes.
+
+Over 500 lines because Django wants an app's models in one ``models``
+module; each model is short.
 """
 
 from __future__ import annotations

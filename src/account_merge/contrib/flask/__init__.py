@@ -86,6 +86,10 @@ host's template or as text (:func:`error_response`).
 ``docs/integrations/flask.md``).
 In session mode they use :attr:`AccountMergeState.command_service`, whose
 use cases commit their own transactions.
+
+Over 500 lines because the extension's configuration keys, its state, its
+error answers and the building of its store are one public surface; the
+commands are apart, in :mod:`account_merge.contrib.flask.commands`.
 """
 
 from __future__ import annotations
