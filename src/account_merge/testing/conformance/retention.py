@@ -1,0 +1,651 @@
+"""Optional tier ``retention``: its mixin, :class:`RetentionContract`.
+
+Longer than 500 lines because it is one mixin class whose tests of the tier
+and of the purge on the store share its helpers, and cutting it would mean new
+mixin classes rather than a move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+import pytest
+
+from account_merge.domain.account import AccountStatus, Credential, CredentialKind
+from account_merge.domain.audit import AuditAction, AuditRecord
+from account_merge.domain.events import AccountActivated, AccountPurged
+from account_merge.domain.notices import NoticeKind, NoticeState, NoticeStatus
+from account_merge.domain.receipts import MergeReceipt
+from account_merge.domain.register import RegisterEntry
+from account_merge.domain.retention import (
+    DELETED_ACCOUNT,
+    ERASED_HASH,
+    RetentionPolicy,
+    forgotten,
+    pseudonymised,
+)
+from account_merge.domain.throttle import ThrottleState
+from account_merge.exceptions import AccountMergeError, AccountNotFound
+from account_merge.ports.register import Closure, Register, RegisterChanges, RegisterFetch
+from account_merge.ports.retention import DueKind, DuePage
+from account_merge.ports.storage import ChangeSet, Fetch, NewAccount, Storage, StoredReceipt
+from account_merge.ports.tiers import EmailIndex, Notices, Retention, require_tier, supports
+from account_merge.service import MergeService
+from account_merge.testing import CapturingMailer, FakeClock, fast_verifier, race
+from account_merge.testing.conformance.harness import (
+    HASH,
+    OTHER_SCHOOL,
+    SCHOOL,
+    STRONG,
+    T0,
+    StorageHarness,
+    _account,
+    _child,
+    _link,
+    _new,
+)
+from account_merge.testing.conformance.recovery import _LINKS, _deliver_notices_or_skip, _token
+
+# -- retention: what is due found through indexes, deleted in bulk --------------------------
+_RETENTION_KEY = "a secret key of the conformance suite"
+_DAY = timedelta(days=1)
+#: A policy that keeps audit records, events and counters long: what goes is what
+#: deleting an account deletes, not what their own limits would.
+_KEEP_THE_REST = RetentionPolicy(audit=timedelta(days=3 * 365), published_events=timedelta(
+    days=3 * 365), unpublished_events=None, counters=timedelta(days=3 * 365))
+
+
+def _retention_tier(storage: Storage) -> None:
+    with storage.unit_of_work(write=False) as uow:
+        if not supports(uow, Retention):
+            pytest.skip("this store lacks the retention tier")
+
+
+def _in_tier(storage: Storage, call: Callable[[Retention], Any], *, commit: bool = True) -> Any:
+    """*call* on the tier of a writing unit of work, committed (or left to roll back)."""
+    with storage.unit_of_work() as uow:
+        result = call(require_tier(uow, Retention))
+        if commit:
+            uow.commit()
+    return result
+
+
+class RetentionContract(StorageHarness):
+    """Tier ``retention``: what is due, found in pages; deleted in bulk, and nothing else.
+
+    :meth:`test_a_purged_account_leaves_nothing_that_names_it` reads every
+    row the store holds, through :meth:`StorageHarness.dump_storage` (it is
+    skipped when the hook gives None), so that a table added later is
+    looked at too.
+    """
+
+    # -- the tier ---------------------------------------------------------------------------
+    def test_accounts_due_come_by_their_time_then_id_a_page_at_a_time(
+            self, storage: Storage) -> None:
+        _retention_tier(storage)
+
+        def letter(n: int, expires: datetime) -> Credential:
+            return Credential(f"acc{n}", HASH, CredentialKind.PROVISIONAL, expires)
+
+        active = AccountStatus.ACTIVE
+        self.apply(storage, _new(1, 2, 3, 4, 5) + ChangeSet(
+            new_accounts=[
+                NewAccount(_account(6, status=active, last_signed_in_at=T0 + _DAY), "parent.6"),
+                NewAccount(_account(7, status=active, last_signed_in_at=T0), "parent.7"),
+                NewAccount(_account(8, status=active), "parent.8"),
+                NewAccount(_account(9, status=AccountStatus.MERGED, merged_into="acc6"),
+                           "parent.9")],
+            credentials=[letter(3, T0 + _DAY), letter(2, T0 + _DAY), letter(1, T0),
+                         letter(4, T0 + 30 * _DAY), letter(9, T0),
+                         Credential("acc5", HASH, CredentialKind.PASSWORD)]))
+        with storage.unit_of_work(write=False) as uow:
+            tier: Retention = require_tier(uow, Retention)
+            first = tier.accounts_due(DueKind.UNACTIVATED, T0 + 2 * _DAY, None, 2)
+            assert [r.account.id for r in first.records] == ["acc1", "acc2"]
+            assert first.records[1].credential == letter(2, T0 + _DAY)
+            assert first.after == (T0 + _DAY, "acc2")
+            last = tier.accounts_due(DueKind.UNACTIVATED, T0 + 2 * _DAY, first.after, 2)
+            assert [r.account.id for r in last.records] == ["acc3"]
+            assert last.after is None
+            unused = tier.accounts_due(DueKind.UNUSED, T0 + _DAY, None, 10)
+            assert [r.account.id for r in unused.records] == ["acc7", "acc6"]
+            assert [r.account.id for r in tier.accounts_due(
+                DueKind.UNUSED, T0, None, 10).records] == ["acc7"]
+
+    def test_closed_accounts_are_due_by_their_closure_then_id_a_page_at_a_time(
+            self, storage: Storage) -> None:
+        """Only CLOSED accounts with a closure are listed (a store without the register
+        tier lists none)."""
+        _retention_tier(storage)
+        with storage.unit_of_work(write=False) as uow:
+            if not supports(uow, Register):
+                assert require_tier(uow, Retention).accounts_due(
+                    DueKind.CLOSED, T0 + 365 * _DAY, None, 10) == DuePage((), None)
+                return
+        closed = AccountStatus.CLOSED
+        self.apply(storage, _new(1, 2, 3, 4, status=closed) + _new(5, status=AccountStatus.ACTIVE)
+                   + ChangeSet(credentials=[Credential("acc1", HASH, CredentialKind.PASSWORD)]))
+        with storage.unit_of_work() as uow:
+            require_tier(uow, Register).register_apply(RegisterChanges(close=[
+                Closure("acc3", SCHOOL.uai, T0 + _DAY), Closure("acc1", SCHOOL.uai, T0 + _DAY),
+                Closure("acc2", OTHER_SCHOOL.uai, T0), Closure("acc5", SCHOOL.uai, T0)]))
+            uow.commit()
+        with storage.unit_of_work(write=False) as uow:
+            tier: Retention = require_tier(uow, Retention)
+            first = tier.accounts_due(DueKind.CLOSED, T0 + _DAY, None, 2)
+            assert [r.account.id for r in first.records] == ["acc2", "acc1"]
+            assert first.records[1].credential == Credential("acc1", HASH,
+                                                             CredentialKind.PASSWORD)
+            assert first.records[0].account.status is closed
+            assert first.after == (T0 + _DAY, "acc1")
+            last = tier.accounts_due(DueKind.CLOSED, T0 + _DAY, first.after, 2)
+            assert [r.account.id for r in last.records] == ["acc3"]
+            assert last.after is None
+            assert [r.account.id for r in tier.accounts_due(
+                DueKind.CLOSED, T0, None, 10).records] == ["acc2"]
+
+    def test_expired_hashes_are_erased_once_and_keep_their_expiry(self, storage: Storage) -> None:
+        """An absorbed account's expired letter goes whole: nothing needs its date."""
+        _retention_tier(storage)
+        expiries = {1: T0, 2: T0 + _DAY, 4: T0 - _DAY, 5: T0}
+        self.apply(storage, _new(1, 2, 3, 4) + ChangeSet(
+            new_accounts=[NewAccount(_account(6, status=AccountStatus.ACTIVE), "parent.6"),
+                          NewAccount(_account(5, status=AccountStatus.MERGED,
+                                              merged_into="acc6"), "parent.5")],
+            credentials=[*(Credential(f"acc{n}", HASH, CredentialKind.PROVISIONAL, at)
+                           for n, at in expiries.items()),
+                         Credential("acc3", HASH, CredentialKind.PASSWORD)]))
+        assert _in_tier(storage, lambda tier: tier.erase_hashes(T0, 1)) == 1
+        assert _in_tier(storage, lambda tier: tier.erase_hashes(T0, 10)) == 2
+        assert _in_tier(storage, lambda tier: tier.erase_hashes(T0, 10)) == 0
+        assert _in_tier(storage, lambda tier: tier.erase_hashes(T0 + _DAY, 10),
+                        commit=False) == 1  # rolled back
+        found = self.fetch(storage, Fetch(accounts=["acc1", "acc2", "acc3", "acc4",
+                                                    "acc5"])).accounts
+        for n in (1, 4):
+            assert found[f"acc{n}"].credential == Credential(
+                f"acc{n}", ERASED_HASH, CredentialKind.PROVISIONAL, expiries[n])
+        assert found["acc5"].credential is None
+        assert found["acc2"].credential.password_hash == HASH
+        assert found["acc3"].credential.password_hash == HASH
+
+    def test_forget_deletes_the_accounts_and_what_names_them_and_nothing_else(
+            self, storage: Storage) -> None:
+        _retention_tier(storage)
+        claire = _account(1, status=AccountStatus.ACTIVE, email="claire@example.org")
+        absorbed = _account(2, status=AccountStatus.MERGED, merged_into="acc1")
+        kept = _account(3, status=AccountStatus.ACTIVE, email="marc@example.org")
+        gone = forgotten([claire, absorbed])
+        counters = [ThrottleState(key, 1, T0, (T0,)) for key in (
+            *gone.counter_keys, "signin:parent.1:-", "signin:parent.1:a1b2",
+            "signin:parent.10:-", "merge:parent.3", "principal:acc3")]
+        receipt = MergeReceipt("acc1", "acc2", (_child(2),), (_child(1), _child(2)))
+        split = f"establishment:{OTHER_SCHOOL.uai}"
+        records = [
+            AuditRecord(T0, AuditAction.AUTHENTICATE, "success", "acc1", "acc1"),
+            AuditRecord(T0, AuditAction.AUTHENTICATE, "invalid_credentials", login="PARENT.1"),
+            AuditRecord(T0, AuditAction.REQUEST_PASSWORD_RESET, "success",
+                        login="Claire@Example.org"),
+            AuditRecord(T0, AuditAction.ISSUE, "success", f"establishment:{SCHOOL.uai}",
+                        "acc2", "parent.2"),
+            AuditRecord(T0, AuditAction.SPLIT, "success", split, "acc3", None,
+                        "new account acc1"),
+            AuditRecord(T0, AuditAction.AUTHENTICATE, "invalid_credentials", login="parent.10"),
+            AuditRecord(T0, AuditAction.MERGE, "success", "acc3", "acc3", "parent.3"),
+        ]
+        self.apply(storage, ChangeSet(
+            new_accounts=[NewAccount(a, a.login) for a in (claire, absorbed, kept)],
+            credentials=[Credential(i, HASH, CredentialKind.PASSWORD)
+                         for i in ("acc1", "acc2", "acc3")],
+            link=[_link("acc1", 1), _link("acc1", 2), _link("acc3", 2), _link("acc3", 3)],
+            throttles=counters,
+            receipts=[StoredReceipt("acc1", "k1", "parent.2", receipt),
+                      StoredReceipt("acc3", "k2", "parent.9", receipt)],
+            audit=records))
+        with storage.unit_of_work() as uow:
+            if supports(uow, EmailIndex):
+                index: EmailIndex = require_tier(uow, EmailIndex)
+                index.index_email("acc1", "claire@example.org")
+                index.index_email("acc3", "marc@example.org")
+                uow.commit()
+        with storage.unit_of_work(write=False) as uow:
+            held = require_tier(uow, Retention).held_about(gone)
+        assert list(held.audit) == records[:5]  # the split's names acc1, made then
+        assert {c.key for c in held.counters} == {
+            *gone.counter_keys, "signin:parent.1:-", "signin:parent.1:a1b2"}
+        assert list(held.receipts) == [("acc1", "k1", receipt)]
+
+        _in_tier(storage, lambda tier: tier.forget(gone))
+
+        fetched = self.fetch(storage, Fetch(
+            accounts=["acc1", "acc2", "acc3"], logins=["parent.1", "parent.2"],
+            links=["acc1", "acc3"], absorbed=["acc1"],
+            throttles=[c.key for c in counters], receipts=[("acc1", "k1"), ("acc3", "k2")]))
+        assert set(fetched.accounts) == {"acc3"}
+        assert fetched.by_login == {}
+        assert fetched.links == {"acc1": (), "acc3": (_link("acc3", 2), _link("acc3", 3))}
+        assert fetched.absorbed == {"acc1": ()}
+        assert {k for k, state in fetched.throttles.items() if state.consecutive} == {
+            "signin:parent.10:-", "merge:parent.3", "principal:acc3"}
+        assert set(fetched.receipts) == {("acc3", "k2")}
+        with storage.unit_of_work(write=False) as uow:
+            if supports(uow, EmailIndex):
+                index = require_tier(uow, EmailIndex)
+                assert index.accounts_by_email("claire@example.org", 10) == []
+                assert len(index.accounts_by_email("marc@example.org", 10)) == 1
+            held = require_tier(uow, Retention).held_about(gone)
+            trail = uow.audit_records(None, 100)
+        assert held.audit == held.counters == held.receipts == ()
+        assert trail == [
+            pseudonymised(records[0], SCHOOL.uai),
+            pseudonymised(records[1], None),
+            pseudonymised(records[2], None),
+            pseudonymised(records[3], SCHOOL.uai),
+            attrs.evolve(records[4], detail=f"new account {DELETED_ACCOUNT}"),
+            records[5], records[6],
+        ]
+        assert trail[3].actor == f"establishment:{SCHOOL.uai}"
+        assert trail[0].detail == f"pseudonymised; establishment {SCHOOL.uai}"
+
+    def test_forget_is_rolled_back_with_its_unit_of_work(self, storage: Storage) -> None:
+        _retention_tier(storage)
+        self.apply(storage, _new(1) + ChangeSet(
+            link=[_link("acc1", 1)],
+            audit=[AuditRecord(T0, AuditAction.ISSUE, "success", None, "acc1", "parent.1")]))
+        _in_tier(storage, lambda tier: tier.forget(forgotten([_account(1)])), commit=False)
+        assert set(self.fetch(storage, Fetch(accounts=["acc1"])).accounts) == {"acc1"}
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.audit_records("acc1", 10)[0].login == "parent.1"
+
+    def test_audit_records_end_oldest_first_deleted_or_pseudonymised(
+            self, storage: Storage) -> None:
+        _retention_tier(storage)
+        records = [
+            AuditRecord(T0, AuditAction.SPLIT, "nothing_to_split",
+                        f"establishment:{SCHOOL.uai}"),
+            AuditRecord(T0 + _DAY, AuditAction.AUTHENTICATE, "success", "acc1", "acc1"),
+            AuditRecord(T0 + 2 * _DAY, AuditAction.AUTHENTICATE, "invalid_credentials",
+                        login="parent.1"),
+            AuditRecord(T0 + 3 * _DAY, AuditAction.AUTHENTICATE, "success", "acc1", "acc1"),
+        ]
+        self.apply(storage, _new(1) + ChangeSet(audit=records))
+        before = T0 + 3 * _DAY
+        assert _in_tier(storage, lambda t: t.end_audit(before, 1, pseudonymise=True)) == 1
+        with storage.unit_of_work(write=False) as uow:  # the oldest that names someone first
+            assert uow.audit_records(None, 10)[1:3] == [pseudonymised(records[1], SCHOOL.uai),
+                                                        records[2]]
+        assert _in_tier(storage, lambda t: t.end_audit(before, 10, pseudonymise=True)) == 1
+        assert _in_tier(storage, lambda t: t.end_audit(before, 10, pseudonymise=True)) == 0
+        pseudonymous = [records[0], pseudonymised(records[1], SCHOOL.uai),
+                        pseudonymised(records[2], None), records[3]]
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.audit_records(None, 10) == pseudonymous
+        assert _in_tier(storage, lambda t: t.end_audit(before, 2, pseudonymise=False)) == 2
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.audit_records(None, 10) == pseudonymous[2:]
+        assert _in_tier(storage, lambda t: t.end_audit(before, 10, pseudonymise=False)) == 1
+        with storage.unit_of_work(write=False) as uow:
+            assert uow.audit_records(None, 10) == records[3:]
+
+    def test_the_outbox_is_read_by_position_and_a_deleted_position_is_never_given_again(
+            self, storage: Storage) -> None:
+        _retention_tier(storage)
+        self.apply(storage, ChangeSet(events=[AccountActivated(T0, f"a{n}")
+                                              for n in range(1, 6)]))
+        with storage.unit_of_work(write=False) as uow:
+            first = uow.unpublished(1)[0].position
+        positions = list(range(first, first + 5))
+        self.apply(storage, ChangeSet(published=positions[1:3]))
+        with storage.unit_of_work(write=False) as uow:
+            tier: Retention = require_tier(uow, Retention)
+            assert [e.position for e in tier.outbox_page(0, 10)] == positions
+            assert [e.position for e in tier.outbox_page(0, 10, published=True)] == \
+                positions[1:3]
+            assert [e.position for e in tier.outbox_page(0, 10, published=False)] == [
+                positions[0], *positions[3:]]
+            page = tier.outbox_page(positions[1], 2)
+            assert [(e.position, e.event) for e in page] == [
+                (positions[2], AccountActivated(T0, "a3")),
+                (positions[3], AccountActivated(T0, "a4"))]
+        with storage.unit_of_work() as uow:
+            notices = supports(uow, Notices)
+            if notices:
+                tier_notices: Notices = require_tier(uow, Notices)
+                tier_notices.add_notices([
+                    NoticeState(f"{positions[3]}.owner", positions[3], "owner"),
+                    NoticeState(f"{positions[2]}.owner", positions[2], "owner",
+                                NoticeStatus.SENT)], positions[-1])
+                uow.commit()
+        assert _in_tier(storage, lambda t: t.delete_outbox(
+            [positions[2], positions[3], positions[4], 10**9])) == (2 if notices else 3)
+        self.apply(storage, ChangeSet(events=[AccountActivated(T0, "a6")]))
+        with storage.unit_of_work(write=False) as uow:
+            left = require_tier(uow, Retention).outbox_page(0, 10)
+            if notices:
+                pending = require_tier(uow, Notices).pending_notices(10)
+                assert [s.position for s, _ in pending] == [positions[3]]
+        assert [e.position for e in left] == [
+            *positions[:2], *([positions[3]] if notices else []), positions[4] + 1]
+        everything = [e.position for e in left]
+        self.apply(storage, ChangeSet(published=everything))
+        with storage.unit_of_work() as uow:
+            if notices:
+                require_tier(uow, Notices).update_notices([NoticeState(
+                    f"{positions[3]}.owner", positions[3], "owner", NoticeStatus.SENT)])
+            require_tier(uow, Retention).delete_outbox(everything)
+            uow.commit()
+        self.apply(storage, ChangeSet(events=[AccountActivated(T0, "a7")]))
+        with storage.unit_of_work(write=False) as uow:
+            assert [e.position for e in uow.unpublished(10)] == [positions[4] + 2]
+
+    def test_counters_at_rest_are_deleted(self, storage: Storage) -> None:
+        _retention_tier(storage)
+        old, recent = T0 - 31 * _DAY, T0 - _DAY
+        self.apply(storage, ChangeSet(throttles=[
+            ThrottleState("signin:old:-", 3, old, (old,)),
+            ThrottleState("signin:older:-", 1, old - _DAY, (old - _DAY,)),
+            ThrottleState("signin:recent:-", 1, recent, (recent,)),
+            ThrottleState("signin:cleared:-")]))
+        assert _in_tier(storage, lambda t: t.delete_counters(T0 - 30 * _DAY, 2)) == 2
+        assert _in_tier(storage, lambda t: t.delete_counters(T0 - 30 * _DAY, 10)) == 1
+        keys = ["signin:old:-", "signin:older:-", "signin:recent:-", "signin:cleared:-"]
+        found = self.fetch(storage, Fetch(throttles=keys)).throttles
+        assert [k for k in keys if found[k].consecutive] == ["signin:recent:-"]
+
+    # -- the purge on this store --------------------------------------------------------------
+    def _service(self, storage: Storage, clock: FakeClock,
+                 retention: RetentionPolicy | None = None) -> MergeService:
+        made = MergeService(storage, fast_verifier(), clock, secret_key=_RETENTION_KEY,
+                            links=_LINKS, retention=retention)
+        for school in (SCHOOL, OTHER_SCHOOL):
+            made.register_establishment(school)
+        return made
+
+    def test_a_purge_deletes_each_account_when_the_policy_says(
+            self, storage: Storage, clock: FakeClock) -> None:
+        _retention_tier(storage)
+        service = self._service(storage, clock)
+        never = service.issue_account(SCHOOL, "Paul Martin", [_child(1)])
+        used_once = self.family(service, "Inès Durand", kids=(2,))[0]
+        principal, (letter,) = self.family(service, "Claire Robert", kids=(3, 4))
+        service.merge(principal.id, letter.login, letter.provisional_password)
+        clock.advance(days=89)
+        service.authenticate(principal.login, STRONG)
+        assert service.purge().accounts == 0
+        clock.advance(days=1)  # the letters expire: 90 days after their issue
+        report = service.purge()
+        assert report.deleted == {"unactivated": 1}
+        assert report.account_ids == (never.account_id,)
+        assert report.erased_hashes == 2  # the letter never used, and the merged one's
+        with pytest.raises(AccountMergeError):
+            service.get_account(never.account_id)
+        clock.set(T0 + 365 * _DAY - timedelta(seconds=1))
+        assert service.purge().accounts == 0
+        clock.set(T0 + 365 * _DAY)  # used_once signed in last at its activation
+        assert service.purge().deleted == {"unused": 1}
+        assert service.resolve(letter.account_id).id == principal.id  # the redirect stays
+        clock.set(T0 + (89 + 365) * _DAY)
+        report = service.purge()
+        assert report.deleted == {"unused": 1, "absorbed": 1}
+        assert set(report.account_ids) == {principal.id, letter.account_id}
+        for gone in (used_once.id, principal.id, letter.account_id):
+            with pytest.raises(AccountMergeError):
+                service.get_account(gone)
+        assert service.purge().accounts == 0
+
+    def test_a_dry_run_reports_what_the_purge_deletes_and_changes_nothing(
+            self, storage: Storage, clock: FakeClock) -> None:
+        _retention_tier(storage)
+        service = self._service(storage, clock)
+        letters = [service.issue_account(SCHOOL, f"Parent Numéro {n}", [_child(n)])
+                   for n in range(1, 4)]
+        principal = self.family(service, kids=(4,))[0]
+        service.merge(principal.id, letters[0].login, letters[0].provisional_password)
+        clock.advance(days=400)
+        before = self.dump_storage(storage)
+        dry = service.purge(dry_run=True)
+        assert dry.dry_run
+        if before is not None:
+            assert self.dump_storage(storage) == before
+        assert service.get_account(letters[1].account_id)
+        done = service.purge()
+        assert attrs.evolve(dry, dry_run=False) == done
+        assert done.deleted == {"unactivated": 2, "unused": 1, "absorbed": 1}
+
+    def test_two_purges_at_once_delete_each_account_once(
+            self, storage: Storage, clock: FakeClock) -> None:
+        _retention_tier(storage)
+        service = self._service(storage, clock, RetentionPolicy(batch=2))
+        ids = [service.issue_account(SCHOOL, f"Parent Numéro {n}", [_child(n)]).account_id
+               for n in range(1, 8)]
+        clock.advance(days=91)
+        reports = race(2, lambda _: service.purge(), catch=())
+        assert sorted(i for r in reports for i in r.account_ids) == sorted(ids), reports
+        assert service.purge().accounts == 0
+
+    def test_the_parents_data_lists_everything_the_store_holds_about_the_account(
+            self, storage: Storage, clock: FakeClock) -> None:
+        _retention_tier(storage)
+        service = self._service(storage, clock)
+        principal, (letter,) = self.family(service, kids=(1, 2))
+        service.authenticate(principal.login, STRONG, client="203.0.113.7")
+        with contextlib.suppress(AccountMergeError):
+            service.authenticate(principal.login.upper(), "WRONG-password-1", client="x")
+        service.merge(principal.id, letter.login, letter.provisional_password, "idem-1")
+        data = service.export_personal_data(principal.id)
+        assert json.loads(json.dumps(data)) == data
+        assert data["format"] == "account_merge.personal_data/1"
+        assert data["account"]["login"] == principal.login
+        assert data["credential"] == {"kind": "password", "expires_at": None,
+                                      "letter_issued_at": None}
+        assert [c["id"] for c in data["children"]] == ["ine-1", "ine-2"]
+        assert data["children"][1]["origin_account_id"] == letter.account_id
+        assert [a["id"] for a in data["absorbed_accounts"]] == [letter.account_id]
+        assert data["establishments"] == {SCHOOL.uai: SCHOOL.name}
+        actions = [(r["action"], r["outcome"]) for r in data["audit"]]
+        assert ("activate", "success") in actions
+        assert ("authenticate", "invalid_credentials") in actions  # found by the login typed
+        assert ("merge", "success") in actions
+        assert {c["key"].split(":")[0] for c in data["counters"]} <= {"signin", "principal"}
+        assert [c["consecutive"] for c in data["counters"] if c["consecutive"]] == [1]
+        assert data["merge_receipts"][0]["idempotency_key"] == "idem-1"
+        assert [e["name"] for e in data["events"]] == [
+            "account_issued", "account_activated", "accounts_merged"]
+        absorbed = service.export_personal_data(letter.account_id)
+        assert absorbed["account"]["merged_into"] == principal.id
+        assert absorbed["credential"]["kind"] == "provisional"
+
+    def _register_or_skip(self, storage: Storage) -> None:
+        _retention_tier(storage)
+        with storage.unit_of_work(write=False) as uow:
+            if not supports(uow, Register):
+                pytest.skip("this store lacks the register tier")
+
+    def test_a_closed_account_goes_three_months_after_its_closure_and_its_entry_is_new_again(
+            self, storage: Storage, clock: FakeClock) -> None:
+        """The export lists the register entries and the closure; the purge deletes the
+        closed account with its records and closure; listed again, the responsable gets
+        a new letter."""
+        self._register_or_skip(storage)
+        service = self._service(storage, clock)
+        helene = RegisterEntry("PERSONNE-4242", "Hélène Lefèvre", [_child(1)],
+                               email="helene@example.org")
+        marc = RegisterEntry("PERSONNE-77", "Marc Martin", [_child(2)])
+        letters = {l.display_name: l for l in service.sync_register(
+            SCHOOL, [helene, marc], workers=1).letters}
+        for letter in letters.values():
+            service.activate(letter.login, letter.provisional_password, STRONG)
+        account_id = letters["Hélène Lefèvre"].account_id
+        data = service.export_personal_data(account_id)
+        assert data["register"] == [{
+            "establishment_uai": SCHOOL.uai, "external_id": "PERSONNE-4242",
+            "account_id": account_id, "display_name": "Hélène Lefèvre",
+            "email": "helene@example.org", "children": [{
+                "id": "ine-1", "first_name": "Enfant1", "last_name": "Robert",
+                "establishment_uai": SCHOOL.uai}]}]
+        assert data["closure"] is None
+        clock.advance(days=10)
+        closed_at = clock()
+        assert [c.account_id for c in service.sync_register(
+            SCHOOL, [marc], workers=1).closed] == [account_id]
+        data = service.export_personal_data(account_id)
+        assert data["closure"] == {"establishment_uai": SCHOOL.uai,
+                                   "closed_at": closed_at.isoformat()}
+        assert data["register"][0]["children"] == []
+        assert json.loads(json.dumps(data)) == data
+        clock.advance(days=90, seconds=-1)
+        assert service.purge().accounts == 0
+        clock.advance(seconds=1)  # 90 days after the closure
+        report = service.purge()
+        assert report.deleted == {"closed": 1}
+        assert report.account_ids == (account_id,)
+        purged = [e.event for e in service.unpublished_events(1000)
+                  if isinstance(e.event, AccountPurged)]
+        assert [(e.reason, e.establishment_uai) for e in purged] == [("closed", SCHOOL.uai)]
+        with pytest.raises(AccountNotFound):
+            service.get_account(account_id)
+        with storage.unit_of_work(write=False) as uow:
+            found = require_tier(uow, Register).register_fetch(RegisterFetch(
+                entries=[(SCHOOL.uai, "PERSONNE-4242")], accounts=[account_id],
+                closures=[account_id]))
+        assert found.entries == {} and found.by_account == {account_id: ()}
+        assert found.closures == {}
+        again = service.sync_register(SCHOOL, [helene, marc], workers=1)
+        assert [(i.external_id, i.letter is not None) for i in again.issued] == [
+            ("PERSONNE-4242", True)]
+        assert again.letters[0].account_id != account_id
+        assert service.purge().accounts == 0
+
+    def test_a_due_account_holding_an_enrolled_childs_only_link_is_kept(
+            self, storage: Storage, clock: FakeClock) -> None:
+        """A never-activated letter goes when another account holds its children, and
+        stays while it holds the only link of a child the register lists."""
+        self._register_or_skip(storage)
+        service = self._service(storage, clock)
+        entries = [RegisterEntry("R1", "Claire Robert", [_child(1)]),
+                   RegisterEntry("R2", "Marc Robert", [_child(1), _child(2)]),
+                   RegisterEntry("R3", "Paul Martin", [_child(3)])]
+        letters = {l.display_name: l for l in service.sync_register(
+            SCHOOL, entries, workers=1).letters}
+        marc = letters["Marc Robert"]
+        service.activate(marc.login, marc.provisional_password, STRONG)
+        clock.advance(days=91)
+        dry = service.purge(dry_run=True)
+        report = service.purge()
+        assert attrs.evolve(dry, dry_run=False) == report
+        assert report.deleted == {"unactivated": 1}
+        assert report.account_ids == (letters["Claire Robert"].account_id,)
+        assert report.kept_for_children == 1
+        assert service.children(letters["Paul Martin"].account_id) == (_child(3),)
+        again = service.sync_register(SCHOOL, entries, workers=1)
+        assert [i.external_id for i in again.issued] == ["R1"]
+        assert [c.id for c in service.children(again.letters[0].account_id)] == ["ine-1"]
+
+    def test_a_purged_accounts_register_entries_leave_nothing_that_names_it(
+            self, storage: Storage, clock: FakeClock) -> None:
+        """The register's records, closures and indexes are searched too."""
+        self._register_or_skip(storage)
+        if self.dump_storage(storage) is None:
+            pytest.skip("dump_storage() not implemented for this store")
+        service = self._service(storage, clock, _KEEP_THE_REST)
+        helene = RegisterEntry("PERSONNE-4242", "Hélène Lefèvre", [_child(1)],
+                               email="helene@example.org")
+        marc = RegisterEntry("PERSONNE-77", "Marc Martin", [_child(2)])
+        letters = {l.display_name: l for l in service.sync_register(
+            SCHOOL, [helene, marc], workers=1).letters}
+        for letter in letters.values():
+            service.activate(letter.login, letter.provisional_password, STRONG)
+        gone = letters["Hélène Lefèvre"]
+        service.sync_register(SCHOOL, [helene, marc], workers=1)  # nothing changes
+        clock.advance(days=10)
+        service.sync_register(SCHOOL, [marc], workers=1)  # closes Hélène's account
+        names = [gone.account_id, gone.login, "Hélène Lefèvre", "helene@example.org",
+                 "PERSONNE-4242"]
+        before = self.dump_storage(storage)
+        assert before is not None
+        assert all(name.casefold() in before.casefold() for name in names)
+        clock.advance(days=90)
+        assert service.purge().deleted == {"closed": 1}
+        after = self.dump_storage(storage)
+        assert after is not None
+        left = [name for name in names if name.casefold() in after.casefold()]
+        assert not left, f"{left} still in the store:\n{after}"
+        for kept in (letters["Marc Martin"].account_id, "Marc Martin", "PERSONNE-77"):
+            assert kept.casefold() in after.casefold()
+
+    def test_a_purged_account_leaves_nothing_that_names_it(
+            self, storage: Storage, clock: FakeClock) -> None:
+        """After a purge no row holds the deleted accounts' ids, logins, names or address.
+
+        The parent's history touches every table: a letter given with an
+        address, activation, the address confirmed, sign-ins right and
+        wrong from two clients, the way back's requests, notices sent, a
+        merge with an idempotency key, a failed merge, a split by another
+        school (whose new account is never activated), events published or
+        not.  Audit records, events and counters are kept long here, so
+        that what goes is what deleting the accounts deletes.  Only
+        pseudonymised audit records remain.
+        """
+        _retention_tier(storage)
+        if self.dump_storage(storage) is None:
+            pytest.skip("dump_storage() not implemented for this store")
+        service = self._service(storage, clock, _KEEP_THE_REST)
+        mailer = CapturingMailer()
+        first = service.issue_account(SCHOOL, "Claire Robert", [_child(1, first="Dylan")],
+                                      email="Claire.Robert@Example.org")
+        service.activate(first.login, first.provisional_password, STRONG)
+        _deliver_notices_or_skip(service, storage, mailer)
+        link = _token(mailer.last(NoticeKind.EMAIL_VERIFICATION))
+        service.confirm_email(link)
+        second = service.issue_account(SCHOOL, "Claire Robert", [_child(2, first="Florian")])
+        lycee = service.issue_account(OTHER_SCHOOL, "Claire Robert",
+                                      [_child(3, OTHER_SCHOOL.uai, first="Lucie")])
+        for login, client in ((first.login, None), (first.login.upper(), "198.51.100.4")):
+            with contextlib.suppress(AccountMergeError):
+                service.authenticate(login, "Wrong-Password-2026", client=client)
+        service.authenticate(first.login, STRONG, client="198.51.100.4")
+        with contextlib.suppress(AccountMergeError):
+            service.merge(first.account_id, second.login, "WRONGPW9")
+        service.merge(first.account_id, second.login, second.provisional_password, "idem")
+        service.merge(first.account_id, lycee.login, lycee.provisional_password)
+        service.request_password_reset("claire.robert@example.org", client="198.51.100.4")
+        service.request_login_reminder("CLAIRE.ROBERT@EXAMPLE.ORG")
+        service.deliver_notices(mailer)
+        split = service.split(OTHER_SCHOOL, first.account_id)
+        service.mark_published([e.position for e in service.unpublished_events(3)])
+        marc = self.family(service, "Marc Martin", kids=(9,))[0]
+        names = [first.account_id, second.account_id, lycee.account_id,
+                 split.new_account_id, first.login, second.login, lycee.login,
+                 split.letter.login, "Claire Robert", "claire.robert@example.org",
+                 "Dylan", "Florian", "Lucie", "ine-1", "ine-2", "ine-3"]
+        before = self.dump_storage(storage)
+        assert before is not None
+        assert all(name.casefold() in before.casefold() for name in names)
+        # Never stored at all: the client's address (a digest only), the links' tokens.
+        assert "198.51.100.4" not in before and link not in before
+
+        clock.advance(days=91)  # the split's letter is never used
+        service.authenticate(marc.login, STRONG)
+        assert service.purge().deleted == {"unactivated": 1}
+        clock.advance(days=365)  # the principal is not used for a year
+        service.authenticate(marc.login, STRONG)
+        assert service.purge().deleted == {"unused": 1, "absorbed": 2}
+
+        after = self.dump_storage(storage)
+        assert after is not None
+        left = [name for name in names if name.casefold() in after.casefold()]
+        assert not left, f"{left} still in the store:\n{after}"
+        for kept in (marc.id, marc.login, "Marc Martin", "ine-9"):
+            assert kept.casefold() in after.casefold()
+        with storage.unit_of_work(write=False) as uow:
+            trail = uow.audit_records(None, 1000)
+        merges = [r for r in trail if r.action is AuditAction.MERGE and r.outcome == "success"]
+        # Each keeps the establishment of the account it was about (the absorbed one).
+        assert sorted(r.detail or "" for r in merges) == [
+            f"pseudonymised; establishment {SCHOOL.uai}",
+            f"pseudonymised; establishment {OTHER_SCHOOL.uai}"]
