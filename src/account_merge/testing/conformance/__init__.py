@@ -35,7 +35,8 @@ and the Hypothesis state machine of :mod:`account_merge.testing.state_machine`
 (:class:`StateMachineContract`).  Optional tiers have their own mixins,
 which skip on a store without the tier (:class:`BulkLoadContract`,
 :class:`EmailIndexContract`, :class:`NoticesContract`,
-:class:`RegisterContract`, :class:`RetentionContract`).
+:class:`RegisterContract`, :class:`RetentionContract`, itself
+:class:`RetentionTierContract` and :class:`PurgeContract`).
 
 The package has one module per concept: ``harness`` (the hook and its
 fixtures), ``core_data`` and ``core_transactions`` (the core tier), and one
@@ -74,7 +75,11 @@ from account_merge.testing.conformance.harness import _link as _link
 from account_merge.testing.conformance.harness import _new as _new
 from account_merge.testing.conformance.recovery import EmailIndexContract, NoticesContract
 from account_merge.testing.conformance.register import RegisterContract
-from account_merge.testing.conformance.retention import RetentionContract
+from account_merge.testing.conformance.retention import (
+    PurgeContract,
+    RetentionContract,
+    RetentionTierContract,
+)
 
 __all__ = [
     "BulkLoadContract",
@@ -88,8 +93,10 @@ __all__ = [
     "NoticesContract",
     "OrderContract",
     "OutboxContract",
+    "PurgeContract",
     "RegisterContract",
     "RetentionContract",
+    "RetentionTierContract",
     "RollbackContract",
     "RoundTripContract",
     "StateMachineContract",
