@@ -68,7 +68,7 @@ from account_merge.domain.retention import (
     unused_cutoff,
 )
 from account_merge.domain.validation import check_identifier
-from account_merge.exceptions import AccountNotFound, InvalidInput
+from account_merge.exceptions import AccountNotFound, InvalidInput, StorageError
 from account_merge.ports.register import Register, RegisterFetch
 from account_merge.ports.retention import DueKind, Retention
 from account_merge.ports.storage import AccountRecord, ChangeSet, Fetch, Fetched, UnitOfWork
@@ -301,6 +301,10 @@ def _purge_outbox(run: _Run) -> None:
             count = run.ctx.retry(functools.partial(run.alone, _deleting(doomed), 0))
             run.events_deleted += count
             run.done(count)
+        if page[-1].position <= position:  # a store whose pages do not advance
+            logger.error("purge: the store gave outbox entries at or before position %d "
+                         "again; stopping this step", position)
+            return
         position = page[-1].position
 
 
@@ -449,5 +453,7 @@ def _events_naming(tier: Retention, account_id: str, batch: int) -> list[OutboxE
     position = 0
     while page := tier.outbox_page(position, batch):
         found += [e for e in page if account_id in account_ids_of(e.event)]
+        if page[-1].position <= position:  # a store whose pages do not advance
+            raise StorageError("retention", "the outbox gave the same entries again")
         position = page[-1].position
     return found

@@ -320,9 +320,6 @@ class OutboxEvent(models.Model):
         indexes = [
             models.Index(fields=["position"], name="account_merge_outbox_todo",
                          condition=Q(published=False)),
-            # tier retention: the published entries, which a purge pages through
-            models.Index(fields=["position"], name="account_merge_outbox_done",
-                         condition=Q(published=True)),
         ]
 
     def __str__(self) -> str:

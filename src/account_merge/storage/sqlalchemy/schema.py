@@ -71,7 +71,6 @@ from sqlalchemy import (
     inspect,
     literal_column,
     select,
-    true,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -254,10 +253,6 @@ def make_metadata(
         PrimaryKeyConstraint("position", name=f"{p}outbox_pkey"),
     )
     unpublished = outbox.c.published == false()
-    published = outbox.c.published == true()
-    # Tier retention: the published entries, which a purge pages through.
-    Index(f"{p}outbox_published_idx", outbox.c.position,
-          postgresql_where=published, sqlite_where=published)
     Index(f"{p}outbox_unpublished_idx", outbox.c.position,
           postgresql_where=unpublished, sqlite_where=unpublished)
     table(

@@ -183,8 +183,6 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX throttles_by_last_failure ON throttles (julianday(last_failure_at))",
         "CREATE INDEX notices_by_position ON notices (position)",
         "CREATE INDEX closures_by_time ON closures (julianday(closed_at), account_id)",
-        # the published entries, which a purge pages through past the unpublished ones
-        "CREATE INDEX outbox_published ON outbox (position) WHERE published = 1",
     ),
 )
 

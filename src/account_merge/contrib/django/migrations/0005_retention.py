@@ -44,10 +44,6 @@ class Migration(migrations.Migration):
             index=models.Index(fields=['kind', 'expires_at', 'account'], name='account_merge_cred_expiry'),
         ),
         migrations.AddIndex(
-            model_name='outboxevent',
-            index=models.Index(condition=models.Q(('published', True)), fields=['position'], name='account_merge_outbox_done'),
-        ),
-        migrations.AddIndex(
             model_name='throttle',
             index=models.Index(fields=['last_failure_at'], name='account_merge_throttle_rest'),
         ),
