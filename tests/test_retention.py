@@ -244,6 +244,7 @@ def test_the_report_is_json_ready() -> None:
     assert data["accounts"] == 2
     assert data["deleted"] == {"unactivated": 0, "unused": 2, "closed": 0, "absorbed": 0}
     assert "account_ids" not in data
+    assert report.handled == 2 + 3  # the accounts and the audit lines a progress bar counts
 
 
 # -- the purge, on every store -------------------------------------------------------------------

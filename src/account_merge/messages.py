@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from babel.messages.catalog import Message
 
     from account_merge.domain.letter import NotificationLetter
+    from account_merge.domain.retention import PurgeReport
 
 __all__ = [
     "DEFAULT_LANGUAGE",
@@ -65,6 +66,7 @@ __all__ = [
     "normalize_language",
     "override",
     "render_letter",
+    "render_purge_report",
     "reset_overrides",
     "set_language",
     "using_language",
@@ -423,6 +425,16 @@ def _names(names: list[str], language: str | None) -> str:
     if len(names) <= 1:
         return "".join(names)
     return ", ".join(names[:-1]) + message("letter.list_and", language) + names[-1]
+
+
+def render_purge_report(report: PurgeReport, language: str | None = None) -> str:
+    """What a purge did (or, in a dry run, would do), a title and one line per kind."""
+    data = report.to_dict()
+    title = message("cli.purge.dry_run_title" if report.dry_run else "cli.purge.done_title",
+                    language)
+    counts = message("cli.purge.report", language, **data["deleted"],
+                     **{k: v for k, v in data.items() if k != "deleted"})
+    return f"{title}\n{counts}"
 
 
 def render_letter(letter: NotificationLetter, language: str | None = None) -> str:

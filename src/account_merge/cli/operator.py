@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from account_merge import messages
 from account_merge.cli.commands import Commands, positive
 from account_merge.cli.session import ENV_SMTP_PASSWORD, EXIT_USAGE, CliError, Session, _
 from account_merge.demo import play
@@ -92,25 +93,16 @@ def cmd_events(session: Session) -> int:
     return 0
 
 
-#: The counts of a purge report that a progress bar adds up.
-_PURGE_COUNTS = ("accounts", "erased_hashes", "audit_deleted", "audit_pseudonymised",
-                 "events_deleted", "counters_deleted")
-
-
 def cmd_purge(session: Session) -> int:
     session.require_db()
     service = session.service
     progress = None
     if not session.args.dry_run and session.err.isatty():
         # The bar needs a total: what a dry run finds (it changes nothing).
-        total = sum(service.purge(dry_run=True).to_dict()[k] for k in _PURGE_COUNTS)
+        total = service.purge(dry_run=True).handled
         progress = ProgressBar(total, session.err, label=_("cli.purge.progress")).update
     report = service.purge(dry_run=session.args.dry_run, progress=progress)
-    data = report.to_dict()
-    print(_("cli.purge.dry_run_title" if report.dry_run else "cli.purge.done_title"),
-          file=session.out)
-    print(_("cli.purge.report", **data["deleted"],
-            **{k: v for k, v in data.items() if k != "deleted"}), file=session.out)
+    print(messages.render_purge_report(report), file=session.out)
     return 0
 
 

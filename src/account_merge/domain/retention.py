@@ -473,6 +473,12 @@ class PurgeReport:
         """How many accounts were deleted (or would be), absorbed ones included."""
         return sum(self.deleted.values())
 
+    @property
+    def handled(self) -> int:
+        """Every row deleted, erased or pseudonymised: what a purge's progress counts."""
+        return (self.accounts + self.erased_hashes + self.audit_deleted
+                + self.audit_pseudonymised + self.events_deleted + self.counters_deleted)
+
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values (without the ids)."""
         return {"at": self.at.isoformat(), "dry_run": self.dry_run, "accounts": self.accounts,

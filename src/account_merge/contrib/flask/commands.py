@@ -274,11 +274,6 @@ def _sync_command(uai: str, register_file: Path, folder: Path | None, kind: str 
                   out=sys.stdout, err=sys.stderr)
 
 
-#: The counts of a purge report that a progress bar adds up.
-_PURGE_COUNTS = ("accounts", "erased_hashes", "audit_deleted", "audit_pseudonymised",
-                 "events_deleted", "counters_deleted")
-
-
 @cli.command("purge")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 @_language_option
@@ -292,15 +287,11 @@ def _purge_command(dry_run: bool, language: str) -> None:
         service = get_state().command_service
         progress = None
         if not dry_run and sys.stderr.isatty():
-            total = sum(service.purge(dry_run=True).to_dict()[k] for k in _PURGE_COUNTS)
+            total = service.purge(dry_run=True).handled
             progress = ProgressBar(total, sys.stderr,
                                    label=messages.message("cli.purge.progress")).update
-        report = service.purge(dry_run=dry_run, progress=progress)
-        data = report.to_dict()
-        click.echo(messages.message("cli.purge.dry_run_title" if report.dry_run
-                                    else "cli.purge.done_title"))
-        click.echo(messages.message("cli.purge.report", **data["deleted"],
-                                    **{k: v for k, v in data.items() if k != "deleted"}))
+        click.echo(messages.render_purge_report(service.purge(dry_run=dry_run,
+                                                              progress=progress)))
 
 
 @cli.command("export")

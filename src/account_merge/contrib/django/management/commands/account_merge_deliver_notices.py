@@ -14,22 +14,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError
 from django.utils.translation import get_language, gettext, gettext_noop
 
 from account_merge.contrib.django.mail import DjangoMailer
+from account_merge.contrib.django.management.base import TranslatedCommand
 from account_merge.contrib.django.service import get_service
 from account_merge.exceptions import AccountMergeError
 from account_merge.messages import error_message
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = gettext_noop("Envoie les messages en attente (réinitialisation, confirmation "
                         "d'adresse, regroupement...) par la messagerie de Django.")
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        self.help = gettext(self.help)
-        return super().create_parser(prog_name, subcommand, **kwargs)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--limit", type=int, default=100, metavar="N",

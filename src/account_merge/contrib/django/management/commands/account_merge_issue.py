@@ -17,9 +17,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError
 from django.utils.translation import get_language, gettext, gettext_noop
 
+from account_merge.contrib.django.management.base import TranslatedCommand, positive
 from account_merge.contrib.django.service import get_service
 from account_merge.exceptions import AccountMergeError
 from account_merge.hashpool import default_workers
@@ -30,26 +31,11 @@ from account_merge.registers import JobError, describe, issue_batch
 ADD_ESTABLISHMENT = gettext_noop("ajoutez-le dans l'administration, « Établissements »")
 
 
-def positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            gettext("entier positif attendu, pas %(value)r") % {"value": text})
-    return value
 
-
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = gettext_noop("Crée un compte et un courrier de notification par famille d'un "
                         "fichier CSV d'établissement (colonnes de « account-merge issue-batch »).")
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        # Translated here, in the language active when the command runs.
-        self.help = gettext(self.help)
-        return super().create_parser(prog_name, subcommand, **kwargs)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("csv", metavar="CSV",

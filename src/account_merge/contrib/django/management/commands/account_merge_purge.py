@@ -13,22 +13,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError
 from django.utils.translation import get_language, gettext, gettext_noop
 
+from account_merge.contrib.django.management.base import TranslatedCommand
 from account_merge.contrib.django.service import get_service
 from account_merge.exceptions import AccountMergeError
-from account_merge.messages import error_message, message
+from account_merge.messages import error_message, render_purge_report
 
 
-class Command(BaseCommand):
+class Command(TranslatedCommand):
     help = gettext_noop("Supprime ce que la politique de conservation dit échu (comptes jamais "
                         "activés ou inutilisés, journal d'audit, événements...) ; à lancer "
                         "chaque nuit.")
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        self.help = gettext(self.help)
-        return super().create_parser(prog_name, subcommand, **kwargs)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--dry-run", action="store_true",
@@ -40,8 +38,4 @@ class Command(BaseCommand):
             report = get_service().purge(dry_run=options["dry_run"])
         except AccountMergeError as error:
             raise CommandError(f"{error_message(error, language)} ({error.code})") from None
-        data = report.to_dict()
-        self.stdout.write(message("cli.purge.dry_run_title" if report.dry_run
-                                  else "cli.purge.done_title", language))
-        self.stdout.write(message("cli.purge.report", language, **data["deleted"],
-                                  **{k: v for k, v in data.items() if k != "deleted"}))
+        self.stdout.write(render_purge_report(report, language))
