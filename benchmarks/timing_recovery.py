@@ -21,14 +21,11 @@ measurement, not a test: run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
 import random
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +34,7 @@ from account_merge.domain.notices import NoticeKind
 from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.ports import Storage
 from account_merge.testing import CapturingMailer, FakeClock, fast_verifier, make_establishment
+from timing import BAND, figures, inside, measure
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 STRONG = "Mot-de-passe-Sûr-2026"
@@ -45,7 +43,6 @@ OTHER = "Autre-Mot-de-passe-2027"
 NO_THROTTLE = ThrottlePolicy(recovery_per_hour=10**9, recovery_client_per_hour=10**9)
 LINKS = {"password_reset": "https://ent.example/mot-de-passe/{token}",
          "email_verification": "https://ent.example/courriel/{token}"}
-BAND = (0.95, 1.05)
 
 
 def branches(storage: Storage) -> dict[str, dict[str, Callable[[], object]]]:
@@ -97,29 +94,6 @@ def branches(storage: Storage) -> dict[str, dict[str, Callable[[], object]]]:
             "login reminder": {k: remind(v) for k, v in addresses.items()}}
 
 
-def timed(call: Callable[[], object]) -> float:
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        call()
-        return time.perf_counter() - start
-    finally:
-        gc.enable()
-
-
-def measure(calls: dict[str, Callable[[], object]], rounds: int, rng: random.Random
-            ) -> list[dict[str, float]]:
-    """Every branch once per round, in a shuffled order; 20 rounds of warm-up first."""
-    names = list(calls)
-    out = []
-    for round_ in range(rounds + 20):
-        rng.shuffle(names)
-        times = {name: timed(calls[name]) for name in names}
-        if round_ >= 20:
-            out.append(times)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2000, help="timed calls per branch")
@@ -142,17 +116,15 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         rng = random.Random(options.seed)
         for operation, calls in operations.items():
-            rounds = measure(calls, options.rounds, rng)
+            rounds = measure(calls, options.rounds, rng, warmup=20)
             first = next(iter(calls))
-            reference = statistics.median(r[first] for r in rounds)
             for name in calls:
-                median = statistics.median(r[name] for r in rounds)
-                ratio = statistics.median(r[name] / r[first] for r in rounds)
-                flag = "" if BAND[0] <= ratio <= BAND[1] else "  <- outside"
+                median, ratio, medians = figures(rounds, name, first)
+                flag = "" if inside(ratio) else "  <- outside"
                 if flag:
                     outside.append((operation, name, ratio))
                 print(f"{operation:<16}{name:<32}{median * 1e6:>10.1f}{ratio:>8.3f}"
-                      f"{median / reference:>9.3f}{flag}", flush=True)
+                      f"{medians:>9.3f}{flag}", flush=True)
         storage.close()
     if outside:
         print(f"{len(outside)} ratio(s) outside {BAND[0]}-{BAND[1]}")

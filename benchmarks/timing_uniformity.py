@@ -17,14 +17,11 @@ on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
 import random
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +41,7 @@ from account_merge.domain.throttle import ThrottlePolicy
 from account_merge.exceptions import InvalidCredentials
 from account_merge.ports import ChangeSet, Fetch, Storage
 from account_merge.testing import FakeClock, make_establishment
+from timing import BAND, figures, inside, measure
 
 SCHOOL = make_establishment(860001, "Collège Jean Moulin")
 STRONG = "Mot-de-passe-Sûr-2026"
@@ -53,7 +51,6 @@ WRONG = "WRONG234"
 #: Throttling would turn most attempts into too_many_attempts; the timing is about the rest.
 NO_THROTTLE = ThrottlePolicy(backoff_after=10**6, lock_after=10**6,
                              principal_per_hour=10**6, principal_per_day=10**6)
-BAND = (0.95, 1.05)
 
 
 def branches(storage: Storage, verifier: Argon2Verifier
@@ -141,34 +138,6 @@ def branches(storage: Storage, verifier: Argon2Verifier
     }
 
 
-def timed(call: Callable[[], object]) -> float:
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        try:
-            call()
-        except InvalidCredentials:
-            pass
-        else:
-            raise AssertionError("the branch did not fail")
-        return time.perf_counter() - start
-    finally:
-        gc.enable()
-
-
-def measure(calls: dict[str, Callable[[], object]], rounds: int, rng: random.Random
-            ) -> list[dict[str, float]]:
-    """Every branch once per round, in a shuffled order; two rounds of warm-up first."""
-    names = list(calls)
-    out = []
-    for round_ in range(rounds + 2):
-        rng.shuffle(names)
-        times = {name: timed(calls[name]) for name in names}
-        if round_ >= 2:
-            out.append(times)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -200,16 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         outside = []
         rng = random.Random(options.seed)
         for operation, calls in operations.items():
-            rounds_ = measure(calls, rounds, rng)
-            reference = statistics.median(r["wrong password"] for r in rounds_)
+            rounds_ = measure(calls, rounds, rng, warmup=2, fails=InvalidCredentials)
             for name in sorted(calls):
-                median = statistics.median(r[name] for r in rounds_)
-                ratio = statistics.median(r[name] / r["wrong password"] for r in rounds_)
-                flag = "" if BAND[0] <= ratio <= BAND[1] else "  <- outside"
+                median, ratio, medians = figures(rounds_, name, "wrong password")
+                flag = "" if inside(ratio) else "  <- outside"
                 if flag:
                     outside.append((operation, name, ratio))
                 print(f"{operation:<13}{name:<38}{median * 1000:>10.2f}{ratio:>8.3f}"
-                      f"{median / reference:>9.3f}{flag}", flush=True)
+                      f"{medians:>9.3f}{flag}", flush=True)
         storage.close()
     if outside:
         print(f"{len(outside)} ratio(s) outside {BAND[0]}-{BAND[1]}")
