@@ -14,6 +14,7 @@ from typing import Final
 
 from account_merge.exceptions import StorageError
 from account_merge.storage.sqlite.errors import _translate
+from account_merge.storage.sqlite.schema import refuse_unknown_file
 
 #: ``PRAGMA application_id`` of an attempts journal ("AMAJ").
 APPLICATION_ID: Final = 0x414D414A
@@ -81,10 +82,6 @@ def _create_private(path: str) -> None:
     os.close(descriptor)
 
 
-def _pragma(connection: sqlite3.Connection, name: str) -> int:
-    return int(connection.execute(f"PRAGMA {name}").fetchone()[0])
-
-
 def _use_wal(connection: sqlite3.Connection, busy_timeout: float) -> None:
     """WAL mode (once per file; concurrent first openers retry until the busy timeout)."""
     deadline = time.monotonic() + busy_timeout
@@ -131,17 +128,10 @@ def _open(path: str, database: str, busy_timeout: float, *, role: str,
 
 def _migrate(connection: sqlite3.Connection, name: str) -> None:
     """Bring the journal to :data:`SCHEMA_VERSION` (inside the caller's transaction)."""
-    application_id = _pragma(connection, "application_id")
-    version = _pragma(connection, "user_version")
-    if application_id != APPLICATION_ID:
-        used = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if application_id != 0 or version != 0 or used:
-            raise StorageError(name, "is not an account_merge attempts journal (another "
-                                     "application's file?)")
-    if version > SCHEMA_VERSION:
-        raise StorageError(name, f"has journal schema version {version}, newer than the "
-                                 f"{SCHEMA_VERSION} this account_merge knows; upgrade "
-                                 f"account_merge to open it")
+    application_id, version = refuse_unknown_file(
+        connection, name, application_id=APPLICATION_ID, schema_version=SCHEMA_VERSION,
+        schema="journal schema",
+        foreign="is not an account_merge attempts journal (another application's file?)")
     if version == SCHEMA_VERSION and application_id == APPLICATION_ID:
         return
     for step in MIGRATIONS[version:]:

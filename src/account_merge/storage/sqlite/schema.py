@@ -195,19 +195,34 @@ def _pragma_int(connection: sqlite3.Connection, name: str) -> int:
     return int(row[0])
 
 
+def refuse_unknown_file(connection: sqlite3.Connection, path: str, *, application_id: int,
+                        schema_version: int, foreign: str, schema: str) -> tuple[int, int]:
+    """Raise StorageError unless the file is empty or one of ours (*application_id*) at a
+    version this code reads; its application id and version.
+
+    *foreign* ends the error for another application's file, *schema* names the
+    schema in the error for a newer one.  The store and its attempts journal both
+    check their files this way.
+    """
+    found = _pragma_int(connection, "application_id")
+    version = _pragma_int(connection, "user_version")
+    if found != application_id:
+        has_objects = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if found != 0 or version != 0 or has_objects:
+            raise StorageError(path, foreign)
+    if version > schema_version:
+        raise StorageError(path, f"has {schema} version {version}, newer than the "
+                                 f"{schema_version} this account_merge knows; upgrade "
+                                 f"account_merge to open it")
+    return found, version
+
+
 def _refuse_unknown(connection: sqlite3.Connection, path: str) -> None:
     """Raise StorageError unless the file is empty or an account_merge store we can read."""
-    application_id = _pragma_int(connection, "application_id")
-    version = _pragma_int(connection, "user_version")
-    if application_id != APPLICATION_ID:
-        has_objects = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if application_id != 0 or version != 0 or has_objects:
-            raise StorageError(path, "is an SQLite database of another application, "
-                                     "not an account_merge store")
-    if version > SCHEMA_VERSION:
-        raise StorageError(path, f"has schema version {version}, newer than the "
-                                 f"{SCHEMA_VERSION} this account_merge knows; upgrade "
-                                 f"account_merge to open it")
+    refuse_unknown_file(connection, path, application_id=APPLICATION_ID,
+                        schema_version=SCHEMA_VERSION, schema="schema",
+                        foreign="is an SQLite database of another application, "
+                                "not an account_merge store")
 
 
 def migrate(connection: sqlite3.Connection, *, path: str = "", to: int = SCHEMA_VERSION) -> int:
