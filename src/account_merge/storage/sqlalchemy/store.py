@@ -26,7 +26,7 @@ from account_merge.storage.attempts import (
     memory_journal,
 )
 from account_merge.storage.bulk import BulkAccount
-from account_merge.storage.sqlalchemy import schema
+from account_merge.storage.sqlalchemy import upgrade
 from account_merge.storage.sqlalchemy.connections import (
     SIDE_LOCK_TIMEOUT,
     check_dialect,
@@ -190,14 +190,14 @@ class SQLAlchemyStorage:
         """Create what is missing and bring tables of an earlier release up to date.
 
         Idempotent, in one transaction: adds the columns and tables added
-        since (see :mod:`account_merge.storage.sqlalchemy.schema`) and fills
+        since (see :mod:`account_merge.storage.sqlalchemy.upgrade`) and fills
         them from the rows there (the child's names on each link from the
         old ``children`` table, which is left in place).  Returns what it
         did, in words; empty when there was nothing to do.  With Alembic,
         use the revision of ``docs/storage.md`` instead.
         """
         done: list[str] = []
-        self._schema_step(lambda conn: done.extend(schema.upgrade(conn, self._tables)))
+        self._schema_step(lambda conn: done.extend(upgrade.upgrade(conn, self._tables)))
         return done
 
     def _schema_step(self, step: Callable[[Connection], object]) -> None:
